@@ -1,0 +1,240 @@
+//! Settings: one typed struct with a default for every value, layered
+//! defaults -> TOML file -> `FHIRGATE_<SECTION>__<KEY>` environment variables.
+//!
+//! This is the only module that reads the process environment for settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything the server and the CLI can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub packages: PackageSettings,
+    pub crypto: CryptoSettings,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
+    pub audit: AuditSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Public base of the FHIR API; defaults to `http://<listen>/fhir`.
+    pub base_url: Option<String>,
+    /// Largest request body accepted, in bytes (larger -> 413).
+    pub max_body_bytes: usize,
+    /// Worker threads of the HTTP server (0 = number of cores).
+    pub workers: usize,
+    /// Page size of history bundles when `_count` is absent.
+    pub default_page_size: usize,
+    /// Largest `_count` honoured.
+    pub max_page_size: usize,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            base_url: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            workers: 0,
+            default_page_size: 50,
+            max_page_size: 1000,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` (embedded) or `postgres://user@host/db`.
+    pub url: String,
+    /// Connections in the pool (0 = automatic: cores for SQLite, 4x cores for PostgreSQL).
+    pub pool_size: u32,
+    /// How long a request waits for a connection before it gets a 503.
+    pub pool_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://fhirgate.db".into(),
+            pool_size: 0,
+            pool_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackageSettings {
+    /// The FHIR package cache shared with other FHIR tools.
+    pub cache: Option<PathBuf>,
+    /// Packages loaded at start, `id#version`.
+    pub load: Vec<String>,
+    /// FHIR package registry that missing packages are fetched from.
+    pub registry: String,
+}
+
+impl Default for PackageSettings {
+    fn default() -> Self {
+        PackageSettings {
+            cache: None,
+            load: vec!["hl7.fhir.r4.core#4.0.1".into()],
+            registry: "https://packages.fhir.org".into(),
+        }
+    }
+}
+
+impl PackageSettings {
+    /// The cache folder: configured, else `~/.fhir/packages`.
+    pub fn cache_dir(&self) -> PathBuf {
+        match &self.cache {
+            Some(p) => p.clone(),
+            None => dirs::home_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".fhir")
+                .join("packages"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CryptoSettings {
+    /// The master key (key-encryption key): 32 bytes, base64 or hex.
+    pub master_key: Option<String>,
+    /// A file holding the master key (base64 or hex).
+    pub master_key_file: Option<PathBuf>,
+    /// Where the development key is created when no key is configured.
+    pub dev_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `false` is a development mode, refused unless the server listens on loopback.
+    pub enabled: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Name of this server in `AuditEvent.source.observer`.
+    pub observer: String,
+    /// Most audit records committed in one group commit.
+    pub max_batch: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            observer: "fhirgate".into(),
+            max_batch: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `fhirgate=debug,actix_web=info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// A settings file or variable that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Defaults, then `file` (or `fhirgate.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(f) => figment = figment.merge(Toml::file_exact(f)),
+            None => {
+                if Path::new("fhirgate.toml").exists() {
+                    figment = figment.merge(Toml::file_exact("fhirgate.toml"));
+                }
+            }
+        }
+        // Only `SECTION__KEY` names are settings; other FHIRGATE_ variables (test
+        // harness knobs) are not.
+        figment = figment.merge(
+            Env::prefixed("FHIRGATE_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The public FHIR base URL, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.server.base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => format!("http://{}/fhir", self.server.listen),
+        }
+    }
+
+    /// True when the listen address is a loopback address.
+    pub fn listens_on_loopback(&self) -> bool {
+        match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => a.ip().is_loopback(),
+            Err(_) => self.server.listen.starts_with("localhost:"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_a_laptop() {
+        let s = Settings::default();
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.base_url(), "http://127.0.0.1:8080/fhir");
+        assert_eq!(s.database.url, "sqlite://fhirgate.db");
+        assert!(s.auth.enabled);
+        assert!(s.listens_on_loopback());
+        assert!(s.packages.cache_dir().ends_with(".fhir/packages"));
+    }
+}
