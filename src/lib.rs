@@ -2,6 +2,13 @@
 //! capability; `main.rs` only parses the command line and calls in here.
 //! `docs/ARCHITECTURE.md` maps the modules.
 
+pub mod access;
+pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod fhir;
+pub mod http;
 pub mod packages;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

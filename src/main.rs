@@ -1,1 +1,211 @@
-fn main() {}
+//! The `fhirgate` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use fhirgate::config::Settings;
+use fhirgate::packages::{PackageCache, PackageRef};
+use fhirgate::{fhir, startup, telemetry};
+
+#[derive(Parser)]
+#[command(name = "fhirgate", version, about = "FHIR R4 interoperability gateway")]
+struct Cli {
+    /// Settings file (TOML); default `fhirgate.toml` when present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (migrates the database first).
+    Serve {
+        /// Do not apply database migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check resources offline (JSON or XML); one OperationOutcome per file on stdout.
+    /// This build checks structure (elements, types, primitive formats), not profiles.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// FHIR package cache management.
+    Packages {
+        #[command(subcommand)]
+        command: PackagesCommand,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackagesCommand {
+    /// Install `ID#VERSION` from the registry, or a local `.tgz` package file.
+    Install {
+        #[arg(required = true)]
+        packages: Vec<String>,
+    },
+    /// List installed packages.
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// New data key for future writes; with --new-master-key-file, also re-wrap every
+    /// data key under that master key (created, mode 0600, when the file does not exist).
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fhirgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    match run(cli.command, settings) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fhirgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { no_migrate } => {
+            let state = startup::build_state(&settings, !no_migrate)?;
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let (server, port) = startup::build_server(&settings, state, None)?;
+                tracing::info!(listen = %settings.server.listen, port, base_url = %settings.base_url(), "fhirgate serving");
+                server.await.context("server")?;
+                tracing::info!("fhirgate stopped");
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store = fhirgate::store::Store::connect(
+                &settings.database.url,
+                1,
+                std::time::Duration::from_millis(settings.database.pool_timeout_ms),
+            )?;
+            let n = store.migrate()?;
+            println!("applied {n} migration(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => {
+            let model = startup::load_model(&settings)?;
+            let mut failed = false;
+            for f in files {
+                let bytes =
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                let format = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') {
+                    fhir::Format::Xml
+                } else {
+                    fhir::Format::Json
+                };
+                let issues = match fhir::parse_resource(&model, &bytes, format) {
+                    Ok(v) => fhir::json::check_resource(&model, &v),
+                    Err(issues) => issues,
+                };
+                failed |= fhir::outcome::has_errors(&issues);
+                let mut oo = fhir::operation_outcome(&issues);
+                oo["id"] = serde_json::json!(f
+                    .display()
+                    .to_string()
+                    .replace(
+                        |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.',
+                        "-"
+                    )
+                    .chars()
+                    .take(64)
+                    .collect::<String>());
+                println!("{}", serde_json::to_string(&oo)?);
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Packages { command } => {
+            let cache = PackageCache::new(
+                settings.packages.cache_dir(),
+                settings.packages.registry.clone(),
+            );
+            match command {
+                PackagesCommand::Install { packages } => {
+                    for p in packages {
+                        if p.ends_with(".tgz") && std::path::Path::new(&p).is_file() {
+                            let r = cache.install_file(std::path::Path::new(&p))?;
+                            println!("installed {r} from {p}");
+                        } else {
+                            let r: PackageRef = p.parse()?;
+                            if cache.is_installed(&r) {
+                                println!("{r} is already installed");
+                            } else {
+                                cache.install(&r)?;
+                                println!("installed {r}");
+                            }
+                        }
+                    }
+                }
+                PackagesCommand::List => {
+                    for p in cache.list()? {
+                        println!("{p}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate {
+                new_master_key_file,
+            },
+        } => {
+            let store = fhirgate::store::Store::connect(
+                &settings.database.url,
+                1,
+                std::time::Duration::from_millis(settings.database.pool_timeout_ms),
+            )?;
+            let master = startup::master_key(&settings, &store)?;
+            let new_master = match &new_master_key_file {
+                Some(f) if f.exists() => Some(fhirgate::crypto::MasterKey::read_file(f)?),
+                Some(f) => {
+                    let k = fhirgate::crypto::MasterKey::generate()?;
+                    k.write_new_file(f)?;
+                    Some(k)
+                }
+                None => None,
+            };
+            let id = store.rotate_keys(&master, new_master.as_ref())?;
+            println!("new data key {id} is active for new writes");
+            if let Some(f) = new_master_key_file {
+                println!(
+                    "every data key is now wrapped by the master key in {}; point crypto.master_key_file at it before the next start",
+                    f.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! Architecture invariant: nothing here does I/O beyond asking the package set for
 //! a StructureDefinition; no HTTP, no storage.
 
+pub mod compartment;
 pub mod json;
 pub mod model;
 pub mod outcome;
@@ -73,5 +74,19 @@ pub fn serialize(
             r.map_err(|e| Issue::error("exception", e.to_string()))
         }
         Format::Xml => xml::to_xml(model, value, pretty).map(String::into_bytes),
+    }
+}
+
+/// Now, in microseconds since the epoch, rounded to the millisecond that
+/// `meta.lastUpdated` shows (so stored and shown times agree).
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_millis() * 1000
+}
+
+/// A FHIR `instant` (UTC, milliseconds) from microseconds since the epoch.
+pub fn instant(micros: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => "1970-01-01T00:00:00.000Z".to_string(),
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::cache::{PackageCache, PackageError, PackageRef};
 
 const INDEX_FILE: &str = ".fhirgate.index.json";
-const INDEX_FORMAT: u32 = 1;
+const INDEX_FORMAT: u32 = 2;
 
 /// What the index knows of one resource file without parsing it again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +36,12 @@ pub struct IndexEntry {
     pub base_definition: Option<String>,
     #[serde(rename = "abstract", default)]
     pub is_abstract: bool,
+    /// SearchParameter.code
+    #[serde(default)]
+    pub code: Option<String>,
+    /// SearchParameter.base
+    #[serde(default)]
+    pub base: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,6 +241,16 @@ fn build_index(r: &PackageRef, dir: &Path) -> Result<Vec<IndexEntry>, PackageErr
             derivation: str_field(&v, "derivation"),
             base_definition: str_field(&v, "baseDefinition"),
             is_abstract: v.get("abstract").and_then(|x| x.as_bool()).unwrap_or(false),
+            code: str_field(&v, "code"),
+            base: v
+                .get("base")
+                .and_then(|b| b.as_array())
+                .map(|b| {
+                    b.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     Ok(entries)

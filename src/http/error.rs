@@ -1,0 +1,136 @@
+//! The one mapping from errors to HTTP: status, OperationOutcome issue code and
+//! message. Every interaction and every framework rejection goes through
+//! [`ApiError`], so a client never sees framework plain text. A 500 carries a
+//! generic message; the detail goes to the log.
+
+use actix_web::http::StatusCode;
+
+use crate::fhir::{Issue, Severity};
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed request or resource; every issue found.
+    BadRequest(Vec<Issue>),
+    /// 401: no or bad credentials.
+    Unauthorized(String),
+    /// 403: the caller may not do this.
+    Forbidden(String),
+    /// 404: unknown type, id or version.
+    NotFound(String),
+    /// 405: the interaction is not allowed here.
+    MethodNotAllowed(String),
+    /// 406: the client accepts no format fhirgate writes.
+    NotAcceptable(String),
+    /// 409: a conflicting state (e.g. the id exists).
+    Conflict(String),
+    /// 410: the resource was deleted.
+    Gone(String),
+    /// 412: `If-Match` did not match.
+    PreconditionFailed(String),
+    /// 413: body or bundle too large.
+    PayloadTooLarge(String),
+    /// 415: a body format fhirgate does not read.
+    UnsupportedMediaType(String),
+    /// 422: well-formed but not acceptable by the rules (profiles, business rules).
+    Unprocessable(Vec<Issue>),
+    /// 501: a FHIR interaction this server does not implement.
+    NotImplemented(String),
+    /// 503: the database is unreachable or overloaded.
+    Unavailable(String),
+    /// 500: a fault of the server; the detail is logged, not sent.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, msg: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(vec![Issue::error(code, msg)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The issues of the OperationOutcome that reports this error.
+    pub fn issues(&self) -> Vec<Issue> {
+        let one = |code: &'static str, msg: &str| vec![Issue::error(code, msg.to_string())];
+        match self {
+            ApiError::BadRequest(i) | ApiError::Unprocessable(i) => i.clone(),
+            ApiError::Unauthorized(m) => one("login", m),
+            ApiError::Forbidden(m) => one("forbidden", m),
+            ApiError::NotFound(m) => one("not-found", m),
+            ApiError::MethodNotAllowed(m) | ApiError::NotAcceptable(m) | ApiError::UnsupportedMediaType(m) => {
+                one("not-supported", m)
+            }
+            ApiError::NotImplemented(m) => one("not-supported", m),
+            ApiError::Conflict(m) | ApiError::PreconditionFailed(m) => one("conflict", m),
+            ApiError::Gone(m) => one("deleted", m),
+            ApiError::PayloadTooLarge(m) => one("too-costly", m),
+            ApiError::Unavailable(m) => vec![Issue::error("transient", m.clone())],
+            ApiError::Internal(_) => vec![Issue::error(
+                "exception",
+                "the server failed to process the request; the failure is logged with the request id",
+            )
+            .severity(Severity::Fatal)],
+        }
+    }
+
+    /// A one-line description for AuditEvent.outcomeDesc and logs (no resource content).
+    pub fn describe(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error".into(),
+            other => other
+                .issues()
+                .first()
+                .map(|i| i.diagnostics.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("the resource does not exist".into()),
+            StoreError::AlreadyExists => {
+                ApiError::Conflict("a resource with this id already exists".into())
+            }
+            StoreError::VersionConflict { current } => ApiError::PreconditionFailed(format!(
+                "If-Match does not name the current version (the current version is {current})"
+            )),
+            StoreError::Contention => ApiError::Conflict(
+                "the resource is being changed by another request; try again".into(),
+            ),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; try again later".into())
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status(), self.describe())
+    }
+}

@@ -1,0 +1,235 @@
+//! One FHIR interaction from request to response: negotiated format, access
+//! context, the AuditEvent that goes with it, and the reply. `finish` makes the
+//! audit durable (unless a write already committed it with the data) before the
+//! response leaves: a read is never answered without its AuditEvent.
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::negotiate::{self, Query};
+use super::{AppState, RequestId};
+use crate::access::AccessContext;
+use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::fhir::{self, operation_outcome, Format};
+
+/// What a handler answers with.
+pub enum Body {
+    /// Stored JSON bytes, sent as they are when JSON is wanted without subsetting.
+    Stored(Vec<u8>),
+    Resource(Value),
+    Empty,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Body,
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl Reply {
+    pub fn new(status: StatusCode, body: Body) -> Reply {
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+pub struct Exchange {
+    pub ctx: AccessContext,
+    pub query: Query,
+    pub format: Format,
+    format_error: Option<ApiError>,
+    pub pretty: bool,
+    pub audit: AuditRecord,
+    /// The AuditEvent was committed with the data (writes).
+    pub audit_committed: bool,
+}
+
+impl Exchange {
+    pub fn begin(state: &AppState, req: &HttpRequest, interaction: Interaction) -> Exchange {
+        let query = Query::parse(req);
+        let (format, format_error) = match negotiate::response_format(req, &query) {
+            Ok(f) => (f, None),
+            Err(e) => (Format::Json, Some(e)),
+        };
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let remote = req.peer_addr().map(|a| a.ip().to_string());
+        let ctx = AccessContext::open(request_id, remote);
+        let mut audit = AuditRecord::new(interaction, &ctx);
+        if audit.interaction.action() == "E" && audit.interaction.code() != "operation" {
+            audit.query = Some(match req.query_string() {
+                "" => req.path().to_string(),
+                q => format!("{}?{q}", req.path()),
+            });
+        }
+        let pretty = negotiate::pretty(&query);
+        let mut ex = Exchange {
+            ctx,
+            query,
+            format,
+            format_error,
+            pretty,
+            audit,
+            audit_committed: false,
+        };
+        if ex.format_error.is_none()
+            && state.settings.auth.enabled
+            && ex.audit.interaction != Interaction::Capabilities
+        {
+            ex.format_error = Some(ApiError::Unauthorized(
+                "authorization is required, and this build has no SMART authorization server yet; run with auth.enabled = false on a loopback address for development".into(),
+            ));
+        }
+        ex
+    }
+
+    /// The negotiation or authorization failure found at `begin`, if any.
+    pub fn precondition(&mut self) -> Result<(), ApiError> {
+        match self.format_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the audit (if a write did not) and builds the HTTP response.
+    pub async fn finish(
+        mut self,
+        state: &AppState,
+        result: Result<Reply, ApiError>,
+    ) -> HttpResponse {
+        let reply = match result {
+            Ok(r) => {
+                self.audit.outcome = Outcome::Success;
+                Ok(r)
+            }
+            Err(e) => {
+                self.audit.outcome = Outcome::from_status(e.status().as_u16(), e.describe());
+                if e.status().is_server_error() {
+                    tracing::warn!(status = e.status().as_u16(), "request failed");
+                }
+                Err(e)
+            }
+        };
+        if !self.audit_committed {
+            if let Err(e) = state.audit.record(&self.audit).await {
+                tracing::error!(error = %e, "the AuditEvent could not be recorded; the response is withheld");
+                return self.error_response(state, &ApiError::Unavailable(
+                    "the audit trail is unavailable, so the request cannot be answered; try again later".into(),
+                ));
+            }
+        }
+        match reply {
+            Ok(r) => self.response(state, r),
+            Err(e) => self.error_response(state, &e),
+        }
+    }
+
+    pub fn error_response(&self, state: &AppState, e: &ApiError) -> HttpResponse {
+        let oo = operation_outcome(&e.issues());
+        let mut reply = Reply::new(e.status(), Body::Resource(oo));
+        if matches!(e, ApiError::Unauthorized(_)) {
+            reply = reply.header(header::WWW_AUTHENTICATE, "Bearer realm=\"fhirgate\"");
+        }
+        if matches!(e, ApiError::Unavailable(_)) {
+            reply = reply.header(header::RETRY_AFTER, "5");
+        }
+        self.response(state, reply)
+    }
+
+    fn response(&self, state: &AppState, reply: Reply) -> HttpResponse {
+        let mut b = HttpResponse::build(reply.status);
+        for (name, value) in &reply.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                b.insert_header((name.clone(), v));
+            }
+        }
+        let bytes = match reply.body {
+            Body::Empty => return b.finish(),
+            Body::Stored(bytes) if self.format == Format::Json && !self.pretty => bytes,
+            Body::Stored(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => match fhir::serialize(&state.model, &v, self.format, self.pretty) {
+                    Ok(b) => b,
+                    Err(e) => return internal(&e.diagnostics),
+                },
+                Err(e) => return internal(&e.to_string()),
+            },
+            Body::Resource(v) => {
+                match fhir::serialize(&state.model, &v, self.format, self.pretty) {
+                    Ok(b) => b,
+                    Err(e) => return internal(&e.diagnostics),
+                }
+            }
+        };
+        b.insert_header((
+            header::CONTENT_TYPE,
+            format!("{}; charset=utf-8", self.format.mime()),
+        ));
+        b.body(bytes)
+    }
+}
+
+fn internal(detail: &str) -> HttpResponse {
+    tracing::error!(error = detail, "could not serialise a response");
+    HttpResponse::InternalServerError()
+        .insert_header((header::CONTENT_TYPE, "application/fhir+json; charset=utf-8"))
+        .body(r#"{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception","diagnostics":"the server failed to write the response"}]}"#)
+}
+
+/// Reads the request body, refusing more than the configured limit with a 413.
+pub async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the limit of {limit} bytes"
+        ))
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "structure",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "required",
+            "the request has no body; send a resource",
+        ));
+    }
+    Ok(body)
+}

@@ -1,0 +1,173 @@
+//! The actix-web application: routing, content negotiation, error mapping to
+//! OperationOutcome, request middleware. Handlers call the store and audit
+//! layers; nothing below calls back up here.
+//!
+//! Architecture invariant: every FHIR interaction goes through
+//! [`exchange::Exchange`], so each produces exactly one AuditEvent and every
+//! error is an OperationOutcome.
+
+pub mod capability;
+pub mod error;
+pub mod exchange;
+pub mod history;
+pub mod negotiate;
+pub mod ops;
+pub mod resources;
+
+use std::sync::Arc;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use crate::audit::{AuditWriter, Interaction};
+use crate::config::Settings;
+use crate::fhir::compartment::PatientCompartment;
+use crate::fhir::Model;
+use crate::store::Store;
+use error::ApiError;
+use exchange::Exchange;
+
+/// The request id, put in the request's extensions by the middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: Settings,
+    pub base_url: String,
+    pub model: Arc<Model>,
+    pub store: Store,
+    pub audit: AuditWriter,
+    pub compartment: Arc<PatientCompartment>,
+    pub metrics: ops::Metrics,
+    pub capability: Value,
+}
+
+/// Routes of the FHIR API and the operations endpoints.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health/live", web::get().to(ops::live))
+        .route("/health/ready", web::get().to(ops::ready))
+        .route("/metrics", web::get().to(ops::metrics))
+        .service(
+            web::scope("/fhir")
+                .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
+                .service(fhir_resource("/_history").route(web::get().to(history::system)))
+                .service(fhir_resource("/{type}/_history").route(web::get().to(history::of_type)))
+                .service(
+                    fhir_resource("/{type}/{id}/_history").route(web::get().to(history::instance)),
+                )
+                .service(
+                    fhir_resource("/{type}/{id}/_history/{vid}")
+                        .route(web::get().to(resources::vread)),
+                )
+                .service(fhir_resource("/{type}").route(web::post().to(resources::create)))
+                .service(
+                    fhir_resource("/{type}/{id}")
+                        .route(web::get().to(resources::read))
+                        .route(web::put().to(resources::update))
+                        .route(web::delete().to(resources::delete)),
+                )
+                .default_service(web::to(fhir_fallback)),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// A FHIR resource path whose unimplemented methods get a FHIR answer, not actix's bare 405.
+fn fhir_resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(fhir_fallback))
+}
+
+/// FHIR URLs that match no implemented interaction: the right status, as an
+/// OperationOutcome, audited like any other request.
+async fn fhir_fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let path = req
+        .path()
+        .strip_prefix("/fhir")
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    let segments: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
+    let method = req.method().clone();
+    let (interaction, error) = classify(&state, &req, &segments, &method);
+    let mut ex = Exchange::begin(&state, &req, interaction);
+    let result = ex.precondition().and(Err(error));
+    ex.finish(&state, result).await
+}
+
+fn classify(
+    state: &AppState,
+    req: &HttpRequest,
+    segments: &[&str],
+    method: &Method,
+) -> (Interaction, ApiError) {
+    let known = |t: &str| state.model.is_resource_type(t);
+    let op = |name: &str| Interaction::Operation(name.to_string());
+    let has_query = !req.query_string().is_empty();
+    let not_allowed =
+        || ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path()));
+    if let Some(operation) = segments.iter().find(|s| s.starts_with('$')) {
+        return (
+            op(operation),
+            ApiError::NotImplemented(format!(
+                "the operation {} is not implemented",
+                crate::fhir::types::truncate(operation, 60)
+            )),
+        );
+    }
+    match segments {
+        [] => match *method {
+            Method::GET => (
+                Interaction::SearchSystem,
+                ApiError::NotImplemented("system-level search is not implemented yet".into()),
+            ),
+            Method::POST => (
+                op("batch/transaction"),
+                ApiError::NotImplemented(
+                    "batch and transaction Bundles are not implemented yet".into(),
+                ),
+            ),
+            _ => (op("unknown"), not_allowed()),
+        },
+        ["metadata"] | ["_history"] => (op("unknown"), not_allowed()),
+        [t, ..] if !known(t) => (
+            op("unknown"),
+            ApiError::NotFound(format!(
+                "`{}` is not a resource type this server knows",
+                crate::fhir::types::truncate(t, 80)
+            )),
+        ),
+        [t] => match *method {
+            Method::GET => (
+                Interaction::SearchType,
+                ApiError::NotImplemented(format!("searching {t} is not implemented yet")),
+            ),
+            Method::PUT | Method::DELETE | Method::PATCH if has_query => (
+                op("conditional"),
+                ApiError::NotImplemented(
+                    "conditional update, delete and patch are not implemented yet".into(),
+                ),
+            ),
+            _ => (op("unknown"), not_allowed()),
+        },
+        [_, _] if *method == Method::PATCH => (
+            Interaction::Patch,
+            ApiError::NotImplemented("PATCH is not implemented yet".into()),
+        ),
+        [_, _] | [_, _, "_history"] | [_, _, "_history", _] => (op("unknown"), not_allowed()),
+        _ => (
+            op("unknown"),
+            ApiError::NotFound("no FHIR interaction has this URL".into()),
+        ),
+    }
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("application/fhir+json; charset=utf-8")
+        .body(r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found","diagnostics":"no such endpoint; the FHIR API is under /fhir"}]}"#)
+}

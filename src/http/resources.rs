@@ -1,0 +1,471 @@
+//! The instance and type interactions: create, read, vread, update, delete.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::exchange::{read_body, Body, Exchange, Reply};
+use super::negotiate::{self, parse_etag};
+use super::AppState;
+use crate::audit::Interaction;
+use crate::fhir::summary::{self, Subset};
+use crate::fhir::{self, instant, Id, Issue, VersionId};
+use crate::store::{StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
+
+/// A resource type named in the URL, checked against the loaded model.
+pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
+    if state.model.is_resource_type(name) {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "`{}` is not a resource type this server knows",
+            fhir::types::truncate(name, 80)
+        )))
+    }
+}
+
+pub fn resource_id(id: &str) -> Result<Id, ApiError> {
+    Id::parse(id).map_err(|m| ApiError::bad_request("value", m))
+}
+
+fn http_date(micros: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
+    httpdate::fmt_http_date(t)
+}
+
+fn version_headers(reply: Reply, version: i64, last_updated: i64) -> Reply {
+    reply
+        .header(header::ETAG, format!("W/\"{version}\""))
+        .header(header::LAST_MODIFIED, http_date(last_updated))
+}
+
+fn subset(ex: &Exchange) -> Result<Subset, ApiError> {
+    Subset::from_query(ex.query.get("_summary"), ex.query.get("_elements"))
+        .map_err(|m| ApiError::bad_request("value", m))
+}
+
+fn body_of(state: &AppState, stored: StoredVersion, subset: &Subset) -> Result<Body, ApiError> {
+    if *subset == Subset::Full {
+        return Ok(Body::Stored(stored.body));
+    }
+    let v: Value =
+        serde_json::from_slice(&stored.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Body::Resource(summary::apply(&state.model, &v, subset)))
+}
+
+fn patients_of(state: &AppState, resource_type: &str, id: &str, body: &[u8]) -> Vec<String> {
+    if resource_type == "Patient" {
+        return state.compartment.patients_of("Patient", Some(id), None);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => state
+            .compartment
+            .patients_of(resource_type, Some(id), Some(&v)),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// True when `If-None-Match` or `If-Modified-Since` says the client is current.
+fn not_modified(headers: &HeaderMap, version: i64, last_updated: i64) -> bool {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+    {
+        return inm
+            .split(',')
+            .any(|t| t.trim() == "*" || parse_etag(t) == Some(version));
+    }
+    if let Some(ims) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|h| h.to_str().ok())
+    {
+        if let Ok(since) = httpdate::parse_http_date(ims) {
+            let since = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            return last_updated / 1_000_000 <= since;
+        }
+    }
+    false
+}
+
+pub async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::Read);
+    let result = read_inner(&state, &req, &mut ex, &path.0, &path.1, None).await;
+    ex.finish(&state, result).await
+}
+
+pub async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::Vread);
+    let result = async {
+        let v = VersionId::parse(&path.2).map_err(|m| ApiError::NotFound(m))?;
+        read_inner(&state, &req, &mut ex, &path.0, &path.1, Some(v.0)).await
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+async fn read_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    ex: &mut Exchange,
+    rt: &str,
+    id: &str,
+    version: Option<i64>,
+) -> Result<Reply, ApiError> {
+    ex.precondition()?;
+    let rt = resource_type(state, rt)?;
+    let id = resource_id(id)?;
+    ex.audit.resource_type = Some(rt.clone());
+    ex.audit.id = Some(id.to_string());
+    ex.audit.version = version;
+    let subset = subset(ex)?;
+    if !ex.ctx.may_read_type(&rt) {
+        return Err(ApiError::Forbidden(format!(
+            "reading {rt} is not permitted"
+        )));
+    }
+    let ctx = ex.ctx.clone();
+    let (t, i) = (rt.clone(), id.to_string());
+    let stored = state
+        .store
+        .call(move |s| s.read(&ctx, &t, &i, version))
+        .await?
+        .ok_or_else(|| match version {
+            Some(v) => ApiError::NotFound(format!("{rt}/{id} has no version {v}")),
+            None => ApiError::NotFound(format!("{rt}/{id} does not exist")),
+        })?;
+    ex.audit.version = Some(stored.version);
+    if stored.deleted {
+        return Err(ApiError::Gone(format!(
+            "{rt}/{id} was deleted (version {})",
+            stored.version
+        )));
+    }
+    ex.audit.patients = patients_of(state, &rt, id.as_str(), &stored.body);
+    let (v, lu) = (stored.version, stored.last_updated);
+    if version.is_none() && not_modified(req.headers(), v, lu) {
+        return Ok(version_headers(
+            Reply::new(StatusCode::NOT_MODIFIED, Body::Empty),
+            v,
+            lu,
+        ));
+    }
+    let body = body_of(state, stored, &subset)?;
+    Ok(version_headers(Reply::new(StatusCode::OK, body), v, lu))
+}
+
+/// `Prefer: return=minimal | representation | OperationOutcome`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    Outcome,
+}
+
+fn prefer_return(req: &HttpRequest) -> Return {
+    let prefer = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .find_map(|p| p.strip_prefix("return=").map(str::to_string));
+    match prefer.as_deref() {
+        Some("minimal") => Return::Minimal,
+        Some("operationoutcome") => Return::Outcome,
+        _ => Return::Representation,
+    }
+}
+
+/// Reads and checks the resource in the body: format, strict structure, type.
+fn parse_body(
+    state: &AppState,
+    req: &HttpRequest,
+    bytes: &[u8],
+    rt: &str,
+) -> Result<Value, ApiError> {
+    let format = negotiate::request_format(req)?;
+    let value = fhir::parse_resource(&state.model, bytes, format).map_err(ApiError::BadRequest)?;
+    let body_type = value
+        .get("resourceType")
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
+    if body_type != rt {
+        return Err(ApiError::BadRequest(vec![Issue::error(
+            "invalid",
+            format!("the body is a {body_type}, but the URL names {rt}"),
+        )
+        .at(body_type.to_string())]));
+    }
+    Ok(value)
+}
+
+/// The stored form: `id` and `meta.versionId`/`meta.lastUpdated` set by the server,
+/// everything else in the client's order.
+fn with_identity(
+    resource: &Value,
+    id: &str,
+    version: i64,
+    last_updated: i64,
+) -> Result<Vec<u8>, StoreError> {
+    let src = resource
+        .as_object()
+        .ok_or_else(|| StoreError::Prepare("a resource must be an object".into()))?;
+    let mut out = Map::with_capacity(src.len() + 2);
+    out.insert(
+        "resourceType".into(),
+        src.get("resourceType").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("id".into(), Value::String(id.to_string()));
+    let mut meta = match src.get("meta") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert("lastUpdated".into(), Value::String(instant(last_updated)));
+    out.insert("meta".into(), Value::Object(meta));
+    for (k, v) in src {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| StoreError::Prepare(e.to_string()))
+}
+
+fn write_reply(
+    state: &AppState,
+    req: &HttpRequest,
+    rt: &str,
+    id: &str,
+    result: WriteResult,
+) -> Reply {
+    let status = if result.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("{}/{rt}/{id}/_history/{}", state.base_url, result.version);
+    let body = match prefer_return(req) {
+        Return::Minimal => Body::Empty,
+        Return::Representation => Body::Stored(result.body),
+        Return::Outcome => Body::Resource(json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational",
+                       "diagnostics": format!("{rt}/{id} version {} stored", result.version)}]
+        })),
+    };
+    let mut reply = version_headers(
+        Reply::new(status, body),
+        result.version,
+        result.last_updated,
+    );
+    reply = if result.created {
+        reply.header(header::LOCATION, location)
+    } else {
+        reply.header(header::CONTENT_LOCATION, location)
+    };
+    reply
+}
+
+pub async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::Create);
+    let result = async {
+        ex.precondition()?;
+        let rt = resource_type(&state, &path)?;
+        ex.audit.resource_type = Some(rt.clone());
+        if rt == "AuditEvent" {
+            return Err(ApiError::MethodNotAllowed("AuditEvents are written by the server only".into()));
+        }
+        if req.headers().contains_key("if-none-exist") {
+            return Err(ApiError::NotImplemented(
+                "conditional create (If-None-Exist) needs search, which this server does not implement yet".into(),
+            ));
+        }
+        let bytes = read_body(&state, &req, payload).await?;
+        let resource = parse_body(&state, &req, &bytes, &rt)?;
+        let id = Id::generate();
+        ex.audit.id = Some(id.to_string());
+        ex.audit.patients = state.compartment.patients_of(&rt, Some(id.as_str()), Some(&resource));
+        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Create, "POST", Some(resource)).await?;
+        Ok(write_reply(&state, &req, &rt, id.as_str(), result))
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+pub async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::Update);
+    let result = async {
+        ex.precondition()?;
+        let rt = resource_type(&state, &path.0)?;
+        let id = resource_id(&path.1)?;
+        ex.audit.resource_type = Some(rt.clone());
+        ex.audit.id = Some(id.to_string());
+        if rt == "AuditEvent" {
+            return Err(ApiError::MethodNotAllowed(
+                "AuditEvents are read-only".into(),
+            ));
+        }
+        let if_match = if_match(&req)?;
+        let bytes = read_body(&state, &req, payload).await?;
+        let resource = parse_body(&state, &req, &bytes, &rt)?;
+        match resource.get("id").and_then(|i| i.as_str()) {
+            Some(body_id) if body_id == id.as_str() => {}
+            Some(body_id) => {
+                return Err(ApiError::BadRequest(vec![Issue::error(
+                    "invalid",
+                    format!("the body's id `{body_id}` differs from the id in the URL `{id}`"),
+                )
+                .at(format!("{rt}.id"))]))
+            }
+            None => {
+                return Err(ApiError::BadRequest(vec![Issue::error(
+                    "required",
+                    "an update must carry the resource id in the body",
+                )
+                .at(format!("{rt}.id"))]))
+            }
+        }
+        ex.audit.patients = state
+            .compartment
+            .patients_of(&rt, Some(id.as_str()), Some(&resource));
+        let result = write(
+            &state,
+            &mut ex,
+            &rt,
+            id.as_str(),
+            WriteKind::Update { if_match },
+            "PUT",
+            Some(resource),
+        )
+        .await?;
+        Ok(write_reply(&state, &req, &rt, id.as_str(), result))
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+pub async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::Delete);
+    let result = async {
+        ex.precondition()?;
+        let rt = resource_type(&state, &path.0)?;
+        let id = resource_id(&path.1)?;
+        ex.audit.resource_type = Some(rt.clone());
+        ex.audit.id = Some(id.to_string());
+        if rt == "AuditEvent" {
+            return Err(ApiError::MethodNotAllowed("AuditEvents are read-only".into()));
+        }
+        let if_match = if_match(&req)?;
+        if rt == "Patient" {
+            ex.audit.patients = vec![format!("Patient/{id}")];
+        }
+        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Delete { if_match }, "DELETE", None).await?;
+        let msg = if result.unchanged {
+            format!("{rt}/{id} was already deleted")
+        } else {
+            format!("{rt}/{id} deleted (version {})", result.version)
+        };
+        let mut reply = Reply::new(
+            StatusCode::OK,
+            Body::Resource(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": msg}]})),
+        );
+        if !result.unchanged {
+            reply = reply.header(header::ETAG, format!("W/\"{}\"", result.version));
+        }
+        Ok(reply)
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    match req.headers().get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(h) => {
+            let v = h.to_str().ok().and_then(parse_etag).ok_or_else(|| {
+                ApiError::bad_request("value", "If-Match must be a version ETag such as W/\"3\"")
+            })?;
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Runs a write in one transaction with its AuditEvent.
+async fn write(
+    state: &AppState,
+    ex: &mut Exchange,
+    rt: &str,
+    id: &str,
+    kind: WriteKind,
+    method: &'static str,
+    resource: Option<Value>,
+) -> Result<WriteResult, ApiError> {
+    if !ex.ctx.may_write_type(rt) {
+        return Err(ApiError::Forbidden(format!(
+            "writing {rt} is not permitted"
+        )));
+    }
+    let ctx = ex.ctx.clone();
+    let audit_template = ex.audit.clone();
+    let writer = state.audit.clone();
+    let (rt_owned, id_owned) = (rt.to_string(), id.to_string());
+    let result = state
+        .store
+        .call(move |s| {
+            let prepare = |version: i64, ts: i64| match &resource {
+                Some(r) => with_identity(r, &id_owned, version, ts),
+                None => Ok(Vec::new()),
+            };
+            let audit = |r: &WriteResult| {
+                let mut record = audit_template.clone();
+                record.version = Some(r.version);
+                if r.created && matches!(kind, WriteKind::Update { .. }) {
+                    record.interaction = Interaction::Create;
+                }
+                Ok(writer.row(&record))
+            };
+            s.write(
+                &ctx,
+                WriteRequest {
+                    resource_type: &rt_owned,
+                    id: &id_owned,
+                    kind,
+                    method,
+                    prepare: &prepare,
+                    audit: &audit,
+                },
+            )
+        })
+        .await?;
+    ex.audit.version = Some(result.version);
+    // A delete of a deleted resource wrote nothing, not even its audit.
+    ex.audit_committed = !result.unchanged;
+    Ok(result)
+}

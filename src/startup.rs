@@ -1,0 +1,197 @@
+//! Builds the application from `Settings`: packages, structure model, store
+//! (migrations, keys), audit writer, HTTP server. `main` and the tests use the
+//! very same functions.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVersion};
+
+use crate::audit::AuditWriter;
+use crate::config::Settings;
+use crate::crypto::{KeyError, MasterKey};
+use crate::fhir::compartment::PatientCompartment;
+use crate::fhir::Model;
+use crate::http::{self, AppState};
+use crate::packages::{PackageCache, PackageError, PackageRef, PackageSet};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Packages(#[from] PackageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("auth.enabled = false is a development mode and is refused unless server.listen is a loopback address (it is {0})")]
+    InsecureDevMode(String),
+    #[error("this database already holds data, but no master key is configured (crypto.master_key or crypto.master_key_file) and the development key file {0} does not exist; fhirgate will not create a new key for existing data")]
+    MissingKeyForData(PathBuf),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("no packages configured (packages.load is empty); the core package hl7.fhir.r4.core#4.0.1 is needed")]
+    NoPackages,
+}
+
+/// Loads the configured packages (installing missing ones) and compiles nothing yet.
+pub fn load_model(settings: &Settings) -> Result<Arc<Model>, StartupError> {
+    let cache = PackageCache::new(
+        settings.packages.cache_dir(),
+        settings.packages.registry.clone(),
+    );
+    let refs: Vec<PackageRef> = settings
+        .packages
+        .load
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    if refs.is_empty() {
+        return Err(StartupError::NoPackages);
+    }
+    let set = PackageSet::load(&cache, &refs)?;
+    Ok(Arc::new(Model::new(Arc::new(set))))
+}
+
+/// Connects to the database, optionally migrates, and opens the data keys.
+pub fn open_store(settings: &Settings, migrate: bool) -> Result<Store, StartupError> {
+    let store = Store::connect(
+        &settings.database.url,
+        settings.database.pool_size,
+        Duration::from_millis(settings.database.pool_timeout_ms),
+    )?;
+    if migrate {
+        let n = store.migrate()?;
+        if n > 0 {
+            tracing::info!(migrations = n, "database migrated");
+        }
+    }
+    let master = master_key(settings, &store)?;
+    store.unlock(&master)?;
+    Ok(store)
+}
+
+/// The configured master key; without one, a development key file (created with
+/// mode 0600 and a warning), unless the database already holds data.
+pub fn master_key(settings: &Settings, store: &Store) -> Result<MasterKey, StartupError> {
+    let c = &settings.crypto;
+    if let Some(k) = &c.master_key {
+        return Ok(MasterKey::parse(k)?);
+    }
+    if let Some(f) = &c.master_key_file {
+        return Ok(MasterKey::read_file(f)?);
+    }
+    let dev = c
+        .dev_key_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("fhirgate-dev.key"));
+    if dev.exists() {
+        tracing::warn!(path = %dev.display(), "using the development master key file; configure crypto.master_key_file for production");
+        return Ok(MasterKey::read_file(&dev)?);
+    }
+    if store.has_keys()? {
+        return Err(StartupError::MissingKeyForData(dev));
+    }
+    let key = MasterKey::generate()?;
+    key.write_new_file(&dev)?;
+    tracing::warn!(path = %dev.display(), "no master key configured: created a development key file (mode 0600); keep it, or the data cannot be read");
+    Ok(key)
+}
+
+/// Everything the handlers share.
+pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, StartupError> {
+    if !settings.auth.enabled {
+        if !settings.listens_on_loopback() {
+            return Err(StartupError::InsecureDevMode(
+                settings.server.listen.clone(),
+            ));
+        }
+        tracing::warn!("auth.enabled = false: every request is served without authorization (development mode, loopback only)");
+    }
+    let model = load_model(settings)?;
+    let store = open_store(settings, migrate)?;
+    let base_url = settings.base_url();
+    let audit = AuditWriter::start(
+        store.clone(),
+        base_url.clone(),
+        settings.audit.observer.clone(),
+        settings.audit.max_batch,
+    );
+    let capability = http::capability::build(&model, &base_url, settings.auth.enabled);
+    Ok(AppState {
+        settings: settings.clone(),
+        base_url,
+        compartment: Arc::new(PatientCompartment::new(model.clone())),
+        model,
+        store,
+        audit,
+        metrics: http::ops::Metrics::new(),
+        capability,
+    })
+}
+
+/// Binds the listener (or takes a bound one) and builds the server; it runs when awaited.
+pub fn build_server(
+    settings: &Settings,
+    state: AppState,
+    listener: Option<TcpListener>,
+) -> Result<(Server, u16), StartupError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            TcpListener::bind(&settings.server.listen).map_err(|source| StartupError::Listen {
+                addr: settings.server.listen.clone(),
+                source,
+            })?
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let state = web::Data::new(state);
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(http::ops::observe))
+            .configure(http::configure)
+    })
+    .workers(workers)
+    .shutdown_timeout(settings.server.shutdown_timeout_secs);
+    let server = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(cert), Some(key)) => {
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+                .map_err(|e| StartupError::Tls(e.to_string()))?;
+            b.set_min_proto_version(Some(SslVersion::TLS1_2))
+                .map_err(|e| StartupError::Tls(e.to_string()))?;
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(|e| StartupError::Tls(format!("{}: {e}", key.display())))?;
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| StartupError::Tls(format!("{}: {e}", cert.display())))?;
+            server.listen_openssl(listener, b)
+        }
+        (None, None) => server.listen(listener),
+        _ => {
+            return Err(StartupError::Tls(
+                "tls.cert and tls.key must be set together".into(),
+            ))
+        }
+    }
+    .map_err(|source| StartupError::Listen {
+        addr: settings.server.listen.clone(),
+        source,
+    })?;
+    Ok((server.run(), port))
+}

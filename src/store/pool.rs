@@ -1,0 +1,146 @@
+//! The two backends behind one pool type, their connection settings, embedded
+//! migrations, and the macros that run one diesel body on either backend.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::StoreError;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub enum DbPool {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Pg(Pool<ConnectionManager<PgConnection>>),
+}
+
+pub enum DbConn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// Runs `$body` with `$c` bound to the backend's connection (`&mut SqliteConnection`
+/// or `&mut PgConnection`); the body is compiled once per backend.
+macro_rules! with_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::pool::DbConn::Sqlite(ref mut pooled) => {
+                let $c: &mut diesel::SqliteConnection = &mut *pooled;
+                $body
+            }
+            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
+                let $c: &mut diesel::PgConnection = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// Like `with_conn!`, inside a write transaction. SQLite takes the write lock at
+/// BEGIN (IMMEDIATE): a deferred transaction that reads, then writes, fails with
+/// SQLITE_BUSY_SNAPSHOT under concurrency instead of waiting.
+macro_rules! write_txn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::pool::DbConn::Sqlite(ref mut pooled) => {
+                let conn: &mut diesel::SqliteConnection = &mut *pooled;
+                conn.immediate_transaction(|$c| $body)
+            }
+            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
+                let conn: &mut diesel::PgConnection = &mut *pooled;
+                diesel::Connection::transaction(conn, |$c| $body)
+            }
+        }
+    };
+}
+
+pub(crate) use {with_conn, write_txn};
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers run beside the writer; NORMAL sync is durable across
+        // process crashes (only an OS crash may lose the last commits).
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl DbPool {
+    pub fn connect(
+        url: &str,
+        size: u32,
+        timeout: Duration,
+    ) -> Result<(DbPool, Backend), StoreError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let size = if size == 0 { cores.max(2) } else { size };
+            let pool = Pool::builder()
+                .max_size(size)
+                .connection_timeout(timeout)
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(ConnectionManager::<SqliteConnection>::new(path))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok((DbPool::Sqlite(pool), Backend::Sqlite))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let size = if size == 0 { cores * 4 } else { size };
+            // build_unchecked: the server starts (and reports not-ready) while the
+            // database is down, and recovers when it comes back.
+            let pool = Pool::builder()
+                .max_size(size)
+                .min_idle(Some(1))
+                .connection_timeout(timeout)
+                .test_on_check_out(false)
+                .build_unchecked(ConnectionManager::<PgConnection>::new(url));
+            Ok((DbPool::Pg(pool), Backend::Postgres))
+        } else {
+            Err(StoreError::BadUrl(
+                url.split('@').next_back().unwrap_or(url).to_string(),
+            ))
+        }
+    }
+
+    pub fn get(&self) -> Result<DbConn, StoreError> {
+        match self {
+            DbPool::Sqlite(p) => p
+                .get()
+                .map(DbConn::Sqlite)
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+            DbPool::Pg(p) => p
+                .get()
+                .map(DbConn::Pg)
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Applies pending migrations; returns how many ran.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        let mut conn = self.get()?;
+        let applied = match &mut conn {
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConn::Pg(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+        };
+        applied.map_err(|e| StoreError::Migration(e.to_string()))
+    }
+}
