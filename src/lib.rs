@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod fhir;
+pub mod fhirpath;
 pub mod http;
 pub mod packages;
 pub mod startup;

@@ -36,6 +36,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Evaluate a FHIRPath expression against a resource (FILE or stdin, JSON or
+    /// XML); prints the result collection as a JSON array.
+    Fhirpath {
+        expression: String,
+        file: Option<PathBuf>,
+    },
     /// FHIR package cache management.
     Packages {
         #[command(subcommand)]
@@ -118,12 +124,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             for f in files {
                 let bytes =
                     std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                let format = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') {
-                    fhir::Format::Xml
-                } else {
-                    fhir::Format::Json
-                };
-                let issues = match fhir::parse_resource(&model, &bytes, format) {
+                let issues = match fhir::parse_resource(&model, &bytes, sniff_format(&bytes)) {
                     Ok(v) => fhir::json::check_resource(&model, &v),
                     Err(issues) => issues,
                 };
@@ -146,6 +147,44 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Fhirpath { expression, file } => {
+            let bytes = match &file {
+                Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                        .context("reading stdin")?;
+                    b
+                }
+            };
+            let model = startup::load_model(&settings)?;
+            let resource = match fhir::parse_resource(&model, &bytes, sniff_format(&bytes)) {
+                Ok(v) => v,
+                Err(issues) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&fhir::operation_outcome(&issues))?
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let offset = chrono::Local::now().offset().local_minus_utc() / 60;
+            match fhirgate::fhirpath::evaluate_to_json(
+                &expression,
+                &resource,
+                model.path_model(),
+                offset,
+            ) {
+                Ok(values) => {
+                    println!("{}", serde_json::to_string(&values)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("fhirgate: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Packages { command } => {
             let cache = PackageCache::new(
@@ -207,5 +246,14 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// XML when the first non-blank byte is `<`, else JSON.
+fn sniff_format(bytes: &[u8]) -> fhir::Format {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') {
+        fhir::Format::Xml
+    } else {
+        fhir::Format::Json
     }
 }

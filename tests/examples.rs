@@ -29,7 +29,10 @@ fn without_server_meta(v: &Value) -> Value {
 fn patient_secrets() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (_, r) in support::r4_examples() {
-        if !matches!(r["resourceType"].as_str(), Some("Patient" | "RelatedPerson" | "Person")) {
+        if !matches!(
+            r["resourceType"].as_str(),
+            Some("Patient" | "RelatedPerson" | "Person")
+        ) {
             continue;
         }
         for n in r["name"].as_array().into_iter().flatten() {
@@ -53,7 +56,10 @@ fn patient_secrets() -> BTreeSet<String> {
     // Short strings match by chance in ciphertext; resource ids are stored in clear
     // by design (they are how rows are found), so an identifier equal to an id is
     // not counted.
-    let ids: BTreeSet<String> = support::r4_examples().iter().filter_map(|(_, r)| r["id"].as_str().map(str::to_string)).collect();
+    let ids: BTreeSet<String> = support::r4_examples()
+        .iter()
+        .filter_map(|(_, r)| r["id"].as_str().map(str::to_string))
+        .collect();
     out.retain(|s| s.len() >= 5 && !ids.contains(s));
     out
 }
@@ -75,33 +81,63 @@ async fn load_all(app: &TestApp) {
             continue;
         }
         if !r.status.is_success() {
-            failures.push(format!("{name}: PUT {}: {}", r.status, String::from_utf8_lossy(&r.body)));
+            failures.push(format!(
+                "{name}: PUT {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
             continue;
         }
         let json = app.get(&path).await;
-        if json.status != StatusCode::OK || without_server_meta(&json.json()) != without_server_meta(resource) {
+        if json.status != StatusCode::OK
+            || without_server_meta(&json.json()) != without_server_meta(resource)
+        {
             failures.push(format!("{name}: JSON read back differs"));
         }
-        let xml = app.send(Method::GET, &path, &[("Accept", "application/fhir+xml")], None).await;
+        let xml = app
+            .send(
+                Method::GET,
+                &path,
+                &[("Accept", "application/fhir+xml")],
+                None,
+            )
+            .await;
         match fhir::parse_resource(&model, &xml.body, Format::Xml) {
             Ok(back) if without_server_meta(&back) == without_server_meta(resource) => {}
             Ok(_) => failures.push(format!("{name}: XML read back differs")),
             Err(e) => failures.push(format!("{name}: XML read back unreadable: {e:?}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} examples failed:\n{}", failures.len(), support::r4_examples().len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} examples failed:\n{}",
+        failures.len(),
+        support::r4_examples().len(),
+        failures.join("\n")
+    );
 }
 
 fn assert_absent(dump: &[u8], what: &str) {
     let secrets = patient_secrets();
-    assert!(secrets.contains("Chalmers"), "the check looks for the example patient names");
+    assert!(
+        secrets.contains("Chalmers"),
+        "the check looks for the example patient names"
+    );
     let mut found = Vec::new();
     for s in &secrets {
         // A number-only identifier also occurs inside timestamps and sequence
         // numbers of a text dump; leaked from a resource it would be a quoted JSON string.
-        let needle = if s.bytes().all(|b| b.is_ascii_digit()) { format!("\"{s}\"") } else { s.clone() };
+        let needle = if s.bytes().all(|b| b.is_ascii_digit()) {
+            format!("\"{s}\"")
+        } else {
+            s.clone()
+        };
         let hex_form = hex::encode(needle.as_bytes());
-        if dump.windows(needle.len()).any(|w| w == needle.as_bytes()) || dump.windows(hex_form.len()).any(|w| w == hex_form.as_bytes()) {
+        if dump.windows(needle.len()).any(|w| w == needle.as_bytes())
+            || dump
+                .windows(hex_form.len())
+                .any(|w| w == hex_form.as_bytes())
+        {
             found.push(s.clone());
         }
     }
@@ -109,7 +145,10 @@ fn assert_absent(dump: &[u8], what: &str) {
 }
 
 fn pg_dump(db_name: &str) -> Vec<u8> {
-    let bindir = Command::new("pg_config").arg("--bindir").output().expect("pg_config");
+    let bindir = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("pg_config");
     let bindir = String::from_utf8_lossy(&bindir.stdout).trim().to_string();
     let admin = support::server::pg_admin_url();
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
@@ -118,7 +157,11 @@ fn pg_dump(db_name: &str) -> Vec<u8> {
         .arg(format!("{base}/{db_name}"))
         .output()
         .expect("pg_dump");
-    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.len() > 100_000, "the dump holds the data");
     out.stdout
 }

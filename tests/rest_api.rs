@@ -26,7 +26,10 @@ async fn create_read_update_delete_lifecycle(backend: Backend) {
     let read = app.get(&format!("/Patient/{id}")).await;
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.json(), body);
-    assert_eq!(read.header("content-type").unwrap(), "application/fhir+json; charset=utf-8");
+    assert_eq!(
+        read.header("content-type").unwrap(),
+        "application/fhir+json; charset=utf-8"
+    );
 
     let mut changed = body.clone();
     changed["active"] = json!(false);
@@ -38,14 +41,30 @@ async fn create_read_update_delete_lifecycle(backend: Backend) {
     let v1 = app.get(&format!("/Patient/{id}/_history/1")).await;
     assert_eq!(v1.status, StatusCode::OK);
     assert_eq!(v1.json()["active"], true);
-    assert_eq!(app.get(&format!("/Patient/{id}/_history/9")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.get(&format!("/Patient/{id}/_history/x")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get(&format!("/Patient/{id}/_history/9")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/Patient/{id}/_history/x")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let deleted = app.delete(&format!("/Patient/{id}")).await;
     assert_eq!(deleted.status, StatusCode::OK);
-    assert_eq!(app.get(&format!("/Patient/{id}")).await.status, StatusCode::GONE);
-    assert_eq!(app.get(&format!("/Patient/{id}/_history/2")).await.status, StatusCode::OK);
-    assert_eq!(app.delete(&format!("/Patient/{id}")).await.status, StatusCode::OK, "deleting twice is idempotent");
+    assert_eq!(
+        app.get(&format!("/Patient/{id}")).await.status,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        app.get(&format!("/Patient/{id}/_history/2")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.delete(&format!("/Patient/{id}")).await.status,
+        StatusCode::OK,
+        "deleting twice is idempotent"
+    );
 
     let history = app.get(&format!("/Patient/{id}/_history")).await.json();
     assert_eq!(history["type"], "history");
@@ -72,7 +91,10 @@ async fn update_as_create_with_a_client_id(backend: Backend) {
     p["id"] = json!("pat-1");
     let r = app.put_json("/Patient/pat-1", &p).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(r.header("location").unwrap(), format!("{}/Patient/pat-1/_history/1", app.base));
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("{}/Patient/pat-1/_history/1", app.base)
+    );
     let r = app.put_json("/Patient/pat-1", &p).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["meta"]["versionId"], "2");
@@ -88,25 +110,66 @@ async fn version_aware_updates_and_conditional_reads(backend: Backend) {
     let body = serde_json::to_vec(&created).unwrap();
     let ct = ("Content-Type", "application/fhir+json");
 
-    let stale = app.send(Method::PUT, &path, &[ct, ("If-Match", "W/\"7\"")], Some(&body)).await;
+    let stale = app
+        .send(
+            Method::PUT,
+            &path,
+            &[ct, ("If-Match", "W/\"7\"")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(stale.issue().0, "conflict");
-    let ok = app.send(Method::PUT, &path, &[ct, ("If-Match", "W/\"1\"")], Some(&body)).await;
+    let ok = app
+        .send(
+            Method::PUT,
+            &path,
+            &[ct, ("If-Match", "W/\"1\"")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK);
-    let bad = app.send(Method::PUT, &path, &[ct, ("If-Match", "yesterday")], Some(&body)).await;
+    let bad = app
+        .send(
+            Method::PUT,
+            &path,
+            &[ct, ("If-Match", "yesterday")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let stale_delete = app.send(Method::DELETE, &path, &[("If-Match", "W/\"1\"")], None).await;
+    let stale_delete = app
+        .send(Method::DELETE, &path, &[("If-Match", "W/\"1\"")], None)
+        .await;
     assert_eq!(stale_delete.status, StatusCode::PRECONDITION_FAILED);
 
-    let same = app.send(Method::GET, &path, &[("If-None-Match", "W/\"2\"")], None).await;
+    let same = app
+        .send(Method::GET, &path, &[("If-None-Match", "W/\"2\"")], None)
+        .await;
     assert_eq!(same.status, StatusCode::NOT_MODIFIED);
     assert!(same.body.is_empty());
-    let other = app.send(Method::GET, &path, &[("If-None-Match", "W/\"1\"")], None).await;
+    let other = app
+        .send(Method::GET, &path, &[("If-None-Match", "W/\"1\"")], None)
+        .await;
     assert_eq!(other.status, StatusCode::OK);
     let last_modified = other.header("last-modified").unwrap();
-    let fresh = app.send(Method::GET, &path, &[("If-Modified-Since", &last_modified)], None).await;
+    let fresh = app
+        .send(
+            Method::GET,
+            &path,
+            &[("If-Modified-Since", &last_modified)],
+            None,
+        )
+        .await;
     assert_eq!(fresh.status, StatusCode::NOT_MODIFIED);
-    let old = app.send(Method::GET, &path, &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")], None).await;
+    let old = app
+        .send(
+            Method::GET,
+            &path,
+            &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")],
+            None,
+        )
+        .await;
     assert_eq!(old.status, StatusCode::OK);
     app.assert_every_request_audited().await;
     app.stop().await;
@@ -121,20 +184,50 @@ async fn formats_summary_elements_and_prefer(backend: Backend) {
     let id = created["id"].as_str().unwrap();
     let path = format!("/Patient/{id}");
 
-    let xml = app.send(Method::GET, &path, &[("Accept", "application/fhir+xml")], None).await;
+    let xml = app
+        .send(
+            Method::GET,
+            &path,
+            &[("Accept", "application/fhir+xml")],
+            None,
+        )
+        .await;
     assert_eq!(xml.status, StatusCode::OK);
-    assert_eq!(xml.header("content-type").unwrap(), "application/fhir+xml; charset=utf-8");
+    assert_eq!(
+        xml.header("content-type").unwrap(),
+        "application/fhir+xml; charset=utf-8"
+    );
     let text = String::from_utf8(xml.body.clone()).unwrap();
     assert!(text.contains("<family value=\"Chalmers\"/>"), "{text}");
     let via_param = app.get(&format!("{path}?_format=xml")).await;
     assert_eq!(via_param.body, xml.body);
-    assert_eq!(app.get(&format!("{path}?_format=text/turtle")).await.status, StatusCode::NOT_ACCEPTABLE);
-    assert_eq!(app.send(Method::GET, &path, &[("Accept", "text/html")], None).await.status, StatusCode::NOT_ACCEPTABLE);
+    assert_eq!(
+        app.get(&format!("{path}?_format=text/turtle")).await.status,
+        StatusCode::NOT_ACCEPTABLE
+    );
+    assert_eq!(
+        app.send(Method::GET, &path, &[("Accept", "text/html")], None)
+            .await
+            .status,
+        StatusCode::NOT_ACCEPTABLE
+    );
 
     // XML in: the same resource written as XML reads back as the same JSON.
     let xml_update = text.replace("<active value=\"true\"/>", "<active value=\"false\"/>");
-    let r = app.send(Method::PUT, &path, &[("Content-Type", "application/fhir+xml")], Some(xml_update.as_bytes())).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let r = app
+        .send(
+            Method::PUT,
+            &path,
+            &[("Content-Type", "application/fhir+xml")],
+            Some(xml_update.as_bytes()),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let back = r.json();
     assert_eq!(back["active"], false);
     assert_eq!(back["name"], created["name"]);
@@ -143,24 +236,56 @@ async fn formats_summary_elements_and_prefer(backend: Backend) {
     assert!(String::from_utf8_lossy(&pretty.body).contains("\n  \"resourceType\""));
 
     let summary = app.get(&format!("{path}?_summary=true")).await.json();
-    assert!(summary.get("name").is_some() && summary.get("communication").is_none() && summary.get("text").is_none());
+    assert!(
+        summary.get("name").is_some()
+            && summary.get("communication").is_none()
+            && summary.get("text").is_none()
+    );
     assert_eq!(summary["meta"]["tag"][0]["code"], "SUBSETTED");
     let text_only = app.get(&format!("{path}?_summary=text")).await.json();
     assert!(text_only.get("text").is_some() && text_only.get("name").is_none());
     let data = app.get(&format!("{path}?_summary=data")).await.json();
     assert!(data.get("text").is_none() && data.get("communication").is_some());
     let elements = app.get(&format!("{path}?_elements=birthDate")).await.json();
-    assert!(elements.get("birthDate").is_some() && elements.get("name").is_none() && elements.get("id").is_some());
-    assert_eq!(app.get(&format!("{path}?_summary=maybe")).await.status, StatusCode::BAD_REQUEST);
+    assert!(
+        elements.get("birthDate").is_some()
+            && elements.get("name").is_none()
+            && elements.get("id").is_some()
+    );
+    assert_eq!(
+        app.get(&format!("{path}?_summary=maybe")).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     let body = serde_json::to_vec(&patient("Prefer")).unwrap();
     let ct = ("Content-Type", "application/fhir+json");
-    let minimal = app.send(Method::POST, "/Patient", &[ct, ("Prefer", "return=minimal")], Some(&body)).await;
+    let minimal = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("Prefer", "return=minimal")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(minimal.status, StatusCode::CREATED);
     assert!(minimal.body.is_empty() && minimal.header("location").is_some());
-    let outcome = app.send(Method::POST, "/Patient", &[ct, ("Prefer", "return=OperationOutcome")], Some(&body)).await;
+    let outcome = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("Prefer", "return=OperationOutcome")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(outcome.json()["resourceType"], "OperationOutcome");
-    let full = app.send(Method::POST, "/Patient", &[ct, ("Prefer", "return=representation")], Some(&body)).await;
+    let full = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("Prefer", "return=representation")],
+            Some(&body),
+        )
+        .await;
     assert_eq!(full.json()["resourceType"], "Patient");
     app.assert_every_request_audited().await;
     app.stop().await;
@@ -179,10 +304,25 @@ async fn bad_input_gets_a_precise_outcome_and_changes_nothing(backend: Backend) 
         code: &'static str,
         expression: Option<&'static str>,
     }
-    let case = |method: Method, path: &'static str, headers: Vec<(&'static str, &'static str)>, body: Option<&str>, status: StatusCode, code: &'static str, expression: Option<&'static str>| Case {
-        method, path, headers, body: body.map(|b| b.as_bytes().to_vec()), status, code, expression,
+    let case = |method: Method,
+                path: &'static str,
+                headers: Vec<(&'static str, &'static str)>,
+                body: Option<&str>,
+                status: StatusCode,
+                code: &'static str,
+                expression: Option<&'static str>| Case {
+        method,
+        path,
+        headers,
+        body: body.map(|b| b.as_bytes().to_vec()),
+        status,
+        code,
+        expression,
     };
-    let big = format!("{{\"resourceType\":\"Patient\",\"name\":[{{\"text\":\"{}\"}}]}}", "x".repeat(5000));
+    let big = format!(
+        "{{\"resourceType\":\"Patient\",\"name\":[{{\"text\":\"{}\"}}]}}",
+        "x".repeat(5000)
+    );
     let cases = vec![
         case(Method::POST, "/Patient", vec![json_ct], Some("{\"resourceType\":"), StatusCode::BAD_REQUEST, "structure", None),
         case(Method::POST, "/Patient", vec![json_ct], Some("{\"resourceType\":\"Patient\",\"nickname\":\"x\"}"), StatusCode::BAD_REQUEST, "structure", Some("Patient.nickname")),
@@ -211,18 +351,38 @@ async fn bad_input_gets_a_precise_outcome_and_changes_nothing(backend: Backend) 
         case(Method::GET, "/Patient/x/_history?_since=yesterday", vec![], None, StatusCode::BAD_REQUEST, "value", None),
     ];
     for c in &cases {
-        let r = app.send(c.method.clone(), c.path, &c.headers, c.body.as_deref()).await;
-        assert_eq!(r.status, c.status, "{} {}: {}", c.method, c.path, String::from_utf8_lossy(&r.body));
+        let r = app
+            .send(c.method.clone(), c.path, &c.headers, c.body.as_deref())
+            .await;
+        assert_eq!(
+            r.status,
+            c.status,
+            "{} {}: {}",
+            c.method,
+            c.path,
+            String::from_utf8_lossy(&r.body)
+        );
         let (code, diagnostics, expression) = r.issue();
         assert_eq!(code, c.code, "{} {}: {diagnostics}", c.method, c.path);
         assert!(!diagnostics.is_empty());
         if let Some(e) = c.expression {
-            assert_eq!(expression.as_deref(), Some(e), "{} {}: {diagnostics}", c.method, c.path);
+            assert_eq!(
+                expression.as_deref(),
+                Some(e),
+                "{} {}: {diagnostics}",
+                c.method,
+                c.path
+            );
         }
     }
     // Nothing was stored: the only resources are the AuditEvents of these requests.
     let history = app.get("/_history?_count=1000").await.json();
-    let types: Vec<&str> = history["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let types: Vec<&str> = history["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
     assert!(types.iter().all(|t| *t == "AuditEvent"), "{types:?}");
     app.assert_every_request_audited().await;
     app.stop().await;
@@ -246,7 +406,12 @@ async fn history_pages_with_stable_links(backend: Backend) {
         if pages == 1 {
             app.post_json("/Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "late"}})).await;
         }
-        let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
         match next {
             Some(n) => url = n,
             None => break,
@@ -258,9 +423,15 @@ async fn history_pages_with_stable_links(backend: Backend) {
     assert_eq!(type_history["entry"].as_array().unwrap().len(), 8);
     let system = app.get("/_history?_count=5").await.json();
     assert_eq!(system["entry"].as_array().unwrap().len(), 5);
-    let future = app.get("/Observation/_history?_since=2999-01-01T00:00:00Z").await.json();
+    let future = app
+        .get("/Observation/_history?_since=2999-01-01T00:00:00Z")
+        .await
+        .json();
     assert!(future.get("entry").is_none());
-    assert_eq!(app.get("/Observation/_history?_count=x").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.get("/Observation/_history?_count=x").await.status,
+        StatusCode::BAD_REQUEST
+    );
     app.assert_every_request_audited().await;
     app.stop().await;
 }
@@ -272,11 +443,22 @@ async fn metadata_states_what_is_implemented(backend: Backend) {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
     assert_eq!(resources.len(), 146, "every R4 resource type");
-    let audit = resources.iter().find(|r| r["type"] == "AuditEvent").unwrap();
-    let codes: Vec<&str> = audit["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let audit = resources
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap();
+    let codes: Vec<&str> = audit["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
     assert!(!codes.contains(&"update") && !codes.contains(&"delete") && !codes.contains(&"create"));
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
-    assert!(patient.get("searchParam").is_none(), "search is not implemented and not claimed");
+    assert!(
+        patient.get("searchParam").is_none(),
+        "search is not implemented and not claimed"
+    );
     app.assert_every_request_audited().await;
     app.stop().await;
 }
@@ -296,20 +478,36 @@ async fn audit_events_record_who_what_and_the_patient(backend: Backend) {
     let read_event = audits
         .values()
         .flatten()
-        .find(|e| e["action"] == "R" && e["entity"].as_array().unwrap().iter().any(|x| x["what"]["reference"] == format!("Observation/{oid}/_history/1")))
+        .find(|e| {
+            e["action"] == "R"
+                && e["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["what"]["reference"] == format!("Observation/{oid}/_history/1"))
+        })
         .expect("the read is audited");
     assert_eq!(read_event["type"]["code"], "rest");
     assert_eq!(read_event["subtype"][0]["code"], "read");
     assert_eq!(read_event["outcome"], "0");
-    assert_eq!(read_event["meta"]["profile"][0], "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead");
+    assert_eq!(
+        read_event["meta"]["profile"][0],
+        "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead"
+    );
     let entities = read_event["entity"].as_array().unwrap();
     assert!(entities.iter().any(|e| e["role"]["code"] == "1" && e["what"]["reference"] == format!("Patient/{pid}")), "{read_event}");
     let agents = read_event["agent"].as_array().unwrap();
     assert_eq!(agents[0]["network"]["address"], "127.0.0.1");
-    assert!(!read_event.to_string().contains("Chalmers"), "an AuditEvent holds references, not content");
+    assert!(
+        !read_event.to_string().contains("Chalmers"),
+        "an AuditEvent holds references, not content"
+    );
     // AuditEvents are readable but not writable through the API.
     let aid = read_event["id"].as_str().unwrap();
-    assert_eq!(app.get(&format!("/AuditEvent/{aid}")).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get(&format!("/AuditEvent/{aid}")).await.status,
+        StatusCode::OK
+    );
     app.assert_every_request_audited().await;
     app.stop().await;
 }

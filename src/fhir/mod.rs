@@ -9,6 +9,7 @@ pub mod compartment;
 pub mod json;
 pub mod model;
 pub mod outcome;
+pub mod path_model;
 pub mod summary;
 pub mod types;
 pub mod xhtml;

@@ -119,6 +119,7 @@ pub struct Model {
     definitions: HashMap<String, EntryId>,
     resource_types: BTreeSet<String>,
     compiled: RwLock<HashMap<String, Arc<TypeDef>>>,
+    path_model: once_cell::sync::OnceCell<super::path_model::PathModel>,
 }
 
 impl std::fmt::Debug for Model {
@@ -158,11 +159,19 @@ impl Model {
             definitions,
             resource_types,
             compiled: RwLock::new(HashMap::new()),
+            path_model: once_cell::sync::OnceCell::new(),
         }
     }
 
     pub fn packages(&self) -> &Arc<PackageSet> {
         &self.packages
+    }
+
+    /// The model as the FHIRPath engine sees it, built on first use (it reads every
+    /// StructureDefinition once, so start-up does not pay for it).
+    pub fn path_model(&self) -> &super::path_model::PathModel {
+        self.path_model
+            .get_or_init(|| super::path_model::PathModel::load(&self.packages))
     }
 
     /// Concrete resource types (what may appear as `resourceType`).

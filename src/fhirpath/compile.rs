@@ -173,6 +173,7 @@ funcs! {
     Precision = "precision"(0, 0),
     Comparable = "comparable"(1, 1),
     Extension = "extension"(1, 1),
+    HasExtension = "hasExtension"(1, 1),
     HasValue = "hasValue"(0, 0),
     GetValue = "getValue"(0, 0),
     Resolve = "resolve"(0, 0),
@@ -188,23 +189,6 @@ funcs! {
 }
 
 impl Func {
-    /// Functions whose arguments are evaluated once per input item (with `$this` set), or
-    /// lazily, rather than once against the input collection.
-    pub fn takes_lambda(self) -> bool {
-        matches!(
-            self,
-            Func::Exists
-                | Func::All
-                | Func::Where
-                | Func::Select
-                | Func::Repeat
-                | Func::RepeatAll
-                | Func::Iif
-                | Func::Trace
-                | Func::Aggregate
-                | Func::Sort
-        )
-    }
     /// Functions whose single argument is a type specifier.
     fn takes_type(self) -> bool {
         matches!(self, Func::Is | Func::As | Func::OfType)
@@ -219,11 +203,26 @@ pub enum Op {
     Index,
     Total,
     External(String),
-    Member { base: Option<Box<Plan>>, name: String },
-    Call { base: Option<Box<Plan>>, func: Func, args: Vec<Plan>, ty: Option<TypeRef> },
-    Indexer { base: Box<Plan>, index: Box<Plan> },
+    Member {
+        base: Option<Box<Plan>>,
+        name: String,
+    },
+    Call {
+        base: Option<Box<Plan>>,
+        func: Func,
+        args: Vec<Plan>,
+        ty: Option<TypeRef>,
+    },
+    Indexer {
+        base: Box<Plan>,
+        index: Box<Plan>,
+    },
     Negate(Box<Plan>),
-    Binary { op: BinOp, left: Box<Plan>, right: Box<Plan> },
+    Binary {
+        op: BinOp,
+        left: Box<Plan>,
+        right: Box<Plan>,
+    },
     Is(Box<Plan>, TypeRef),
     As(Box<Plan>, TypeRef),
 }
@@ -276,10 +275,7 @@ impl Compiler<'_> {
                 name: name.clone(),
             },
             Ast::Call {
-                base,
-                name,
-                args,
-                ..
+                base, name, args, ..
             } => {
                 let Some((func, min, max)) = Func::lookup(name) else {
                     return Err(self.semantic(at, format!("unknown function '{name}'")));
@@ -313,7 +309,29 @@ impl Compiler<'_> {
                         ty: Some(TypeRef::from_spec(&spec)),
                     }
                 } else {
-                    let args = args.iter().map(|a| self.node(a)).collect::<Result<Vec<_>>>()?;
+                    let args = args
+                        .iter()
+                        .map(|a| self.node(a))
+                        .collect::<Result<Vec<_>>>()?;
+                    // a literal pattern is compiled now: errors surface at compile time and the
+                    // regex cache is warm before the first evaluation
+                    if matches!(
+                        func,
+                        Func::Matches | Func::MatchesFull | Func::ReplaceMatches
+                    ) {
+                        if let Some(Plan {
+                            op: Op::Literal(Lit::String(pattern)),
+                            pos,
+                        }) = args.first()
+                        {
+                            super::functions::regex(pattern, func == Func::MatchesFull).map_err(
+                                |m| FhirPathError::Semantic {
+                                    position: *pos,
+                                    message: m,
+                                },
+                            )?;
+                        }
+                    }
                     Op::Call {
                         base,
                         func,
@@ -401,7 +419,9 @@ impl Compiler<'_> {
 /// Reads a type specifier written as an argument (`Quantity`, `FHIR.Patient`, `System.String`).
 fn type_spec_of(a: &Ast) -> Option<TypeSpec> {
     match a {
-        Ast::Member { base: None, name, .. } => Some(TypeSpec {
+        Ast::Member {
+            base: None, name, ..
+        } => Some(TypeSpec {
             namespace: None,
             name: name.clone(),
         }),

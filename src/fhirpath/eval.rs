@@ -65,7 +65,9 @@ pub trait Services {
         structure: &str,
         slice: &str,
     ) -> std::result::Result<bool, String> {
-        Err(format!("slice('{structure}', '{slice}') is not available here"))
+        Err(format!(
+            "slice('{structure}', '{slice}') is not available here"
+        ))
     }
     /// `elementDefinition()`: the ElementDefinition of an element of type `item_type`.
     fn element_definition(&self, _item_type: &str) -> Option<&Value> {
@@ -78,7 +80,7 @@ pub struct NoServices;
 impl Services for NoServices {}
 
 /// Receives `trace()` output: name and the traced items.
-pub type Tracer<'a> = dyn Fn(&str, &[Item<'a>]) + 'a;
+pub type Tracer = dyn Fn(&str, &[Item<'_>]);
 
 /// Everything an evaluation needs besides the expression and the input.
 pub struct EvalContext<'a> {
@@ -98,7 +100,7 @@ pub struct EvalContext<'a> {
     /// The instant `now()` returns; when None the clock is read once per evaluation.
     pub now: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub services: &'a dyn Services,
-    pub tracer: Option<&'a Tracer<'a>>,
+    pub tracer: Option<&'a Tracer>,
 }
 
 impl<'a> EvalContext<'a> {
@@ -169,8 +171,11 @@ impl<'a, 'c> Evaluator<'a, 'c> {
     pub fn now(&self) -> chrono::DateTime<chrono::FixedOffset> {
         *self.now.get_or_init(|| {
             self.ctx.now.unwrap_or_else(|| {
-                let offset = chrono::FixedOffset::east_opt(self.tz() * 60)
-                    .unwrap_or(chrono::FixedOffset::east_opt(0).unwrap_or_else(|| chrono::Utc.fix()));
+                let offset = self
+                    .tz()
+                    .checked_mul(60)
+                    .and_then(chrono::FixedOffset::east_opt)
+                    .unwrap_or(chrono::Utc.fix());
                 chrono::Utc::now().with_timezone(&offset)
             })
         })
@@ -242,12 +247,19 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                         owned = self.eval(b, focus, env)?;
                         &owned
                     }
-                    None => match env.this {
-                        Some(_) => focus,
-                        None => focus,
-                    },
+                    None => focus,
                 };
-                super::functions::call(self, *func, plan, input, args, ty.as_ref(), env)
+                let call = super::functions::Call {
+                    ev: self,
+                    func: *func,
+                    pos: plan.pos,
+                    input,
+                    focus,
+                    args,
+                    ty: ty.as_ref(),
+                    env,
+                };
+                super::functions::call(*func, &call)
             }
             Op::Indexer { base, index } => {
                 let items = self.eval(base, focus, env)?;
@@ -269,10 +281,24 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                     return Ok(Vec::new());
                 };
                 Ok(vec![match x {
-                    Item::Integer(i) => Item::Integer(-i),
-                    Item::Long(i) => Item::Long(-i),
-                    Item::Decimal(d) => Item::Decimal(-d),
-                    Item::Quantity(q) => Item::Quantity(Rc::new(Quantity::new(-q.value, q.unit.clone()))),
+                    Item::Integer(i) => match i.checked_neg() {
+                        Some(n) => Item::Integer(n),
+                        None => return Ok(Vec::new()),
+                    },
+                    Item::Long(i) => match i.checked_neg() {
+                        Some(n) => Item::Long(n),
+                        None => return Ok(Vec::new()),
+                    },
+                    Item::Decimal(d) => {
+                        let mut n = -d;
+                        if n.is_zero() {
+                            n.set_sign_positive(true);
+                        }
+                        Item::Decimal(n)
+                    }
+                    Item::Quantity(q) => {
+                        Item::Quantity(Rc::new(Quantity::new(-q.value, q.unit.clone())))
+                    }
                     other => {
                         return Err(err(
                             plan.pos,
@@ -305,7 +331,9 @@ impl<'a, 'c> Evaluator<'a, 'c> {
         self.check_type(t, pos)?;
         match v {
             [] => Ok(Vec::new()),
-            [x] => Ok(vec![Item::Boolean(nav::type_matches(self.model, x, t, false))]),
+            [x] => Ok(vec![Item::Boolean(nav::type_matches(
+                self.model, x, t, false,
+            ))]),
             _ => Err(err(pos, "'is' requires a single item")),
         }
     }
@@ -343,7 +371,9 @@ impl<'a, 'c> Evaluator<'a, 'c> {
             "loinc" => s("http://loinc.org"),
             _ => {
                 if let Some(vs) = name.strip_prefix("vs-") {
-                    return Ok(vec![Item::string(format!("http://hl7.org/fhir/ValueSet/{vs}"))]);
+                    return Ok(vec![Item::string(format!(
+                        "http://hl7.org/fhir/ValueSet/{vs}"
+                    ))]);
                 }
                 if let Some(ext) = name.strip_prefix("ext-") {
                     return Ok(vec![Item::string(format!(
@@ -378,18 +408,6 @@ impl<'a, 'c> Evaluator<'a, 'c> {
             None => Ok(None),
             Some(Item::Boolean(b)) => Ok(Some(b)),
             Some(_) => Ok(Some(true)),
-        }
-    }
-
-    /// Strict boolean: a single item must be Boolean.
-    pub fn strict_boolean(&self, v: &[Item<'a>], pos: Position) -> Result<Option<bool>> {
-        match self.singleton(v, pos)? {
-            None => Ok(None),
-            Some(Item::Boolean(b)) => Ok(Some(b)),
-            Some(other) => Err(err(
-                pos,
-                format!("expected a Boolean, found {}", value::type_label(&other)),
-            )),
         }
     }
 
@@ -522,7 +540,13 @@ impl<'a, 'c> Evaluator<'a, 'c> {
         }
     }
 
-    fn arithmetic(&self, op: BinOp, a: Item<'a>, b: Item<'a>, pos: Position) -> Result<Collection<'a>> {
+    fn arithmetic(
+        &self,
+        op: BinOp,
+        a: Item<'a>,
+        b: Item<'a>,
+        pos: Position,
+    ) -> Result<Collection<'a>> {
         let overflow = || Ok(Vec::new());
         let one = |i: Item<'a>| Ok(vec![i]);
         match (&a, &b) {
@@ -569,7 +593,7 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                     .ok_or_else(|| err(pos, format!("cannot add '{}' to a time", q.unit)))?;
                 let mut n = q.value.trunc().try_into().unwrap_or(0i64);
                 if op == BinOp::Sub {
-                    n = -n;
+                    n = n.saturating_neg();
                 }
                 match t.add(n, unit) {
                     Some(t) => one(Item::Time(t)),
@@ -577,9 +601,15 @@ impl<'a, 'c> Evaluator<'a, 'c> {
                 }
             }
             (Item::Quantity(x), Item::Quantity(y)) => self.quantity_arith(op, x, y, pos),
-            (Item::Quantity(x), _) if as_decimal(&b).is_some() && matches!(op, BinOp::Mul | BinOp::Div) => {
+            (Item::Quantity(x), _)
+                if as_decimal(&b).is_some() && matches!(op, BinOp::Mul | BinOp::Div) =>
+            {
                 let n = as_decimal(&b).unwrap_or_default();
-                let v = if op == BinOp::Mul { x.value.checked_mul(n) } else { x.value.checked_div(n) };
+                let v = if op == BinOp::Mul {
+                    x.value.checked_mul(n)
+                } else {
+                    x.value.checked_div(n)
+                };
                 match v {
                     Some(v) => one(Item::Quantity(Rc::new(Quantity::new(v, x.unit.clone())))),
                     None => overflow(),
@@ -645,10 +675,18 @@ impl<'a, 'c> Evaluator<'a, 'c> {
         }
     }
 
-    fn quantity_arith(&self, op: BinOp, x: &Quantity, y: &Quantity, pos: Position) -> Result<Collection<'a>> {
+    fn quantity_arith(
+        &self,
+        op: BinOp,
+        x: &Quantity,
+        y: &Quantity,
+        pos: Position,
+    ) -> Result<Collection<'a>> {
         let q = |v: Option<Decimal>, unit: String| -> Result<Collection<'a>> {
-            Ok(v.map(|v| vec![Item::Quantity(Rc::new(Quantity::new(v, unit)))])
-                .unwrap_or_default())
+            Ok(
+                v.map(|v| vec![Item::Quantity(Rc::new(Quantity::new(v, unit)))])
+                    .unwrap_or_default(),
+            )
         };
         match op {
             BinOp::Add | BinOp::Sub => {
@@ -752,13 +790,20 @@ fn combine_units(a: &str, b: &str, sep: char) -> String {
 
 /// Date/time plus or minus a time-valued quantity (FHIRPath 2.0 section 6.6.1: calendar
 /// units; decimal amounts are truncated; UCUM `a` and `mo` are not calendar durations).
-fn date_add(d: &DateTime, q: &Quantity, subtract: bool) -> std::result::Result<Option<DateTime>, String> {
+fn date_add(
+    d: &DateTime,
+    q: &Quantity,
+    subtract: bool,
+) -> std::result::Result<Option<DateTime>, String> {
     let unit = CalendarUnit::from_unit(&q.unit).ok_or_else(|| {
-        format!("'{}' is not a calendar duration that can be added to a date", q.unit)
+        format!(
+            "'{}' is not a calendar duration that can be added to a date",
+            q.unit
+        )
     })?;
     let mut n: i64 = q.value.trunc().try_into().unwrap_or(0);
     if subtract {
-        n = -n;
+        n = n.saturating_neg();
     }
     // a duration finer than the value's precision is converted to the value's precision
     let (n, unit) = if unit.precision() > d.precision {
@@ -772,12 +817,15 @@ fn date_add(d: &DateTime, q: &Quantity, subtract: bool) -> std::result::Result<O
                 _ => 0,
             }
         };
+        let Some(total) = n.checked_mul(seconds(unit)) else {
+            return Ok(None);
+        };
         match d.precision {
-            super::datetime::Precision::Year => (n * seconds(unit) / (365 * 86_400), CalendarUnit::Year),
-            super::datetime::Precision::Month => (n * seconds(unit) / (30 * 86_400), CalendarUnit::Month),
-            super::datetime::Precision::Day => (n * seconds(unit) / 86_400, CalendarUnit::Day),
-            super::datetime::Precision::Hour => (n * seconds(unit) / 3600, CalendarUnit::Hour),
-            super::datetime::Precision::Minute => (n * seconds(unit) / 60, CalendarUnit::Minute),
+            super::datetime::Precision::Year => (total / (365 * 86_400), CalendarUnit::Year),
+            super::datetime::Precision::Month => (total / (30 * 86_400), CalendarUnit::Month),
+            super::datetime::Precision::Day => (total / 86_400, CalendarUnit::Day),
+            super::datetime::Precision::Hour => (total / 3600, CalendarUnit::Hour),
+            super::datetime::Precision::Minute => (total / 60, CalendarUnit::Minute),
             _ => (n, unit),
         }
     } else {

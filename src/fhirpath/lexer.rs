@@ -163,7 +163,9 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>> {
                 _ => {
                     let s = i;
                     while i < bytes.len()
-                        && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+                        && (bytes[i].is_ascii_alphanumeric()
+                            || bytes[i] == b'_'
+                            || bytes[i] == b'-')
                     {
                         i += 1;
                     }

@@ -116,7 +116,8 @@ pub fn child<'a>(model: &'a dyn ModelInfo, item: &Item<'a>, name: &str, out: &mu
                 // a choice primitive with only an extension (`_valueString`)
                 if out.is_empty() {
                     for (k, e) in obj {
-                        if let Some(suffix) = k.strip_prefix('_').and_then(|k| k.strip_prefix(name)) {
+                        if let Some(suffix) = k.strip_prefix('_').and_then(|k| k.strip_prefix(name))
+                        {
                             if let Some(t) = info.types.iter().find(|t| suffix_matches(suffix, t)) {
                                 if !obj.contains_key(&k[1..]) {
                                     push_values(None, Some(e), t, out);
@@ -242,7 +243,7 @@ pub fn type_matches(model: &dyn ModelInfo, item: &Item, t: &TypeRef, exact: bool
 /// Whether a type name is known (System type or model type).
 pub fn type_known(model: &dyn ModelInfo, t: &TypeRef) -> bool {
     match t.namespace.as_deref() {
-        Some("System") => t.system.is_some(),
+        Some("System") => true,
         Some("FHIR") => model.is_type(&t.name) || !model.is_type("Element"),
         _ => t.system.is_some() || model.is_type(&t.name) || !model.is_type("Element"),
     }

@@ -7,8 +7,9 @@ use super::ast::{Ast, BinOp, Literal, TypeSpec};
 use super::error::{FhirPathError, Position, Result};
 use super::lexer::{tokenize, Tok, Token};
 
-/// Maximum nesting depth: deeper input is rejected rather than risking stack exhaustion.
-const MAX_DEPTH: usize = 200;
+/// Maximum depth of the syntax tree (nesting plus chained operators and invocations): deeper
+/// input is rejected, so compilation and evaluation (both recursive) cannot exhaust the stack.
+const MAX_DEPTH: usize = 128;
 
 const CALENDAR_UNITS: [&str; 16] = [
     "year",
@@ -147,14 +148,13 @@ impl<'t> Parser<'t> {
         if self.depth > MAX_DEPTH {
             return Err(self.error_here("expression nested too deeply"));
         }
+        let saved = self.depth;
         let mut left = self.unary()?;
-        loop {
-            let Some((bp, op)) = infix(self.peek()) else {
-                break;
-            };
+        while let Some((bp, op)) = infix(self.peek()) {
             if bp < min_bp {
                 break;
             }
+            self.deeper()?;
             let at = self.start();
             self.advance();
             left = match op {
@@ -187,8 +187,17 @@ impl<'t> Parser<'t> {
                 }
             };
         }
-        self.depth -= 1;
+        self.depth = saved - 1;
         Ok(left)
+    }
+
+    /// Counts one more level of the syntax tree.
+    fn deeper(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_here("expression nested too deeply"));
+        }
+        Ok(())
     }
 
     fn type_spec(&mut self) -> Result<TypeSpec> {
@@ -236,8 +245,12 @@ impl<'t> Parser<'t> {
                 at,
             });
         }
+        let saved = self.depth;
         let mut node = self.term()?;
         loop {
+            if self.is_sym(".") || self.is_sym("[") {
+                self.deeper()?;
+            }
             if self.is_sym(".") {
                 self.advance();
                 node = self.invocation(Some(node))?;
@@ -255,6 +268,7 @@ impl<'t> Parser<'t> {
                 break;
             }
         }
+        self.depth = saved;
         Ok(node)
     }
 
@@ -286,12 +300,7 @@ impl<'t> Parser<'t> {
                         at,
                     });
                 }
-                if !delimited && base.is_some() && is_reserved(&name) {
-                    return Err(FhirPathError::Syntax {
-                        position: Position::at(self.text, at),
-                        message: format!("'{name}' is a keyword and cannot be used as a name here"),
-                    });
-                }
+                // after '.', any word is a name: `text.div` is common in FHIR
                 Ok(Ast::Member {
                     base: base.map(Box::new),
                     name,

@@ -100,15 +100,9 @@ impl Quantity {
     }
 }
 
-/// Renders a decimal the way FHIRPath writes it (no exponent, scale kept).
-pub fn decimal_text(d: &Decimal) -> String {
-    d.to_string()
-}
-
 impl std::fmt::Display for Quantity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if is_calendar_year_month(&self.unit).is_some() || calendar_to_ucum(&self.unit).is_some()
-        {
+        if is_calendar_year_month(&self.unit).is_some() || calendar_to_ucum(&self.unit).is_some() {
             write!(f, "{} {}", self.value, self.unit)
         } else {
             write!(f, "{} '{}'", self.value, self.unit)

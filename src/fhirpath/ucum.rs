@@ -68,7 +68,11 @@ fn atom(code: &str) -> Option<(&'static str, Dims, bool)> {
         "u" => ("0.0000000000000000000000016605402", M, true),
         "%" => ("0.01", ONE, false),
         "[ppm]" => ("0.000001", ONE, false),
-        "[pi]" => ("3.1415926535897932384626433832795028841971693993751058209749445923", ONE, false),
+        "[pi]" => (
+            "3.1415926535897932384626433832795028841971693993751058209749445923",
+            ONE,
+            false,
+        ),
         "1" => ("1", ONE, false),
         "N" => ("1000", dims(&[(M, 1), (L, 1), (T, -2)]), true),
         "Pa" => ("1000", dims(&[(M, 1), (L, -1), (T, -2)]), true),
@@ -82,10 +86,18 @@ fn atom(code: &str) -> Option<(&'static str, Dims, bool)> {
         "m[H2O]" => ("9806650", dims(&[(M, 1), (L, -1), (T, -2)]), true),
         "atm" => ("101325000", dims(&[(M, 1), (L, -1), (T, -2)]), false),
         "A" => ("1", dims(&[(Q, 1), (T, -1)]), true),
-        "V" => ("1000", dims(&[(M, 1), (L, 2), (T, -3), (Q, -1), (T, 1)]), true),
+        "V" => (
+            "1000",
+            dims(&[(M, 1), (L, 2), (T, -3), (Q, -1), (T, 1)]),
+            true,
+        ),
         "U" => ("10036894500000000", dims(&[(MOL, 1), (T, -1)]), true),
         "[iU]" | "[IU]" => ("1", ONE, true),
-        "deg" => ("0.017453292519943295769236907684886127134428718885417254560971914", A, false),
+        "deg" => (
+            "0.017453292519943295769236907684886127134428718885417254560971914",
+            A,
+            false,
+        ),
         "ar" => ("100", dims(&[(L, 2)]), true),
         "[degF]" | "Cel" => return None,
         _ => return None,
@@ -227,7 +239,10 @@ impl UnitParser<'_> {
                     return None;
                 }
                 // all digits: a number factor (e.g. 10*3 is handled as 10 and exponent)
-                if let Some(rest) = word.strip_prefix("10*").or_else(|| word.strip_prefix("10^")) {
+                if let Some(rest) = word
+                    .strip_prefix("10*")
+                    .or_else(|| word.strip_prefix("10^"))
+                {
                     let e: i32 = rest.parse().ok()?;
                     let mut f = Decimal::ONE;
                     for _ in 0..e.unsigned_abs() {
@@ -291,20 +306,21 @@ fn power(c: &Canonical, e: i32) -> Option<Canonical> {
     if e < 0 {
         f = Decimal::ONE.checked_div(f)?;
     }
+    let e8 = i8::try_from(e).ok()?;
     let mut d = ONE;
-    for i in 0..8 {
-        d[i] = c.dims[i].checked_mul(i8::try_from(e).ok()?)?;
+    for (out, dim) in d.iter_mut().zip(c.dims) {
+        *out = dim.checked_mul(e8)?;
     }
     Some(Canonical { factor: f, dims: d })
 }
 
 fn combine(a: &Canonical, b: &Canonical, divide: bool) -> Option<Canonical> {
     let mut d = a.dims;
-    for i in 0..8 {
-        d[i] = if divide {
-            d[i].checked_sub(b.dims[i])?
+    for (out, dim) in d.iter_mut().zip(b.dims) {
+        *out = if divide {
+            out.checked_sub(dim)?
         } else {
-            d[i].checked_add(b.dims[i])?
+            out.checked_add(dim)?
         };
     }
     let factor = if divide {

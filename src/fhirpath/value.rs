@@ -351,7 +351,9 @@ pub fn equals(a: &Item, b: &Item, model: &dyn ModelInfo, tz: i32) -> Option<bool
         }
         (Item::Time(x), Item::Time(y)) => return x.compare(y).map(|o| o == Ordering::Equal),
         (Item::Quantity(x), Item::Quantity(y)) => return x.equals(y),
-        (Item::Quantity(x), _) | (_, Item::Quantity(x)) if as_decimal(&b).is_some() || as_decimal(&a).is_some() => {
+        (Item::Quantity(x), _) | (_, Item::Quantity(x))
+            if as_decimal(&b).is_some() || as_decimal(&a).is_some() =>
+        {
             // a quantity with unit '1' equals a plain number
             let n = as_decimal(&a).or_else(|| as_decimal(&b))?;
             x.unit == "1" && x.value == n
@@ -408,16 +410,16 @@ fn json_equivalent_obj(
     a: &serde_json::Map<String, Value>,
     b: &serde_json::Map<String, Value>,
 ) -> bool {
-    let keys = |m: &serde_json::Map<String, Value>| {
-        m.keys().filter(|k| k.as_str() != "id").count()
-    };
+    let keys = |m: &serde_json::Map<String, Value>| m.keys().filter(|k| k.as_str() != "id").count();
     if keys(a) != keys(b) {
         return false;
     }
-    a.iter().filter(|(k, _)| k.as_str() != "id").all(|(k, v)| match b.get(k) {
-        Some(w) => json_equivalent(v, w),
-        None => false,
-    })
+    a.iter()
+        .filter(|(k, _)| k.as_str() != "id")
+        .all(|(k, v)| match b.get(k) {
+            Some(w) => json_equivalent(v, w),
+            None => false,
+        })
 }
 
 fn json_equivalent(a: &Value, b: &Value) -> bool {

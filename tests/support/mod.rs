@@ -59,6 +59,68 @@ pub fn package_cache() -> PathBuf {
         .clone()
 }
 
+/// The FHIRPath view of the core model (built once per test binary).
+pub fn path_model() -> &'static PackageModel {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL.get_or_init(core_model).path_model()
+}
+
+pub use fhirgate::fhir::path_model::PathModel as PackageModel;
+
+pub fn shared() -> PathBuf {
+    shared_dir()
+}
+
+/// Every `package/*.json` resource of an npm-layout `.tgz` package.
+pub fn package_resources(tgz: &std::path::Path) -> Vec<Value> {
+    let file = std::fs::File::open(tgz).expect("package file");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let path = entry.path().expect("path").to_string_lossy().to_string();
+        if !path.starts_with("package/")
+            || !path.ends_with(".json")
+            || path.matches('/').count() != 1
+        {
+            continue;
+        }
+        let mut text = String::new();
+        if entry.read_to_string(&mut text).is_err() {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            if v.get("resourceType").is_some() {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// FHIRPath services for the official suite: `conformsTo` knows the core profiles.
+pub struct SuiteServices<'m> {
+    pub model: &'m PackageModel,
+}
+
+impl fhirgate::fhirpath::Services for SuiteServices<'_> {
+    fn conforms_to(
+        &self,
+        _resource: &Value,
+        resource_type: &str,
+        profile: &str,
+    ) -> Result<bool, String> {
+        use fhirgate::fhirpath::ModelInfo;
+        let Some(name) = profile.strip_prefix("http://hl7.org/fhir/StructureDefinition/") else {
+            return Err(format!("unknown profile '{profile}'"));
+        };
+        if !self.model.is_type(name) {
+            return Err(format!("unknown profile '{profile}'"));
+        }
+        Ok(fhirgate::fhirpath::is_a(self.model, resource_type, name))
+    }
+}
+
 pub fn core_ref() -> PackageRef {
     "hl7.fhir.r4.core#4.0.1".parse().unwrap()
 }

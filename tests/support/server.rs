@@ -42,7 +42,8 @@ macro_rules! on_both_backends {
 
 /// The PostgreSQL server the tests use (`FHIRGATE_TEST_PG_URL`).
 pub fn pg_admin_url() -> String {
-    std::env::var("FHIRGATE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("FHIRGATE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh, empty PostgreSQL database; dropped with the guard.
@@ -58,16 +59,28 @@ impl PgDatabase {
         let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
             panic!("PostgreSQL tests need a server at {admin} (set FHIRGATE_TEST_PG_URL): {e}")
         });
-        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
-        PgDatabase { url: format!("{base}/{name}"), name }
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin.clone());
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         if let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn);
         }
     }
 }
@@ -92,7 +105,12 @@ impl Database {
             },
             Backend::Postgres => {
                 let pg = PgDatabase::create();
-                Database { backend, url: pg.url.clone(), dir, pg: Some(pg) }
+                Database {
+                    backend,
+                    url: pg.url.clone(),
+                    dir,
+                    pg: Some(pg),
+                }
             }
         }
     }
@@ -111,7 +129,11 @@ impl Database {
         s.server.listen = "127.0.0.1:0".into();
         s.server.workers = 2;
         s.database.url = self.url.clone();
-        s.database.pool_size = if self.backend == Backend::Sqlite { 3 } else { 6 };
+        s.database.pool_size = if self.backend == Backend::Sqlite {
+            3
+        } else {
+            6
+        };
         s.packages.cache = Some(super::package_cache());
         s.packages.registry = "http://127.0.0.1:9/no-registry".into();
         s.crypto.master_key_file = Some(self.key_file());
@@ -122,7 +144,10 @@ impl Database {
     pub fn key_file(&self) -> PathBuf {
         let path = self.dir.path().join("master.key");
         if !path.exists() {
-            fhirgate::crypto::MasterKey::generate().unwrap().write_new_file(&path).unwrap();
+            fhirgate::crypto::MasterKey::generate()
+                .unwrap()
+                .write_new_file(&path)
+                .unwrap();
         }
         path
     }
@@ -143,7 +168,10 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|h| h.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
     }
 
     /// The OperationOutcome's first issue: (code, diagnostics, expression).
@@ -182,7 +210,8 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
     settings.server.base_url = Some(format!("http://127.0.0.1:{port}/fhir"));
     let state = fhirgate::startup::build_state(&settings, true).expect("start fhirgate");
     let store = state.store.clone();
-    let (server, _) = fhirgate::startup::build_server(&settings, state, Some(listener)).expect("server");
+    let (server, _) =
+        fhirgate::startup::build_server(&settings, state, Some(listener)).expect("server");
     let handle = server.handle();
     actix_rt::spawn(server);
     let client = awc::Client::builder()
@@ -202,10 +231,23 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
 impl TestApp {
     /// Sends a request to a path below /fhir (or an absolute URL) and records it
     /// for the audit check.
-    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
-        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut req = self.client.request(method.clone(), &url).insert_header(("X-Request-Id", request_id.as_str()));
+        let mut req = self
+            .client
+            .request(method.clone(), &url)
+            .insert_header(("X-Request-Id", request_id.as_str()));
         for (k, v) in headers {
             req = req.insert_header((*k, *v));
         }
@@ -215,9 +257,16 @@ impl TestApp {
         }
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let bytes = resp.body().limit(256 * 1024 * 1024).await.expect("body");
-        let reply = Reply { status: resp.status(), headers: resp.headers().clone(), body: bytes.to_vec() };
+        let reply = Reply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: bytes.to_vec(),
+        };
         if url.contains("/fhir") {
-            self.requests.lock().unwrap().push((request_id, method, url, reply.status));
+            self.requests
+                .lock()
+                .unwrap()
+                .push((request_id, method, url, reply.status));
         }
         reply
     }
@@ -228,12 +277,24 @@ impl TestApp {
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
         let b = serde_json::to_vec(body).unwrap();
-        self.send(Method::POST, path, &[("Content-Type", "application/fhir+json")], Some(&b)).await
+        self.send(
+            Method::POST,
+            path,
+            &[("Content-Type", "application/fhir+json")],
+            Some(&b),
+        )
+        .await
     }
 
     pub async fn put_json(&self, path: &str, body: &Value) -> Reply {
         let b = serde_json::to_vec(body).unwrap();
-        self.send(Method::PUT, path, &[("Content-Type", "application/fhir+json")], Some(&b)).await
+        self.send(
+            Method::PUT,
+            path,
+            &[("Content-Type", "application/fhir+json")],
+            Some(&b),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
@@ -244,7 +305,13 @@ impl TestApp {
     pub async fn audits_by_request(&self) -> HashMap<String, Vec<Value>> {
         let store = self.store.clone();
         let rows = actix_web::rt::task::spawn_blocking(move || {
-            store.history(&AccessContext::system(), &HistoryScope::Type("AuditEvent".into()), None, None, usize::MAX / 2)
+            store.history(
+                &AccessContext::system(),
+                &HistoryScope::Type("AuditEvent".into()),
+                None,
+                None,
+                usize::MAX / 2,
+            )
         })
         .await
         .unwrap()
@@ -271,26 +338,57 @@ impl TestApp {
         assert!(!requests.is_empty(), "the test sent no requests");
         for (rid, method, url, status) in requests {
             let events = audits.get(&rid).cloned().unwrap_or_default();
-            assert_eq!(events.len(), 1, "{method} {url} ({status}) left {} AuditEvents", events.len());
+            assert_eq!(
+                events.len(),
+                1,
+                "{method} {url} ({status}) left {} AuditEvents",
+                events.len()
+            );
             let ev = &events[0];
-            let expected_outcome = if status.as_u16() < 400 { "0" } else if status.as_u16() < 500 { "4" } else { "8" };
-            assert_eq!(ev["outcome"], expected_outcome, "{method} {url} ({status}): {ev}");
+            let expected_outcome = if status.as_u16() < 400 {
+                "0"
+            } else if status.as_u16() < 500 {
+                "4"
+            } else {
+                "8"
+            };
+            assert_eq!(
+                ev["outcome"], expected_outcome,
+                "{method} {url} ({status}): {ev}"
+            );
             let path = url.split('?').next().unwrap_or("");
             let action = match method.as_str() {
                 "POST" if status == StatusCode::CREATED => "C",
                 "PUT" if status == StatusCode::CREATED => "C",
                 "PUT" if status.is_success() => "U",
                 "DELETE" if status.is_success() => "D",
-                "GET" if status.is_success() && !path.ends_with("_history") && !path.ends_with("/metadata") && path.matches('/').count() >= 5 => "R",
+                "GET"
+                    if status.is_success()
+                        && !path.ends_with("_history")
+                        && !path.ends_with("/metadata")
+                        && path.matches('/').count() >= 5 =>
+                {
+                    "R"
+                }
                 _ => "",
             };
             if !action.is_empty() {
                 assert_eq!(ev["action"], action, "{method} {url} ({status}): {ev}");
             }
             let query = url.split_once('?').map(|(_, q)| q);
-            if let (Some(q), Some(entity)) = (query, ev["entity"].as_array().and_then(|es| es.iter().find(|e| e["role"]["code"] == "24"))) {
-                let recorded = base64::engine::general_purpose::STANDARD.decode(entity["query"].as_str().unwrap()).unwrap();
-                assert!(String::from_utf8_lossy(&recorded).ends_with(q), "query entity of {url}");
+            if let (Some(q), Some(entity)) = (
+                query,
+                ev["entity"]
+                    .as_array()
+                    .and_then(|es| es.iter().find(|e| e["role"]["code"] == "24")),
+            ) {
+                let recorded = base64::engine::general_purpose::STANDARD
+                    .decode(entity["query"].as_str().unwrap())
+                    .unwrap();
+                assert!(
+                    String::from_utf8_lossy(&recorded).ends_with(q),
+                    "query entity of {url}"
+                );
             }
         }
     }
