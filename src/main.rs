@@ -1,4 +1,5 @@
 //! The `fhirgate` command line: parses arguments and calls the library.
+#![allow(clippy::disallowed_macros)] // the CLI is where output belongs
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -109,7 +109,7 @@ pub async fn vread(
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Vread);
     let result = async {
-        let v = VersionId::parse(&path.2).map_err(|m| ApiError::NotFound(m))?;
+        let v = VersionId::parse(&path.2).map_err(ApiError::NotFound)?;
         read_inner(&state, &req, &mut ex, &path.0, &path.1, Some(v.0)).await
     }
     .await;

@@ -2,6 +2,7 @@
 //! examples, and (in `server`) a real fhirgate server on 127.0.0.1:0.
 #![allow(dead_code, clippy::disallowed_methods)]
 
+pub mod process;
 pub mod server;
 
 use std::io::Read;

@@ -396,4 +396,16 @@ impl TestApp {
     pub async fn stop(self) {
         self.handle.stop(true).await;
     }
+
+    /// Stops the server and hands back its database for a restart.
+    pub async fn stop_keep_db(self) -> Database {
+        let TestApp {
+            db, handle, store, ..
+        } = self;
+        handle.stop(true).await;
+        drop(store);
+        // The audit writer thread lets go of its connections once its queue closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        db
+    }
 }

@@ -1,0 +1,104 @@
+//! What reviewers forget: every source file says what it is for, lower layers
+//! never reach up into HTTP, and no test is silently ignored.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn sources(sub: &str) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(sub), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).unwrap();
+            (p, t)
+        })
+        .collect()
+}
+
+#[test]
+fn every_source_file_opens_with_a_module_paragraph() {
+    let missing: Vec<String> = sources("src")
+        .into_iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a //! paragraph: {missing:?}"
+    );
+}
+
+#[test]
+fn lower_layers_never_use_the_http_layer() {
+    let mut offenders = Vec::new();
+    for layer in [
+        "store",
+        "fhirpath",
+        "validation",
+        "crypto",
+        "fhir",
+        "packages",
+        "audit",
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .join(layer);
+        if !dir.exists() {
+            continue;
+        }
+        for (p, text) in sources(&format!("src/{layer}")) {
+            if text.contains("crate::http") || text.contains("actix_web") {
+                offenders.push(p.display().to_string());
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "these files reach up into HTTP: {offenders:?}"
+    );
+}
+
+#[test]
+fn fhirpath_does_no_io_and_knows_no_storage() {
+    for (p, text) in sources("src/fhirpath") {
+        for banned in [
+            "std::fs",
+            "std::net",
+            "crate::store",
+            "diesel",
+            "crate::packages",
+        ] {
+            assert!(!text.contains(banned), "{} uses {banned}", p.display());
+        }
+    }
+}
+
+#[test]
+fn no_test_is_ignored_or_expects_a_panic_without_a_reason() {
+    let mut offenders = Vec::new();
+    for (p, text) in sources("tests").into_iter().chain(sources("src")) {
+        if p.ends_with("tidy.rs") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if (l.starts_with("#[ignore") || l.starts_with("#[should_panic")) && !l.contains("= \"")
+            {
+                offenders.push(format!("{}:{}", p.display(), n + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:?}");
+}
