@@ -133,6 +133,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings: settings.clone(),
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
+        tokens: Arc::new(crate::search::TokenIndex::new(model.clone())),
         model,
         store,
         audit,

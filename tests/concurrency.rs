@@ -80,3 +80,69 @@ async fn two_server_processes_on_one_postgres_let_exactly_one_update_win() {
     let b = support::process::start(&db.url, &key, &dir.path().join("b.log"), &[]);
     race(&[a.base.clone(), b.base.clone()]).await;
 }
+
+/// Races `RACERS` conditional creates with the same criteria; exactly one creates.
+async fn race_conditional_creates(bases: &[String], round: usize) {
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .finish();
+    let mrn = format!("MRN-{round}-{}", uuid::Uuid::new_v4().simple());
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]});
+    let attempts = (0..RACERS).map(|i| {
+        let url = format!("{}/Patient", bases[i % bases.len()]);
+        let client = client.clone();
+        let body = body.to_string();
+        let criteria = format!("identifier=urn:mrn|{mrn}");
+        async move {
+            let mut r = client
+                .post(&url)
+                .insert_header(("Content-Type", "application/fhir+json"))
+                .insert_header(("If-None-Exist", criteria))
+                .send_body(body)
+                .await
+                .expect("POST");
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (r.status(), v["id"].as_str().unwrap_or_default().to_string())
+        }
+    });
+    let results = join_all(attempts).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let found = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!((created, found), (1, RACERS - 1), "{results:?}");
+    let ids: std::collections::BTreeSet<&String> = results.iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every answer names the one resource: {results:?}"
+    );
+}
+
+async fn racing_conditional_creates_make_exactly_one_resource(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for round in 0..ROUNDS {
+        race_conditional_creates(std::slice::from_ref(&app.base), round).await;
+    }
+    app.stop().await;
+}
+
+on_both_backends!(racing_conditional_creates_make_exactly_one_resource);
+
+#[actix_rt::test]
+async fn racing_conditional_creates_across_two_processes_make_exactly_one_resource() {
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    fhirgate::crypto::MasterKey::generate()
+        .unwrap()
+        .write_new_file(&key)
+        .unwrap();
+    let a = support::process::start(&db.url, &key, &dir.path().join("a.log"), &[]);
+    let b = support::process::start(&db.url, &key, &dir.path().join("b.log"), &[]);
+    for round in 0..ROUNDS {
+        race_conditional_creates(&[a.base.clone(), b.base.clone()], round).await;
+    }
+}

@@ -522,3 +522,115 @@ on_both_backends!(
     metadata_states_what_is_implemented,
     audit_events_record_who_what_and_the_patient,
 );
+
+async fn conditional_create_finds_its_match(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut p = patient("Chalmers");
+    p["identifier"] = json!([{"system": "http://hospital.example.org/mrn", "value": "MRN-1"}]);
+    let body = serde_json::to_vec(&p).unwrap();
+    let ct = ("Content-Type", "application/fhir+json");
+    let criteria = (
+        "If-None-Exist",
+        "identifier=http://hospital.example.org/mrn|MRN-1",
+    );
+    let first = app
+        .send(Method::POST, "/Patient", &[ct, criteria], Some(&body))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let second = app
+        .send(Method::POST, "/Patient", &[ct, criteria], Some(&body))
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.json()["id"], id.as_str());
+    for other in [
+        "identifier=MRN-1",
+        "identifier=http://hospital.example.org/mrn|MRN-1,x|y",
+        "gender=male&identifier=MRN-1",
+    ] {
+        let r = app
+            .send(
+                Method::POST,
+                "/Patient",
+                &[ct, ("If-None-Exist", other)],
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{other}");
+        assert_eq!(r.json()["id"], id.as_str(), "{other}");
+    }
+    let by_id = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("If-None-Exist", &format!("_id={id}"))],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(by_id.status, StatusCode::OK);
+    // Different criteria that match nothing create.
+    let mut p2 = p.clone();
+    p2["identifier"][0]["value"] = json!("MRN-2");
+    let body2 = serde_json::to_vec(&p2).unwrap();
+    let fresh = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[
+                ct,
+                (
+                    "If-None-Exist",
+                    "identifier=http://hospital.example.org/mrn|MRN-2",
+                ),
+            ],
+            Some(&body2),
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+    // Both carry gender=male now: two matches -> 412, nothing written.
+    let two = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("If-None-Exist", "gender=male")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(two.status, StatusCode::PRECONDITION_FAILED);
+    let bad = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("If-None-Exist", "name=Chalmers")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let modifier = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[ct, ("If-None-Exist", "identifier:not=x")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(modifier.status, StatusCode::BAD_REQUEST);
+    // A deleted match no longer counts.
+    app.delete(&format!("/Patient/{id}")).await;
+    let after_delete = app
+        .send(Method::POST, "/Patient", &[ct, criteria], Some(&body))
+        .await;
+    assert_eq!(after_delete.status, StatusCode::CREATED);
+    let patients = app.get("/Patient/_history?_count=100").await.json();
+    let creates = patients["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["request"]["method"] == "POST")
+        .count();
+    assert_eq!(creates, 3);
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(conditional_create_finds_its_match);

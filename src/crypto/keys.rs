@@ -146,10 +146,12 @@ pub struct WrappedKey {
     pub wrapped: Vec<u8>,
 }
 
-/// The data keys of a database, unwrapped; the newest one seals new rows.
+/// The data keys of a database, unwrapped; the newest one seals new rows. The
+/// index key (a data key of its own) makes the blind index values.
 #[derive(Debug, Clone)]
 pub struct Keyring {
     keys: Vec<DataKey>,
+    index: Option<DataKey>,
 }
 
 impl Keyring {
@@ -163,7 +165,29 @@ impl Keyring {
             });
         }
         keys.sort_by_key(|k| k.id);
-        Ok(Keyring { keys })
+        Ok(Keyring { keys, index: None })
+    }
+
+    /// Adds the index key (stored wrapped like the data keys).
+    pub fn with_index_key(
+        mut self,
+        master: &MasterKey,
+        wrapped: &WrappedKey,
+    ) -> Result<Keyring, KeyError> {
+        self.index = Some(DataKey {
+            id: wrapped.id,
+            key: master.unwrap(wrapped.id, &wrapped.wrapped)?,
+        });
+        Ok(self)
+    }
+
+    /// A blind index value: HMAC-SHA-256 of `text` under the index key.
+    pub fn blind(&self, text: &str) -> Result<Vec<u8>, KeyError> {
+        let k = self.index.as_ref().ok_or(KeyError::UnknownDataKey(0))?;
+        let pkey = openssl::pkey::PKey::hmac(&k.key)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey)?;
+        signer.update(text.as_bytes())?;
+        Ok(signer.sign_to_vec()?)
     }
 
     /// A fresh data key with the given id, wrapped for storage.
@@ -176,10 +200,11 @@ impl Keyring {
         })
     }
 
-    /// Re-wraps every data key under a new master key (rotation of the master key).
+    /// Re-wraps every data key (and the index key) under a new master key.
     pub fn rewrap(&self, new_master: &MasterKey) -> Result<Vec<WrappedKey>, KeyError> {
         self.keys
             .iter()
+            .chain(self.index.iter())
             .map(|k| {
                 Ok(WrappedKey {
                     id: k.id,

@@ -35,7 +35,7 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": t != "AuditEvent",
-                "conditionalCreate": false,
+                "conditionalCreate": t != "AuditEvent",
                 "conditionalRead": "full-support",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported"

@@ -114,6 +114,9 @@ impl From<StoreError> for ApiError {
             StoreError::VersionConflict { current } => ApiError::PreconditionFailed(format!(
                 "If-Match does not name the current version (the current version is {current})"
             )),
+            StoreError::MultipleMatches(n) => ApiError::PreconditionFailed(format!(
+                "the If-None-Exist criteria match {n} resources; they must match at most one"
+            )),
             StoreError::Contention => ApiError::Conflict(
                 "the resource is being changed by another request; try again".into(),
             ),

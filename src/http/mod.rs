@@ -42,6 +42,8 @@ pub struct AppState {
     pub compartment: Arc<PatientCompartment>,
     pub metrics: ops::Metrics,
     pub capability: Value,
+    /// Token extraction for the blind index and conditional-create criteria.
+    pub tokens: Arc<crate::search::TokenIndex>,
 }
 
 /// Routes of the FHIR API and the operations endpoints.

@@ -12,7 +12,7 @@ use super::AppState;
 use crate::audit::Interaction;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{self, instant, Id, Issue, VersionId};
-use crate::store::{StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
+use crate::store::{Condition, StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
 
 /// A resource type named in the URL, checked against the loaded model.
 pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
@@ -291,19 +291,47 @@ pub async fn create(
         let rt = resource_type(&state, &path)?;
         ex.audit.resource_type = Some(rt.clone());
         if rt == "AuditEvent" {
-            return Err(ApiError::MethodNotAllowed("AuditEvents are written by the server only".into()));
-        }
-        if req.headers().contains_key("if-none-exist") {
-            return Err(ApiError::NotImplemented(
-                "conditional create (If-None-Exist) needs search, which this server does not implement yet".into(),
+            return Err(ApiError::MethodNotAllowed(
+                "AuditEvents are written by the server only".into(),
             ));
         }
+        let condition = match req.headers().get("if-none-exist") {
+            None => None,
+            Some(h) => {
+                let criteria = h.to_str().map_err(|_| {
+                    ApiError::bad_request("value", "If-None-Exist must be a query string")
+                })?;
+                Some(
+                    state
+                        .tokens
+                        .criteria(&rt, criteria)
+                        .map_err(|e| ApiError::bad_request("not-supported", e.to_string()))?,
+                )
+            }
+        };
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
         let id = Id::generate();
         ex.audit.id = Some(id.to_string());
-        ex.audit.patients = state.compartment.patients_of(&rt, Some(id.as_str()), Some(&resource));
-        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Create, "POST", Some(resource)).await?;
+        ex.audit.patients = state
+            .compartment
+            .patients_of(&rt, Some(id.as_str()), Some(&resource));
+        let result = write(
+            &state,
+            &mut ex,
+            &rt,
+            id.as_str(),
+            WriteKind::Create,
+            "POST",
+            Some(resource),
+            condition,
+        )
+        .await?;
+        if let Some(existing) = result.existing {
+            // R4 3.1.0.8.1: one match -> the create is ignored and 200 OK returned.
+            ex.audit.id = Some(existing.clone());
+            return existing_reply(&state, &req, &mut ex, &rt, &existing).await;
+        }
         Ok(write_reply(&state, &req, &rt, id.as_str(), result))
     }
     .await;
@@ -359,6 +387,7 @@ pub async fn update(
             WriteKind::Update { if_match },
             "PUT",
             Some(resource),
+            None,
         )
         .await?;
         Ok(write_reply(&state, &req, &rt, id.as_str(), result))
@@ -386,7 +415,7 @@ pub async fn delete(
         if rt == "Patient" {
             ex.audit.patients = vec![format!("Patient/{id}")];
         }
-        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Delete { if_match }, "DELETE", None).await?;
+        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Delete { if_match }, "DELETE", None, None).await?;
         let msg = if result.unchanged {
             format!("{rt}/{id} was already deleted")
         } else {
@@ -417,7 +446,38 @@ fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// The answer to a conditional create that found its one match: that resource.
+async fn existing_reply(
+    state: &AppState,
+    req: &HttpRequest,
+    ex: &mut Exchange,
+    rt: &str,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    ex.audit.interaction = Interaction::Read;
+    let ctx = ex.ctx.clone();
+    let (t, i) = (rt.to_string(), id.to_string());
+    let stored = state
+        .store
+        .call(move |s| s.read(&ctx, &t, &i, None))
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("{rt}/{id} matched the criteria but is gone")))?;
+    ex.audit.version = Some(stored.version);
+    let (v, lu) = (stored.version, stored.last_updated);
+    let body = match prefer_return(req) {
+        Return::Minimal => Body::Empty,
+        _ => Body::Stored(stored.body),
+    };
+    Ok(
+        version_headers(Reply::new(StatusCode::OK, body), v, lu).header(
+            header::CONTENT_LOCATION,
+            format!("{}/{rt}/{id}/_history/{v}", state.base_url),
+        ),
+    )
+}
+
 /// Runs a write in one transaction with its AuditEvent.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     state: &AppState,
     ex: &mut Exchange,
@@ -426,6 +486,7 @@ async fn write(
     kind: WriteKind,
     method: &'static str,
     resource: Option<Value>,
+    condition: Option<Condition>,
 ) -> Result<WriteResult, ApiError> {
     if !ex.ctx.may_write_type(rt) {
         return Err(ApiError::Forbidden(format!(
@@ -436,9 +497,14 @@ async fn write(
     let audit_template = ex.audit.clone();
     let writer = state.audit.clone();
     let (rt_owned, id_owned) = (rt.to_string(), id.to_string());
+    let token_index = state.tokens.clone();
     let result = state
         .store
         .call(move |s| {
+            let tokens = match &resource {
+                Some(r) => token_index.extract(&rt_owned, r),
+                None => Vec::new(),
+            };
             let prepare = |version: i64, ts: i64| match &resource {
                 Some(r) => with_identity(r, &id_owned, version, ts),
                 None => Ok(Vec::new()),
@@ -460,12 +526,15 @@ async fn write(
                     method,
                     prepare: &prepare,
                     audit: &audit,
+                    tokens: &tokens,
+                    condition: condition.as_ref(),
                 },
             )
         })
         .await?;
     ex.audit.version = Some(result.version);
-    // A delete of a deleted resource wrote nothing, not even its audit.
+    // A delete of a deleted resource, or a conditional create that found its match,
+    // wrote nothing, not even its audit.
     ex.audit_committed = !result.unchanged;
     Ok(result)
 }

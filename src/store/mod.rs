@@ -20,7 +20,8 @@ use crate::crypto::{KeyError, Keyring, MasterKey};
 pub use pool::Backend;
 use pool::DbPool;
 pub use repo::{
-    AuditRow, HistoryRow, HistoryScope, StoredVersion, WriteKind, WriteRequest, WriteResult,
+    AuditRow, Condition, HistoryRow, HistoryScope, StoredVersion, TokenValue, WriteKind,
+    WriteRequest, WriteResult,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum StoreError {
     NotFound,
     #[error("a resource with this id already exists")]
     AlreadyExists,
+    #[error("the conditional criteria match {0} resources")]
+    MultipleMatches(usize),
     #[error("too many concurrent writes to the same resource; try again")]
     Contention,
     #[error(transparent)]

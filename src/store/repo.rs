@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use super::pool::{with_conn, write_txn, DbPool};
 use super::schema::{
     audit_log, data_keys, key_check, resource_versions as rv, resources_current as rc,
+    search_token as st,
 };
 use super::StoreError;
 use crate::access::AccessContext;
@@ -64,6 +65,29 @@ pub struct WriteRequest<'a> {
     pub method: &'a str,
     pub prepare: &'a Prepare<'a>,
     pub audit: &'a AuditOf<'a>,
+    /// Token index entries of the new version (ignored for deletes).
+    pub tokens: &'a [TokenValue],
+    /// Conditional create: write only when nothing matches.
+    pub condition: Option<&'a Condition>,
+}
+
+/// One token of a resource for the blind index: a search parameter and its
+/// `system|code` (or code alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenValue {
+    pub param: String,
+    pub system: Option<String>,
+    pub code: String,
+}
+
+/// What a conditional create must not find: ids (`_id`) and token parameters,
+/// AND between groups, OR within one.
+#[derive(Debug, Clone, Default)]
+pub struct Condition {
+    pub ids: Option<Vec<String>>,
+    pub tokens: Vec<Vec<TokenValue>>,
+    /// Serialises conditional creates with the same criteria across nodes.
+    pub lock_key: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +99,8 @@ pub struct WriteResult {
     /// A delete of an already deleted resource changes nothing.
     pub unchanged: bool,
     pub body: Vec<u8>,
+    /// Conditional create: the id of the one resource that matched (nothing written).
+    pub existing: Option<String>,
 }
 
 /// An AuditEvent ready to store: its id, when, what, and the JSON body.
@@ -105,6 +131,54 @@ pub fn has_keys(pool: &DbPool) -> Result<bool, StoreError> {
     Ok(n > 0)
 }
 
+/// The wrapped keys of one purpose (`data` or `index`).
+macro_rules! load_keys {
+    ($c:ident, $purpose:expr) => {
+        data_keys::table
+            .filter(data_keys::purpose.eq($purpose))
+            .select((data_keys::key_id, data_keys::wrapped))
+            .order(data_keys::key_id.asc())
+            .load::<(i64, Vec<u8>)>($c)?
+            .into_iter()
+            .map(|(id, wrapped)| WrappedKey { id, wrapped })
+            .collect::<Vec<WrappedKey>>()
+    };
+}
+
+/// Stores a new wrapped key of a purpose with the next free id.
+macro_rules! add_key {
+    ($c:ident, $master:expr, $purpose:expr) => {{
+        let max: Option<i64> = data_keys::table
+            .select(diesel::dsl::max(data_keys::key_id))
+            .first($c)?;
+        let w = Keyring::new_data_key($master, max.unwrap_or(0) + 1)?;
+        diesel::insert_into(data_keys::table)
+            .values((
+                data_keys::key_id.eq(w.id),
+                data_keys::purpose.eq($purpose),
+                data_keys::wrapped.eq(&w.wrapped),
+                data_keys::created.eq(now_micros()),
+            ))
+            .execute($c)?;
+        w
+    }};
+}
+
+/// Opens the data keys and the index key; creates what a new database lacks.
+macro_rules! open_ring {
+    ($c:ident, $master:expr) => {{
+        let mut data = load_keys!($c, "data");
+        if data.is_empty() {
+            data.push(add_key!($c, $master, "data"));
+        }
+        let index = match load_keys!($c, "index").pop() {
+            Some(k) => k,
+            None => add_key!($c, $master, "index"),
+        };
+        Keyring::open($master, &data)?.with_index_key($master, &index)?
+    }};
+}
+
 pub fn unlock(pool: &DbPool, master: &MasterKey) -> Result<Keyring, StoreError> {
     let mut conn = pool.get()?;
     write_txn!(conn, |c| {
@@ -128,26 +202,7 @@ pub fn unlock(pool: &DbPool, master: &MasterKey) -> Result<Keyring, StoreError> 
                     .execute(c)?;
             }
         }
-        let mut wrapped: Vec<WrappedKey> = data_keys::table
-            .filter(data_keys::purpose.eq("data"))
-            .select((data_keys::key_id, data_keys::wrapped))
-            .load::<(i64, Vec<u8>)>(c)?
-            .into_iter()
-            .map(|(id, wrapped)| WrappedKey { id, wrapped })
-            .collect();
-        if wrapped.is_empty() {
-            let w = Keyring::new_data_key(master, 1)?;
-            diesel::insert_into(data_keys::table)
-                .values((
-                    data_keys::key_id.eq(w.id),
-                    data_keys::purpose.eq("data"),
-                    data_keys::wrapped.eq(&w.wrapped),
-                    data_keys::created.eq(now_micros()),
-                ))
-                .execute(c)?;
-            wrapped.push(w);
-        }
-        Ok(Keyring::open(master, &wrapped)?)
+        Ok(open_ring!(c, master))
     })
 }
 
@@ -164,14 +219,7 @@ pub fn rotate(
             .optional()?
             .ok_or(StoreError::MissingKey)?;
         master.verify(&sealed)?;
-        let all: Vec<WrappedKey> = data_keys::table
-            .select((data_keys::key_id, data_keys::wrapped))
-            .load::<(i64, Vec<u8>)>(c)?
-            .into_iter()
-            .map(|(id, wrapped)| WrappedKey { id, wrapped })
-            .collect();
-        let ring = Keyring::open(master, &all)?;
-        let next_id = all.iter().map(|k| k.id).max().unwrap_or(0) + 1;
+        let ring = open_ring!(c, master);
         let kek = new_master.unwrap_or(master);
         if let Some(new) = new_master {
             for w in ring.rewrap(new)? {
@@ -183,23 +231,8 @@ pub fn rotate(
                 .set(key_check::sealed.eq(new.key_check()?))
                 .execute(c)?;
         }
-        let fresh = Keyring::new_data_key(kek, next_id)?;
-        diesel::insert_into(data_keys::table)
-            .values((
-                data_keys::key_id.eq(fresh.id),
-                data_keys::purpose.eq("data"),
-                data_keys::wrapped.eq(&fresh.wrapped),
-                data_keys::created.eq(now_micros()),
-            ))
-            .execute(c)?;
-        let wrapped: Vec<WrappedKey> = data_keys::table
-            .filter(data_keys::purpose.eq("data"))
-            .select((data_keys::key_id, data_keys::wrapped))
-            .load::<(i64, Vec<u8>)>(c)?
-            .into_iter()
-            .map(|(id, wrapped)| WrappedKey { id, wrapped })
-            .collect();
-        Ok((Keyring::open(kek, &wrapped)?, next_id))
+        let fresh = add_key!(c, kek, "data");
+        Ok((open_ring!(c, kek), fresh.id))
     })
 }
 
@@ -261,6 +294,75 @@ pub fn read(
     row.map(|t| open_version(ring, t)).transpose()
 }
 
+/// Transaction-scoped advisory lock: PostgreSQL needs it to serialise conditional
+/// creates across nodes; SQLite's `BEGIN IMMEDIATE` already serialises all writers.
+trait AdvisoryLock {
+    fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError>;
+}
+
+impl AdvisoryLock for diesel::SqliteConnection {
+    fn advisory_xact_lock(&mut self, _key: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl AdvisoryLock for diesel::PgConnection {
+    fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(key)
+            .execute(self)?;
+        Ok(())
+    }
+}
+
+/// The ids of the current, not deleted resources that satisfy a condition.
+macro_rules! condition_matches {
+    ($c:ident, $ring:expr, $rt:expr, $cond:expr) => {{
+        let cond: &Condition = $cond;
+        let mut candidates: Option<std::collections::BTreeSet<String>> =
+            cond.ids.as_ref().map(|ids| ids.iter().cloned().collect());
+        for group in &cond.tokens {
+            let Some(first) = group.first() else { continue };
+            let mut code_hashes = Vec::new();
+            let mut system_hashes = Vec::new();
+            for t in group {
+                match &t.system {
+                    Some(sys) => system_hashes.push($ring.blind(&format!("{}|{}", sys, t.code))?),
+                    None => code_hashes.push($ring.blind(&t.code)?),
+                }
+            }
+            let ids: Vec<String> = st::table
+                .filter(st::resource_type.eq($rt))
+                .filter(st::param.eq(&first.param))
+                .filter(
+                    st::code_hash
+                        .eq_any(&code_hashes)
+                        .or(st::system_code_hash.eq_any(&system_hashes)),
+                )
+                .select(st::resource_id)
+                .distinct()
+                .load($c)?;
+            let set: std::collections::BTreeSet<String> = ids.into_iter().collect();
+            candidates = Some(match candidates {
+                Some(c) => c.intersection(&set).cloned().collect(),
+                None => set,
+            });
+        }
+        let candidates: Vec<String> = candidates.unwrap_or_default().into_iter().collect();
+        let live: Vec<String> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            rc::table
+                .filter(rc::resource_type.eq($rt))
+                .filter(rc::resource_id.eq_any(&candidates))
+                .filter(rc::deleted.eq(false))
+                .select(rc::resource_id)
+                .load($c)?
+        };
+        live
+    }};
+}
+
 macro_rules! write_body {
     ($c:ident, $ring:expr, $req:expr) => {{
         let req = $req;
@@ -270,6 +372,24 @@ macro_rules! write_body {
             .select((rc::version_id, rc::deleted))
             .first($c)
             .optional()?;
+        if let Some(cond) = req.condition {
+            $c.advisory_xact_lock(cond.lock_key)?;
+            let found = condition_matches!($c, $ring, req.resource_type, cond);
+            match found.len() {
+                0 => {}
+                1 => {
+                    return Ok(WriteResult {
+                        version: 0,
+                        last_updated: 0,
+                        created: false,
+                        unchanged: true,
+                        body: Vec::new(),
+                        existing: found.into_iter().next(),
+                    })
+                }
+                n => return Err(StoreError::MultipleMatches(n)),
+            }
+        }
         let if_match = match req.kind {
             WriteKind::Create => {
                 if current.is_some() {
@@ -288,6 +408,7 @@ macro_rules! write_body {
                             created: false,
                             unchanged: true,
                             body: Vec::new(),
+                            existing: None,
                         })
                     }
                     Some(_) => {}
@@ -354,12 +475,36 @@ macro_rules! write_body {
                 }
             }
         }
+        diesel::delete(
+            st::table
+                .filter(st::resource_type.eq(req.resource_type))
+                .filter(st::resource_id.eq(req.id)),
+        )
+        .execute($c)?;
+        if !deleted && !req.tokens.is_empty() {
+            let mut rows = Vec::with_capacity(req.tokens.len());
+            for t in req.tokens {
+                let system_code = match &t.system {
+                    Some(sys) => Some($ring.blind(&format!("{}|{}", sys, t.code))?),
+                    None => None,
+                };
+                rows.push((
+                    st::resource_type.eq(req.resource_type),
+                    st::resource_id.eq(req.id),
+                    st::param.eq(&t.param),
+                    st::code_hash.eq($ring.blind(&t.code)?),
+                    st::system_code_hash.eq(system_code),
+                ));
+            }
+            diesel::insert_into(st::table).values(&rows).execute($c)?;
+        }
         let result = WriteResult {
             version,
             last_updated: ts,
             created,
             unchanged: false,
             body,
+            existing: None,
         };
         let audit = (req.audit)(&result)?;
         insert_audit_rows!($c, $ring, std::slice::from_ref(&audit));

@@ -55,3 +55,15 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(resource_versions, resources_current);
+
+diesel::table! {
+    search_token (resource_type, resource_id, param, code_hash) {
+        resource_type -> Text,
+        resource_id -> Text,
+        param -> Text,
+        code_hash -> Binary,
+        system_code_hash -> Nullable<Binary>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(search_token, resources_current);
