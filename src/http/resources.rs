@@ -136,11 +136,9 @@ async fn read_inner(
             "reading {rt} is not permitted"
         )));
     }
-    let ctx = ex.ctx.clone();
-    let (t, i) = (rt.clone(), id.to_string());
     let stored = state
         .store
-        .call(move |s| s.read(&ctx, &t, &i, version))
+        .read_now(&ex.ctx, &rt, id.as_str(), version)
         .await?
         .ok_or_else(|| match version {
             Some(v) => ApiError::NotFound(format!("{rt}/{id} has no version {v}")),

@@ -183,6 +183,25 @@ impl Store {
         repo::read(&self.pool, &ring, ctx, resource_type, id, version)
     }
 
+    /// Reads a resource from an async context. On SQLite, when a connection is idle,
+    /// the point read (a primary-key lookup served from the page cache) runs right
+    /// here instead of hopping to the blocking pool and back: two thread switches
+    /// cost more than the read (measured: benches/load). Otherwise as [`Store::call`].
+    pub async fn read_now(
+        &self,
+        ctx: &crate::access::AccessContext,
+        resource_type: &str,
+        id: &str,
+        version: Option<i64>,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        if let Some(conn) = self.pool.try_get_local() {
+            let ring = self.keyring()?;
+            return repo::read_on(conn, &ring, ctx, resource_type, id, version);
+        }
+        let (ctx, t, i) = (ctx.clone(), resource_type.to_string(), id.to_string());
+        self.call(move |s| s.read(&ctx, &t, &i, version)).await
+    }
+
     pub fn write(
         &self,
         ctx: &crate::access::AccessContext,

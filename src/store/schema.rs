@@ -49,6 +49,8 @@ diesel::table! {
         recorded -> BigInt,
         action -> Text,
         outcome -> Text,
+        key_id -> BigInt,
+        body -> Binary,
         prev_hash -> Nullable<Binary>,
         hash -> Nullable<Binary>,
     }

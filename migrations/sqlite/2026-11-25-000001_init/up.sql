@@ -24,7 +24,6 @@ CREATE TABLE resources_current (
     deleted BOOLEAN NOT NULL,
     PRIMARY KEY (resource_type, resource_id)
 );
-CREATE INDEX ix_current_type_updated ON resources_current (resource_type, last_updated);
 
 -- Data keys wrapped by the master key (envelope encryption).
 CREATE TABLE data_keys (
@@ -41,13 +40,20 @@ CREATE TABLE key_check (
     created BIGINT NOT NULL
 );
 
--- The order of AuditEvents; `prev_hash`/`hash` hold the tamper-evident chain.
+-- AuditEvents: append-only, one row each, in commit order (`seq`). They are FHIR
+-- resources (read through the API like any other) but have no versions, so they
+-- live here rather than in resource_versions: one row and two index entries per
+-- event instead of seven. `body` is sealed like every resource body (AAD
+-- AuditEvent/<id>/1); `prev_hash`/`hash` hold the tamper-evident chain.
 CREATE TABLE audit_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    audit_id TEXT NOT NULL UNIQUE,
+    audit_id TEXT NOT NULL,
     recorded BIGINT NOT NULL,
     action TEXT NOT NULL,
     outcome TEXT NOT NULL,
+    key_id BIGINT NOT NULL,
+    body BLOB NOT NULL,
     prev_hash BLOB,
     hash BLOB
 );
+CREATE INDEX ix_audit_id ON audit_log (audit_id);

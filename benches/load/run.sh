@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Load benchmark of the REST API (issue: foundation): GET Patient/{id} over 1,000 patients and
+# POST Patient, with audit and encryption on, against the release build, with wrk on the same
+# machine. Usage: benches/load/run.sh sqlite|postgres [duration_s] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BACKEND="${1:-sqlite}"
+DURATION="${2:-20}"
+CONNS="${3:-32}"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+[ -x target/release/fhirgate ] || cargo build --release
+WORK="$(mktemp -d)"
+PORT=18181
+case "$BACKEND" in
+  sqlite) DB="sqlite://$WORK/bench.db" ;;
+  postgres)
+    NAME="fhirgate_bench_$$"
+    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $NAME" >/dev/null
+    DB="postgres://postgres@127.0.0.1:5432/$NAME" ;;
+  *) echo "backend: sqlite or postgres" >&2; exit 2 ;;
+esac
+cleanup() {
+  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
+  [ "$BACKEND" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
+if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
+  target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
+fi
+export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=false \
+  FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
+target/release/fhirgate serve > "$WORK/server.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+BASE="http://127.0.0.1:$PORT/fhir"
+echo "seeding 1000 patients ($BACKEND)"
+for i in $(seq 1 1000); do
+  curl -s -o /dev/null -D - -X POST "$BASE/Patient" -H 'Content-Type: application/fhir+json' -H 'Prefer: return=minimal' \
+    -d "{\"resourceType\":\"Patient\",\"identifier\":[{\"system\":\"urn:mrn\",\"value\":\"MRN$i\"}],\"name\":[{\"family\":\"Family$i\",\"given\":[\"Given$i\"]}],\"gender\":\"female\",\"birthDate\":\"1970-01-01\",\"telecom\":[{\"system\":\"phone\",\"value\":\"555-01$i\"}],\"address\":[{\"line\":[\"$i Main St\"],\"city\":\"Springfield\",\"postalCode\":\"12345\"}]}" \
+    | tr -d '\r' | sed -n 's#^location: .*/Patient/\([^/]*\)/_history.*#\1#p'
+done > "$WORK/ids.txt"
+echo "$(wc -l < "$WORK/ids.txt") patients"
+export BENCH_IDS="$WORK/ids.txt"
+echo "--- GET Patient/{id}: $CONNS connections, ${DURATION}s"
+wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s benches/load/get.lua "$BASE"
+echo "--- POST Patient: $CONNS connections, ${DURATION}s"
+wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s benches/load/post.lua "$BASE/Patient"
