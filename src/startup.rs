@@ -79,6 +79,7 @@ pub fn open_store(settings: &Settings, migrate: bool) -> Result<Store, StartupEr
     }
     let master = master_key(settings, &store)?;
     store.unlock(&master)?;
+    store.start_maintenance();
     Ok(store)
 }
 

@@ -338,17 +338,20 @@ impl<'a, 'c> Evaluator<'a, 'c> {
         }
     }
 
+    /// `as` (operator and function): the items of type `t`. N1 requires a single input item;
+    /// like the HL7 reference validator and HAPI, fhirgate filters a collection of several
+    /// items as `ofType()` does, because FHIR R4 itself depends on it: the core invariant dom-3
+    /// applies `as(canonical)` to `descendants()`, and the SearchParameters
+    /// `component-value-quantity` and `combo-value-quantity` (and their `-concept` siblings)
+    /// are `(Observation.component.value as Quantity)`, which would fail on every Observation
+    /// with several components (DESIGN section 10; `conformance/fhirpath-known-failures.md`,
+    /// `testFHIRPathAsFunction21`).
     pub fn as_type(&self, v: &[Item<'a>], t: &TypeRef, pos: Position) -> Result<Collection<'a>> {
         self.check_type(t, pos)?;
-        match v {
-            [] => Ok(Vec::new()),
-            [x] => Ok(if nav::type_matches(self.model, x, t, true) {
-                vec![x.clone()]
-            } else {
-                Vec::new()
-            }),
-            _ => Err(err(pos, "'as' requires a single item")),
-        }
+        Ok(v.iter()
+            .filter(|it| nav::type_matches(self.model, it, t, true))
+            .cloned()
+            .collect())
     }
 
     fn external(&self, name: &str, pos: Position) -> Result<Collection<'a>> {
@@ -690,18 +693,29 @@ impl<'a, 'c> Evaluator<'a, 'c> {
         };
         match op {
             BinOp::Add | BinOp::Sub => {
-                let Some(yv) = super::ucum::convert(y.value, y.ucum_unit(), x.ucum_unit()) else {
+                // N1 Math, `+` and `-` on quantities: "The unit of the result will be the most
+                // granular unit of either input" (`3 'm' - 3 'cm'` is `297 'cm'`); with units
+                // of the same size the left one is kept.
+                let (xu, yu) = (x.ucum_unit(), y.ucum_unit());
+                let y_finer = super::ucum::convert(Decimal::ONE, xu, yu)
+                    .is_some_and(|one_x| one_x > Decimal::ONE);
+                let aligned = if y_finer {
+                    super::ucum::convert(x.value, xu, yu).map(|xv| (xv, y.value, &y.unit))
+                } else {
+                    super::ucum::convert(y.value, yu, xu).map(|yv| (x.value, yv, &x.unit))
+                };
+                let Some((a, b, unit)) = aligned else {
                     return Err(err(
                         pos,
                         format!("cannot add quantities in '{}' and '{}'", x.unit, y.unit),
                     ));
                 };
                 let v = if op == BinOp::Add {
-                    x.value.checked_add(yv)
+                    a.checked_add(b)
                 } else {
-                    x.value.checked_sub(yv)
+                    a.checked_sub(b)
                 };
-                q(v, x.unit.clone())
+                q(v, unit.clone())
             }
             BinOp::Mul => q(
                 x.value.checked_mul(y.value),

@@ -31,17 +31,15 @@ fn suffix_matches(suffix: &str, ty: &str) -> bool {
     }
 }
 
-/// Pushes the values stored under `key` (and `_key`) as nodes of type `ty`.
+/// Pushes the values stored under `key` (and `_key`) as nodes of type `ty`. The `_key`
+/// companion is looked up even when it is the object's only property: a primitive may have an
+/// extension and no value (`"timingTiming": {"_event": [{"extension": [...]}]}`).
 fn push_key<'a>(obj: &'a Map<String, Value>, key: &str, ty: &'a str, out: &mut Collection<'a>) {
     let value = obj.get(key);
-    let ext = if obj.len() > 1 {
-        let mut k = String::with_capacity(key.len() + 1);
-        k.push('_');
-        k.push_str(key);
-        obj.get(&k)
-    } else {
-        None
-    };
+    let mut k = String::with_capacity(key.len() + 1);
+    k.push('_');
+    k.push_str(key);
+    let ext = obj.get(&k);
     push_values(value, ext, ty, out);
 }
 
@@ -105,6 +103,8 @@ pub fn child<'a>(model: &'a dyn ModelInfo, item: &Item<'a>, name: &str, out: &mu
     if !n.ty.is_empty() {
         if let Some(info) = model.child(n.ty, name) {
             if info.choice {
+                // `out` already holds the children of earlier items of the input collection
+                let start = out.len();
                 for (k, v) in obj {
                     if let Some(suffix) = k.strip_prefix(name) {
                         if let Some(t) = info.types.iter().find(|t| suffix_matches(suffix, t)) {
@@ -114,7 +114,7 @@ pub fn child<'a>(model: &'a dyn ModelInfo, item: &Item<'a>, name: &str, out: &mu
                     }
                 }
                 // a choice primitive with only an extension (`_valueString`)
-                if out.is_empty() {
+                if out.len() == start {
                     for (k, e) in obj {
                         if let Some(suffix) = k.strip_prefix('_').and_then(|k| k.strip_prefix(name))
                         {
@@ -203,9 +203,21 @@ fn element_type<'a>(model: &'a dyn ModelInfo, parent: &str, key: &str) -> &'a st
     ""
 }
 
-/// The FHIR type name of a node for `type()` and `is`: declared type, or inferred from JSON.
-pub fn node_type<'a>(n: &Node<'a>) -> &'a str {
-    n.ty
+/// The FHIR type name of a node as `type()` reports it. Inline backbone elements carry their
+/// element path (`Patient.contact`) as internal type name, so that navigation finds their
+/// children; their FHIR type is the `BackboneElement` or `Element` that path derives from.
+pub fn node_type<'a>(model: &'a dyn ModelInfo, n: &Node<'a>) -> &'a str {
+    let mut t = n.ty;
+    for _ in 0..8 {
+        if !t.contains('.') {
+            break;
+        }
+        match model.base_type(t) {
+            Some(b) => t = b,
+            None => break,
+        }
+    }
+    t
 }
 
 /// `is` test of one item against a type. `exact` (for `as`/`ofType` on primitive types) does

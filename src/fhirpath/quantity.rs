@@ -1,6 +1,7 @@
 //! Quantity values (`5.5 'mg'`, `4 days`): equality, equivalence and ordering across UCUM units
-//! (`1 'kg' = 1000 'g'`), calendar durations (`7 days = 1 week`; `1 year` against UCUM `'a'` is
-//! not comparable, per the FHIRPath rules on calendar durations) and arithmetic.
+//! (`1 'kg' = 1000 'g'`), calendar durations (`7 days = 1 week`; `1 year = 365 days` and
+//! `1 month = 30 days`, as N1 prescribes for comparisons without a calendar anchor; `1 year`
+//! against UCUM `'a'` is not comparable, as the R4 suite expects) and arithmetic.
 
 use std::cmp::Ordering;
 
@@ -36,6 +37,40 @@ fn is_calendar_year_month(unit: &str) -> Option<i64> {
     }
 }
 
+/// Days in a calendar year or month. N1, note under `=` and `~`: "For comparisons involving
+/// durations (where no anchor to a calendar is available), the duration of a year is 365 days,
+/// and the duration of a month is 30 days."
+fn calendar_days(unit: &str) -> Option<i64> {
+    match unit {
+        "year" | "years" => Some(365),
+        "month" | "months" => Some(30),
+        _ => None,
+    }
+}
+
+/// A calendar year or month quantity (`value` in `unit`) expressed in the definite duration
+/// unit `to` (UCUM or a fixed-length calendar keyword). None when `to` is not a time unit, and
+/// for UCUM `a` and `mo`: those are 365.25 and 30.4375 days, not calendar durations, and the R4
+/// suite expects `'1 \'a\''.toQuantity() = 1 year` to be empty, not false.
+fn calendar_to_definite(value: Decimal, unit: &str, to: &str) -> Option<Decimal> {
+    let to = normal(to);
+    if matches!(to, "a" | "mo") {
+        return None;
+    }
+    let days = value.checked_mul(Decimal::from(calendar_days(unit)?))?;
+    ucum::convert(days, "d", to)
+}
+
+/// The UCUM unit a calendar keyword is equivalent to (N1 Time-valued Quantities: `1 year ~
+/// 1 'a'`, `1 month ~ 1 'mo'`, the others equal); other units unchanged.
+fn ucum_duration(unit: &str) -> &str {
+    match unit {
+        "year" | "years" => "a",
+        "month" | "months" => "mo",
+        u => normal(u),
+    }
+}
+
 /// Normalises a unit for comparison: calendar keywords with fixed length become UCUM.
 fn normal(unit: &str) -> &str {
     calendar_to_ucum(unit).unwrap_or(unit)
@@ -64,8 +99,15 @@ impl Quantity {
                     other.value.checked_mul(Decimal::from(b))?,
                 ))
             }
+            (Some(_), None) => {
+                let a = calendar_to_definite(self.value, &self.unit, &other.unit)?;
+                return Some((a, other.value));
+            }
+            (None, Some(_)) => {
+                let b = calendar_to_definite(other.value, &other.unit, &self.unit)?;
+                return Some((self.value, b));
+            }
             (None, None) => {}
-            _ => return None,
         }
         let (ua, ub) = (normal(&self.unit), normal(&other.unit));
         let converted = ucum::convert(other.value, ub, ua)?;
@@ -83,12 +125,27 @@ impl Quantity {
         self.compare(other).map(|o| o == Ordering::Equal)
     }
 
-    /// `~`: values compared at the precision of the less precise one.
+    /// `~`: values compared at the precision of the less precise one, trailing zeros not
+    /// counted (N1 Equivalence, Decimal). Calendar years and months are also equivalent to
+    /// UCUM's `a` and `mo` (N1 Time-valued Quantities: "`1 year` is not equal to `1 'a'`, but
+    /// it is equivalent to `1 'a'`").
     pub fn equivalent(&self, other: &Quantity) -> bool {
-        match self.aligned(other) {
+        let aligned = self.aligned(other).or_else(|| {
+            let b = ucum::convert(
+                other.value,
+                ucum_duration(&other.unit),
+                ucum_duration(&self.unit),
+            )?;
+            Some((self.value, b))
+        });
+        match aligned {
             Some((a, b)) => {
-                let scale = self.value.scale().min(other.value.scale());
-                a.round_dp(scale) == b.round_dp(scale)
+                let scale = self
+                    .value
+                    .normalize()
+                    .scale()
+                    .min(other.value.normalize().scale());
+                super::value::decimal_equivalent_at(a, b, scale)
             }
             None => false,
         }

@@ -369,11 +369,39 @@ fn is_quantity_node(model: &dyn ModelInfo, n: &Node) -> bool {
     super::model::is_a(model, n.ty, "Quantity")
 }
 
-fn normalize_ws(s: &str) -> String {
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The form in which two strings are compared for `~`. N1 String Equivalence: "the strings
+/// are the same value while ignoring case and locale, and normalizing whitespace. Normalizing
+/// whitespace means that all whitespace characters are treated as equivalent, with whitespace
+/// characters as defined in the Whitespace lexical category" (`WS: [ \r\n\t]`): each
+/// whitespace character matches any one whitespace character; runs are not merged and the ends
+/// are not trimmed (`'a  b' ~ 'a b'` is false).
+fn equivalence_form(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if matches!(c, '\r' | '\n' | '\t') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
         .to_lowercase()
+}
+
+/// `~` between decimals. N1 Equivalence, Decimal: "comparison is done on values rounded to the
+/// precision of the least precise operand. Trailing zeroes after the decimal are ignored in
+/// determining precision" (`1.10 ~ 1.14` is true: `1.10` has the precision of `1.1`).
+pub fn decimal_equivalent(x: Decimal, y: Decimal) -> bool {
+    decimal_equivalent_at(x, y, x.normalize().scale().min(y.normalize().scale()))
+}
+
+/// `x` and `y` rounded to `scale` decimal places are equal. A midpoint rounds away from zero
+/// (`1.25` to `1.3`), as `round()` does and fhirpath.js does, not to the even neighbour.
+pub fn decimal_equivalent_at(x: Decimal, y: Decimal, scale: u32) -> bool {
+    let round = |d: Decimal| {
+        d.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+    };
+    round(x) == round(y)
 }
 
 /// `~` between two single items.
@@ -390,17 +418,16 @@ pub fn equivalent(a: &Item, b: &Item, model: &dyn ModelInfo, tz: i32) -> bool {
     };
     match (&a, &b) {
         (Item::Boolean(x), Item::Boolean(y)) => x == y,
-        (Item::String(x), Item::String(y)) => normalize_ws(x.as_str()) == normalize_ws(y.as_str()),
+        (Item::String(x), Item::String(y)) => {
+            equivalence_form(x.as_str()) == equivalence_form(y.as_str())
+        }
         (Item::Date(x) | Item::DateTime(x), Item::Date(y) | Item::DateTime(y)) => {
             x.compare(y, tz) == Some(Ordering::Equal)
         }
         (Item::Time(x), Item::Time(y)) => x.compare(y) == Some(Ordering::Equal),
         (Item::Quantity(x), Item::Quantity(y)) => x.equivalent(y),
         _ => match (as_decimal(&a), as_decimal(&b)) {
-            (Some(x), Some(y)) => {
-                let scale = x.scale().min(y.scale());
-                x.round_dp(scale) == y.round_dp(scale)
-            }
+            (Some(x), Some(y)) => decimal_equivalent(x, y),
             _ => false,
         },
     }
@@ -424,7 +451,7 @@ fn json_equivalent_obj(
 
 fn json_equivalent(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::String(x), Value::String(y)) => normalize_ws(x) == normalize_ws(y),
+        (Value::String(x), Value::String(y)) => equivalence_form(x) == equivalence_form(y),
         (Value::Object(x), Value::Object(y)) => json_equivalent_obj(x, y),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().all(|i| y.iter().any(|j| json_equivalent(i, j)))

@@ -90,7 +90,7 @@ impl StoreError {
 /// The repository handle: a connection pool and the unwrapped data keys.
 #[derive(Clone)]
 pub struct Store {
-    pool: DbPool,
+    pool: Arc<DbPool>,
     backend: Backend,
     keyring: Arc<RwLock<Option<Keyring>>>,
 }
@@ -108,7 +108,7 @@ impl Store {
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Store, StoreError> {
         let (pool, backend) = DbPool::connect(url, pool_size, timeout)?;
         Ok(Store {
-            pool,
+            pool: Arc::new(pool),
             backend,
             keyring: Arc::new(RwLock::new(None)),
         })
@@ -133,6 +133,29 @@ impl Store {
         tokio::task::spawn_blocking(move || span.in_scope(|| f(&store)))
             .await
             .map_err(|e| StoreError::Unavailable(format!("worker failed: {e}")))?
+    }
+
+    /// Starts the background work a backend needs: on SQLite, a thread that
+    /// checkpoints the write-ahead log (PASSIVE: it never blocks readers or the
+    /// writer), so commits do not pay for checkpoints and p99 has no checkpoint
+    /// stalls. The thread ends when the last handle on this store is dropped.
+    pub fn start_maintenance(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let pool = Arc::downgrade(&self.pool);
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let Some(pool) = pool.upgrade() else { return };
+                if let Err(e) = repo::checkpoint(&pool) {
+                    tracing::debug!(error = %e, "WAL checkpoint skipped");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the WAL checkpoint thread; SQLite checkpoints on commit instead");
+        }
     }
 
     /// A round trip to the database (readiness).

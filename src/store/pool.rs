@@ -22,14 +22,22 @@ pub enum Backend {
     Postgres,
 }
 
+/// One process-wide queue for SQLite writers. SQLite admits one writer at a
+/// time; without the queue, waiting writers poll with the busy handler's growing
+/// sleeps, which put hundreds of milliseconds on p99 (measured: benches/load, POST).
+pub type WriterQueue = std::sync::Arc<parking_lot::Mutex<()>>;
+
 #[derive(Clone)]
 pub enum DbPool {
-    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>, WriterQueue),
     Pg(Pool<ConnectionManager<PgConnection>>),
 }
 
 pub enum DbConn {
-    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Sqlite(
+        PooledConnection<ConnectionManager<SqliteConnection>>,
+        WriterQueue,
+    ),
     Pg(PooledConnection<ConnectionManager<PgConnection>>),
 }
 
@@ -38,7 +46,7 @@ pub enum DbConn {
 macro_rules! with_conn {
     ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
-            $crate::store::pool::DbConn::Sqlite(ref mut pooled) => {
+            $crate::store::pool::DbConn::Sqlite(ref mut pooled, _) => {
                 let $c: &mut diesel::SqliteConnection = &mut *pooled;
                 $body
             }
@@ -56,7 +64,8 @@ macro_rules! with_conn {
 macro_rules! write_txn {
     ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
-            $crate::store::pool::DbConn::Sqlite(ref mut pooled) => {
+            $crate::store::pool::DbConn::Sqlite(ref mut pooled, ref queue) => {
+                let _turn = queue.lock();
                 let conn: &mut diesel::SqliteConnection = &mut *pooled;
                 conn.immediate_transaction(|$c| $body)
             }
@@ -77,13 +86,15 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the writer; NORMAL sync is durable across
         // process crashes (only an OS crash may lose the last commits).
-        // mmap and a 64 MiB page cache per connection: reads are served from
-        // memory instead of read() system calls (measured: benches/load).
+        // A 64 MiB page cache per connection keeps the hot pages in memory
+        // (mmap was tried: remapping a growing file stalled reads). Checkpoints run in the
+        // background (`Store::start_maintenance`); the automatic one, inside a
+        // commit, is only a safety net (measured: benches/load, POST p99).
         conn.batch_execute(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
-             PRAGMA mmap_size = 1073741824; PRAGMA cache_size = -65536; \
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 50000;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -102,7 +113,7 @@ impl DbPool {
         {
             // The HTTP workers read inline (one connection each) beside the audit
             // writer and the write transactions.
-            let size = if size == 0 { cores + 2 } else { size };
+            let size = if size == 0 { cores + 4 } else { size };
             let pool = Pool::builder()
                 .max_size(size)
                 .connection_timeout(timeout)
@@ -112,7 +123,10 @@ impl DbPool {
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(path))
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok((DbPool::Sqlite(pool), Backend::Sqlite))
+            Ok((
+                DbPool::Sqlite(pool, WriterQueue::default()),
+                Backend::Sqlite,
+            ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let size = if size == 0 { cores * 4 } else { size };
             // build_unchecked: the server starts (and reports not-ready) while the
@@ -133,9 +147,9 @@ impl DbPool {
 
     pub fn get(&self) -> Result<DbConn, StoreError> {
         match self {
-            DbPool::Sqlite(p) => p
+            DbPool::Sqlite(p, q) => p
                 .get()
-                .map(DbConn::Sqlite)
+                .map(|c| DbConn::Sqlite(c, q.clone()))
                 .map_err(|e| StoreError::Unavailable(e.to_string())),
             DbPool::Pg(p) => p
                 .get()
@@ -148,7 +162,7 @@ impl DbPool {
     /// wait on the network and belong on the blocking pool).
     pub fn try_get_local(&self) -> Option<DbConn> {
         match self {
-            DbPool::Sqlite(p) => p.try_get().map(DbConn::Sqlite),
+            DbPool::Sqlite(p, q) => p.try_get().map(|c| DbConn::Sqlite(c, q.clone())),
             DbPool::Pg(_) => None,
         }
     }
@@ -157,7 +171,7 @@ impl DbPool {
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.get()?;
         let applied = match &mut conn {
-            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConn::Sqlite(c, _) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
             DbConn::Pg(c) => {
                 // Several nodes may start at once on one database: one migrates,
                 // the others wait for it and then find nothing pending.

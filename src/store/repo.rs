@@ -125,6 +125,15 @@ pub fn ping(pool: &DbPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Copies committed WAL frames into the SQLite database file without blocking.
+pub fn checkpoint(pool: &DbPool) -> Result<(), StoreError> {
+    use diesel::connection::SimpleConnection;
+    if let Some(mut conn) = pool.try_get_local() {
+        with_conn!(conn, |c| c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);"))?;
+    }
+    Ok(())
+}
+
 pub fn has_keys(pool: &DbPool) -> Result<bool, StoreError> {
     let mut conn = pool.get()?;
     let n: i64 = with_conn!(conn, |c| key_check::table.count().get_result(c))?;
@@ -406,14 +415,21 @@ macro_rules! condition_matches {
 macro_rules! write_body {
     ($c:ident, $ring:expr, $req:expr) => {{
         let req = $req;
+        // A create with a server-assigned id has no current version to look up
+        // (the primary key of resources_current catches the impossible clash).
         // `.load` rather than `.first`: see `read`.
-        let current: Option<(i64, bool)> = rc::table
-            .filter(rc::resource_type.eq(req.resource_type))
-            .filter(rc::resource_id.eq(req.id))
-            .select((rc::version_id, rc::deleted))
-            .load::<(i64, bool)>($c)?
-            .into_iter()
-            .next();
+        let fresh = matches!(req.kind, WriteKind::Create) && req.condition.is_none();
+        let current: Option<(i64, bool)> = if fresh {
+            None
+        } else {
+            rc::table
+                .filter(rc::resource_type.eq(req.resource_type))
+                .filter(rc::resource_id.eq(req.id))
+                .select((rc::version_id, rc::deleted))
+                .load::<(i64, bool)>($c)?
+                .into_iter()
+                .next()
+        };
         if let Some(cond) = req.condition {
             $c.advisory_xact_lock(cond.lock_key)?;
             let found = condition_matches!($c, $ring, req.resource_type, cond);
@@ -517,12 +533,14 @@ macro_rules! write_body {
                 }
             }
         }
-        diesel::delete(
-            st::table
-                .filter(st::resource_type.eq(req.resource_type))
-                .filter(st::resource_id.eq(req.id)),
-        )
-        .execute($c)?;
+        if current.is_some() {
+            diesel::delete(
+                st::table
+                    .filter(st::resource_type.eq(req.resource_type))
+                    .filter(st::resource_id.eq(req.id)),
+            )
+            .execute($c)?;
+        }
         if !deleted && !req.tokens.is_empty() {
             let mut rows = Vec::with_capacity(req.tokens.len());
             for t in req.tokens {

@@ -51,27 +51,17 @@ pub fn call<'a>(func: Func, c: &Call<'_, 'a, '_>) -> Result<Collection<'a>> {
             let Some(t) = c.ty else {
                 return Err(c.error("as() needs a type"));
             };
-            // The R4 core invariant dom-3 applies `as(canonical)` to `descendants()`: like the
-            // reference validator, the function form filters a collection of several items
-            // (the operator form `x as T` keeps the singleton rule).
-            if c.input.len() > 1 {
-                ev.check_type(t, c.pos)?;
-                return Ok(c
-                    .input
-                    .iter()
-                    .filter(|it| nav::type_matches(ev.model, it, t, true))
-                    .cloned()
-                    .collect());
-            }
+            // filters a collection of several items, as the operator does (see `as_type`)
             ev.as_type(c.input, t, c.pos)
         }
         Func::Type => Ok(c
             .input
             .iter()
             .filter_map(|it| match it {
-                Item::Node(n) if !n.ty.is_empty() => {
-                    Some(Item::TypeInfo("FHIR", Text::Borrowed(nav::node_type(n))))
-                }
+                Item::Node(n) if !n.ty.is_empty() => Some(Item::TypeInfo(
+                    "FHIR",
+                    Text::Borrowed(nav::node_type(ev.model, n)),
+                )),
                 Item::Node(_) | Item::TypeInfo(..) => None,
                 other => other
                     .sys_type()
