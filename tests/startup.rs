@@ -111,7 +111,8 @@ async fn key_rotation_rewraps_data_keys_and_old_data_stays_readable() {
         let new = MasterKey::generate().unwrap();
         new.write_new_file(&new_file).unwrap();
         let key_id = store.rotate_keys(&old, Some(&new)).unwrap();
-        assert_eq!(key_id, 2);
+        // Key 1 seals data, key 2 makes blind index values; 3 is the new data key.
+        assert_eq!(key_id, 3);
 
         let mut rotated = db.settings();
         rotated.crypto.master_key_file = Some(new_file);
