@@ -336,6 +336,26 @@ pub async fn create(
     ex.finish(&state, result).await
 }
 
+/// The checked target of an update or delete: type and id from the URL, put in the
+/// audit record; AuditEvents are read-only (405).
+fn writable_instance(
+    state: &AppState,
+    ex: &mut Exchange,
+    path: &(String, String),
+) -> Result<(String, Id), ApiError> {
+    ex.precondition()?;
+    let rt = resource_type(state, &path.0)?;
+    let id = resource_id(&path.1)?;
+    ex.audit.resource_type = Some(rt.clone());
+    ex.audit.id = Some(id.to_string());
+    if rt == "AuditEvent" {
+        return Err(ApiError::MethodNotAllowed(
+            "AuditEvents are read-only".into(),
+        ));
+    }
+    Ok((rt, id))
+}
+
 pub async fn update(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -344,16 +364,7 @@ pub async fn update(
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Update);
     let result = async {
-        ex.precondition()?;
-        let rt = resource_type(&state, &path.0)?;
-        let id = resource_id(&path.1)?;
-        ex.audit.resource_type = Some(rt.clone());
-        ex.audit.id = Some(id.to_string());
-        if rt == "AuditEvent" {
-            return Err(ApiError::MethodNotAllowed(
-                "AuditEvents are read-only".into(),
-            ));
-        }
+        let (rt, id) = writable_instance(&state, &mut ex, &path)?;
         let if_match = if_match(&req)?;
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
@@ -401,14 +412,7 @@ pub async fn delete(
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Delete);
     let result = async {
-        ex.precondition()?;
-        let rt = resource_type(&state, &path.0)?;
-        let id = resource_id(&path.1)?;
-        ex.audit.resource_type = Some(rt.clone());
-        ex.audit.id = Some(id.to_string());
-        if rt == "AuditEvent" {
-            return Err(ApiError::MethodNotAllowed("AuditEvents are read-only".into()));
-        }
+        let (rt, id) = writable_instance(&state, &mut ex, &path)?;
         let if_match = if_match(&req)?;
         if rt == "Patient" {
             ex.audit.patients = vec![format!("Patient/{id}")];
