@@ -4,10 +4,15 @@
 //! the host through the `ModelInfo` trait; terminology, reference resolution and profile
 //! checks go through `Services`. The module does no I/O and knows nothing of HTTP or storage.
 //!
-//! ```ignore
-//! let expr = fhirpath::compile("name.given.first()")?;
-//! let ctx = fhirpath::EvalContext::new(&model);
-//! let result = expr.evaluate(&ctx, &patient_json)?; // Vec<Item> borrowing patient_json
+//! ```
+//! use fhirgate::fhirpath::{self, EvalContext, Item, NoModel};
+//! let patient = serde_json::json!({"resourceType": "Patient", "name": [{"given": ["Peter", "James"]}]});
+//! let expr = fhirpath::compile("name.given.first()").unwrap();
+//! // The server passes the model of its loaded packages; NoModel navigates by JSON key only.
+//! let ctx = EvalContext::new(&NoModel);
+//! let result = expr.evaluate(&ctx, &patient).unwrap(); // items borrow from `patient`
+//! let values: Vec<serde_json::Value> = result.iter().map(Item::to_json).collect();
+//! assert_eq!(values, vec![serde_json::json!("Peter")]);
 //! ```
 
 mod ast;
