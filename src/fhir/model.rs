@@ -220,7 +220,7 @@ fn bad(url: &str, reason: impl Into<String>) -> ModelError {
 
 /// The FHIR name of an element type code; System types (on `id`, `value`, `url`)
 /// are named by their `structuredefinition-fhir-type` extension.
-fn type_code(t: &Value) -> Option<String> {
+pub(crate) fn type_code(t: &Value) -> Option<String> {
     let code = t.get("code")?.as_str()?;
     if let Some(system) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
         let from_ext = t

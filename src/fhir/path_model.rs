@@ -9,42 +9,6 @@ use serde_json::Value;
 use crate::fhirpath::{ChildInfo, ModelInfo};
 use crate::packages::PackageSet;
 
-/// The FHIR type a FHIRPath System type code stands for in element definitions.
-fn system_code(code: &str, element: &Value) -> String {
-    // the structuredefinition-fhir-type extension names the FHIR type when present
-    if let Some(exts) = element
-        .get("type")
-        .and_then(|t| t.get(0))
-        .and_then(|t| t.get("extension"))
-        .and_then(Value::as_array)
-    {
-        for e in exts {
-            if e.get("url").and_then(Value::as_str)
-                == Some("http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type")
-            {
-                if let Some(v) = e
-                    .get("valueUrl")
-                    .or(e.get("valueUri"))
-                    .and_then(Value::as_str)
-                {
-                    return v.to_string();
-                }
-            }
-        }
-    }
-    match code.rsplit('.').next().unwrap_or(code) {
-        "String" => "string",
-        "Boolean" => "boolean",
-        "Integer" => "integer",
-        "Decimal" => "decimal",
-        "Date" => "date",
-        "DateTime" => "dateTime",
-        "Time" => "time",
-        other => other,
-    }
-    .to_string()
-}
-
 struct Child {
     types: Vec<String>,
     many: bool,
@@ -132,17 +96,17 @@ impl PathModel {
                         e.get("type")
                             .and_then(Value::as_array)
                             .map(|ts| {
+                                // System types are named by the same rule the
+                                // structure model uses (`model::type_code`).
                                 ts.iter()
-                                    .filter_map(|t| t.get("code").and_then(Value::as_str))
+                                    .filter_map(super::model::type_code)
                                     .map(|code| {
-                                        if code.starts_with("http://hl7.org/fhirpath/System.") {
-                                            system_code(code, e)
-                                        } else if code == "BackboneElement" || code == "Element" {
+                                        if code == "BackboneElement" || code == "Element" {
                                             m.base.insert(path.to_string(), code.to_string());
                                             m.types.insert(path.to_string());
                                             path.to_string()
                                         } else {
-                                            code.to_string()
+                                            code
                                         }
                                     })
                                     .collect()

@@ -33,7 +33,7 @@ pub fn to_xml(model: &Model, resource: &Value, pretty: bool) -> Result<String, I
     };
     w.out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     w.newline(0);
-    w.resource(resource, 0, true)?;
+    w.resource(resource, 0)?;
     if pretty {
         w.out.push('\n');
     }
@@ -62,7 +62,7 @@ impl Writer<'_> {
         }
     }
 
-    fn resource(&mut self, v: &Value, depth: usize, root: bool) -> Result<(), Issue> {
+    fn resource(&mut self, v: &Value, depth: usize) -> Result<(), Issue> {
         let obj = v
             .as_object()
             .ok_or_else(|| internal("a resource is not an object"))?;
@@ -76,7 +76,6 @@ impl Writer<'_> {
             .map_err(|e| internal(e.to_string()))?;
         self.newline(depth);
         let _ = write!(self.out, "<{rt} xmlns=\"{FHIR_NS}\">");
-        let _ = root;
         self.children(&td, &td.name, obj, depth + 1, true)?;
         self.newline(depth);
         let _ = write!(self.out, "</{rt}>");
@@ -164,7 +163,7 @@ impl Writer<'_> {
             let v = value.ok_or_else(|| internal(format!("{name} has no resource")))?;
             self.newline(depth);
             let _ = write!(self.out, "<{name}>");
-            self.resource(v, depth + 1, false)?;
+            self.resource(v, depth + 1)?;
             self.newline(depth);
             let _ = write!(self.out, "</{name}>");
             return Ok(());
@@ -202,10 +201,6 @@ impl Writer<'_> {
             match exts {
                 Some(exts) if !exts.is_empty() => {
                     self.out.push('>');
-                    let ext_td = self
-                        .model
-                        .type_def("Extension")
-                        .map_err(|e| internal(e.to_string()))?;
                     let ext_el = self
                         .model
                         .type_def("Element")
@@ -214,7 +209,6 @@ impl Writer<'_> {
                         .root()
                         .child("extension")
                         .ok_or_else(|| internal("Element.extension is not defined"))?;
-                    let _ = ext_td;
                     for x in exts {
                         self.element(&ext_el, el_def, None, "extension", Some(x), None, depth + 1)?;
                     }

@@ -90,8 +90,7 @@ impl TokenIndex {
     pub fn extract(&self, resource_type: &str, resource: &Value) -> Vec<TokenValue> {
         let params = self.params_for(resource_type);
         let model = self.model.path_model();
-        let mut ctx = EvalContext::new(model);
-        ctx.input_type = None;
+        let ctx = EvalContext::new(model);
         let mut out = Vec::new();
         for p in params.iter() {
             let items = match p.expression.evaluate(&ctx, resource) {
