@@ -22,6 +22,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub audit: AuditSettings,
     pub log: LogSettings,
+    pub search: SearchSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,9 +36,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Worker threads of the HTTP server (0 = number of cores).
     pub workers: usize,
-    /// Page size of history bundles when `_count` is absent.
+    /// Page size of history and search bundles when `_count` is absent.
     pub default_page_size: usize,
-    /// Largest `_count` honoured.
+    /// Largest `_count` honoured (history and search).
     pub max_page_size: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
@@ -175,6 +176,28 @@ impl Default for LogSettings {
         LogSettings {
             level: "info".into(),
             format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Most matches a search may sort or check after decryption (sorting by a
+    /// string or token, starts-with longer than the indexed prefixes, `:contains`).
+    pub max_in_memory: usize,
+    /// Most resources `_include`/`_revinclude` add to one page.
+    pub max_includes: usize,
+    /// `_total` when the request does not say: `none`, `estimate` or `accurate`.
+    pub default_total: String,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            max_in_memory: 5000,
+            max_includes: 1000,
+            default_total: "accurate".into(),
         }
     }
 }

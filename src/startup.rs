@@ -19,6 +19,7 @@ use crate::fhir::compartment::PatientCompartment;
 use crate::fhir::Model;
 use crate::http::{self, AppState};
 use crate::packages::{PackageCache, PackageError, PackageRef, PackageSet};
+use crate::search::{SearchEngine, SearchSettings, Total};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,21 @@ pub fn master_key(settings: &Settings, store: &Store) -> Result<MasterKey, Start
     Ok(key)
 }
 
+/// The search limits from the settings.
+pub fn search_settings(settings: &Settings) -> SearchSettings {
+    SearchSettings {
+        default_count: settings.server.default_page_size.max(1),
+        max_count: settings.server.max_page_size.max(1),
+        max_in_memory: settings.search.max_in_memory,
+        max_includes: settings.search.max_includes,
+        default_total: match settings.search.default_total.as_str() {
+            "none" => Total::None,
+            "estimate" => Total::Estimate,
+            _ => Total::Accurate,
+        },
+    }
+}
+
 /// Everything the handlers share.
 pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, StartupError> {
     if !settings.auth.enabled {
@@ -130,11 +146,18 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings.audit.max_batch,
     );
     let capability = http::capability::build(&model, &base_url, settings.auth.enabled);
+    let search = Arc::new(SearchEngine::new(
+        model.clone(),
+        base_url.clone(),
+        search_settings(settings),
+    ));
+    crate::search::reindex::reload_registry(&store, &search)?;
+    crate::search::reindex::start(&store, &search);
     Ok(AppState {
         settings: settings.clone(),
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
-        tokens: Arc::new(crate::search::TokenIndex::new(model.clone())),
+        search,
         model,
         store,
         audit,

@@ -592,24 +592,32 @@ async fn conditional_create_finds_its_match(backend: Backend) {
         )
         .await;
     assert_eq!(two.status, StatusCode::PRECONDITION_FAILED);
-    let bad = app
+    // Criteria are a full search: both are named Chalmers.
+    let by_name = app
         .send(
             Method::POST,
             "/Patient",
-            &[ct, ("If-None-Exist", "name=Chalmers")],
+            &[ct, ("If-None-Exist", "name=chal")],
             Some(&body),
         )
         .await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let modifier = app
-        .send(
-            Method::POST,
-            "/Patient",
-            &[ct, ("If-None-Exist", "identifier:not=x")],
-            Some(&body),
-        )
-        .await;
-    assert_eq!(modifier.status, StatusCode::BAD_REQUEST);
+    assert_eq!(by_name.status, StatusCode::PRECONDITION_FAILED);
+    // Conditional criteria are strict: an unknown parameter or modifier is refused.
+    for bad in [
+        "nonsense=Chalmers",
+        "identifier:nonsense=x",
+        "_count=1&gender=male",
+    ] {
+        let r = app
+            .send(
+                Method::POST,
+                "/Patient",
+                &[ct, ("If-None-Exist", bad)],
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
     // A deleted match no longer counts.
     app.delete(&format!("/Patient/{id}")).await;
     let after_delete = app

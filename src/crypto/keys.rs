@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use sha2::Sha256;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -148,10 +150,24 @@ pub struct WrappedKey {
 
 /// The data keys of a database, unwrapped; the newest one seals new rows. The
 /// index key (a data key of its own) makes the blind index values.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Keyring {
     keys: Vec<DataKey>,
     index: Option<DataKey>,
+    /// HMAC-SHA-256 keyed with the index key once; each blind value clones the keyed
+    /// state instead of setting up the key again (hundreds of values per write).
+    index_mac: Option<Hmac<Sha256>>,
+    /// Seals page cursors: derived from the index key, so every node has it.
+    cursor_key: Option<[u8; KEY_LEN]>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("keys", &self.keys)
+            .field("index", &self.index)
+            .finish()
+    }
 }
 
 impl Keyring {
@@ -165,7 +181,12 @@ impl Keyring {
             });
         }
         keys.sort_by_key(|k| k.id);
-        Ok(Keyring { keys, index: None })
+        Ok(Keyring {
+            keys,
+            index: None,
+            index_mac: None,
+            cursor_key: None,
+        })
     }
 
     /// Adds the index key (stored wrapped like the data keys).
@@ -174,20 +195,53 @@ impl Keyring {
         master: &MasterKey,
         wrapped: &WrappedKey,
     ) -> Result<Keyring, KeyError> {
+        let key = master.unwrap(wrapped.id, &wrapped.wrapped)?;
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .map_err(|e| KeyError::BadMasterKey(e.to_string()))?;
+        let mut derive = mac.clone();
+        derive.update(b"fhirgate:cursor-key");
+        let cursor: [u8; KEY_LEN] = derive.finalize().into_bytes().into();
         self.index = Some(DataKey {
             id: wrapped.id,
-            key: master.unwrap(wrapped.id, &wrapped.wrapped)?,
+            key,
         });
+        self.index_mac = Some(mac);
+        self.cursor_key = Some(cursor);
         Ok(self)
     }
 
     /// A blind index value: HMAC-SHA-256 of `text` under the index key.
     pub fn blind(&self, text: &str) -> Result<Vec<u8>, KeyError> {
-        let k = self.index.as_ref().ok_or(KeyError::UnknownDataKey(0))?;
-        let pkey = openssl::pkey::PKey::hmac(&k.key)?;
-        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey)?;
-        signer.update(text.as_bytes())?;
-        Ok(signer.sign_to_vec()?)
+        let mut mac = self.index_mac.clone().ok_or(KeyError::UnknownDataKey(0))?;
+        mac.update(text.as_bytes());
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The blind index value truncated to 64 bits, as the index tables hold it
+    /// (collisions are 2^-64 per pair, and matches are verified after decryption
+    /// wherever a false match could change an answer).
+    pub fn blind64(&self, text: &str) -> Result<i64, KeyError> {
+        let mut mac = self.index_mac.clone().ok_or(KeyError::UnknownDataKey(0))?;
+        mac.update(text.as_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        Ok(i64::from_be_bytes(first))
+    }
+
+    /// Seals a page cursor (it may hold values of the query and sort keys).
+    pub fn seal_cursor(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let k = self
+            .cursor_key
+            .as_ref()
+            .ok_or(KeyError::UnknownDataKey(0))?;
+        seal(k, plaintext, b"fhirgate:cursor")
+    }
+
+    /// Opens a page cursor; None when it was not sealed by this database's key.
+    pub fn open_cursor(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let k = self.cursor_key.as_ref()?;
+        open(k, sealed, b"fhirgate:cursor").ok()
     }
 
     /// A fresh data key with the given id, wrapped for storage.

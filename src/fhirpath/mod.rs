@@ -145,3 +145,12 @@ pub fn evaluate_to_json(
     let items = expr.evaluate(&ctx, resource)?;
     Ok(items.iter().map(Item::to_json).collect())
 }
+
+/// A UCUM unit reduced to base units: the factor (value in base units = value x factor) and
+/// the exponents of the eight base dimensions. None when the unit is not understood or has
+/// an offset (Celsius, Fahrenheit). Search uses it to compare quantities across units.
+pub fn ucum_base(unit: &str) -> Option<(f64, [i8; 8])> {
+    use rust_decimal::prelude::ToPrimitive;
+    let c = ucum::canonical(unit)?;
+    Some((c.factor.to_f64()?, c.dims))
+}

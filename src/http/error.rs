@@ -132,6 +132,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::search::SearchError> for ApiError {
+    fn from(e: crate::search::SearchError) -> Self {
+        use crate::search::SearchError as S;
+        match e {
+            S::UnknownParameter { ref name, .. } | S::Unsupported { ref name, .. } => {
+                ApiError::BadRequest(vec![
+                    Issue::error("not-supported", e.to_string()).at(name.clone())
+                ])
+            }
+            S::BadValue { ref name, .. } | S::BadModifier { ref name, .. } => {
+                ApiError::BadRequest(vec![Issue::error("value", e.to_string()).at(name.clone())])
+            }
+            S::TooCostly(m) => ApiError::BadRequest(vec![Issue::error("too-costly", m)]),
+            S::BadCursor => ApiError::BadRequest(vec![Issue::error("value", e.to_string())]),
+            S::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.status(), self.describe())

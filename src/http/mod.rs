@@ -13,6 +13,7 @@ pub mod history;
 pub mod negotiate;
 pub mod ops;
 pub mod resources;
+pub mod search;
 
 use std::sync::Arc;
 
@@ -42,8 +43,8 @@ pub struct AppState {
     pub compartment: Arc<PatientCompartment>,
     pub metrics: ops::Metrics,
     pub capability: Value,
-    /// Token extraction for the blind index and conditional-create criteria.
-    pub tokens: Arc<crate::search::TokenIndex>,
+    /// Search parameters, index extraction, query planning.
+    pub search: Arc<crate::search::SearchEngine>,
 }
 
 /// Routes of the FHIR API and the operations endpoints.
@@ -53,6 +54,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .service(
             web::scope("/fhir")
+                .service(fhir_resource("").route(web::get().to(search::system_get)))
+                .service(fhir_resource("/").route(web::get().to(search::system_get)))
+                .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
                 .service(fhir_resource("/_history").route(web::get().to(history::system)))
                 .service(fhir_resource("/{type}/_history").route(web::get().to(history::of_type)))
@@ -63,7 +67,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     fhir_resource("/{type}/{id}/_history/{vid}")
                         .route(web::get().to(resources::vread)),
                 )
-                .service(fhir_resource("/{type}").route(web::post().to(resources::create)))
+                .service(
+                    fhir_resource("/{type}/{id}/{target}")
+                        .route(web::get().to(search::compartment_get)),
+                )
+                .service(fhir_resource("/{type}/_search").route(web::post().to(search::type_post)))
+                .service(
+                    fhir_resource("/{type}")
+                        .route(web::post().to(resources::create))
+                        .route(web::get().to(search::type_get)),
+                )
                 .service(
                     fhir_resource("/{type}/{id}")
                         .route(web::get().to(resources::read))
@@ -82,7 +95,7 @@ fn fhir_resource(path: &str) -> actix_web::Resource {
 
 /// FHIR URLs that match no implemented interaction: the right status, as an
 /// OperationOutcome, audited like any other request.
-async fn fhir_fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn fhir_fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let path = req
         .path()
         .strip_prefix("/fhir")
@@ -123,10 +136,6 @@ fn classify(
     }
     match segments {
         [] => match *method {
-            Method::GET => (
-                Interaction::SearchSystem,
-                ApiError::NotImplemented("system-level search is not implemented yet".into()),
-            ),
             Method::POST => (
                 op("batch/transaction"),
                 ApiError::NotImplemented(
@@ -143,11 +152,7 @@ fn classify(
                 crate::fhir::types::truncate(t, 80)
             )),
         ),
-        [t] => match *method {
-            Method::GET => (
-                Interaction::SearchType,
-                ApiError::NotImplemented(format!("searching {t} is not implemented yet")),
-            ),
+        [_] => match *method {
             Method::PUT | Method::DELETE | Method::PATCH if has_query => (
                 op("conditional"),
                 ApiError::NotImplemented(

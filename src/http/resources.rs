@@ -299,11 +299,15 @@ pub async fn create(
                 let criteria = h.to_str().map_err(|_| {
                     ApiError::bad_request("value", "If-None-Exist must be a query string")
                 })?;
+                let criteria = criteria.to_string();
+                let search = state.search.clone();
+                let rt_owned = rt.clone();
                 Some(
                     state
-                        .tokens
-                        .criteria(&rt, criteria)
-                        .map_err(|e| ApiError::bad_request("not-supported", e.to_string()))?,
+                        .store
+                        .call(move |_| Ok(search.condition(&rt_owned, &criteria)))
+                        .await?
+                        .map_err(ApiError::from)?,
                 )
             }
         };
@@ -499,13 +503,13 @@ async fn write(
     let audit_template = ex.audit.clone();
     let writer = state.audit.clone();
     let (rt_owned, id_owned) = (rt.to_string(), id.to_string());
-    let token_index = state.tokens.clone();
+    let search = state.search.clone();
     let result = state
         .store
         .call(move |s| {
-            let tokens = match &resource {
-                Some(r) => token_index.extract(&rt_owned, r),
-                None => Vec::new(),
+            let index = match &resource {
+                Some(r) => search.index_rows(r),
+                None => Default::default(),
             };
             let prepare = |version: i64, ts: i64| match &resource {
                 Some(r) => with_identity(r, &id_owned, version, ts),
@@ -528,7 +532,7 @@ async fn write(
                     method,
                     prepare: &prepare,
                     audit: &audit,
-                    tokens: &tokens,
+                    index: &index,
                     condition: condition.as_ref(),
                 },
             )

@@ -1,247 +1,313 @@
-//! Search parameters as far as this build needs them: token values extracted on
-//! write (every token SearchParameter of the loaded packages, by its FHIRPath
-//! expression) into the blind index, and the criteria of conditional create
-//! (`If-None-Exist`: `_id` and token parameters).
+//! FHIR search (R4 3.1.1) over blind-indexed, encrypted data: the search
+//! parameters of the loaded packages and of the database ([`params`]), index
+//! extraction on write ([`extract`]), query parsing and planning ([`request`],
+//! [`plan`]) into the store's typed filters, and execution ([`run`]): a page by
+//! keyset, includes, totals, checks after decryption, paging cursors sealed so
+//! that links carry no clear values.
 //!
-//! Architecture invariant: search knows nothing of HTTP; it hands the store
-//! plain values ([`TokenValue`], [`Condition`]) and the store blinds them.
+//! Architecture invariant: search knows nothing of HTTP; it hands the store clear
+//! values and the store blinds strings and tokens with the index key, so no clear
+//! text of a string or token parameter reaches the database.
 
-use std::collections::HashMap;
+pub mod extract;
+pub mod params;
+pub mod plan;
+pub mod reindex;
+pub mod request;
+pub mod run;
+pub mod values;
+pub mod verify;
+
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use serde_json::Value;
 
 use crate::fhir::Model;
-use crate::fhirpath::{self, EvalContext, Expression};
-use crate::store::{Condition, TokenValue};
+use crate::store::{Condition, IndexRows, Query, StoreError};
+pub use params::{Param, ParamType, Registry};
+pub use request::{Controls, Ignored, Include, Limits, SearchRequest, Total};
+pub use run::{SearchResult, SearchSettings};
 
-/// A token search parameter of one resource type, compiled.
-struct TokenParam {
-    code: String,
-    expression: Arc<Expression>,
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("`{name}` is not a search parameter of {resource_type}")]
+    UnknownParameter { name: String, resource_type: String },
+    #[error("`{name}` is not supported: {reason}")]
+    Unsupported { name: String, reason: String },
+    #[error("the value of `{name}` is not valid: {reason}")]
+    BadValue { name: String, reason: String },
+    #[error("`{name}` has the modifier `:{modifier}`, which this parameter does not take")]
+    BadModifier { name: String, modifier: String },
+    #[error("{0}")]
+    TooCostly(String),
+    #[error("the paging link is not valid here (it may be from another server or damaged)")]
+    BadCursor,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CriteriaError {
-    #[error("the criteria are empty")]
-    Empty,
-    #[error("`{0}` is not a search parameter of {1} that conditional create supports in this build (it supports _id and token parameters)")]
-    Unsupported(String, String),
-    #[error("modifiers (`{0}`) are not supported in conditional criteria")]
-    Modifier(String),
-    #[error("`{0}` has no value")]
-    NoValue(String),
+/// The search engine of a server: parameters, extraction, planning, execution.
+pub struct SearchEngine {
+    registry: Arc<Registry>,
+    stubs: extract::TypeStubs,
+    base_url: String,
+    pub settings: SearchSettings,
 }
 
-/// Token parameters per resource type, compiled on first use.
-pub struct TokenIndex {
-    model: Arc<Model>,
-    params: RwLock<HashMap<String, Arc<Vec<TokenParam>>>>,
+impl std::fmt::Debug for SearchEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchEngine").finish()
+    }
 }
 
-impl TokenIndex {
-    pub fn new(model: Arc<Model>) -> TokenIndex {
-        TokenIndex {
-            model,
-            params: RwLock::new(HashMap::new()),
+impl SearchEngine {
+    pub fn new(model: Arc<Model>, base_url: String, settings: SearchSettings) -> SearchEngine {
+        SearchEngine {
+            stubs: extract::TypeStubs::new(&model),
+            registry: Arc::new(Registry::new(model)),
+            base_url,
+            settings,
         }
     }
 
-    fn params_for(&self, resource_type: &str) -> Arc<Vec<TokenParam>> {
-        if let Some(p) = self.params.read().get(resource_type) {
-            return p.clone();
-        }
-        let packages = self.model.packages();
-        let mut out: Vec<TokenParam> = Vec::new();
-        for (id, e) in packages.entries() {
-            if e.resource_type != "SearchParameter"
-                || e.type_.as_deref() != Some("token")
-                || !e
-                    .base
-                    .iter()
-                    .any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
-            {
-                continue;
-            }
-            let Some(code) = e.code.clone() else { continue };
-            if out.iter().any(|p| p.code == code) {
-                continue; // the first package defining a code wins
-            }
-            let Ok(sp) = packages.get(id) else { continue };
-            let Some(text) = sp.get("expression").and_then(|x| x.as_str()) else {
-                continue;
-            };
-            match fhirpath::compile(text) {
-                Ok(expression) => out.push(TokenParam { code, expression }),
-                Err(err) => {
-                    tracing::warn!(param = %code, error = %err, "a token SearchParameter does not compile; it is not indexed")
-                }
-            }
-        }
-        let out = Arc::new(out);
-        self.params
-            .write()
-            .insert(resource_type.to_string(), out.clone());
-        out
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
-    /// The token values of a resource, for the blind index.
-    pub fn extract(&self, resource_type: &str, resource: &Value) -> Vec<TokenValue> {
-        let params = self.params_for(resource_type);
-        let model = self.model.path_model();
-        let ctx = EvalContext::new(model);
-        let mut out = Vec::new();
-        for p in params.iter() {
-            let items = match p.expression.evaluate(&ctx, resource) {
-                Ok(items) => items,
-                Err(err) => {
-                    tracing::debug!(param = %p.code, error = %err, "token extraction failed");
-                    continue;
-                }
-            };
-            for item in items.iter() {
-                tokens_of(&p.code, &item.to_json(), &mut out);
-            }
-        }
-        out.sort_by(|a, b| (&a.param, &a.system, &a.code).cmp(&(&b.param, &b.system, &b.code)));
-        out.dedup();
-        out
+    pub fn model(&self) -> &Arc<Model> {
+        self.registry.model()
     }
 
-    /// Parses `If-None-Exist` criteria (`identifier=sys|val&_id=x`).
-    pub fn criteria(&self, resource_type: &str, query: &str) -> Result<Condition, CriteriaError> {
-        let query = query.trim_start_matches('?');
-        let params = self.params_for(resource_type);
-        let mut cond = Condition::default();
-        let mut normalised: Vec<String> = Vec::new();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            if name.contains(':') {
-                return Err(CriteriaError::Modifier(name.into_owned()));
-            }
-            if value.is_empty() {
-                return Err(CriteriaError::NoValue(name.into_owned()));
-            }
-            normalised.push(format!("{name}={value}"));
-            if name == "_id" {
-                let ids: Vec<String> = value.split(',').map(str::to_string).collect();
-                cond.ids = Some(match cond.ids.take() {
-                    Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
-                    None => ids,
-                });
-                continue;
-            }
-            if !params.iter().any(|p| p.code == name) {
-                return Err(CriteriaError::Unsupported(
-                    name.into_owned(),
-                    resource_type.to_string(),
-                ));
-            }
-            let group = split_escaped(&value, ',')
-                .into_iter()
-                .map(|v| {
-                    let parts = split_escaped(&v, '|');
-                    match parts.as_slice() {
-                        [system, code] if !system.is_empty() => TokenValue {
-                            param: name.to_string(),
-                            system: Some(system.clone()),
-                            code: code.clone(),
-                        },
-                        [_, code] => TokenValue {
-                            param: name.to_string(),
-                            system: None,
-                            code: code.clone(),
-                        },
-                        _ => TokenValue {
-                            param: name.to_string(),
-                            system: None,
-                            code: v.clone(),
-                        },
-                    }
-                })
-                .collect();
-            cond.tokens.push(group);
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn planner(&self) -> plan::Planner<'_> {
+        plan::Planner {
+            registry: &self.registry,
+            base_url: &self.base_url,
+            now: crate::fhir::now_micros(),
         }
-        if normalised.is_empty() {
-            return Err(CriteriaError::Empty);
+    }
+
+    fn extractor(&self) -> extract::Extractor<'_> {
+        extract::Extractor {
+            model: self.registry.model(),
+            stubs: &self.stubs,
+            base_url: &self.base_url,
         }
+    }
+
+    /// The index rows of a resource (its type from `resourceType`).
+    pub fn index_rows(&self, resource: &Value) -> IndexRows {
+        let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
+            return IndexRows::default();
+        };
+        let params = self.registry.for_type(rt);
+        self.extractor().rows(&params, resource)
+    }
+
+    /// Parses a search on `types` (one for a type search; several or all for a
+    /// system search).
+    pub fn parse(
+        &self,
+        types: Vec<String>,
+        pairs: &[(String, String)],
+        strict: bool,
+    ) -> Result<SearchRequest, SearchError> {
+        self.planner()
+            .request(types, pairs, strict, self.settings.limits())
+    }
+
+    /// The criteria of a conditional interaction (`If-None-Exist`, conditional
+    /// update, delete and patch): a search on one type, strict, without result
+    /// controls.
+    pub fn condition(&self, resource_type: &str, criteria: &str) -> Result<Condition, SearchError> {
+        let criteria = criteria.trim_start_matches('?');
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(criteria.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if pairs.iter().all(|(_, v)| v.is_empty()) {
+            return Err(SearchError::BadValue {
+                name: "criteria".into(),
+                reason: "the conditional criteria are empty".into(),
+            });
+        }
+        let req = self.parse(vec![resource_type.to_string()], &pairs, true)?;
+        if let Some((name, _)) = req
+            .accepted
+            .iter()
+            .find(|(n, _)| n.starts_with('_') && is_control(n))
+        {
+            return Err(SearchError::BadValue {
+                name: name.clone(),
+                reason: "result parameters have no place in conditional criteria".into(),
+            });
+        }
+        let mut normalised: Vec<String> = req
+            .accepted
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         normalised.sort();
         let digest =
             openssl::sha::sha256(format!("{resource_type}?{}", normalised.join("&")).as_bytes());
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest[..8]);
-        cond.lock_key = i64::from_be_bytes(key);
-        Ok(cond)
+        let verify: Option<Arc<crate::store::Verify>> = if req.checks.is_empty() {
+            None
+        } else {
+            let checks = req.checks.clone();
+            let model = self.registry.model().clone();
+            let stubs = Arc::new(extract::TypeStubs::new(&model));
+            Some(Arc::new(move |v: &crate::store::StoredVersion| {
+                serde_json::from_slice::<Value>(&v.body)
+                    .map(|r| verify::checks_hold(&model, &stubs, &checks, &r))
+                    .unwrap_or(false)
+            }))
+        };
+        Ok(Condition {
+            query: Query {
+                types: Some(vec![resource_type.to_string()]),
+                filters: req.filters,
+                ..Query::default()
+            },
+            lock_key: i64::from_be_bytes(key),
+            verify,
+        })
+    }
+
+    /// Runs a parsed search (blocking: call it on the store's blocking pool).
+    pub fn execute(
+        &self,
+        store: &crate::store::Store,
+        ctx: &crate::access::AccessContext,
+        req: &SearchRequest,
+        cursor: Option<&run::Cursor>,
+    ) -> Result<SearchResult, SearchError> {
+        run::Runner {
+            engine: self,
+            store,
+            ctx,
+        }
+        .execute(req, cursor)
     }
 }
 
-/// Splits on `sep` unless escaped with `\` (FHIR search escaping), unescaping.
-fn split_escaped(s: &str, sep: char) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    if let Some(last) = out.last_mut() {
-                        last.push(n);
-                    }
-                }
+fn is_control(name: &str) -> bool {
+    matches!(
+        name,
+        "_count"
+            | "_sort"
+            | "_include"
+            | "_include:iterate"
+            | "_revinclude"
+            | "_revinclude:iterate"
+            | "_total"
+            | "_summary"
+            | "_elements"
+            | "_contained"
+    )
+}
+
+/// The CompartmentDefinitions of the loaded packages (R4 3.1.1.6: compartment
+/// search `GET [base]/Patient/123/Observation`).
+impl SearchEngine {
+    /// The filter "in the compartment `compartment`/`id`" for resources of `types`
+    /// (the parameters the CompartmentDefinition names, OR-ed). Types outside the
+    /// compartment are an error.
+    pub fn compartment_filter(
+        &self,
+        compartment: &str,
+        id: &str,
+        types: &[String],
+    ) -> Result<crate::store::Filter, SearchError> {
+        use crate::store::{Filter, RefTarget};
+        let url = format!(
+            "http://hl7.org/fhir/CompartmentDefinition/{}",
+            compartment_code(compartment)
+        );
+        let cd = self
+            .model()
+            .packages()
+            .resolve(&url)
+            .ok_or_else(|| SearchError::BadValue {
+                name: compartment.to_string(),
+                reason: format!("{compartment} is not a compartment this server knows"),
+            })?;
+        let mut alternatives = Vec::new();
+        for t in types {
+            let entry = cd
+                .get("resource")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|r| r.get("code").and_then(Value::as_str) == Some(t.as_str()));
+            let codes: Vec<&str> = entry
+                .and_then(|e| e.get("param"))
+                .and_then(Value::as_array)
+                .map(|p| p.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if t == compartment {
+                alternatives.push(Filter::Ids(vec![id.to_string()]));
             }
-            c if c == sep => out.push(String::new()),
-            c => {
-                if let Some(last) = out.last_mut() {
-                    last.push(c);
+            for code in codes {
+                if let Some(p) = self.registry.param(t, code) {
+                    alternatives.push(Filter::Reference {
+                        pids: vec![p.pid],
+                        targets: vec![RefTarget::Local {
+                            types: vec![compartment.to_string()],
+                            id: id.to_string(),
+                        }],
+                    });
                 }
             }
         }
-    }
-    out
-}
-
-/// The tokens one FHIRPath result item stands for (FHIR search, token: Coding,
-/// CodeableConcept, Identifier, ContactPoint, code, boolean, string, uri).
-fn tokens_of(param: &str, v: &Value, out: &mut Vec<TokenValue>) {
-    let push = |out: &mut Vec<TokenValue>, system: Option<&str>, code: &str| {
-        if !code.is_empty() {
-            out.push(TokenValue {
-                param: param.to_string(),
-                system: system.map(str::to_string),
-                code: code.to_string(),
+        if alternatives.is_empty() {
+            return Err(SearchError::BadValue {
+                name: compartment.to_string(),
+                reason: format!(
+                    "{} not in the {compartment} compartment",
+                    if types.len() == 1 {
+                        format!("{} is", types[0])
+                    } else {
+                        "these resource types are".to_string()
+                    }
+                ),
             });
         }
-    };
-    match v {
-        Value::String(s) => push(out, None, s),
-        Value::Bool(b) => push(out, None, if *b { "true" } else { "false" }),
-        Value::Object(o) => {
-            if let Some(codings) = o.get("coding").and_then(|c| c.as_array()) {
-                for c in codings {
-                    tokens_of(param, c, out);
-                }
-                return;
-            }
-            let system = o.get("system").and_then(|s| s.as_str());
-            let code = o
-                .get("code")
-                .or_else(|| o.get("value"))
-                .and_then(|c| c.as_str());
-            if let Some(code) = code {
-                // A token with a system is found both by `system|code` and by `code`.
-                push(out, system, code);
-            }
-        }
-        _ => {}
+        Ok(Filter::Any(alternatives))
+    }
+
+    /// The resource types of a compartment.
+    pub fn compartment_types(&self, compartment: &str) -> Vec<String> {
+        let url = format!(
+            "http://hl7.org/fhir/CompartmentDefinition/{}",
+            compartment_code(compartment)
+        );
+        let Some(cd) = self.model().packages().resolve(&url) else {
+            return Vec::new();
+        };
+        cd.get("resource")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r.get("param")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| !p.is_empty())
+                    || r.get("code").and_then(Value::as_str) == Some(compartment)
+            })
+            .filter_map(|r| r.get("code").and_then(Value::as_str).map(str::to_string))
+            .collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escaped_separators_stay_in_the_value() {
-        assert_eq!(split_escaped(r"a\|b|c", '|'), vec!["a|b", "c"]);
-        assert_eq!(split_escaped("x,y", ','), vec!["x", "y"]);
+/// The id part of a CompartmentDefinition's URL (`RelatedPerson` -> `relatedPerson`).
+fn compartment_code(compartment: &str) -> String {
+    let mut c = compartment.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
     }
 }

@@ -6,9 +6,13 @@
 //! content; a resource body is never written unencrypted; every diesel call,
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
+mod index;
+mod jobs;
 pub(crate) mod pool;
+mod query;
 mod repo;
 mod schema;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +21,17 @@ use parking_lot::RwLock;
 
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
+pub use index::{IndexRows, RefValue};
+pub use jobs::{CustomParamRow, ReindexJob};
 pub use pool::Backend;
 use pool::DbPool;
+pub use query::{
+    Bound, Filter, Hit, IndexTable, Position, Query, Ranges, RefTarget, Sort, SortKey, SortValue,
+    UriMatch, MAX_SQL_SORT_KEYS,
+};
 pub use repo::{
-    AuditRow, Condition, HistoryRow, HistoryScope, StoredVersion, TokenValue, WriteKind,
-    WriteRequest, WriteResult,
+    AuditRow, Condition, HistoryRow, HistoryScope, StoredVersion, Verify, WriteKind, WriteRequest,
+    WriteResult,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +102,25 @@ impl StoreError {
 pub struct Store {
     pool: Arc<DbPool>,
     backend: Backend,
-    keyring: Arc<RwLock<Option<Keyring>>>,
+    keyring: Arc<RwLock<Option<Arc<Keyring>>>>,
+}
+
+/// A handle that does not keep the store alive (background workers).
+#[derive(Clone)]
+pub struct WeakStore {
+    pool: std::sync::Weak<DbPool>,
+    backend: Backend,
+    keyring: std::sync::Weak<RwLock<Option<Arc<Keyring>>>>,
+}
+
+impl WeakStore {
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            pool: self.pool.upgrade()?,
+            backend: self.backend,
+            keyring: self.keyring.upgrade()?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -116,6 +144,14 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            pool: Arc::downgrade(&self.pool),
+            backend: self.backend,
+            keyring: Arc::downgrade(&self.keyring),
+        }
     }
 
     pub fn migrate(&self) -> Result<usize, StoreError> {
@@ -167,7 +203,7 @@ impl Store {
     /// and first data key; a database with data refuses a different key.
     pub fn unlock(&self, master: &MasterKey) -> Result<(), StoreError> {
         let ring = repo::unlock(&self.pool, master)?;
-        *self.keyring.write() = Some(ring);
+        *self.keyring.write() = Some(Arc::new(ring));
         Ok(())
     }
 
@@ -184,11 +220,11 @@ impl Store {
         new_master: Option<&MasterKey>,
     ) -> Result<i64, StoreError> {
         let (ring, id) = repo::rotate(&self.pool, master, new_master)?;
-        *self.keyring.write() = Some(ring);
+        *self.keyring.write() = Some(Arc::new(ring));
         Ok(id)
     }
 
-    fn keyring(&self) -> Result<Keyring, StoreError> {
+    fn keyring(&self) -> Result<Arc<Keyring>, StoreError> {
         self.keyring
             .read()
             .clone()
@@ -244,6 +280,162 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         let ring = self.keyring()?;
         repo::history(&self.pool, &ring, ctx, scope, since, before_seq, count)
+    }
+
+    /// A page of current versions that satisfy a search query.
+    pub fn search_page(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        q: &Query,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let ring = self.keyring()?;
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_page(c, &ring, q))
+    }
+
+    /// How many current resources satisfy a search query.
+    pub fn search_count(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        q: &Query,
+    ) -> Result<i64, StoreError> {
+        let ring = self.keyring()?;
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_count(c, &ring, q))
+    }
+
+    /// The (rid, id) of current resources that satisfy a query, in rid order.
+    pub fn search_ids(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        q: &Query,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let ring = self.keyring()?;
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_ids(c, &ring, q))
+    }
+
+    /// Current versions by surrogate key (deleted ones are left out).
+    pub fn read_rids(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        rids: &[i64],
+    ) -> Result<Vec<Hit>, StoreError> {
+        let ring = self.keyring()?;
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_by_rids(c, &ring, rids))
+    }
+
+    /// `_include`: the rids of live resources that the reference parameters `pids`
+    /// of the resources `rids` point at (only of `types`, when given).
+    pub fn include_targets(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        rids: &[i64],
+        pids: &[i64],
+        types: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_include_targets(
+            c, rids, pids, types, limit
+        ))
+    }
+
+    /// `_revinclude`: the rids of live resources whose reference parameters `pids`
+    /// point at one of `targets` (type, id) (only sources of `types`, when given).
+    pub fn revinclude_sources(
+        &self,
+        _ctx: &crate::access::AccessContext,
+        targets: &[(String, String)],
+        pids: &[i64],
+        types: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.pool.get()?;
+        pool::with_conn!(conn, |c| query::run_revinclude_sources(
+            c, targets, pids, types, limit
+        ))
+    }
+
+    /// The SQL of a search query and the database's plan for it.
+    pub fn explain(&self, q: &Query) -> Result<String, StoreError> {
+        let ring = self.keyring()?;
+        let mut conn = self.pool.get()?;
+        query::explain(&mut conn, self.backend, &ring, q)
+    }
+
+    /// Seals a page cursor with a key derived from the index key (every node of a
+    /// database has it, so any node can continue a search).
+    pub fn seal_cursor(&self, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(self.keyring()?.seal_cursor(plaintext)?)
+    }
+
+    /// Opens a page cursor; None when it is not one of this database's.
+    pub fn open_cursor(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.keyring().ok()?.open_cursor(sealed)
+    }
+
+    /// Queues a reindex of one resource type (`*`: every type).
+    pub fn reindex_enqueue(&self, resource_type: &str) -> Result<ReindexJob, StoreError> {
+        let ring = self.keyring()?;
+        jobs::enqueue(&self.pool, &ring, resource_type)
+    }
+
+    pub fn reindex_job(&self, id: &str) -> Result<Option<ReindexJob>, StoreError> {
+        jobs::job(&self.pool, id)
+    }
+
+    /// Takes an unfinished job whose lease expired, for `lease_ms`.
+    pub fn reindex_claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<ReindexJob>, StoreError> {
+        jobs::claim(&self.pool, owner, lease_ms)
+    }
+
+    /// The next `size` current versions of a job.
+    pub fn reindex_batch(&self, job: &ReindexJob, size: usize) -> Result<Vec<Hit>, StoreError> {
+        let ring = self.keyring()?;
+        jobs::next_batch(&self.pool, &ring, job, size)
+    }
+
+    /// Rewrites a batch's index rows and moves the job on; false if the lease was lost.
+    pub fn reindex_commit(
+        &self,
+        job: &ReindexJob,
+        owner: &str,
+        lease_ms: i64,
+        rows: &[(i64, IndexRows)],
+        last_rid: i64,
+    ) -> Result<bool, StoreError> {
+        let ring = self.keyring()?;
+        jobs::commit_batch(&self.pool, &ring, job, owner, lease_ms, rows, last_rid)
+    }
+
+    pub fn reindex_finish(&self, job: &ReindexJob, error: Option<&str>) -> Result<(), StoreError> {
+        jobs::finish(&self.pool, job, error)
+    }
+
+    /// Finished reindex jobs: (resource type, created).
+    pub fn reindex_done(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        jobs::done_jobs(&self.pool)
+    }
+
+    /// Changes whenever a SearchParameter of the database is written or activated.
+    pub fn search_registry_generation(&self) -> Result<i64, StoreError> {
+        jobs::registry_generation(&self.pool)
+    }
+
+    /// The SearchParameters of the database, with their status.
+    pub fn custom_search_params(&self) -> Result<Vec<(CustomParamRow, StoredVersion)>, StoreError> {
+        let ring = self.keyring()?;
+        jobs::custom_params(&self.pool, &ring)
+    }
+
+    pub fn activate_search_params(&self, ids: &[String]) -> Result<(), StoreError> {
+        jobs::activate(&self.pool, ids)
     }
 
     /// Commits a group of AuditEvents in one transaction.

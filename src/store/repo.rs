@@ -3,10 +3,12 @@
 
 use diesel::prelude::*;
 
+use super::index::{delete_index_rows, insert_index_rows, IndexRows};
 use super::pool::{with_conn, write_txn, DbConn, DbPool};
+use super::query::{self, Query};
 use super::schema::{
     audit_log, data_keys, key_check, resource_versions as rv, resources_current as rc,
-    search_token as st,
+    search_blind, search_date, search_number, search_reference, search_uri,
 };
 use super::StoreError;
 use crate::access::AccessContext;
@@ -65,33 +67,39 @@ pub struct WriteRequest<'a> {
     pub method: &'a str,
     pub prepare: &'a Prepare<'a>,
     pub audit: &'a AuditOf<'a>,
-    /// Token index entries of the new version (ignored for deletes).
-    pub tokens: &'a [TokenValue],
+    /// Search index rows of the new version (ignored for deletes).
+    pub index: &'a IndexRows,
     /// Conditional create: write only when nothing matches.
     pub condition: Option<&'a Condition>,
 }
 
-/// One token of a resource for the blind index: a search parameter and its
-/// `system|code` (or code alone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenValue {
-    pub param: String,
-    pub system: Option<String>,
-    pub code: String,
+/// Checks a candidate found by a conditional query after decryption (criteria the
+/// blind index can only approximate, such as long string prefixes).
+pub type Verify = dyn Fn(&StoredVersion) -> bool + Send + Sync;
+
+/// The criteria of a conditional interaction (`If-None-Exist`, conditional update
+/// and delete), evaluated inside the write transaction.
+pub struct Condition {
+    /// The search (its type and filters; sort and paging are ignored).
+    pub query: Query,
+    /// Serialises conditional writes with the same criteria across nodes.
+    pub lock_key: i64,
+    pub verify: Option<std::sync::Arc<Verify>>,
 }
 
-/// What a conditional create must not find: ids (`_id`) and token parameters,
-/// AND between groups, OR within one.
-#[derive(Debug, Clone, Default)]
-pub struct Condition {
-    pub ids: Option<Vec<String>>,
-    pub tokens: Vec<Vec<TokenValue>>,
-    /// Serialises conditional creates with the same criteria across nodes.
-    pub lock_key: i64,
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("query", &self.query)
+            .field("lock_key", &self.lock_key)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct WriteResult {
+    /// The resource's surrogate key (0 when nothing was written).
+    pub rid: i64,
     pub version: i64,
     pub last_updated: i64,
     /// The resource did not exist (or was deleted) before.
@@ -345,7 +353,7 @@ pub fn read_on(
 
 /// Transaction-scoped advisory lock: PostgreSQL needs it to serialise conditional
 /// creates across nodes; SQLite's `BEGIN IMMEDIATE` already serialises all writers.
-trait AdvisoryLock {
+pub(crate) trait AdvisoryLock {
     fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError>;
 }
 
@@ -364,79 +372,76 @@ impl AdvisoryLock for diesel::PgConnection {
     }
 }
 
-/// The ids of the current, not deleted resources that satisfy a condition.
-macro_rules! condition_matches {
-    ($c:ident, $ring:expr, $rt:expr, $cond:expr) => {{
-        let cond: &Condition = $cond;
-        let mut candidates: Option<std::collections::BTreeSet<String>> =
-            cond.ids.as_ref().map(|ids| ids.iter().cloned().collect());
-        for group in &cond.tokens {
-            let Some(first) = group.first() else { continue };
-            let mut code_hashes = Vec::new();
-            let mut system_hashes = Vec::new();
-            for t in group {
-                match &t.system {
-                    Some(sys) => system_hashes.push($ring.blind(&format!("{}|{}", sys, t.code))?),
-                    None => code_hashes.push($ring.blind(&t.code)?),
+/// The ids of the current, not deleted resources that satisfy a condition (at most
+/// a few: callers only distinguish none, one and several).
+pub(crate) fn condition_matches<C: query::SearchConn>(
+    conn: &mut C,
+    ring: &Keyring,
+    cond: &Condition,
+) -> Result<Vec<String>, StoreError> {
+    match &cond.verify {
+        None => {
+            let mut q = cond.query.clone();
+            q.limit = 2;
+            Ok(query::run_ids(conn, ring, &q)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect())
+        }
+        Some(verify) => {
+            let mut q = cond.query.clone();
+            q.sort.clear();
+            q.after = None;
+            q.limit = 200;
+            let mut out = Vec::new();
+            loop {
+                let hits = query::run_page(conn, ring, &q)?;
+                let last = hits.last().map(|h| h.rid);
+                for h in &hits {
+                    if verify(&h.version) {
+                        out.push(h.version.id.clone());
+                    }
+                }
+                match last {
+                    Some(rid) if out.len() < 2 && hits.len() == q.limit => {
+                        q.after = Some(query::Position {
+                            keys: Vec::new(),
+                            rid,
+                        });
+                    }
+                    _ => return Ok(out),
                 }
             }
-            let ids: Vec<String> = st::table
-                .filter(st::resource_type.eq($rt))
-                .filter(st::param.eq(&first.param))
-                .filter(
-                    st::code_hash
-                        .eq_any(&code_hashes)
-                        .or(st::system_code_hash.eq_any(&system_hashes)),
-                )
-                .select(st::resource_id)
-                .distinct()
-                .load($c)?;
-            let set: std::collections::BTreeSet<String> = ids.into_iter().collect();
-            candidates = Some(match candidates {
-                Some(c) => c.intersection(&set).cloned().collect(),
-                None => set,
-            });
         }
-        let candidates: Vec<String> = candidates.unwrap_or_default().into_iter().collect();
-        let live: Vec<String> = if candidates.is_empty() {
-            Vec::new()
-        } else {
-            rc::table
-                .filter(rc::resource_type.eq($rt))
-                .filter(rc::resource_id.eq_any(&candidates))
-                .filter(rc::deleted.eq(false))
-                .select(rc::resource_id)
-                .load($c)?
-        };
-        live
-    }};
+    }
 }
 
 macro_rules! write_body {
     ($c:ident, $ring:expr, $req:expr) => {{
         let req = $req;
         // A create with a server-assigned id has no current version to look up
-        // (the primary key of resources_current catches the impossible clash).
+        // (the unique index on resources_current catches the impossible clash).
         // `.load` rather than `.first`: see `read`.
         let fresh = matches!(req.kind, WriteKind::Create) && req.condition.is_none();
-        let current: Option<(i64, bool)> = if fresh {
+        let current: Option<(i64, i64, bool)> = if fresh {
             None
         } else {
             rc::table
                 .filter(rc::resource_type.eq(req.resource_type))
                 .filter(rc::resource_id.eq(req.id))
-                .select((rc::version_id, rc::deleted))
-                .load::<(i64, bool)>($c)?
+                .select((rc::rid, rc::version_id, rc::deleted))
+                .load::<(i64, i64, bool)>($c)?
                 .into_iter()
                 .next()
         };
         if let Some(cond) = req.condition {
             $c.advisory_xact_lock(cond.lock_key)?;
-            let found = condition_matches!($c, $ring, req.resource_type, cond);
+            let found = condition_matches($c, $ring, cond)?;
             match found.len() {
                 0 => {}
                 1 => {
                     return Ok(WriteResult {
+                        rid: 0,
                         version: 0,
                         last_updated: 0,
                         created: false,
@@ -459,8 +464,9 @@ macro_rules! write_body {
             WriteKind::Delete { if_match } => {
                 match current {
                     None => return Err(StoreError::NotFound),
-                    Some((v, true)) => {
+                    Some((_, v, true)) => {
                         return Ok(WriteResult {
+                            rid: 0,
                             version: v,
                             last_updated: 0,
                             created: false,
@@ -476,13 +482,13 @@ macro_rules! write_body {
         };
         if let Some(expected) = if_match {
             match current {
-                Some((v, _)) if v == expected => {}
-                Some((v, _)) => return Err(StoreError::VersionConflict { current: v }),
+                Some((_, v, _)) if v == expected => {}
+                Some((_, v, _)) => return Err(StoreError::VersionConflict { current: v }),
                 None => return Err(StoreError::VersionConflict { current: 0 }),
             }
         }
-        let version = current.map_or(1, |(v, _)| v + 1);
-        let created = current.is_none_or(|(_, deleted)| deleted);
+        let version = current.map_or(1, |(_, v, _)| v + 1);
+        let created = current.is_none_or(|(_, _, deleted)| deleted);
         let deleted = matches!(req.kind, WriteKind::Delete { .. });
         let ts = now_micros();
         let body = if deleted {
@@ -503,23 +509,21 @@ macro_rules! write_body {
                 rv::body.eq(&sealed),
             ))
             .execute($c)?;
-        match current {
-            None => {
-                diesel::insert_into(rc::table)
-                    .values((
-                        rc::resource_type.eq(req.resource_type),
-                        rc::resource_id.eq(req.id),
-                        rc::version_id.eq(version),
-                        rc::last_updated.eq(ts),
-                        rc::deleted.eq(deleted),
-                    ))
-                    .execute($c)?;
-            }
-            Some((v, _)) => {
+        let rid = match current {
+            None => diesel::insert_into(rc::table)
+                .values((
+                    rc::resource_type.eq(req.resource_type),
+                    rc::resource_id.eq(req.id),
+                    rc::version_id.eq(version),
+                    rc::last_updated.eq(ts),
+                    rc::deleted.eq(deleted),
+                ))
+                .returning(rc::rid)
+                .get_result::<i64>($c)?,
+            Some((rid, v, was_deleted)) => {
                 let n = diesel::update(
                     rc::table
-                        .filter(rc::resource_type.eq(req.resource_type))
-                        .filter(rc::resource_id.eq(req.id))
+                        .filter(rc::rid.eq(rid))
                         .filter(rc::version_id.eq(v)),
                 )
                 .set((
@@ -531,34 +535,21 @@ macro_rules! write_body {
                 if n != 1 {
                     return Err(StoreError::Contention);
                 }
+                // A deleted version has no index rows left to remove.
+                if !was_deleted {
+                    delete_index_rows!($c, rid);
+                }
+                rid
             }
+        };
+        if !deleted && !req.index.is_empty() {
+            insert_index_rows!($c, $ring, rid, req.index);
         }
-        if current.is_some() {
-            diesel::delete(
-                st::table
-                    .filter(st::resource_type.eq(req.resource_type))
-                    .filter(st::resource_id.eq(req.id)),
-            )
-            .execute($c)?;
-        }
-        if !deleted && !req.tokens.is_empty() {
-            let mut rows = Vec::with_capacity(req.tokens.len());
-            for t in req.tokens {
-                let system_code = match &t.system {
-                    Some(sys) => Some($ring.blind(&format!("{}|{}", sys, t.code))?),
-                    None => None,
-                };
-                rows.push((
-                    st::resource_type.eq(req.resource_type),
-                    st::resource_id.eq(req.id),
-                    st::param.eq(&t.param),
-                    st::code_hash.eq($ring.blind(&t.code)?),
-                    st::system_code_hash.eq(system_code),
-                ));
-            }
-            diesel::insert_into(st::table).values(&rows).execute($c)?;
+        if req.resource_type == "SearchParameter" {
+            $crate::store::jobs::register_search_param!($c, req.id, version, deleted);
         }
         let result = WriteResult {
+            rid,
             version,
             last_updated: ts,
             created,
@@ -594,6 +585,38 @@ macro_rules! insert_audit_rows {
         }
     }};
 }
+/// A connection inside a write transaction: one version written with its index
+/// rows and AuditEvent (a transaction Bundle writes several in one transaction).
+pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock {
+    fn write_version(
+        &mut self,
+        ring: &Keyring,
+        req: &WriteRequest<'_>,
+    ) -> Result<WriteResult, StoreError>;
+}
+
+impl WriteConn for diesel::SqliteConnection {
+    fn write_version(
+        &mut self,
+        ring: &Keyring,
+        req: &WriteRequest<'_>,
+    ) -> Result<WriteResult, StoreError> {
+        let c = self;
+        write_body!(c, ring, req)
+    }
+}
+
+impl WriteConn for diesel::PgConnection {
+    fn write_version(
+        &mut self,
+        ring: &Keyring,
+        req: &WriteRequest<'_>,
+    ) -> Result<WriteResult, StoreError> {
+        let c = self;
+        write_body!(c, ring, req)
+    }
+}
+
 pub fn write(
     pool: &DbPool,
     ring: &Keyring,
@@ -603,7 +626,7 @@ pub fn write(
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
         let mut conn = pool.get()?;
-        match write_txn!(conn, |c| write_body!(c, ring, &req)) {
+        match write_txn!(conn, |c| c.write_version(ring, &req)) {
             Err(StoreError::Contention) => {
                 tracing::debug!(attempt, resource.type = req.resource_type, "write raced with another; retrying");
                 last = StoreError::Contention;

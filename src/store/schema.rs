@@ -16,7 +16,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    resources_current (resource_type, resource_id) {
+    resources_current (rid) {
+        rid -> BigInt,
         resource_type -> Text,
         resource_id -> Text,
         version_id -> BigInt,
@@ -59,13 +60,78 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(resource_versions, resources_current);
 
 diesel::table! {
-    search_token (resource_type, resource_id, param, code_hash) {
-        resource_type -> Text,
-        resource_id -> Text,
-        param -> Text,
-        code_hash -> Binary,
-        system_code_hash -> Nullable<Binary>,
+    search_blind (pid, h, rid) {
+        rid -> BigInt,
+        pid -> BigInt,
+        h -> BigInt,
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(search_token, resources_current);
+diesel::table! {
+    search_date (rid, pid, lo, hi) {
+        rid -> BigInt,
+        pid -> BigInt,
+        lo -> BigInt,
+        hi -> BigInt,
+    }
+}
+
+diesel::table! {
+    search_number (rid, pid, k, lo, hi) {
+        rid -> BigInt,
+        pid -> BigInt,
+        k -> BigInt,
+        lo -> Double,
+        hi -> Double,
+    }
+}
+
+diesel::table! {
+    search_reference (rid, pid, target_type, target_id, url) {
+        rid -> BigInt,
+        pid -> BigInt,
+        target_type -> Text,
+        target_id -> Text,
+        url -> Text,
+    }
+}
+
+diesel::table! {
+    search_uri (rid, pid, uri) {
+        rid -> BigInt,
+        pid -> BigInt,
+        uri -> Text,
+    }
+}
+
+diesel::table! {
+    reindex_jobs (job_id) {
+        job_id -> Text,
+        resource_type -> Text,
+        status -> Text,
+        after_rid -> BigInt,
+        processed -> BigInt,
+        total -> BigInt,
+        created -> BigInt,
+        updated -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> BigInt,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    search_param_status (resource_id) {
+        resource_id -> Text,
+        version_id -> BigInt,
+        active -> Bool,
+        updated -> BigInt,
+    }
+}
+
+diesel::table! {
+    search_registry (id) {
+        id -> Integer,
+        generation -> BigInt,
+    }
+}

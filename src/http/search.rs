@@ -1,0 +1,417 @@
+//! The search interactions: type search (`GET /fhir/Patient?...`, `POST
+//! /fhir/Patient/_search`), system search (`GET /fhir?_type=...`, `POST
+//! /fhir/_search`) and compartment search (`GET /fhir/Patient/123/Observation`),
+//! answered with a `searchset` Bundle: matches, includes, an OperationOutcome entry
+//! for ignored parameters, the total, and `self`/`next`/`previous` links whose
+//! cursors are sealed.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::exchange::{read_body, Body, Exchange, Reply};
+use super::resources::{resource_id, resource_type};
+use super::AppState;
+use crate::audit::Interaction;
+use crate::fhir::summary::{self, Subset};
+use crate::fhir::{instant, Issue, Severity};
+use crate::search::run::Cursor;
+use crate::search::{SearchRequest, SearchResult};
+
+/// Most entries whose patients are named in the search's AuditEvent.
+const AUDITED_PATIENTS: usize = 100;
+
+/// What is searched.
+enum Scope {
+    Type(String),
+    System,
+    Compartment {
+        compartment: String,
+        id: String,
+        /// One type, or `*` for every type of the compartment.
+        target: String,
+    },
+}
+
+pub async fn type_get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::SearchType);
+    let result = search(&state, &req, &mut ex, Scope::Type(path.into_inner()), None).await;
+    ex.finish(&state, result).await
+}
+
+pub async fn type_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::SearchType);
+    let result = async {
+        ex.precondition()?;
+        let form = form_body(&state, &req, payload).await?;
+        search(
+            &state,
+            &req,
+            &mut ex,
+            Scope::Type(path.into_inner()),
+            Some(form),
+        )
+        .await
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+pub async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::SearchSystem);
+    let result = search(&state, &req, &mut ex, Scope::System, None).await;
+    ex.finish(&state, result).await
+}
+
+pub async fn system_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(&state, &req, Interaction::SearchSystem);
+    let result = async {
+        ex.precondition()?;
+        let form = form_body(&state, &req, payload).await?;
+        search(&state, &req, &mut ex, Scope::System, Some(form)).await
+    }
+    .await;
+    ex.finish(&state, result).await
+}
+
+pub async fn compartment_get(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (compartment, id, target) = path.into_inner();
+    if target.starts_with('$') {
+        return super::fhir_fallback(req, state).await;
+    }
+    let mut ex = Exchange::begin(&state, &req, Interaction::SearchType);
+    let scope = Scope::Compartment {
+        compartment,
+        id,
+        target,
+    };
+    let result = search(&state, &req, &mut ex, scope, None).await;
+    ex.finish(&state, result).await
+}
+
+/// The parameters of a `POST _search` body (`application/x-www-form-urlencoded`).
+async fn form_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType(
+            "POST _search takes its parameters as application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let body = match read_body(state, req, payload).await {
+        Ok(b) => b,
+        // An empty form is a search without criteria.
+        Err(ApiError::BadRequest(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
+}
+
+/// `Prefer: handling=strict` (R4 3.1.1.4: unknown parameters are errors).
+fn strict(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"))
+}
+
+/// What a query component must escape (RFC 3986 query: `&`, `=`, `+`, `#`, `%`,
+/// `|`, white space, non-ASCII); `:`, `,`, `$`, `-`, `_`, `.` stay readable.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'=')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b']')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+fn encode(v: &str) -> String {
+    percent_encoding::utf8_percent_encode(v, QUERY_VALUE).to_string()
+}
+
+fn query_string(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn search(
+    state: &AppState,
+    req: &HttpRequest,
+    ex: &mut Exchange,
+    scope: Scope,
+    form: Option<Vec<(String, String)>>,
+) -> Result<Reply, ApiError> {
+    ex.precondition()?;
+    let mut pairs = ex.query.0.clone();
+    if let Some(form) = form {
+        // The audit records what was searched, wherever the parameters came from.
+        let q = query_string(&form);
+        ex.audit.query = Some(format!("{}?{q}", req.path()));
+        pairs.extend(form);
+    }
+    let (types, path, compartment_filter) = match &scope {
+        Scope::Type(t) => {
+            let t = resource_type(state, t)?;
+            ex.audit.resource_type = Some(t.clone());
+            (vec![t.clone()], format!("/{t}"), None)
+        }
+        Scope::System => {
+            let types: Vec<String> = match pairs.iter().find(|(k, _)| k == "_type") {
+                Some((_, v)) => v
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(|t| resource_type(state, t))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| match e {
+                        ApiError::NotFound(m) => ApiError::bad_request("value", m),
+                        other => other,
+                    })?,
+                None => Vec::new(),
+            };
+            (types, String::new(), None)
+        }
+        Scope::Compartment {
+            compartment,
+            id,
+            target,
+        } => {
+            let c = resource_type(state, compartment)?;
+            let id = resource_id(id)?;
+            if c == "Patient" {
+                ex.audit.patients = vec![format!("Patient/{id}")];
+            }
+            let types = if target == "*" {
+                state.search.compartment_types(&c)
+            } else {
+                vec![resource_type(state, target)?]
+            };
+            if let [one] = types.as_slice() {
+                ex.audit.resource_type = Some(one.clone());
+            }
+            let filter = state.search.compartment_filter(&c, id.as_str(), &types)?;
+            (types, format!("/{c}/{id}/{target}"), Some(filter))
+        }
+    };
+    if types.iter().any(|t| t == "AuditEvent") {
+        return Err(ApiError::NotImplemented(
+            "searching AuditEvents is not implemented yet; read them by id or through AuditEvent/_history".into(),
+        ));
+    }
+    // A page link carries the search it continues.
+    let cursor = match pairs.iter().find(|(k, _)| k == "_cursor") {
+        Some((_, token)) => Some(Cursor::open(token, &state.store)?),
+        None => None,
+    };
+    let (types, params) = match &cursor {
+        Some(c) => (c.types.clone(), c.params.clone()),
+        None => (types, pairs.clone()),
+    };
+    let search = state.search.clone();
+    let strict = strict(req);
+    let mut request: SearchRequest = search.parse(types.clone(), &params, strict)?;
+    if let Some(f) = compartment_filter {
+        request.filters.push(f);
+    }
+    let subset = Subset::from_query(
+        request.controls.summary.as_deref(),
+        request.controls.elements.as_deref(),
+    )
+    .map_err(|m| ApiError::bad_request("value", m))?;
+    let ctx = ex.ctx.clone();
+    let req_for_run = request.clone();
+    let cursor_for_run = cursor.clone();
+    let result: SearchResult = state
+        .store
+        .call(move |s| Ok(search.execute(s, &ctx, &req_for_run, cursor_for_run.as_ref())))
+        .await?
+        .map_err(ApiError::from)?;
+    audit_patients(state, ex, &result);
+    let format_params: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_format" || k == "_pretty")
+        .cloned()
+        .collect();
+    let base = format!("{}{path}", state.base_url);
+    let link = |params: &[(String, String)]| {
+        let mut all = params.to_vec();
+        all.extend(format_params.iter().cloned());
+        if all.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}?{}", query_string(&all))
+        }
+    };
+    let mut self_params = request.accepted.clone();
+    if matches!(scope, Scope::System) && !types.is_empty() {
+        self_params.insert(0, ("_type".into(), types.join(",")));
+    }
+    let self_url = match pairs.iter().find(|(k, _)| k == "_cursor") {
+        Some(c) => link(std::slice::from_ref(c)),
+        None => link(&self_params),
+    };
+    let mut links = vec![json!({"relation": "self", "url": self_url})];
+    for (relation, c) in [("next", &result.next), ("previous", &result.previous)] {
+        if let Some(c) = c {
+            let token = c.seal(&state.store).map_err(ApiError::from)?;
+            links.push(json!({"relation": relation, "url": link(&[("_cursor".into(), token)])}));
+        }
+    }
+    let bundle = bundle(state, &request, &result, links, &subset)?;
+    Ok(Reply::new(StatusCode::OK, bundle))
+}
+
+/// Puts the patients whose records the search returned into its AuditEvent.
+fn audit_patients(state: &AppState, ex: &mut Exchange, result: &SearchResult) {
+    let mut patients = std::mem::take(&mut ex.audit.patients);
+    for h in result
+        .matches
+        .iter()
+        .chain(&result.included)
+        .take(AUDITED_PATIENTS)
+    {
+        let v = &h.version;
+        if v.resource_type == "Patient" {
+            patients.push(format!("Patient/{}", v.id));
+            continue;
+        }
+        if let Ok(r) = serde_json::from_slice::<Value>(&v.body) {
+            patients.extend(
+                state
+                    .compartment
+                    .patients_of(&v.resource_type, Some(&v.id), Some(&r)),
+            );
+        }
+    }
+    patients.sort();
+    patients.dedup();
+    ex.audit.patients = patients;
+}
+
+/// The searchset Bundle. Without subsetting, stored resource bodies are spliced
+/// into the JSON as they are (no parse and re-serialisation per entry).
+fn bundle(
+    state: &AppState,
+    request: &SearchRequest,
+    result: &SearchResult,
+    links: Vec<Value>,
+    subset: &Subset,
+) -> Result<Body, ApiError> {
+    let mut head = serde_json::Map::new();
+    head.insert("resourceType".into(), json!("Bundle"));
+    head.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+    head.insert(
+        "meta".into(),
+        json!({"lastUpdated": instant(crate::fhir::now_micros())}),
+    );
+    head.insert("type".into(), json!("searchset"));
+    if let Some(t) = result.total {
+        head.insert("total".into(), json!(t));
+    }
+    head.insert("link".into(), Value::Array(links));
+    let mut out =
+        serde_json::to_vec(&Value::Object(head)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out.pop(); // the closing brace: entries follow
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    let base = &state.base_url;
+    for (hits, mode) in [(&result.matches, "match"), (&result.included, "include")] {
+        for h in hits {
+            let v = &h.version;
+            let resource: Vec<u8> = if *subset == Subset::Full {
+                v.body.clone()
+            } else {
+                let r: Value = serde_json::from_slice(&v.body)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                serde_json::to_vec(&summary::apply(&state.model, &r, subset))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+            };
+            let mut e = Vec::with_capacity(resource.len() + 128);
+            e.extend_from_slice(b"{\"fullUrl\":");
+            e.extend_from_slice(
+                &serde_json::to_vec(&format!("{base}/{}/{}", v.resource_type, v.id))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+            );
+            e.extend_from_slice(b",\"resource\":");
+            e.extend_from_slice(&resource);
+            e.extend_from_slice(b",\"search\":{\"mode\":\"");
+            e.extend_from_slice(mode.as_bytes());
+            e.extend_from_slice(b"\"}}");
+            entries.push(e);
+        }
+    }
+    let mut issues: Vec<Issue> = request
+        .ignored
+        .iter()
+        .map(|i| {
+            Issue::error("not-supported", format!("ignored: {}", i.reason))
+                .severity(Severity::Warning)
+                .at(i.name.clone())
+        })
+        .collect();
+    issues.extend(
+        result
+            .warnings
+            .iter()
+            .map(|w| Issue::error("informational", w.clone()).severity(Severity::Warning)),
+    );
+    if !issues.is_empty() {
+        let oo = crate::fhir::operation_outcome(&issues);
+        let e = json!({"resource": oo, "search": {"mode": "outcome"}});
+        entries.push(serde_json::to_vec(&e).map_err(|e| ApiError::Internal(e.to_string()))?);
+    }
+    if !entries.is_empty() {
+        out.extend_from_slice(b",\"entry\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(e);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    Ok(Body::Stored(out))
+}

@@ -1,0 +1,1009 @@
+//! From search parameters to store filters: each `name[:modifier]=value[,value]`
+//! of a request is checked against the parameters of the searched types and
+//! planned as a [`Filter`] (R4 search 3.1.1: prefixes, modifiers, chaining,
+//! reverse chaining). Values are normalised exactly as extraction normalises the
+//! indexed values ([`super::values`]); criteria the blind index can only
+//! approximate carry a [`Check`] that is verified after decryption.
+
+use std::sync::Arc;
+
+use super::extract::is_keyed;
+use super::params::{Param, ParamType, Registry};
+use super::values::{self, tag, RefParts, PREFIX_CAP};
+use super::SearchError;
+use crate::store::{Bound, Filter, IndexTable, Ranges, RefTarget, UriMatch};
+
+/// Chains and `_has` nest at most this deep.
+const MAX_DEPTH: usize = 4;
+
+/// A string test verified on the decrypted resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StringTest {
+    /// The folded value starts with this.
+    Prefix(String),
+    /// The folded value contains this.
+    Contains(String),
+    /// The folded display/text (or one of its words) starts with this.
+    TextPrefix(String),
+}
+
+/// A criterion verified after decryption: some value of `param` passes one of
+/// the tests.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub param: Arc<Param>,
+    pub tests: Vec<StringTest>,
+}
+
+/// A planned criterion.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub filter: Filter,
+    pub checks: Vec<Check>,
+}
+
+/// The comparison prefix of a number, date or quantity value (R4 3.1.1.4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// Splits a value's prefix off; `eq` when none is written.
+pub fn split_prefix(v: &str) -> (Prefix, &str) {
+    let p = match v.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
+        _ => return (Prefix::Eq, v),
+    };
+    (p, &v[2..])
+}
+
+/// Splits on `sep` unless escaped with `\` (R4 3.1.1.3.x escaping), unescaping.
+pub fn split_escaped(s: &str, sep: char) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    if let Some(last) = out.last_mut() {
+                        last.push(n);
+                    }
+                }
+            }
+            c if c == sep => out.push(String::new()),
+            c => {
+                if let Some(last) = out.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Range semantics of a prefix against a target's `[lo, hi]` range, for a search
+/// value covering `[slo, shi]` (R4 3.1.1.4.5: "the range of the search value fully
+/// contains the range of the target value", "the range above the search value
+/// intersects the range of the target value", ...).
+fn range_bounds<T: Copy>(p: Prefix, slo: T, shi: T, ap: (T, T)) -> Ranges<T> {
+    use Bound::*;
+    let eq = vec![LoGe(slo), HiLe(shi)];
+    match p {
+        Prefix::Eq => vec![eq],
+        // Some part of the target lies outside the search range.
+        Prefix::Ne => vec![vec![LoLt(slo)], vec![HiGt(shi)]],
+        Prefix::Gt => vec![vec![HiGt(shi)]],
+        Prefix::Lt => vec![vec![LoLt(slo)]],
+        Prefix::Ge => vec![vec![HiGt(shi)], eq],
+        Prefix::Le => vec![vec![LoLt(slo)], eq],
+        Prefix::Sa => vec![vec![LoGt(shi)]],
+        Prefix::Eb => vec![vec![HiLt(slo)]],
+        // Overlaps the widened range.
+        Prefix::Ap => vec![vec![LoLe(ap.1), HiGe(ap.0)]],
+    }
+}
+
+/// Number semantics (R4 3.1.1.4.2: `100` is 99.5 to 100.5 for eq/ne; gt/lt/ge/le
+/// compare with exactly 100) for point values stored as `lo = hi = value`.
+fn number_bounds(p: Prefix, value: f64, half: f64) -> Ranges<f64> {
+    use Bound::*;
+    match p {
+        Prefix::Eq => vec![vec![LoGe(value - half), LoLt(value + half)]],
+        Prefix::Ne => vec![vec![LoLt(value - half)], vec![LoGe(value + half)]],
+        Prefix::Gt | Prefix::Sa => vec![vec![HiGt(value)]],
+        Prefix::Lt | Prefix::Eb => vec![vec![LoLt(value)]],
+        Prefix::Ge => vec![vec![HiGe(value)]],
+        Prefix::Le => vec![vec![LoLe(value)]],
+        Prefix::Ap => {
+            let margin = (value.abs() * 0.1).max(half);
+            vec![vec![LoLe(value + margin), HiGe(value - margin)]]
+        }
+    }
+}
+
+/// Plans the criteria of one request against its resource types.
+pub struct Planner<'a> {
+    pub registry: &'a Registry,
+    pub base_url: &'a str,
+    /// "now", for `ap` on dates (microseconds since the epoch).
+    pub now: i64,
+}
+
+/// A parameter of the searched types, with the types that define it.
+struct Resolved {
+    params: Vec<Arc<Param>>,
+}
+
+impl Resolved {
+    fn pids(&self) -> Vec<i64> {
+        self.params.iter().map(|p| p.pid).collect()
+    }
+
+    fn param_type(&self) -> ParamType {
+        self.params[0].param_type
+    }
+
+    fn first(&self) -> &Arc<Param> {
+        &self.params[0]
+    }
+}
+
+impl Planner<'_> {
+    fn resolve(&self, types: &[String], code: &str) -> Result<Resolved, SearchError> {
+        let mut params = Vec::new();
+        let mut pending = None;
+        for t in types {
+            let tp = self.registry.for_type(t);
+            if let Some(p) = tp.get(code) {
+                params.push(p.clone());
+            } else if let Some(p) = tp.pending(code) {
+                pending = Some(p.url.clone());
+            }
+        }
+        if params.is_empty() {
+            if let Some(url) = pending {
+                return Err(SearchError::Unsupported {
+                    name: code.to_string(),
+                    reason: format!(
+                        "the SearchParameter {url} is waiting for a $reindex of {} to finish",
+                        types.join(", ")
+                    ),
+                });
+            }
+            return Err(SearchError::UnknownParameter {
+                name: code.to_string(),
+                resource_type: types.join(", "),
+            });
+        }
+        let t0 = params[0].param_type;
+        if params.iter().any(|p| p.param_type != t0) {
+            return Err(SearchError::Unsupported {
+                name: code.to_string(),
+                reason: "the parameter has different types in the searched resource types".into(),
+            });
+        }
+        Ok(Resolved { params })
+    }
+
+    /// Plans `name=value` (name with modifier, chain or `_has`) on `types`.
+    pub fn plan(
+        &self,
+        types: &[String],
+        name: &str,
+        value: &str,
+        depth: usize,
+    ) -> Result<Planned, SearchError> {
+        if depth > MAX_DEPTH {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: format!("chains and _has nest at most {MAX_DEPTH} levels"),
+            });
+        }
+        if let Some(rest) = name.strip_prefix("_has:") {
+            return self.has(types, name, rest, value, depth);
+        }
+        if let Some((head, chained)) = name.split_once('.') {
+            return self.chain(types, name, head, chained, value, depth);
+        }
+        let (code, modifier) = match name.split_once(':') {
+            Some((c, m)) => (c, Some(m)),
+            None => (name, None),
+        };
+        match code {
+            "_id" => return self.ids(name, modifier, value),
+            "_lastUpdated" => return self.last_updated(name, modifier, value),
+            "_list" => return self.list(name, modifier, value),
+            "_text" | "_content" | "_query" | "_filter" | "_contained" | "_containedType" => {
+                return Err(SearchError::Unsupported {
+                    name: code.to_string(),
+                    reason: format!("{code} is not supported by this server"),
+                })
+            }
+            _ => {}
+        }
+        let r = self.resolve(types, code)?;
+        if modifier == Some("missing") {
+            return self.missing(name, &r, value);
+        }
+        let alternatives = split_escaped(value, ',');
+        match r.param_type() {
+            ParamType::String => self.string(name, &r, modifier, &alternatives),
+            ParamType::Token => self.token(name, &r, modifier, &alternatives),
+            ParamType::Reference => self.reference(name, &r, modifier, &alternatives),
+            ParamType::Date => {
+                no_modifier(name, modifier)?;
+                let mut ranges = Vec::new();
+                for v in &alternatives {
+                    ranges.extend(self.date_value(name, v)?);
+                }
+                Ok(planned(Filter::Date {
+                    pids: r.pids(),
+                    ranges,
+                }))
+            }
+            ParamType::Number => {
+                no_modifier(name, modifier)?;
+                let mut ranges = Vec::new();
+                for v in &alternatives {
+                    let (p, n) = split_prefix(v);
+                    let (value, half) =
+                        values::decimal(n).ok_or_else(|| bad(name, v, "a number"))?;
+                    ranges.extend(number_bounds(p, value, half));
+                }
+                Ok(planned(Filter::Number {
+                    pids: r.pids(),
+                    keys: None,
+                    ranges,
+                }))
+            }
+            ParamType::Quantity => {
+                no_modifier(name, modifier)?;
+                let mut alts = Vec::new();
+                for v in &alternatives {
+                    let (key, ranges) = quantity_value(name, v)?;
+                    alts.push(Filter::Number {
+                        pids: r.pids(),
+                        keys: Some(vec![key]),
+                        ranges,
+                    });
+                }
+                Ok(planned(any(alts)))
+            }
+            ParamType::Uri => self.uri(name, &r, modifier, &alternatives),
+            ParamType::Composite => self.composite(name, &r, modifier, &alternatives),
+            ParamType::Special => Err(SearchError::Unsupported {
+                name: code.to_string(),
+                reason: format!(
+                    "the special parameter {code} ({}) is not supported",
+                    r.first().url
+                ),
+            }),
+        }
+    }
+
+    fn ids(&self, name: &str, modifier: Option<&str>, value: &str) -> Result<Planned, SearchError> {
+        let ids: Vec<String> = split_escaped(value, ',')
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        for id in &ids {
+            crate::fhir::Id::parse(id).map_err(|m| SearchError::BadValue {
+                name: name.to_string(),
+                reason: m,
+            })?;
+        }
+        match modifier {
+            None => Ok(planned(Filter::Ids(ids))),
+            Some("not") => Ok(planned(Filter::Not(Box::new(Filter::Ids(ids))))),
+            Some("missing") => Ok(planned(if value == "true" {
+                Filter::Nothing
+            } else {
+                Filter::All(Vec::new())
+            })),
+            Some(m) => Err(bad_modifier(name, m)),
+        }
+    }
+
+    fn last_updated(
+        &self,
+        name: &str,
+        modifier: Option<&str>,
+        value: &str,
+    ) -> Result<Planned, SearchError> {
+        no_modifier(name, modifier)?;
+        let mut ranges = Vec::new();
+        for v in split_escaped(value, ',') {
+            // The stored time is a point (millisecond precision).
+            let (p, d) = split_prefix(&v);
+            let (slo, shi) = values::date_range(d).ok_or_else(|| bad(name, &v, "a date"))?;
+            let ap = self.approx(slo, shi);
+            ranges.extend(range_bounds(p, slo, shi, ap));
+        }
+        Ok(planned(Filter::LastUpdated(ranges)))
+    }
+
+    fn list(
+        &self,
+        name: &str,
+        modifier: Option<&str>,
+        value: &str,
+    ) -> Result<Planned, SearchError> {
+        no_modifier(name, modifier)?;
+        let ids: Vec<String> = split_escaped(value, ',');
+        for id in &ids {
+            if id.starts_with('$') {
+                return Err(SearchError::Unsupported {
+                    name: name.to_string(),
+                    reason: format!("the functional list {id} is not supported"),
+                });
+            }
+            crate::fhir::Id::parse(id).map_err(|m| SearchError::BadValue {
+                name: name.to_string(),
+                reason: m,
+            })?;
+        }
+        Ok(planned(Filter::TargetOf {
+            pids: vec![super::params::pid("List", "item")],
+            source_type: "List".into(),
+            source_ids: ids,
+        }))
+    }
+
+    fn missing(&self, name: &str, r: &Resolved, value: &str) -> Result<Planned, SearchError> {
+        let table = match r.param_type() {
+            ParamType::String | ParamType::Token => IndexTable::Blind,
+            ParamType::Reference => IndexTable::Reference,
+            ParamType::Date => IndexTable::Date,
+            ParamType::Number | ParamType::Quantity | ParamType::Composite => IndexTable::Number,
+            ParamType::Uri => IndexTable::Uri,
+            ParamType::Special => {
+                return Err(SearchError::Unsupported {
+                    name: name.to_string(),
+                    reason: "special parameters have no :missing".into(),
+                })
+            }
+        };
+        let present = Filter::Present {
+            table,
+            pids: r.pids(),
+        };
+        // A reference parameter may hold only an identifier (a blind row).
+        let present = if r.param_type() == ParamType::Reference {
+            Filter::Any(vec![
+                present,
+                Filter::Present {
+                    table: IndexTable::Blind,
+                    pids: r.pids(),
+                },
+            ])
+        } else {
+            present
+        };
+        match value {
+            "true" => Ok(planned(Filter::Not(Box::new(present)))),
+            "false" => Ok(planned(present)),
+            _ => Err(bad(name, value, "true or false")),
+        }
+    }
+
+    fn string(
+        &self,
+        name: &str,
+        r: &Resolved,
+        modifier: Option<&str>,
+        alternatives: &[String],
+    ) -> Result<Planned, SearchError> {
+        let pids = r.pids();
+        let mut blind = Vec::new();
+        let mut contains = Vec::new();
+        let mut tests = Vec::new();
+        for v in alternatives {
+            match modifier {
+                None if r.first().code == "phonetic" => {
+                    if let Some(k) = values::soundex(v) {
+                        blind.push(format!("{}{k}", tag::PHONETIC));
+                    }
+                }
+                None => {
+                    let f = values::fold(v);
+                    if f.is_empty() {
+                        return Err(bad(name, v, "a non-empty string"));
+                    }
+                    let capped = values::first_chars(&f, PREFIX_CAP);
+                    blind.push(format!("{}{capped}", tag::PREFIX));
+                    tests.push(StringTest::Prefix(f.clone()));
+                }
+                Some("exact") => blind.push(format!("{}{v}", tag::EXACT)),
+                Some("contains") => {
+                    let f = values::fold(v);
+                    if f.is_empty() {
+                        return Err(bad(name, v, "a non-empty string"));
+                    }
+                    let grams = values::trigrams(&f);
+                    contains.push(if grams.is_empty() {
+                        Filter::Present {
+                            table: IndexTable::Blind,
+                            pids: pids.clone(),
+                        }
+                    } else {
+                        Filter::All(
+                            grams
+                                .into_iter()
+                                .map(|g| Filter::Blind {
+                                    pids: pids.clone(),
+                                    values: vec![g],
+                                })
+                                .collect(),
+                        )
+                    });
+                    tests.push(StringTest::Contains(f));
+                }
+                Some(m) => return Err(bad_modifier(name, m)),
+            }
+        }
+        let mut alts = contains;
+        if !blind.is_empty() {
+            alts.push(Filter::Blind {
+                pids,
+                values: blind,
+            });
+        }
+        // Only prefixes longer than the indexed ones and :contains need checking.
+        let needs_check = tests.iter().any(|t| match t {
+            StringTest::Prefix(p) => p.chars().count() > PREFIX_CAP,
+            _ => true,
+        });
+        let checks = if needs_check {
+            r.params
+                .iter()
+                .map(|p| Check {
+                    param: p.clone(),
+                    tests: tests.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Planned {
+            filter: any(alts),
+            checks,
+        })
+    }
+
+    fn token(
+        &self,
+        name: &str,
+        r: &Resolved,
+        modifier: Option<&str>,
+        alternatives: &[String],
+    ) -> Result<Planned, SearchError> {
+        let pids = r.pids();
+        let mut forms = Vec::new();
+        let mut tests = Vec::new();
+        for v in alternatives {
+            match modifier {
+                None | Some("not") => forms.push(token_query_form(v)),
+                Some("text") => {
+                    let f = values::fold(v);
+                    if f.is_empty() {
+                        return Err(bad(name, v, "a non-empty text"));
+                    }
+                    forms.push(format!("{}{}", tag::TEXT, values::first_chars(&f, PREFIX_CAP)));
+                    if f.chars().count() > PREFIX_CAP {
+                        tests.push(StringTest::TextPrefix(f));
+                    }
+                }
+                Some("of-type") => {
+                    let parts = split_escaped(v, '|');
+                    if parts.len() != 3 || parts[2].is_empty() {
+                        return Err(bad(name, v, "type-system|type-code|value"));
+                    }
+                    forms.push(format!(
+                        "{}{}|{}|{}",
+                        tag::OF_TYPE,
+                        parts[0],
+                        parts[1],
+                        parts[2]
+                    ));
+                }
+                Some("in" | "not-in" | "above" | "below") => {
+                    return Err(SearchError::Unsupported {
+                        name: name.to_string(),
+                        reason: format!(
+                            "the :{} modifier needs terminology expansion, which this build does not have yet",
+                            modifier.unwrap_or_default()
+                        ),
+                    })
+                }
+                Some(m) => return Err(bad_modifier(name, m)),
+            }
+        }
+        let filter = Filter::Blind {
+            pids,
+            values: forms,
+        };
+        let filter = if modifier == Some("not") {
+            Filter::Not(Box::new(filter))
+        } else {
+            filter
+        };
+        let checks = if tests.is_empty() {
+            Vec::new()
+        } else {
+            r.params
+                .iter()
+                .map(|p| Check {
+                    param: p.clone(),
+                    tests: tests.clone(),
+                })
+                .collect()
+        };
+        Ok(Planned { filter, checks })
+    }
+
+    fn reference(
+        &self,
+        name: &str,
+        r: &Resolved,
+        modifier: Option<&str>,
+        alternatives: &[String],
+    ) -> Result<Planned, SearchError> {
+        let pids = r.pids();
+        let model = self.registry.model();
+        if modifier == Some("identifier") {
+            let forms = alternatives
+                .iter()
+                .map(|v| format!("{}{}", tag::REF_IDENTIFIER, token_query_form(v)))
+                .collect();
+            return Ok(planned(Filter::Blind {
+                pids,
+                values: forms,
+            }));
+        }
+        let type_modifier = match modifier {
+            None => None,
+            Some(t) if model.is_resource_type(t) => Some(t.to_string()),
+            Some("above" | "below") => {
+                return Err(SearchError::Unsupported {
+                    name: name.to_string(),
+                    reason: "the :above and :below modifiers on references are not supported"
+                        .into(),
+                })
+            }
+            Some(m) => return Err(bad_modifier(name, m)),
+        };
+        let targets_of = |r: &Resolved| -> Vec<String> {
+            let mut t: Vec<String> = r.params.iter().flat_map(|p| p.targets.clone()).collect();
+            t.sort();
+            t.dedup();
+            t
+        };
+        let mut targets = Vec::new();
+        for v in alternatives {
+            if v.is_empty() {
+                return Err(bad(name, v, "a reference"));
+            }
+            let is_type = |t: &str| model.is_resource_type(t);
+            match values::parse_reference(v, self.base_url, is_type) {
+                Some(RefParts::Local { resource_type, id }) => {
+                    // `subject:Patient=Group/1` names a target of another type:
+                    // nothing can match it.
+                    if type_modifier.as_ref().is_some_and(|t| *t != resource_type) {
+                        continue;
+                    }
+                    targets.push(RefTarget::Local {
+                        types: vec![resource_type],
+                        id,
+                    });
+                }
+                Some(RefParts::Url(url)) => {
+                    // A bare id (no '/', no ':') names a local resource of the
+                    // parameter's target types (or the type modifier).
+                    if !url.contains('/') && !url.contains(':') {
+                        crate::fhir::Id::parse(&url).map_err(|m| SearchError::BadValue {
+                            name: name.to_string(),
+                            reason: m,
+                        })?;
+                        let types = match &type_modifier {
+                            Some(t) => vec![t.clone()],
+                            None => targets_of(r),
+                        };
+                        targets.push(RefTarget::Local { types, id: url });
+                    } else {
+                        targets.push(RefTarget::Url(url));
+                    }
+                }
+                None => return Err(bad(name, v, "a reference (Type/id, id or URL)")),
+            }
+        }
+        Ok(planned(Filter::Reference { pids, targets }))
+    }
+
+    fn uri(
+        &self,
+        name: &str,
+        r: &Resolved,
+        modifier: Option<&str>,
+        alternatives: &[String],
+    ) -> Result<Planned, SearchError> {
+        let mut matches = Vec::new();
+        for v in alternatives {
+            if v.is_empty() {
+                return Err(bad(name, v, "a URI"));
+            }
+            matches.push(match modifier {
+                None => UriMatch::Exact(v.clone()),
+                Some("below") => UriMatch::Below(v.clone()),
+                Some("above") => {
+                    // The value and every ancestor path of it.
+                    let mut ancestors = vec![v.clone()];
+                    let mut cur = v.as_str();
+                    while let Some((parent, _)) = cur.rsplit_once('/') {
+                        if parent.ends_with('/') || parent.ends_with(':') || parent.is_empty() {
+                            break;
+                        }
+                        ancestors.push(parent.to_string());
+                        cur = parent;
+                    }
+                    UriMatch::Any(ancestors)
+                }
+                Some(m) => return Err(bad_modifier(name, m)),
+            });
+        }
+        Ok(planned(Filter::Uri {
+            pids: r.pids(),
+            matches,
+        }))
+    }
+
+    fn composite(
+        &self,
+        name: &str,
+        r: &Resolved,
+        modifier: Option<&str>,
+        alternatives: &[String],
+    ) -> Result<Planned, SearchError> {
+        no_modifier(name, modifier)?;
+        let p = r.first();
+        let Some((last, init)) = p.components.split_last() else {
+            return Err(SearchError::Unsupported {
+                name: name.to_string(),
+                reason: "the composite has no components".into(),
+            });
+        };
+        if init.iter().any(|c| !is_keyed(c.param_type)) {
+            return Err(SearchError::Unsupported {
+                name: name.to_string(),
+                reason: "composites with a number, date or quantity before their last component are not supported".into(),
+            });
+        }
+        let mut alts = Vec::new();
+        for v in alternatives {
+            let parts = split_escaped(v, '$');
+            if parts.len() != p.components.len() {
+                return Err(bad(
+                    name,
+                    v,
+                    &format!("{} values separated by $", p.components.len()),
+                ));
+            }
+            let mut key = String::new();
+            for (i, c) in init.iter().enumerate() {
+                if i > 0 {
+                    key.push('$');
+                }
+                key.push_str(&keyed_query_form(c.param_type, &parts[i]));
+            }
+            let lastv = &parts[parts.len() - 1];
+            let (unit, ranges) = match last.param_type {
+                ParamType::Quantity => quantity_value(name, lastv)?,
+                ParamType::Number => {
+                    let (pf, n) = split_prefix(lastv);
+                    let (value, half) =
+                        values::decimal(n).ok_or_else(|| bad(name, lastv, "a number"))?;
+                    (String::new(), number_bounds(pf, value, half))
+                }
+                ParamType::Date => {
+                    let ranges: Ranges<f64> = self
+                        .date_value(name, lastv)?
+                        .into_iter()
+                        .map(|conj| conj.into_iter().map(to_f64_bound).collect())
+                        .collect();
+                    (String::new(), ranges)
+                }
+                other => (keyed_query_form(other, lastv), Vec::new()),
+            };
+            alts.push(Filter::Number {
+                pids: r.pids(),
+                keys: Some(vec![format!("{}{key}${unit}", tag::COMPOSITE)]),
+                ranges,
+            });
+        }
+        Ok(planned(any(alts)))
+    }
+
+    fn date_value(&self, name: &str, v: &str) -> Result<Ranges<i64>, SearchError> {
+        let (p, d) = split_prefix(v);
+        let (slo, shi) = values::date_range(d).ok_or_else(|| bad(name, v, "a date"))?;
+        Ok(range_bounds(p, slo, shi, self.approx(slo, shi)))
+    }
+
+    /// `ap` on dates: widened by 10% of the distance to now (R4 recommends 10%),
+    /// and at least by the value's precision.
+    fn approx(&self, lo: i64, hi: i64) -> (i64, i64) {
+        let gap = (self.now - lo).unsigned_abs() / 10;
+        let gap = i64::try_from(gap).unwrap_or(i64::MAX / 4).max(hi - lo);
+        (lo.saturating_sub(gap), hi.saturating_add(gap))
+    }
+
+    fn chain(
+        &self,
+        types: &[String],
+        name: &str,
+        head: &str,
+        chained: &str,
+        value: &str,
+        depth: usize,
+    ) -> Result<Planned, SearchError> {
+        let (code, type_modifier) = match head.split_once(':') {
+            Some((c, t)) => (c, Some(t)),
+            None => (head, None),
+        };
+        let r = self.resolve(types, code)?;
+        if r.param_type() != ParamType::Reference {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: format!("{code} is not a reference parameter, so it cannot be chained"),
+            });
+        }
+        let model = self.registry.model();
+        let mut targets: Vec<String> = match type_modifier {
+            Some(t) if model.is_resource_type(t) => vec![t.to_string()],
+            Some(t) => return Err(bad_modifier(name, t)),
+            None => {
+                let mut t: Vec<String> = r.params.iter().flat_map(|p| p.targets.clone()).collect();
+                t.sort();
+                t.dedup();
+                t
+            }
+        };
+        // Only the targets that define the chained parameter take part.
+        let chained_code = chained
+            .split(['.', ':'])
+            .next()
+            .unwrap_or(chained)
+            .to_string();
+        if !chained.starts_with("_has") && !matches!(chained_code.as_str(), "_id" | "_lastUpdated")
+        {
+            targets.retain(|t| self.registry.for_type(t).get(&chained_code).is_some());
+        }
+        if targets.is_empty() {
+            return Err(SearchError::UnknownParameter {
+                name: name.to_string(),
+                resource_type: format!("the targets of {code}"),
+            });
+        }
+        let inner = self.plan(&targets, chained, value, depth + 1)?;
+        Ok(Planned {
+            filter: Filter::Reference {
+                pids: r.pids(),
+                targets: vec![RefTarget::Matching {
+                    types: targets,
+                    filters: vec![inner.filter],
+                }],
+            },
+            // Checks of the chained resource are not verified (see docs/decisions.md).
+            checks: Vec::new(),
+        })
+    }
+
+    fn has(
+        &self,
+        types: &[String],
+        name: &str,
+        rest: &str,
+        value: &str,
+        depth: usize,
+    ) -> Result<Planned, SearchError> {
+        // _has:Type:param:criterion (the criterion may itself be a _has).
+        let mut it = rest.splitn(3, ':');
+        let (Some(source), Some(code), Some(criterion)) = (it.next(), it.next(), it.next()) else {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: "_has needs the form _has:Type:parameter:criterion".into(),
+            });
+        };
+        let model = self.registry.model();
+        if !model.is_resource_type(source) {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: format!("`{source}` is not a resource type"),
+            });
+        }
+        let sources = vec![source.to_string()];
+        let r = self.resolve(&sources, code)?;
+        if r.param_type() != ParamType::Reference {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: format!("{source}.{code} is not a reference parameter"),
+            });
+        }
+        let points_here = r
+            .params
+            .iter()
+            .any(|p| p.targets.is_empty() || p.targets.iter().any(|t| types.contains(t)));
+        if !points_here {
+            return Err(SearchError::BadValue {
+                name: name.to_string(),
+                reason: format!("{source}.{code} does not refer to {}", types.join(" or ")),
+            });
+        }
+        let inner = self.plan(&sources, criterion, value, depth + 1)?;
+        Ok(Planned {
+            filter: Filter::ReferencedBy {
+                pids: r.pids(),
+                source_types: sources,
+                filters: vec![inner.filter],
+            },
+            checks: Vec::new(),
+        })
+    }
+}
+
+fn to_f64_bound(b: Bound<i64>) -> Bound<f64> {
+    match b {
+        Bound::LoGe(v) => Bound::LoGe(v as f64),
+        Bound::LoGt(v) => Bound::LoGt(v as f64),
+        Bound::LoLe(v) => Bound::LoLe(v as f64),
+        Bound::LoLt(v) => Bound::LoLt(v as f64),
+        Bound::HiGe(v) => Bound::HiGe(v as f64),
+        Bound::HiGt(v) => Bound::HiGt(v as f64),
+        Bound::HiLe(v) => Bound::HiLe(v as f64),
+        Bound::HiLt(v) => Bound::HiLt(v as f64),
+    }
+}
+
+/// `[system]|[code]`, `|code`, `system|` or `code` as the blind form to look up.
+pub fn token_query_form(v: &str) -> String {
+    let parts = split_escaped(v, '|');
+    match parts.as_slice() {
+        [system, code] if system.is_empty() => format!("{}{code}", tag::NO_SYSTEM),
+        [system, code] if code.is_empty() => format!("{}{system}", tag::SYSTEM),
+        [system, code] => format!("{}{system}|{code}", tag::SYSTEM_CODE),
+        _ => format!("{}{}", tag::CODE, parts.join("|")),
+    }
+}
+
+/// The composite-key form of a keyed component's search value (the exact form
+/// extraction writes: [`super::extract::Extractor::keyed_forms`]).
+fn keyed_query_form(t: ParamType, v: &str) -> String {
+    match t {
+        ParamType::Token => token_query_form(v),
+        ParamType::String => format!("v:{}", values::fold(v)),
+        ParamType::Uri => format!("u:{v}"),
+        ParamType::Reference => format!("r:{v}"),
+        _ => String::new(),
+    }
+}
+
+/// `[prefix]number[|system|code]` as (unit key, ranges).
+fn quantity_value(name: &str, v: &str) -> Result<(String, Ranges<f64>), SearchError> {
+    let (p, rest) = split_prefix(v);
+    let parts = split_escaped(rest, '|');
+    let (number, system, code) = match parts.as_slice() {
+        [n] => (n.as_str(), "", ""),
+        [n, s, c] => (n.as_str(), s.as_str(), c.as_str()),
+        _ => return Err(bad(name, v, "number|system|code")),
+    };
+    let (value, half) = values::decimal(number).ok_or_else(|| bad(name, v, "a number"))?;
+    if code.is_empty() {
+        if !system.is_empty() {
+            return Err(bad(name, v, "number|system|code (a system needs a code)"));
+        }
+        return Ok((tag::ANY_UNIT.to_string(), number_bounds(p, value, half)));
+    }
+    if system == values::UCUM {
+        if let Some((factor, dims)) = values::ucum_canonical(code) {
+            return Ok((
+                format!("{}{dims}", tag::UNIT_CANONICAL),
+                number_bounds(p, value * factor, half * factor),
+            ));
+        }
+    }
+    let key = if system.is_empty() {
+        format!("{}{code}", tag::UNIT_CODE)
+    } else {
+        format!("{}{system}|{code}", tag::UNIT_SYSTEM_CODE)
+    };
+    Ok((key, number_bounds(p, value, half)))
+}
+
+fn planned(filter: Filter) -> Planned {
+    Planned {
+        filter,
+        checks: Vec::new(),
+    }
+}
+
+fn any(mut alts: Vec<Filter>) -> Filter {
+    if alts.len() == 1 {
+        alts.remove(0)
+    } else {
+        Filter::Any(alts)
+    }
+}
+
+fn bad(name: &str, value: &str, expected: &str) -> SearchError {
+    SearchError::BadValue {
+        name: name.to_string(),
+        reason: format!(
+            "`{}` is not {expected}",
+            crate::fhir::types::truncate(value, 80)
+        ),
+    }
+}
+
+fn bad_modifier(name: &str, modifier: &str) -> SearchError {
+    SearchError::BadModifier {
+        name: name.to_string(),
+        modifier: modifier.to_string(),
+    }
+}
+
+fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), SearchError> {
+    match modifier {
+        None => Ok(()),
+        Some(m) => Err(bad_modifier(name, m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_split_off_known_codes_only() {
+        assert_eq!(split_prefix("ge2020"), (Prefix::Ge, "2020"));
+        assert_eq!(split_prefix("2020"), (Prefix::Eq, "2020"));
+        assert_eq!(split_prefix("ap5"), (Prefix::Ap, "5"));
+    }
+
+    #[test]
+    fn token_forms_follow_the_system_rules() {
+        assert_eq!(
+            token_query_form("http://loinc.org|1234-5"),
+            "s:http://loinc.org|1234-5"
+        );
+        assert_eq!(token_query_form("|1234-5"), "n:1234-5");
+        assert_eq!(token_query_form("http://loinc.org|"), "y:http://loinc.org");
+        assert_eq!(token_query_form("1234-5"), "c:1234-5");
+        assert_eq!(token_query_form(r"a\|b"), "c:a|b");
+    }
+
+    #[test]
+    fn quantities_in_ucum_compare_in_base_units() {
+        let (k1, r1) = quantity_value("q", "5.4|http://unitsofmeasure.org|mg").unwrap();
+        let (k2, _) = quantity_value("q", "5.4|http://unitsofmeasure.org|g").unwrap();
+        assert_eq!(k1, k2);
+        assert!(k1.starts_with(tag::UNIT_CANONICAL));
+        assert!(!r1.is_empty());
+        assert!(quantity_value("q", "abc").is_err());
+        assert_eq!(quantity_value("q", "5").unwrap().0, tag::ANY_UNIT);
+    }
+}
