@@ -225,7 +225,10 @@ async fn search(
                 ex.audit.patients = vec![format!("Patient/{id}")];
             }
             let types = if target == "*" {
-                state.search.compartment_types(&c)
+                // AuditEvents are not searchable yet (they are not in the index).
+                let mut t = state.search.compartment_types(&c);
+                t.retain(|t| t != "AuditEvent");
+                t
             } else {
                 vec![resource_type(state, target)?]
             };

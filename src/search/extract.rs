@@ -453,9 +453,13 @@ pub fn token_forms(ty: &str, json: &Value, out: &mut Vec<String>, text: bool) {
         Value::Number(n) => code(None, &n.to_string(), out),
         Value::Object(o) => {
             let s = |k: &str| o.get(k).and_then(Value::as_str);
-            if let Some(codings) = o.get("coding").and_then(Value::as_array) {
-                // CodeableConcept
-                for c in codings {
+            if ty == "CodeableConcept" || o.contains_key("coding") {
+                for c in o
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     token_forms("Coding", c, out, text);
                 }
                 if text {

@@ -46,6 +46,39 @@ pub enum SearchError {
     Store(#[from] StoreError),
 }
 
+impl SearchError {
+    /// The same error, naming the parameter as the request wrote it (a chain or
+    /// `_has` fails deep inside; the client needs the name it sent).
+    pub fn named(self, full: &str) -> SearchError {
+        match self {
+            SearchError::UnknownParameter {
+                resource_type,
+                name,
+            } => SearchError::UnknownParameter {
+                name: if full.contains(&name) {
+                    full.to_string()
+                } else {
+                    name
+                },
+                resource_type,
+            },
+            SearchError::Unsupported { reason, .. } => SearchError::Unsupported {
+                name: full.to_string(),
+                reason,
+            },
+            SearchError::BadValue { reason, .. } => SearchError::BadValue {
+                name: full.to_string(),
+                reason,
+            },
+            SearchError::BadModifier { modifier, .. } => SearchError::BadModifier {
+                name: full.to_string(),
+                modifier,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The search engine of a server: parameters, extraction, planning, execution.
 pub struct SearchEngine {
     registry: Arc<Registry>,

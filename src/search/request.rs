@@ -115,7 +115,10 @@ impl Planner<'_> {
             if value.is_empty() {
                 continue;
             }
-            match self.plan(&req.types, name, value, 0) {
+            match self
+                .plan(&req.types, name, value, 0)
+                .map_err(|e| e.named(name))
+            {
                 Ok(p) => {
                     req.filters.push(p.filter);
                     req.checks.extend(p.checks);

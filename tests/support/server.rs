@@ -357,19 +357,20 @@ impl TestApp {
                 "{method} {url} ({status}): {ev}"
             );
             let path = url.split('?').next().unwrap_or("");
+            // Below /fhir: Type/id and Type/id/_history/vid are reads; a query or
+            // any other shape (search, compartment search, history) executes.
+            let segments: Vec<&str> = path
+                .split_once("/fhir")
+                .map(|(_, rest)| rest.split('/').filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            let is_read = matches!(segments.as_slice(), [_, id] | [_, id, "_history", _] if !id.starts_with('_') && !id.starts_with('$'));
             let action = match method.as_str() {
                 "POST" if status == StatusCode::CREATED => "C",
                 "PUT" if status == StatusCode::CREATED => "C",
                 "PUT" if status.is_success() => "U",
                 "DELETE" if status.is_success() => "D",
-                "GET"
-                    if status.is_success()
-                        && !path.ends_with("_history")
-                        && !path.ends_with("/metadata")
-                        && path.matches('/').count() >= 5 =>
-                {
-                    "R"
-                }
+                "GET" if status.is_success() && is_read => "R",
+                "GET" if status.is_success() && !path.ends_with("/metadata") => "E",
                 _ => "",
             };
             if !action.is_empty() {
