@@ -441,12 +441,33 @@ fn json_name(
             el.name,
             el.types.join(", ")
         )),
-        None => Err(format!(
-            "`{}[x]` is a choice of types ({}); give the value as a value[x] so that its type is known",
-            el.name,
-            el.types.join(", ")
-        )),
+        None => Err(untyped_choice(el)),
     }
+}
+
+fn untyped_choice(el: &ElementDef) -> String {
+    format!(
+        "`{}[x]` is a choice of types ({}); give the value as a value[x] so that its type is known",
+        el.name,
+        el.types.join(", ")
+    )
+}
+
+/// The JSON of `value` placed in element `el` of `defs` (`chosen`: the type its JSON name
+/// selects, for a choice element), with the value's FHIR type when the value states it. A
+/// choice element's type comes only from a typed value, so parts cannot build one.
+fn value_for(
+    model: &Model,
+    defs: &Definitions,
+    el: &ElementDef,
+    chosen: Option<&str>,
+    value: &PatchValue,
+) -> Result<(Option<String>, ElementJson), String> {
+    if el.choice && chosen.is_none() && matches!(value, PatchValue::Parts(_)) {
+        return Err(untyped_choice(el));
+    }
+    let content = defs.content(model, el, chosen);
+    materialize(model, value, content.as_ref())
 }
 
 /// The JSON of a patch value placed in an element whose content is `content`, with the
@@ -489,8 +510,7 @@ fn build(
         let (el, chosen) = defs
             .element(name)
             .ok_or_else(|| format!("`{}` has no element `{name}`", defs.path))?;
-        let content = defs.content(model, &el, chosen.as_deref());
-        let (ty, json) = materialize(model, value, content.as_ref())?;
+        let (ty, json) = value_for(model, defs, &el, chosen.as_deref(), value)?;
         let key = json_name(&el, name, chosen.as_deref(), ty.as_deref())?;
         if el.many {
             let n = element::list_len(&obj, &key);
@@ -601,8 +621,7 @@ impl Operation {
         let (el, chosen) = defs
             .element(&key)
             .ok_or_else(|| format!("`{}` has no element `{key}`", defs.path))?;
-        let content = defs.content(model, &el, chosen.as_deref());
-        let (ty, json) = materialize(model, self.value()?, content.as_ref())?;
+        let (ty, json) = value_for(model, &defs, &el, chosen.as_deref(), self.value()?)?;
         // A choice element takes the name of its new value's type.
         let new_key = match ty.as_deref() {
             Some(_) if el.choice => json_name(&el, &el.name, None, ty.as_deref())?,
@@ -629,8 +648,7 @@ impl Operation {
         let (el, chosen) = defs
             .element(name)
             .ok_or_else(|| format!("`{}` has no element `{name}`", defs.path))?;
-        let content = defs.content(model, &el, chosen.as_deref());
-        let (ty, json) = materialize(model, self.value()?, content.as_ref())?;
+        let (ty, json) = value_for(model, &defs, &el, chosen.as_deref(), self.value()?)?;
         let key = json_name(&el, name, chosen.as_deref(), ty.as_deref())?;
         let rank = defs.rank();
         let occupied = |obj: &Map<String, Value>| {
@@ -674,8 +692,7 @@ impl Operation {
         }
         let inserted = match self.kind {
             OperationType::Insert => {
-                let content = defs.content(model, &el, chosen.as_deref());
-                Some(materialize(model, self.value()?, content.as_ref())?.1)
+                Some(value_for(model, &defs, &el, chosen.as_deref(), self.value()?)?.1)
             }
             _ => None,
         };
