@@ -37,6 +37,17 @@ async fn create_patient(app: &TestApp) -> String {
     created.json()["id"].as_str().unwrap().to_string()
 }
 
+/// A server holding one patient; the patient's URL below /fhir.
+async fn app_with_patient(backend: Backend) -> (TestApp, String) {
+    let app = spawn_app(backend).await;
+    let id = create_patient(&app).await;
+    (app, format!("/Patient/{id}"))
+}
+
+fn assert_status(r: &Reply, status: StatusCode) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+}
+
 async fn version_of(app: &TestApp, path: &str) -> String {
     app.get(path).await.json()["meta"]["versionId"]
         .as_str()
@@ -45,9 +56,7 @@ async fn version_of(app: &TestApp, path: &str) -> String {
 }
 
 async fn json_patch_and_fhirpath_patch_make_new_versions(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let id = create_patient(&app).await;
-    let url = format!("/Patient/{id}");
+    let (app, url) = app_with_patient(backend).await;
 
     let r = patch(
         &app,
@@ -60,16 +69,11 @@ async fn json_patch_and_fhirpath_patch_make_new_versions(backend: Backend) {
         ]),
     )
     .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_status(&r, StatusCode::OK);
     assert_eq!(r.header("etag").unwrap(), "W/\"2\"");
     assert_eq!(
         r.header("content-location").unwrap(),
-        format!("{}/Patient/{id}/_history/2", app.base)
+        format!("{}{url}/_history/2", app.base)
     );
     let body = r.json();
     assert_eq!(body["gender"], "female");
@@ -91,12 +95,7 @@ async fn json_patch_and_fhirpath_patch_make_new_versions(backend: Backend) {
         ),
     )
     .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_status(&r, StatusCode::OK);
     let body = r.json();
     let keys: Vec<&str> = body
         .as_object()
@@ -131,12 +130,7 @@ async fn json_patch_and_fhirpath_patch_make_new_versions(backend: Backend) {
             Some(xml.as_bytes()),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_status(&r, StatusCode::OK);
     assert_eq!(r.json()["resourceType"], "OperationOutcome");
     let r = patch(
         &app,
@@ -167,9 +161,7 @@ async fn json_patch_and_fhirpath_patch_make_new_versions(backend: Backend) {
 }
 
 async fn if_match_must_name_the_current_version(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let id = create_patient(&app).await;
-    let url = format!("/Patient/{id}");
+    let (app, url) = app_with_patient(backend).await;
     let ops = json!([{"op": "replace", "path": "/gender", "value": "other"}]);
     let stale = patch(&app, &url, &[JSON_PATCH, ("If-Match", "W/\"2\"")], &ops).await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
@@ -185,9 +177,7 @@ async fn if_match_must_name_the_current_version(backend: Backend) {
 }
 
 async fn refused_patches_change_nothing(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let id = create_patient(&app).await;
-    let url = format!("/Patient/{id}");
+    let (app, url) = app_with_patient(backend).await;
     let url = url.as_str();
     let body = |v: Value| serde_json::to_vec(&v).unwrap();
     let replace_gender = body(json!([{"op": "replace", "path": "/gender", "value": "other"}]));
@@ -469,9 +459,7 @@ async fn missing_deleted_and_read_only_targets_are_refused(backend: Backend) {
 /// the result holds every change. With one If-Match, exactly one wins and the others get 412.
 async fn racing_patches_lose_no_update(backend: Backend) {
     const RACERS: usize = 4;
-    let app = spawn_app(backend).await;
-    let id = create_patient(&app).await;
-    let url = format!("/Patient/{id}");
+    let (app, url) = app_with_patient(backend).await;
     let patches = (0..RACERS).map(|i| {
         let body = fhirpath_patch("add", "Patient", vec![
             json!({"name": "name", "valueString": "identifier"}),

@@ -26,17 +26,6 @@ fn known_failures_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/patch-known-failures.md")
 }
 
-/// Case names listed in the known-failures file (lines `- `name`: reason`).
-fn known_failures() -> BTreeSet<String> {
-    let text = std::fs::read_to_string(known_failures_file()).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.trim().strip_prefix("- `")?;
-            Some(rest.split('`').next()?.to_string())
-        })
-        .collect()
-}
-
 /// One case: its reported name and how it went.
 struct Outcome {
     name: String,
@@ -271,7 +260,7 @@ fn fhir_patch_cases() -> Vec<Outcome> {
 
 #[test]
 fn hl7_patch_test_cases() {
-    let known = known_failures();
+    let known = support::known_failures(&known_failures_file());
     let mut outcomes = json_patch_cases();
     let json_count = outcomes.len();
     outcomes.extend(fhir_patch_cases());
@@ -477,6 +466,18 @@ fn fhirpath_patch_beyond_the_hl7_cases() {
                 );
                 *p = Value::Object(o);
             })),
+        ),
+        (
+            "an element of a contained resource goes where that resource's definition puts it",
+            json!({"resourceType": "Patient", "id": "p", "contained": [{"resourceType": "Organization", "id": "o1", "name": "Acme", "telecom": [{"value": "1"}]}]}),
+            operation(
+                "add",
+                "Patient.contained[0]",
+                json!([{"name": "name", "valueString": "alias"}, {"name": "value", "valueString": "ACME"}]),
+            ),
+            Ok(
+                json!({"resourceType": "Patient", "id": "p", "contained": [{"resourceType": "Organization", "id": "o1", "name": "Acme", "alias": ["ACME"], "telecom": [{"value": "1"}]}]}),
+            ),
         ),
         (
             "deleting nothing is not an error",

@@ -383,6 +383,18 @@ mod tests {
         serde_json::to_string(m).unwrap()
     }
 
+    /// `contact/0/name` -> the location of that element.
+    fn at(path: &str) -> Location {
+        Location(
+            path.split('/')
+                .map(|s| match s.parse() {
+                    Ok(i) => Step::Index(i),
+                    Err(_) => Step::Key(s.to_string()),
+                })
+                .collect(),
+        )
+    }
+
     #[test]
     fn new_properties_follow_the_definition_order() {
         let rank = order(&["id", "name", "gender", "birthDate"]);
@@ -443,26 +455,10 @@ mod tests {
     #[test]
     fn removal_prunes_emptied_containers_but_never_the_root() {
         let mut doc = json!({"resourceType": "Patient", "contact": [{"name": {"text": "a"}}]});
-        remove_element(
-            &mut doc,
-            &Location(vec![
-                Step::Key("contact".into()),
-                Step::Index(0),
-                Step::Key("name".into()),
-                Step::Key("text".into()),
-            ]),
-        );
+        remove_element(&mut doc, &at("contact/0/name/text"));
         assert_eq!(doc, json!({"resourceType": "Patient"}));
         let mut doc = json!({"given": ["a"], "_given": [{"extension": [{"url": "u"}]}]});
-        remove_element(
-            &mut doc,
-            &Location(vec![
-                Step::Key("_given".into()),
-                Step::Index(0),
-                Step::Key("extension".into()),
-                Step::Index(0),
-            ]),
-        );
+        remove_element(&mut doc, &at("_given/0/extension/0"));
         assert_eq!(doc, json!({"given": ["a"]}));
     }
 
@@ -470,8 +466,7 @@ mod tests {
     fn a_primitive_gets_its_children_in_the_companion() {
         let rank = order(&["birthDate"]);
         let mut doc = json!({"birthDate": "1970"});
-        let loc = Location(vec![Step::Key("birthDate".into())]);
-        children_mut(&mut doc, &loc, &rank)
+        children_mut(&mut doc, &at("birthDate"), &rank)
             .unwrap()
             .insert("id".into(), json!("b"));
         assert_eq!(doc, json!({"birthDate": "1970", "_birthDate": {"id": "b"}}));
