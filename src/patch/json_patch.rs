@@ -40,6 +40,16 @@ impl Operation {
         }
     }
 
+    /// The JSON values this operation brings in its `value`.
+    fn carried_values(&self) -> usize {
+        match self {
+            Operation::Add { value, .. }
+            | Operation::Replace { value, .. }
+            | Operation::Test { value, .. } => values_in(value),
+            _ => 0,
+        }
+    }
+
     fn path(&self) -> &Pointer {
         match self {
             Operation::Add { path, .. }
@@ -49,6 +59,18 @@ impl Operation {
             | Operation::Copy { path, .. }
             | Operation::Test { path, .. } => path,
         }
+    }
+}
+
+/// How much larger than the resource and the patch together copies may make a document.
+const MAX_GROWTH: usize = 4;
+
+/// The number of JSON values in `v` (itself included).
+fn values_in(v: &Value) -> usize {
+    match v {
+        Value::Object(o) => 1 + o.values().map(values_in).sum::<usize>(),
+        Value::Array(a) => 1 + a.iter().map(values_in).sum::<usize>(),
+        _ => 1,
     }
 }
 
@@ -179,7 +201,25 @@ impl JsonPatch {
     /// Applies the operations in order to a copy of `doc`.
     pub fn apply(&self, doc: &Value) -> Result<Value, PatchError> {
         let mut out = doc.clone();
+        // `copy` is the one operation that grows the document beyond what the patch carries:
+        // fifty copies of the whole document into itself would need 2^50 times its memory.
+        let carried: usize = self.operations.iter().map(Operation::carried_values).sum();
+        let limit = MAX_GROWTH * (values_in(doc) + carried) + 1_000;
+        let mut size = values_in(doc) + carried;
         for (i, op) in self.operations.iter().enumerate() {
+            if let Operation::Copy { from, .. } = op {
+                size += resolve(&out, &from.tokens).map_or(0, values_in);
+                if size > limit {
+                    return Err(PatchError::NotApplicable {
+                        operation: i,
+                        op: op.name(),
+                        path: op.path().text.clone(),
+                        reason: format!(
+                            "the copies would make the document more than {MAX_GROWTH} times larger than the resource and the patch together"
+                        ),
+                    });
+                }
+            }
             apply_operation(&mut out, op).map_err(|failure| match failure {
                 Failure::Test => PatchError::TestFailed {
                     operation: i,
@@ -480,6 +520,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("own child"), "{e}");
+    }
+
+    #[test]
+    fn copies_cannot_blow_the_document_up() {
+        let doubling: Vec<Value> = (0..50)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
+            .collect();
+        let e = apply(json!({"a": [1, 2, 3]}), Value::Array(doubling)).unwrap_err();
+        assert!(e.to_string().contains("times larger"), "{e}");
+        // a few ordinary copies are fine
+        let out = apply(
+            json!({"a": {"b": 1}}),
+            json!([{"op": "copy", "from": "/a", "path": "/c"}, {"op": "copy", "from": "/a/b", "path": "/d"}]),
+        )
+        .unwrap();
+        assert_eq!(out, json!({"a": {"b": 1}, "c": {"b": 1}, "d": 1}));
     }
 
     #[test]
