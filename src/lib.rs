@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod fhirpath;
 pub mod http;
 pub mod packages;
+pub mod patch;
 pub mod search;
 pub mod startup;
 pub mod store;

@@ -204,24 +204,12 @@ fn run_case(
     }
 }
 
-/// Test names listed in the known-failures file (lines `- name: reason` or `| name | ...`).
-fn known_failures() -> BTreeSet<String> {
-    let text = std::fs::read_to_string(known_failures_file()).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let rest = l.strip_prefix("- `")?;
-            Some(rest.split('`').next()?.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn official_fhirpath_suite_r4() {
     let model = support::path_model();
     let cases = read_cases();
     let mut inputs = std::collections::HashMap::new();
-    let known = known_failures();
+    let known = support::known_failures(&known_failures_file());
     let (mut passed, mut failed) = (0, 0);
     let mut unexpected = Vec::new();
     let mut fixed = Vec::new();

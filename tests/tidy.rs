@@ -51,6 +51,7 @@ fn lower_layers_never_use_the_http_layer() {
         "fhir",
         "packages",
         "audit",
+        "patch",
     ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
@@ -80,6 +81,15 @@ fn fhirpath_does_no_io_and_knows_no_storage() {
             "diesel",
             "crate::packages",
         ] {
+            assert!(!text.contains(banned), "{} uses {banned}", p.display());
+        }
+    }
+}
+
+#[test]
+fn patch_knows_nothing_of_storage() {
+    for (p, text) in sources("src/patch") {
+        for banned in ["crate::store", "diesel", "std::fs", "std::net"] {
             assert!(!text.contains(banned), "{} uses {banned}", p.display());
         }
     }

@@ -22,6 +22,7 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
                     "read",
                     "vread",
                     "update",
+                    "patch",
                     "delete",
                     "history-instance",
                     "history-type",
@@ -62,6 +63,8 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
         "implementation": {"description": "fhirgate FHIR R4 gateway", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["json", "xml"],
+        // JSON Patch, and FHIRPath Patch as a Parameters resource in either format.
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [rest]
     })
 }

@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod history;
 pub mod negotiate;
 pub mod ops;
+pub mod patch;
 pub mod resources;
 pub mod search;
 
@@ -81,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     fhir_resource("/{type}/{id}")
                         .route(web::get().to(resources::read))
                         .route(web::put().to(resources::update))
+                        .route(web::patch().to(patch::patch))
                         .route(web::delete().to(resources::delete)),
                 )
                 .default_service(web::to(fhir_fallback)),
@@ -161,10 +163,6 @@ fn classify(
             ),
             _ => (op("unknown"), not_allowed()),
         },
-        [_, _] if *method == Method::PATCH => (
-            Interaction::Patch,
-            ApiError::NotImplemented("PATCH is not implemented yet".into()),
-        ),
         [_, _] | [_, _, "_history"] | [_, _, "_history", _] => (op("unknown"), not_allowed()),
         _ => (
             op("unknown"),

@@ -242,7 +242,7 @@ fn with_identity(
     serde_json::to_vec(&Value::Object(out)).map_err(|e| StoreError::Prepare(e.to_string()))
 }
 
-fn write_reply(
+pub(super) fn write_reply(
     state: &AppState,
     req: &HttpRequest,
     rt: &str,
@@ -340,9 +340,9 @@ pub async fn create(
     ex.finish(&state, result).await
 }
 
-/// The checked target of an update or delete: type and id from the URL, put in the
+/// The checked target of an update, patch or delete: type and id from the URL, put in the
 /// audit record; AuditEvents are read-only (405).
-fn writable_instance(
+pub(super) fn writable_instance(
     state: &AppState,
     ex: &mut Exchange,
     path: &(String, String),
@@ -440,7 +440,7 @@ pub async fn delete(
     ex.finish(&state, result).await
 }
 
-fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+pub(super) fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     match req.headers().get(header::IF_MATCH) {
         None => Ok(None),
         Some(h) => {
@@ -484,7 +484,7 @@ async fn existing_reply(
 
 /// Runs a write in one transaction with its AuditEvent.
 #[allow(clippy::too_many_arguments)]
-async fn write(
+pub(super) async fn write(
     state: &AppState,
     ex: &mut Exchange,
     rt: &str,

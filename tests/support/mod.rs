@@ -122,6 +122,17 @@ impl fhirgate::fhirpath::Services for SuiteServices<'_> {
     }
 }
 
+/// Case names listed in a conformance known-failures file (lines `- `name`: reason`).
+pub fn known_failures(file: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("- `")?;
+            Some(rest.split('`').next()?.to_string())
+        })
+        .collect()
+}
+
 pub fn core_ref() -> PackageRef {
     "hl7.fhir.r4.core#4.0.1".parse().unwrap()
 }

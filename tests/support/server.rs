@@ -369,6 +369,7 @@ impl TestApp {
                 "PUT" if status == StatusCode::CREATED => "C",
                 "PUT" if status.is_success() => "U",
                 "DELETE" if status.is_success() => "D",
+                "PATCH" if status.is_success() => "U",
                 "GET" if status.is_success() && is_read => "R",
                 "GET" if status.is_success() && !path.ends_with("/metadata") => "E",
                 _ => "",
