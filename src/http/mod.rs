@@ -13,6 +13,7 @@ pub mod history;
 pub mod negotiate;
 pub mod ops;
 pub mod patch;
+pub mod reindex;
 pub mod resources;
 pub mod search;
 
@@ -59,6 +60,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(fhir_resource("/").route(web::get().to(search::system_get)))
                 .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
+                .service(fhir_resource("/$reindex").route(web::post().to(reindex::all)))
+                .service(fhir_resource("/$reindex/{job}").route(web::get().to(reindex::status)))
+                .service(fhir_resource("/{type}/$reindex").route(web::post().to(reindex::of_type)))
                 .service(fhir_resource("/_history").route(web::get().to(history::system)))
                 .service(fhir_resource("/{type}/_history").route(web::get().to(history::of_type)))
                 .service(

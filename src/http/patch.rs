@@ -249,5 +249,9 @@ fn validate_patched(state: &AppState, patched: &Value) -> Result<(), ApiError> {
                 .collect(),
         ));
     }
-    Ok(())
+    let rt = patched
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    super::resources::business_rules(state, rt, patched)
 }

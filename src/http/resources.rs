@@ -210,6 +210,18 @@ fn parse_body(
     Ok(value)
 }
 
+/// Rules beyond the structure that a resource of some types must follow before
+/// it is stored (422): SearchParameters must be indexable.
+pub(super) fn business_rules(state: &AppState, rt: &str, resource: &Value) -> Result<(), ApiError> {
+    if rt == "SearchParameter" {
+        let issues = state.search.check_search_parameter(resource);
+        if !issues.is_empty() {
+            return Err(ApiError::Unprocessable(issues));
+        }
+    }
+    Ok(())
+}
+
 /// The stored form: `id` and `meta.versionId`/`meta.lastUpdated` set by the server,
 /// everything else in the client's order.
 fn with_identity(
@@ -313,6 +325,7 @@ pub async fn create(
         };
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
+        business_rules(&state, &rt, &resource)?;
         let id = Id::generate();
         ex.audit.id = Some(id.to_string());
         ex.audit.patients = state
@@ -372,6 +385,7 @@ pub async fn update(
         let if_match = if_match(&req)?;
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
+        business_rules(&state, &rt, &resource)?;
         match resource.get("id").and_then(|i| i.as_str()) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(body_id) => {
@@ -539,6 +553,15 @@ pub(super) async fn write(
         })
         .await?;
     ex.audit.version = Some(result.version);
+    if rt == "SearchParameter" && !result.unchanged {
+        // This node indexes the new parameter from its next write on; the other
+        // nodes reload when they see the registry generation change.
+        let search = state.search.clone();
+        state
+            .store
+            .call(move |s| crate::search::reindex::reload_registry(s, &search))
+            .await?;
+    }
     // A delete of a deleted resource, or a conditional create that found its match,
     // wrote nothing, not even its audit.
     ex.audit_committed = !result.unchanged;

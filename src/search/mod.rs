@@ -344,3 +344,70 @@ fn compartment_code(compartment: &str) -> String {
         None => String::new(),
     }
 }
+
+impl SearchEngine {
+    /// The rules a SearchParameter resource must follow before it is stored: a
+    /// code, a known type, base resource types this server knows, and an
+    /// expression that compiles (R4 SearchParameter; a parameter whose expression
+    /// cannot run would silently index nothing).
+    pub fn check_search_parameter(&self, sp: &Value) -> Vec<crate::fhir::Issue> {
+        use crate::fhir::Issue;
+        let mut issues = Vec::new();
+        let code = sp.get("code").and_then(Value::as_str).unwrap_or("");
+        if code.is_empty() || code.contains([':', '.', '=', '&', ',', '$']) || code.starts_with('_') {
+            issues.push(
+                Issue::error(
+                    "invariant",
+                    "a SearchParameter needs a code without `:`, `.`, `=`, `&`, `,`, `$` that does not start with `_`",
+                )
+                .at("SearchParameter.code"),
+            );
+        }
+        let ptype = sp
+            .get("type")
+            .and_then(Value::as_str)
+            .and_then(ParamType::parse);
+        if ptype.is_none() {
+            issues.push(Issue::error("value", "the type is not a search parameter type").at("SearchParameter.type"));
+        }
+        for (i, b) in sp
+            .get("base")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let ok = b
+                .as_str()
+                .is_some_and(|t| self.model().is_resource_type(t) || t == "Resource" || t == "DomainResource");
+            if !ok {
+                issues.push(
+                    Issue::error("value", "not a resource type this server knows")
+                        .at(format!("SearchParameter.base[{i}]")),
+                );
+            }
+        }
+        match sp.get("expression").and_then(Value::as_str) {
+            Some(e) => {
+                if let Err(err) = crate::fhirpath::compile(e) {
+                    issues.push(
+                        Issue::error("invalid", format!("the expression does not compile: {err}"))
+                            .at("SearchParameter.expression"),
+                    );
+                }
+            }
+            None if ptype != Some(ParamType::Special) => issues.push(
+                Issue::error("required", "fhirgate indexes SearchParameters by their expression, so one is needed")
+                    .at("SearchParameter.expression"),
+            ),
+            None => {}
+        }
+        if ptype == Some(ParamType::Composite) {
+            let n = sp.get("component").and_then(Value::as_array).map_or(0, Vec::len);
+            if n < 2 {
+                issues.push(Issue::error("required", "a composite needs at least two components").at("SearchParameter.component"));
+            }
+        }
+        issues
+    }
+}

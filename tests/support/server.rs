@@ -363,7 +363,8 @@ impl TestApp {
                 .split_once("/fhir")
                 .map(|(_, rest)| rest.split('/').filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default();
-            let is_read = matches!(segments.as_slice(), [_, id] | [_, id, "_history", _] if !id.starts_with('_') && !id.starts_with('$'));
+            let is_read = matches!(segments.as_slice(), [t, id] | [t, id, "_history", _]
+                if !t.starts_with('$') && !id.starts_with('_') && !id.starts_with('$'));
             let action = match method.as_str() {
                 "POST" if status == StatusCode::CREATED => "C",
                 "PUT" if status == StatusCode::CREATED => "C",
