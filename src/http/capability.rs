@@ -1,5 +1,7 @@
 //! `GET /fhir/metadata`: a CapabilityStatement that states exactly what this
-//! build implements, built once at start-up from the loaded resource types.
+//! build implements: the interactions, fixed at start-up from the loaded resource
+//! types, and the search parameters, includes and revincludes of the registry as
+//! it is now (SearchParameters of the database appear once they are searchable).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -9,6 +11,7 @@ use super::exchange::{Body, Exchange, Reply};
 use super::AppState;
 use crate::audit::Interaction;
 use crate::fhir::Model;
+use crate::search::{ParamType, SearchEngine};
 
 pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
     let resources: Vec<Value> = model
@@ -46,7 +49,12 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
     let mut rest = json!({
         "mode": "server",
         "resource": resources,
-        "interaction": [{"code": "history-system"}]
+        "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+        "operation": [{
+            "name": "reindex",
+            "definition": "urn:fhirgate:operation:reindex",
+            "documentation": "POST [base]/$reindex or [base]/[type]/$reindex rebuilds the search index in the background (202; the status is at Content-Location)."
+        }]
     });
     if auth_enabled {
         rest["security"] = json!({
@@ -69,10 +77,54 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
     })
 }
 
+/// Adds what search supports to each resource of a CapabilityStatement: the
+/// `search-type` interaction, the search parameters (those this build answers;
+/// `near` and the composites it cannot index are left out), `_include` and
+/// `_revinclude` values.
+pub fn with_search(mut cs: Value, search: &SearchEngine) -> Value {
+    let reverse: Vec<(String, String, Vec<String>)> = search.reference_params();
+    let resources = cs
+        .pointer_mut("/rest/0/resource")
+        .and_then(Value::as_array_mut);
+    for r in resources.into_iter().flatten() {
+        let Some(t) = r.get("type").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        if t == "AuditEvent" {
+            continue; // not in the search index yet
+        }
+        if let Some(i) = r.get_mut("interaction").and_then(Value::as_array_mut) {
+            i.push(json!({"code": "search-type"}));
+        }
+        let params = search.supported_params(&t);
+        let mut includes: Vec<String> = params
+            .iter()
+            .filter(|p| p.param_type == ParamType::Reference)
+            .map(|p| format!("{t}:{}", p.code))
+            .collect();
+        includes.insert(0, "*".into());
+        let revincludes: Vec<String> = reverse
+            .iter()
+            .filter(|(_, _, targets)| targets.is_empty() || targets.contains(&t))
+            .map(|(source, code, _)| format!("{source}:{code}"))
+            .collect();
+        r["searchParam"] = Value::Array(
+            params
+                .iter()
+                .map(|p| json!({"name": p.code, "definition": p.url, "type": p.param_type.code()}))
+                .collect(),
+        );
+        r["searchInclude"] = json!(includes);
+        r["searchRevInclude"] = json!(revincludes);
+    }
+    cs
+}
+
 pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Capabilities);
-    let result = ex
-        .precondition()
-        .map(|_| Reply::new(StatusCode::OK, Body::Resource(state.capability.clone())));
+    let result = ex.precondition().map(|_| {
+        let cs = with_search(state.capability.clone(), &state.search);
+        Reply::new(StatusCode::OK, Body::Resource(cs))
+    });
     ex.finish(&state, result).await
 }

@@ -411,3 +411,38 @@ impl SearchEngine {
         issues
     }
 }
+
+impl SearchEngine {
+    /// The parameters of a type that searches answer (for the CapabilityStatement):
+    /// every searchable one but the special parameters and the composites whose
+    /// shape the index cannot hold.
+    pub fn supported_params(&self, resource_type: &str) -> Vec<Arc<Param>> {
+        self.registry
+            .for_type(resource_type)
+            .all()
+            .filter(|p| match p.param_type {
+                ParamType::Special => false,
+                ParamType::Composite => p
+                    .components
+                    .split_last()
+                    .is_some_and(|(_, init)| init.iter().all(|c| extract::is_keyed(c.param_type))),
+                _ => true,
+            })
+            .filter(|p| p.is_builtin() || p.expression.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Every reference parameter of every type: (source type, code, targets).
+    pub fn reference_params(&self) -> Vec<(String, String, Vec<String>)> {
+        let mut out = Vec::new();
+        for t in self.model().resource_types() {
+            for p in self.registry.for_type(t).all() {
+                if p.param_type == ParamType::Reference && p.expression.is_some() {
+                    out.push((t.clone(), p.code.clone(), p.targets.clone()));
+                }
+            }
+        }
+        out
+    }
+}
