@@ -449,7 +449,10 @@ async fn metadata_states_what_is_implemented(backend: Backend) {
         .map(|i| i["code"].as_str().unwrap())
         .collect();
     assert!(!codes.contains(&"update") && !codes.contains(&"delete") && !codes.contains(&"create"));
-    assert!(!codes.contains(&"search-type"), "AuditEvents are not searchable yet");
+    assert!(
+        !codes.contains(&"search-type"),
+        "AuditEvents are not searchable yet"
+    );
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let params: Vec<(&str, &str)> = patient["searchParam"]
         .as_array()
@@ -457,16 +460,33 @@ async fn metadata_states_what_is_implemented(backend: Backend) {
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p["type"].as_str().unwrap()))
         .collect();
-    for want in [("family", "string"), ("birthdate", "date"), ("_id", "token"), ("general-practitioner", "reference")] {
+    for want in [
+        ("family", "string"),
+        ("birthdate", "date"),
+        ("_id", "token"),
+        ("general-practitioner", "reference"),
+    ] {
         assert!(params.contains(&want), "{want:?} in {params:?}");
     }
     let location = resources.iter().find(|r| r["type"] == "Location").unwrap();
     assert!(
-        !location["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "near"),
+        !location["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "near"),
         "near is not implemented and not claimed"
     );
-    assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|v| v == "Observation:subject"));
-    assert!(cs["rest"][0]["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "search-system"));
+    assert!(patient["searchRevInclude"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "Observation:subject"));
+    assert!(cs["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["code"] == "search-system"));
     app.assert_every_request_audited().await;
     app.stop().await;
 }

@@ -46,10 +46,11 @@ async fn start(state: &AppState, ex: &mut Exchange, target: String) -> Result<Re
         .call(move |s| s.reindex_enqueue(&target))
         .await?;
     let url = format!("{}/$reindex/{}", state.base_url, job.job_id);
-    Ok(
-        Reply::new(StatusCode::ACCEPTED, Body::Resource(parameters(state, &job)))
-            .header(header::CONTENT_LOCATION, url),
+    Ok(Reply::new(
+        StatusCode::ACCEPTED,
+        Body::Resource(parameters(state, &job)),
     )
+    .header(header::CONTENT_LOCATION, url))
 }
 
 pub async fn all(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

@@ -354,7 +354,8 @@ impl SearchEngine {
         use crate::fhir::Issue;
         let mut issues = Vec::new();
         let code = sp.get("code").and_then(Value::as_str).unwrap_or("");
-        if code.is_empty() || code.contains([':', '.', '=', '&', ',', '$']) || code.starts_with('_') {
+        if code.is_empty() || code.contains([':', '.', '=', '&', ',', '$']) || code.starts_with('_')
+        {
             issues.push(
                 Issue::error(
                     "invariant",
@@ -368,7 +369,10 @@ impl SearchEngine {
             .and_then(Value::as_str)
             .and_then(ParamType::parse);
         if ptype.is_none() {
-            issues.push(Issue::error("value", "the type is not a search parameter type").at("SearchParameter.type"));
+            issues.push(
+                Issue::error("value", "the type is not a search parameter type")
+                    .at("SearchParameter.type"),
+            );
         }
         for (i, b) in sp
             .get("base")
@@ -377,9 +381,9 @@ impl SearchEngine {
             .flatten()
             .enumerate()
         {
-            let ok = b
-                .as_str()
-                .is_some_and(|t| self.model().is_resource_type(t) || t == "Resource" || t == "DomainResource");
+            let ok = b.as_str().is_some_and(|t| {
+                self.model().is_resource_type(t) || t == "Resource" || t == "DomainResource"
+            });
             if !ok {
                 issues.push(
                     Issue::error("value", "not a resource type this server knows")
@@ -397,15 +401,24 @@ impl SearchEngine {
                 }
             }
             None if ptype != Some(ParamType::Special) => issues.push(
-                Issue::error("required", "fhirgate indexes SearchParameters by their expression, so one is needed")
-                    .at("SearchParameter.expression"),
+                Issue::error(
+                    "required",
+                    "fhirgate indexes SearchParameters by their expression, so one is needed",
+                )
+                .at("SearchParameter.expression"),
             ),
             None => {}
         }
         if ptype == Some(ParamType::Composite) {
-            let n = sp.get("component").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = sp
+                .get("component")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             if n < 2 {
-                issues.push(Issue::error("required", "a composite needs at least two components").at("SearchParameter.component"));
+                issues.push(
+                    Issue::error("required", "a composite needs at least two components")
+                        .at("SearchParameter.component"),
+                );
             }
         }
         issues

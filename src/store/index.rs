@@ -5,7 +5,9 @@
 
 use diesel::prelude::*;
 
+use super::pool::Backend;
 use super::schema::{search_blind, search_date, search_number, search_reference, search_uri};
+use super::sql::{Bind, Sql};
 use super::StoreError;
 use crate::crypto::Keyring;
 
@@ -77,47 +79,174 @@ pub fn blind_key(ring: &Keyring, value: &str) -> Result<i64, StoreError> {
     Ok(if h == 0 { 1 } else { h })
 }
 
-/// Removes the index rows of a resource.
-macro_rules! delete_index_rows {
-    ($c:ident, $rid:expr) => {{
-        use $crate::store::schema::{
-            search_blind, search_date, search_number, search_reference, search_uri,
-        };
-        let rid: i64 = $rid;
-        diesel::delete(search_blind::table.filter(search_blind::rid.eq(rid))).execute($c)?;
-        diesel::delete(search_date::table.filter(search_date::rid.eq(rid))).execute($c)?;
-        diesel::delete(search_number::table.filter(search_number::rid.eq(rid))).execute($c)?;
-        diesel::delete(search_reference::table.filter(search_reference::rid.eq(rid)))
-            .execute($c)?;
-        diesel::delete(search_uri::table.filter(search_uri::rid.eq(rid))).execute($c)?;
-    }};
+/// A connection inside a write transaction that maintains index rows. SQLite
+/// runs in process, so a statement per table costs little; on PostgreSQL every
+/// statement is a round trip, so each operation is one statement with array
+/// parameters (the same text whatever the row count: a cached prepared statement).
+pub(crate) trait IndexConn {
+    /// Removes every index row of a resource.
+    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError>;
+    /// Inserts the rows of a resource (deduplicated first: [`IndexRows::dedup`]).
+    fn insert_index(
+        &mut self,
+        ring: &Keyring,
+        rid: i64,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError>;
 }
-pub(crate) use delete_index_rows;
 
-/// Inserts the index rows of a resource (after [`IndexRows::dedup`]).
-macro_rules! insert_index_rows {
-    ($c:ident, $ring:expr, $rid:expr, $rows:expr) => {{
-        $crate::store::index::insert_rows($ring, $rid, $rows, |batch| {
-            use $crate::store::index::Batch;
-            match batch {
-                Batch::Blind(v) => diesel::insert_into(search_blind::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Date(v) => diesel::insert_into(search_date::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Number(v) => diesel::insert_into(search_number::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Reference(v) => diesel::insert_into(search_reference::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Uri(v) => diesel::insert_into(search_uri::table).values(v).execute($c),
-            }
-        })?;
-    }};
+impl IndexConn for diesel::SqliteConnection {
+    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
+        let c = self;
+        diesel::delete(search_blind::table.filter(search_blind::rid.eq(rid))).execute(c)?;
+        diesel::delete(search_date::table.filter(search_date::rid.eq(rid))).execute(c)?;
+        diesel::delete(search_number::table.filter(search_number::rid.eq(rid))).execute(c)?;
+        diesel::delete(search_reference::table.filter(search_reference::rid.eq(rid))).execute(c)?;
+        diesel::delete(search_uri::table.filter(search_uri::rid.eq(rid))).execute(c)?;
+        Ok(())
+    }
+
+    fn insert_index(
+        &mut self,
+        ring: &Keyring,
+        rid: i64,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError> {
+        let c = self;
+        insert_rows(ring, rid, rows, |batch| match batch {
+            Batch::Blind(v) => diesel::insert_into(search_blind::table)
+                .values(v)
+                .execute(c),
+            Batch::Date(v) => diesel::insert_into(search_date::table).values(v).execute(c),
+            Batch::Number(v) => diesel::insert_into(search_number::table)
+                .values(v)
+                .execute(c),
+            Batch::Reference(v) => diesel::insert_into(search_reference::table)
+                .values(v)
+                .execute(c),
+            Batch::Uri(v) => diesel::insert_into(search_uri::table).values(v).execute(c),
+        })
+    }
 }
-pub(crate) use insert_index_rows;
+
+impl IndexConn for diesel::PgConnection {
+    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
+        let mut sql = Sql::new(Backend::Postgres);
+        sql.push("WITH b AS (DELETE FROM search_blind WHERE rid = ")
+            .i64(rid);
+        sql.push("), d AS (DELETE FROM search_date WHERE rid = ")
+            .i64(rid);
+        sql.push("), n AS (DELETE FROM search_number WHERE rid = ")
+            .i64(rid);
+        sql.push("), r AS (DELETE FROM search_reference WHERE rid = ")
+            .i64(rid);
+        sql.push(") DELETE FROM search_uri WHERE rid = ").i64(rid);
+        sql.finish().execute(self)?;
+        Ok(())
+    }
+
+    fn insert_index(
+        &mut self,
+        ring: &Keyring,
+        rid: i64,
+        rows: &IndexRows,
+    ) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
+        let (mut bp, mut bh) = (Vec::new(), Vec::new());
+        for (pid, value) in &rows.blind {
+            let h = blind_key(ring, value)?;
+            if seen.insert((*pid, h)) {
+                bp.push(*pid);
+                bh.push(h);
+            }
+        }
+        let (dp, dlo, dhi): (Vec<i64>, Vec<i64>, Vec<i64>) = unzip3(rows.dates.iter().copied());
+        let mut np = Vec::new();
+        let mut nk = Vec::new();
+        let mut nlo = Vec::new();
+        let mut nhi = Vec::new();
+        for (pid, key, lo, hi) in &rows.numbers {
+            np.push(*pid);
+            nk.push(match key {
+                Some(k) => blind_key(ring, k)?,
+                None => 0,
+            });
+            nlo.push(*lo);
+            nhi.push(*hi);
+        }
+        let rp: Vec<i64> = rows.references.iter().map(|(p, _)| *p).collect();
+        let rt: Vec<String> = rows
+            .references
+            .iter()
+            .map(|(_, r)| r.target_type.clone())
+            .collect();
+        let ri: Vec<String> = rows
+            .references
+            .iter()
+            .map(|(_, r)| r.target_id.clone())
+            .collect();
+        let ru: Vec<String> = rows.references.iter().map(|(_, r)| r.url.clone()).collect();
+        let up: Vec<i64> = rows.uris.iter().map(|(p, _)| *p).collect();
+        let uu: Vec<String> = rows.uris.iter().map(|(_, u)| u.clone()).collect();
+        let mut sql = Sql::new(Backend::Postgres);
+        sql.push("WITH b AS (INSERT INTO search_blind (rid, pid, h) SELECT ")
+            .i64(rid);
+        sql.push(", p, h FROM unnest(")
+            .bind(Bind::I64s(bp))
+            .push(", ")
+            .bind(Bind::I64s(bh));
+        sql.push(") AS t(p, h)), d AS (INSERT INTO search_date (rid, pid, lo, hi) SELECT ")
+            .i64(rid);
+        sql.push(", p, lo, hi FROM unnest(")
+            .bind(Bind::I64s(dp))
+            .push(", ")
+            .bind(Bind::I64s(dlo));
+        sql.push(", ").bind(Bind::I64s(dhi));
+        sql.push(
+            ") AS t(p, lo, hi)), n AS (INSERT INTO search_number (rid, pid, k, lo, hi) SELECT ",
+        )
+        .i64(rid);
+        sql.push(", p, k, lo, hi FROM unnest(")
+            .bind(Bind::I64s(np))
+            .push(", ")
+            .bind(Bind::I64s(nk));
+        sql.push(", ")
+            .bind(Bind::F64s(nlo))
+            .push(", ")
+            .bind(Bind::F64s(nhi));
+        sql.push(
+            ") AS t(p, k, lo, hi)), r AS (INSERT INTO search_reference (rid, pid, target_type, target_id, url) SELECT ",
+        )
+        .i64(rid);
+        sql.push(", p, tt, ti, u FROM unnest(")
+            .bind(Bind::I64s(rp))
+            .push(", ")
+            .bind(Bind::Texts(rt));
+        sql.push(", ")
+            .bind(Bind::Texts(ri))
+            .push(", ")
+            .bind(Bind::Texts(ru));
+        sql.push(") AS t(p, tt, ti, u)) INSERT INTO search_uri (rid, pid, uri) SELECT ")
+            .i64(rid);
+        sql.push(", p, u FROM unnest(")
+            .bind(Bind::I64s(up))
+            .push(", ")
+            .bind(Bind::Texts(uu));
+        sql.push(") AS t(p, u)");
+        sql.finish().execute(self)?;
+        Ok(())
+    }
+}
+
+fn unzip3(it: impl Iterator<Item = (i64, i64, i64)>) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for (x, y, z) in it {
+        a.push(x);
+        b.push(y);
+        c.push(z);
+    }
+    (a, b, c)
+}
 
 type BlindRow = (
     diesel::dsl::Eq<search_blind::rid, i64>,

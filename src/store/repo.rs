@@ -3,12 +3,11 @@
 
 use diesel::prelude::*;
 
-use super::index::{delete_index_rows, insert_index_rows, IndexRows};
+use super::index::{IndexConn, IndexRows};
 use super::pool::{with_conn, write_txn, DbConn, DbPool};
 use super::query::{self, Query};
 use super::schema::{
     audit_log, data_keys, key_check, resource_versions as rv, resources_current as rc,
-    search_blind, search_date, search_number, search_reference, search_uri,
 };
 use super::StoreError;
 use crate::access::AccessContext;
@@ -537,13 +536,13 @@ macro_rules! write_body {
                 }
                 // A deleted version has no index rows left to remove.
                 if !was_deleted {
-                    delete_index_rows!($c, rid);
+                    $c.delete_index(rid)?;
                 }
                 rid
             }
         };
         if !deleted && !req.index.is_empty() {
-            insert_index_rows!($c, $ring, rid, req.index);
+            $c.insert_index($ring, rid, req.index)?;
         }
         if req.resource_type == "SearchParameter" {
             $crate::store::jobs::register_search_param!($c, req.id, version, deleted);
@@ -587,7 +586,7 @@ macro_rules! insert_audit_rows {
 }
 /// A connection inside a write transaction: one version written with its index
 /// rows and AuditEvent (a transaction Bundle writes several in one transaction).
-pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock {
+pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock + IndexConn {
     fn write_version(
         &mut self,
         ring: &Keyring,

@@ -29,6 +29,7 @@ pub(crate) enum Bind {
     F64(f64),
     Text(String),
     I64s(Vec<i64>),
+    F64s(Vec<f64>),
     Texts(Vec<String>),
 }
 
@@ -236,7 +237,7 @@ impl QueryFragment<Sqlite> for Sql {
                 Part::Bind(Bind::F64(v)) => out.push_bind_param::<Double, _>(v)?,
                 Part::Bind(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
                 // Converted to JSON text by `bind` for SQLite.
-                Part::Bind(Bind::I64s(_) | Bind::Texts(_)) => {
+                Part::Bind(Bind::I64s(_) | Bind::F64s(_) | Bind::Texts(_)) => {
                     return Err(diesel::result::Error::QueryBuilderError(
                         "array parameter on SQLite".into(),
                     ))
@@ -259,6 +260,7 @@ impl QueryFragment<Pg> for Sql {
                 Part::Bind(Bind::F64(v)) => out.push_bind_param::<Double, _>(v)?,
                 Part::Bind(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
                 Part::Bind(Bind::I64s(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
+                Part::Bind(Bind::F64s(v)) => out.push_bind_param::<Array<Double>, _>(v)?,
                 Part::Bind(Bind::Texts(v)) => out.push_bind_param::<Array<Text>, _>(v)?,
             }
         }
