@@ -23,7 +23,7 @@ pub enum StringTest {
     Prefix(String),
     /// The folded value contains this.
     Contains(String),
-    /// The folded display/text (or one of its words) starts with this.
+    /// The folded display or text starts with this.
     TextPrefix(String),
 }
 

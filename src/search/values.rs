@@ -110,25 +110,14 @@ pub fn trigrams(folded: &str) -> Vec<String> {
     out
 }
 
-/// Blind forms for `:text` of a display or text: prefixes of the folded text and
-/// of each word in it (so `:text=pressure` finds "Blood pressure").
+/// Blind forms for `:text` of a display or text: prefixes of the folded text (R4
+/// 3.1.1.4.x: `:text` searches the text as a string search does, starts-with).
 pub fn text_forms(raw: &str, out: &mut Vec<String>) {
     let folded = fold(raw);
-    let mut starts: Vec<usize> = vec![0];
-    for (i, c) in folded.char_indices() {
-        if !c.is_alphanumeric() {
-            starts.push(i + c.len_utf8());
-        }
-    }
-    for s in starts {
-        if s >= folded.len() {
-            continue;
-        }
-        let mut prefix = String::new();
-        for c in folded[s..].chars().take(PREFIX_CAP) {
-            prefix.push(c);
-            out.push(format!("{}{prefix}", tag::TEXT));
-        }
+    let mut prefix = String::new();
+    for c in folded.chars().take(PREFIX_CAP) {
+        prefix.push(c);
+        out.push(format!("{}{prefix}", tag::TEXT));
     }
 }
 

@@ -93,12 +93,7 @@ fn passes(test: &StringTest, folded: &str) -> bool {
     match test {
         StringTest::Prefix(p) => folded.starts_with(p.as_str()),
         StringTest::Contains(c) => folded.contains(c.as_str()),
-        StringTest::TextPrefix(p) => {
-            folded.starts_with(p.as_str())
-                || folded
-                    .match_indices(|c: char| !c.is_alphanumeric())
-                    .any(|(i, sep)| folded[i + sep.len()..].starts_with(p.as_str()))
-        }
+        StringTest::TextPrefix(p) => folded.starts_with(p.as_str()),
     }
 }
 

@@ -100,6 +100,21 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// Prepared statements on PostgreSQL use one generic plan: the search statements
+/// are few shapes executed very often, and PostgreSQL's default keeps planning
+/// them per execution (measured: 1.2 ms of planning against 0.15 ms of execution
+/// for an identifier search; docs/benchmarks.md). The generic plans were checked
+/// with EXPLAIN for the common searches (tests/search_plans.rs).
+#[derive(Debug)]
+struct PgSession;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("SET plan_cache_mode = force_generic_plan")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
 impl DbPool {
     pub fn connect(
         url: &str,
@@ -136,6 +151,7 @@ impl DbPool {
                 .min_idle(Some(1))
                 .connection_timeout(timeout)
                 .test_on_check_out(false)
+                .connection_customizer(Box::new(PgSession))
                 .build_unchecked(ConnectionManager::<PgConnection>::new(url));
             Ok((DbPool::Pg(pool), Backend::Postgres))
         } else {

@@ -637,14 +637,22 @@ impl<'a> Renderer<'a> {
     }
 
     /// `WHERE` of the searched resources `rc`: types, not deleted, every filter.
+    /// A filter on index rows already implies both (index rows exist only for live
+    /// current versions, and a `pid` names one type), and leaving the redundant
+    /// conditions out lets the planner start from the index.
     fn scope(&mut self, q: &Query) -> Result<(), StoreError> {
         self.sql.push(" WHERE ");
-        if let Some(types) = &q.types {
-            self.sql.in_texts("rc.resource_type", types);
-            self.sql.push(" AND ");
+        let pinned = q.filters.iter().any(pins_type);
+        if !pinned {
+            if let Some(types) = &q.types {
+                self.sql.in_texts("rc.resource_type", types);
+                self.sql.push(" AND ");
+            }
+            let f = self.sql.false_literal();
+            self.sql.push(&format!("rc.deleted = {f}"));
+        } else {
+            self.sql.push("1 = 1");
         }
-        let f = self.sql.false_literal();
-        self.sql.push(&format!("rc.deleted = {f}"));
         for filter in &q.filters {
             self.sql.push(" AND ");
             self.filter(filter, "rc")?;
@@ -838,6 +846,27 @@ impl<'a> Renderer<'a> {
             .push(" ORDER BY rc.rid LIMIT ")
             .i64(q.limit.min(1_000_000) as i64);
         Ok(())
+    }
+}
+
+/// True when every resource a filter admits is a live current version of a type
+/// named by its parameter keys (the filter reads index rows of those pids).
+fn pins_type(f: &Filter) -> bool {
+    match f {
+        Filter::Blind { .. }
+        | Filter::Date { .. }
+        | Filter::Number { .. }
+        | Filter::Uri { .. }
+        | Filter::Present { .. } => true,
+        Filter::Reference { targets, .. } => !targets.is_empty(),
+        Filter::All(fs) => fs.iter().any(pins_type),
+        Filter::Any(fs) => !fs.is_empty() && fs.iter().all(pins_type),
+        Filter::Nothing => true,
+        Filter::Ids(_)
+        | Filter::LastUpdated(_)
+        | Filter::ReferencedBy { .. }
+        | Filter::TargetOf { .. }
+        | Filter::Not(_) => false,
     }
 }
 
