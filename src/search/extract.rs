@@ -305,7 +305,11 @@ impl Extractor<'_> {
     pub fn keyed_forms(&self, ptype: ParamType, ty: &str, json: &Value) -> Vec<String> {
         let mut out = Vec::new();
         match ptype {
-            ParamType::Token => token_forms(ty, json, &mut out, false),
+            ParamType::Token => {
+                // `system|` alone is not a form composite values are searched by.
+                token_forms(ty, json, &mut out, false);
+                out.retain(|f| !f.starts_with(tag::SYSTEM));
+            }
             ParamType::String => {
                 for s in string_parts(ty, json) {
                     out.push(format!("v:{}", values::fold(s)));

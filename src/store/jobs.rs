@@ -92,6 +92,14 @@ pub fn job(pool: &DbPool, id: &str) -> Result<Option<ReindexJob>, StoreError> {
 pub fn claim(pool: &DbPool, owner: &str, lease_ms: i64) -> Result<Option<ReindexJob>, StoreError> {
     let mut conn = pool.get()?;
     let now = now_micros();
+    // Idle nodes poll: look first, take the write lock only when there is work.
+    let open: i64 = with_conn!(conn, |c| rj::table
+        .filter(rj::status.eq_any(["queued", "running"]))
+        .count()
+        .get_result(c))?;
+    if open == 0 {
+        return Ok(None);
+    }
     let claimed: Option<String> = write_txn!(conn, |c| {
         let candidates: Vec<ReindexJob> = rj::table
             .filter(rj::status.eq_any(["queued", "running"]))
