@@ -51,7 +51,11 @@ async fn strict_ok(app: &TestApp, query: &str) -> Result<Value, String> {
     if r.status == StatusCode::OK {
         Ok(r.json())
     } else {
-        Err(format!("{query}: {} {}", r.status, String::from_utf8_lossy(&r.body)))
+        Err(format!(
+            "{query}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ))
     }
 }
 
@@ -76,7 +80,11 @@ async fn every_us_core_parameter_and_combination_is_answered(backend: Backend) {
             }
         }
         for combo in r["extension"].as_array().into_iter().flatten() {
-            if !combo["url"].as_str().unwrap_or("").ends_with("search-parameter-combination") {
+            if !combo["url"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("search-parameter-combination")
+            {
                 continue;
             }
             let names: Vec<&str> = combo["extension"]
@@ -96,8 +104,16 @@ async fn every_us_core_parameter_and_combination_is_answered(backend: Backend) {
             }
         }
     }
-    assert!(checked > 150, "the CapabilityStatement was read ({checked} searches)");
-    assert!(failures.is_empty(), "{} of {checked} fail:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        checked > 150,
+        "the CapabilityStatement was read ({checked} searches)"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     app.stop().await;
 }
 
@@ -141,8 +157,16 @@ async fn shall_combinations_find_their_resources(backend: Backend) {
                "authoredOn": "2023-01-02"}),
     ];
     for r in &data {
-        let path = format!("/{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
-        assert_eq!(app.put_json(&path, r).await.status, StatusCode::CREATED, "{path}");
+        let path = format!(
+            "/{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            app.put_json(&path, r).await.status,
+            StatusCode::CREATED,
+            "{path}"
+        );
     }
     for (query, want) in [
         ("/Observation?patient=p1&category=laboratory", vec!["lab1"]),

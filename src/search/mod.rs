@@ -227,6 +227,24 @@ impl SearchEngine {
     }
 }
 
+impl SearchEngine {
+    /// The SQL of a search's first page and the database's plan for it (the plan
+    /// tests; operators looking at a slow search).
+    pub fn explain(
+        &self,
+        store: &crate::store::Store,
+        ctx: &crate::access::AccessContext,
+        req: &SearchRequest,
+    ) -> Result<String, SearchError> {
+        run::Runner {
+            engine: self,
+            store,
+            ctx,
+        }
+        .explain(req)
+    }
+}
+
 fn is_control(name: &str) -> bool {
     matches!(
         name,

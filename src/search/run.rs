@@ -230,14 +230,14 @@ impl Runner<'_> {
         Ok(result)
     }
 
-    fn page_in_database(
+    /// The query of a page sorted by the database.
+    fn page_query(
         &self,
         req: &SearchRequest,
         sorts: &[PlannedSort],
         cursor: Option<&Cursor>,
         count: usize,
-        _result: &mut SearchResult,
-    ) -> Result<(Vec<Hit>, bool), SearchError> {
+    ) -> Query {
         let mut q = self.query(req);
         q.sort = sorts
             .iter()
@@ -251,6 +251,25 @@ impl Runner<'_> {
             q.after = Some(c.position.clone());
             q.backwards = c.backwards;
         }
+        q
+    }
+
+    /// The SQL of the first page of a search and the database's plan for it.
+    pub fn explain(&self, req: &SearchRequest) -> Result<String, SearchError> {
+        let sorts = self.sorts(req);
+        let q = self.page_query(req, &sorts, None, req.controls.count.max(1));
+        Ok(self.store.explain(&q)?)
+    }
+
+    fn page_in_database(
+        &self,
+        req: &SearchRequest,
+        sorts: &[PlannedSort],
+        cursor: Option<&Cursor>,
+        count: usize,
+        _result: &mut SearchResult,
+    ) -> Result<(Vec<Hit>, bool), SearchError> {
+        let q = self.page_query(req, sorts, cursor, count);
         let mut hits = self.store.search_page(self.ctx, &q)?;
         let more = hits.len() > count;
         if more {
