@@ -127,7 +127,7 @@ async fn common_searches_have_their_golden_sql_and_use_indexes(backend: Backend)
         .map(|(q, sql, _)| format!("-- {q}\n{sql};\n\n"))
         .collect();
     let path = golden_path(backend);
-    if std::env::var_os("FHIRGATE_REGENERATE_GOLDEN").is_some() {
+    if support::regenerate_golden() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &rendered).unwrap();
     }

@@ -181,3 +181,8 @@ pub fn r4_examples() -> &'static [(String, Value)] {
         out
     })
 }
+
+/// True when golden files are to be rewritten (`FHIRGATE_REGENERATE_GOLDEN=1`).
+pub fn regenerate_golden() -> bool {
+    std::env::var_os("FHIRGATE_REGENERATE_GOLDEN").is_some()
+}
