@@ -198,6 +198,16 @@ async fn every_example_round_trips_and_the_dump_reveals_no_patient(backend: Back
             assert_absent(&dump, "pg_dump of the PostgreSQL database");
         }
     }
+    // The names are in no dump, yet a name prefix search finds the patient.
+    let found = app.get("/Patient?family=chalm&given=pet").await;
+    assert_eq!(found.status, awc::http::StatusCode::OK);
+    let ids: Vec<String> = found.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.contains(&"example".to_string()), "{ids:?}");
     app.assert_every_request_audited().await;
     app.stop().await;
 }
