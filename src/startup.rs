@@ -20,6 +20,8 @@ use crate::fhir::Model;
 use crate::http::{self, AppState};
 use crate::packages::{PackageCache, PackageError, PackageRef, PackageSet};
 use crate::store::{Store, StoreError};
+use crate::terminology::Terminology;
+use crate::validation::{ValidationError, Validator, ValidatorOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -43,6 +45,12 @@ pub enum StartupError {
     Tls(String),
     #[error("no packages configured (packages.load is empty); the core package hl7.fhir.r4.core#4.0.1 is needed")]
     NoPackages,
+    #[error("validation.required_profiles for {resource_type}: {source}")]
+    RequiredProfile {
+        resource_type: String,
+        #[source]
+        source: ValidationError,
+    },
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -62,6 +70,30 @@ pub fn load_model(settings: &Settings) -> Result<Arc<Model>, StartupError> {
     }
     let set = PackageSet::load(&cache, &refs)?;
     Ok(Arc::new(Model::new(Arc::new(set))))
+}
+
+/// The validator over the model's packages; every required profile must compile (a
+/// misspelt canonical stops the start instead of letting every write fail).
+pub fn build_validator(settings: &Settings, model: &Arc<Model>) -> Result<Arc<Validator>, StartupError> {
+    let terminology = Arc::new(Terminology::new(model.packages().clone()));
+    let options = ValidatorOptions {
+        unknown_profile: match settings.validation.unknown_profile {
+            crate::config::UnknownProfile::Warning => crate::fhir::Severity::Warning,
+            crate::config::UnknownProfile::Error => crate::fhir::Severity::Error,
+        },
+    };
+    let validator = Validator::new(model.clone(), terminology, options);
+    for (resource_type, profiles) in &settings.validation.required_profiles {
+        for p in profiles {
+            validator
+                .plan(p)
+                .map_err(|source| StartupError::RequiredProfile {
+                    resource_type: resource_type.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(Arc::new(validator))
 }
 
 /// Connects to the database, optionally migrates, and opens the data keys.
@@ -121,6 +153,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         tracing::warn!("auth.enabled = false: every request is served without authorization (development mode, loopback only)");
     }
     let model = load_model(settings)?;
+    let validator = build_validator(settings, &model)?;
     let store = open_store(settings, migrate)?;
     let base_url = settings.base_url();
     let audit = AuditWriter::start(
@@ -129,12 +162,13 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings.audit.observer.clone(),
         settings.audit.max_batch,
     );
-    let capability = http::capability::build(&model, &base_url, settings.auth.enabled);
+    let capability = http::capability::build(&model, &base_url, settings);
     Ok(AppState {
         settings: settings.clone(),
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
         tokens: Arc::new(crate::search::TokenIndex::new(model.clone())),
+        validator,
         model,
         store,
         audit,

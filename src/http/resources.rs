@@ -10,6 +10,7 @@ use super::exchange::{read_body, Body, Exchange, Reply};
 use super::negotiate::{self, parse_etag};
 use super::AppState;
 use crate::audit::Interaction;
+use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{self, instant, Id, Issue, VersionId};
 use crate::store::{Condition, StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
@@ -26,6 +27,7 @@ pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A logical id from the URL.
 pub fn resource_id(id: &str) -> Result<Id, ApiError> {
     Id::parse(id).map_err(|m| ApiError::bad_request("value", m))
 }
@@ -195,7 +197,12 @@ fn parse_body(
     rt: &str,
 ) -> Result<Value, ApiError> {
     let format = negotiate::request_format(req)?;
-    let value = fhir::parse_resource(&state.model, bytes, format).map_err(ApiError::BadRequest)?;
+    let value = if state.settings.validation.mode == ValidationMode::Off {
+        fhir::read_wire(&state.model, bytes, format)
+    } else {
+        fhir::parse_resource(&state.model, bytes, format)
+    }
+    .map_err(ApiError::BadRequest)?;
     let body_type = value
         .get("resourceType")
         .and_then(|t| t.as_str())
@@ -309,6 +316,7 @@ pub async fn create(
         };
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
+        super::validate::check_write(&state, &rt, &resource)?;
         let id = Id::generate();
         ex.audit.id = Some(id.to_string());
         ex.audit.patients = state
@@ -385,6 +393,7 @@ pub async fn update(
                 .at(format!("{rt}.id"))]))
             }
         }
+        super::validate::check_write(&state, &rt, &resource)?;
         ex.audit.patients = state
             .compartment
             .patients_of(&rt, Some(id.as_str()), Some(&resource));
