@@ -77,6 +77,8 @@ pub struct Expansion {
     open: HashMap<String, String>,
     /// Codes excluded from open systems (exclude lists still apply to them).
     excluded: HashMap<String, HashSet<String>>,
+    /// An imported value set that is not available: any code not enumerated may belong.
+    missing_import: Option<String>,
 }
 
 impl Expansion {
@@ -89,9 +91,9 @@ impl Expansion {
         self.len() == 0 && self.open.is_empty()
     }
 
-    /// Whether every member is enumerated (no open system).
+    /// Whether every member is enumerated (no open system, no missing import).
     pub fn is_complete(&self) -> bool {
-        self.open.is_empty()
+        self.open.is_empty() && self.missing_import.is_none()
     }
 
     /// The enumerated (system, code) pairs.
@@ -103,6 +105,16 @@ impl Expansion {
 
     /// Membership of a code; `system` None means "any system" (a bare `code` element).
     pub fn contains(&self, system: Option<&str>, code: &str) -> Membership {
+        let answer = self.contains_enumerated(system, code);
+        match (&answer, &self.missing_import) {
+            (Membership::NotMember, Some(vs)) => {
+                Membership::Unknown(format!("the imported value set {vs} is not available"))
+            }
+            _ => answer,
+        }
+    }
+
+    fn contains_enumerated(&self, system: Option<&str>, code: &str) -> Membership {
         match system {
             Some(s) => {
                 if self.codes.get(s).is_some_and(|c| c.contains(code)) {
@@ -149,10 +161,16 @@ impl Expansion {
         for (s, r) in &other.open {
             self.open_system(s, r.clone());
         }
+        if self.missing_import.is_none() {
+            self.missing_import = other.missing_import.clone();
+        }
     }
 
     /// Keeps only the members that `other` also has (an include naming several sources).
     fn intersect(&mut self, other: &Expansion) {
+        if other.missing_import.is_some() {
+            return; // cannot narrow by what is not available
+        }
         for (s, cs) in self.codes.iter_mut() {
             if other.open.contains_key(s) {
                 continue; // cannot narrow by what cannot be listed
@@ -375,7 +393,14 @@ impl Terminology {
             None => Expansion::default(),
         };
         for (n, vs) in imported.iter().enumerate() {
-            let other = self.expand_depth(vs, depth + 1)?;
+            let other = match self.expand_depth(vs, depth + 1) {
+                Ok(o) => o,
+                Err(TerminologyError::UnknownValueSet(_)) => Arc::new(Expansion {
+                    missing_import: Some(vs.to_string()),
+                    ..Expansion::default()
+                }),
+                Err(e) => return Err(e),
+            };
             if n == 0 && system.is_none() {
                 part.merge(&other);
             } else {
