@@ -74,7 +74,10 @@ pub fn load_model(settings: &Settings) -> Result<Arc<Model>, StartupError> {
 
 /// The validator over the model's packages; every required profile must compile (a
 /// misspelt canonical stops the start instead of letting every write fail).
-pub fn build_validator(settings: &Settings, model: &Arc<Model>) -> Result<Arc<Validator>, StartupError> {
+pub fn build_validator(
+    settings: &Settings,
+    model: &Arc<Model>,
+) -> Result<Arc<Validator>, StartupError> {
     let terminology = Arc::new(Terminology::new(model.packages().clone()));
     let options = ValidatorOptions {
         unknown_profile: match settings.validation.unknown_profile {

@@ -15,7 +15,14 @@ fn errors(issues: &[Issue]) -> Vec<String> {
     issues
         .iter()
         .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
-        .map(|i| format!("{} @ {}: {}", i.code, i.expression.as_deref().unwrap_or("-"), i.diagnostics))
+        .map(|i| {
+            format!(
+                "{} @ {}: {}",
+                i.code,
+                i.expression.as_deref().unwrap_or("-"),
+                i.diagnostics
+            )
+        })
         .collect()
 }
 
@@ -48,14 +55,19 @@ fn exactly_the_four_known_invalid_r4_examples_have_errors() {
             _ => "white space",
         };
         if expected_invalid && !found.iter().any(|e| e.contains(why)) {
-            missed.push(format!("{name} (expected an error about {why}, found {found:?})"));
+            missed.push(format!(
+                "{name} (expected an error about {why}, found {found:?})"
+            ));
         }
         if !expected_invalid && !found.is_empty() {
             unexpected.push(format!("{name}:\n    {}", found.join("\n    ")));
         }
     }
     assert!(checked >= 717, "only {checked} R4 examples");
-    assert!(missed.is_empty(), "known-invalid examples without an error: {missed:?}");
+    assert!(
+        missed.is_empty(),
+        "known-invalid examples without an error: {missed:?}"
+    );
     assert!(
         unexpected.is_empty(),
         "{} valid examples with errors:\n{}",

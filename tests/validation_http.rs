@@ -11,7 +11,10 @@ use support::server::{spawn_with, Backend, Database};
 const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
 
 fn us_core_settings(s: &mut fhirgate::config::Settings) {
-    s.packages.load = vec!["hl7.fhir.r4.core#4.0.1".into(), "hl7.fhir.us.core#6.1.0".into()];
+    s.packages.load = vec![
+        "hl7.fhir.r4.core#4.0.1".into(),
+        "hl7.fhir.us.core#6.1.0".into(),
+    ];
     s.validation
         .required_profiles
         .insert("Patient".into(), vec![US_CORE_PATIENT.into()]);
@@ -27,7 +30,12 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
     let mut bad = conforming_patient();
     bad.as_object_mut().unwrap().remove("gender");
     let r = app.post_json("/Patient", &bad).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let oo = r.json();
     let issue = oo["issue"]
         .as_array()
@@ -35,8 +43,20 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
         .iter()
         .find(|i| i["severity"] == "error" && i["expression"][0] == "Patient")
         .unwrap_or_else(|| panic!("no error at Patient: {oo}"));
-    assert!(issue["diagnostics"].as_str().unwrap().contains("Patient.gender"), "{issue}");
-    assert_eq!(issue["extension"][0]["valueString"].as_str().map(|s| s.starts_with(US_CORE_PATIENT)), Some(true), "{issue}");
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Patient.gender"),
+        "{issue}"
+    );
+    assert_eq!(
+        issue["extension"][0]["valueString"]
+            .as_str()
+            .map(|s| s.starts_with(US_CORE_PATIENT)),
+        Some(true),
+        "{issue}"
+    );
     // an update-as-create is refused the same way
     let mut bad_put = bad.clone();
     bad_put["id"] = json!("p1");
@@ -44,9 +64,18 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let history = app.get("/Patient/_history").await;
     assert_eq!(history.status, StatusCode::OK);
-    assert!(history.json().get("entry").is_none(), "nothing was stored: {}", history.json());
+    assert!(
+        history.json().get("entry").is_none(),
+        "nothing was stored: {}",
+        history.json()
+    );
     let ok = app.post_json("/Patient", &conforming_patient()).await;
-    assert_eq!(ok.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(
+        ok.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&ok.body)
+    );
     app.assert_every_request_audited().await;
     app.stop().await;
 }
@@ -59,9 +88,13 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK);
     let oo = r.json();
     assert!(
-        oo["issue"].as_array().unwrap().iter().any(|i| i["severity"] == "error"
-            && i["code"] == "code-invalid"
-            && i["expression"][0] == "Patient.gender"),
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["severity"] == "error"
+                && i["code"] == "code-invalid"
+                && i["expression"][0] == "Patient.gender"),
         "{oo}"
     );
     // Parameters with a profile; the instance form checks the id for mode=update
@@ -72,13 +105,23 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK);
     let oo = r.json();
     assert!(
-        oo["issue"].as_array().unwrap().iter().any(|i| i["expression"][0] == "Patient.id"),
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["expression"][0] == "Patient.id"),
         "{oo}"
     );
-    let good = app.post_json("/Patient/$validate", &conforming_patient()).await;
+    let good = app
+        .post_json("/Patient/$validate", &conforming_patient())
+        .await;
     assert_eq!(good.status, StatusCode::OK);
     assert!(
-        !good.json()["issue"].as_array().unwrap().iter().any(|i| i["severity"] == "error"),
+        !good.json()["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["severity"] == "error"),
         "{}",
         good.json()
     );
@@ -88,11 +131,21 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
     assert_eq!(delete.json()["issue"][0]["severity"], "information");
     // malformed requests are 400 and 415, not 200
     let r = app
-        .send(Method::POST, "/Patient/$validate", &[("Content-Type", "application/fhir+json")], Some(b"{not json"))
+        .send(
+            Method::POST,
+            "/Patient/$validate",
+            &[("Content-Type", "application/fhir+json")],
+            Some(b"{not json"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = app
-        .send(Method::POST, "/Patient/$validate", &[("Content-Type", "text/plain")], Some(b"x"))
+        .send(
+            Method::POST,
+            "/Patient/$validate",
+            &[("Content-Type", "text/plain")],
+            Some(b"x"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // the CapabilityStatement declares the operation and the required profile
@@ -120,7 +173,10 @@ fn run_validate(args: &[&str]) -> (i32, Vec<Value>) {
         .arg("validate")
         .args(args)
         .env("FHIRGATE_PACKAGES__CACHE", support::package_cache())
-        .env("FHIRGATE_PACKAGES__REGISTRY", "http://127.0.0.1:9/no-registry")
+        .env(
+            "FHIRGATE_PACKAGES__REGISTRY",
+            "http://127.0.0.1:9/no-registry",
+        )
         .env("FHIRGATE_LOG__LEVEL", "warn")
         .output()
         .expect("run fhirgate validate");
@@ -141,14 +197,22 @@ fn the_validate_command_exits_1_exactly_when_a_file_has_an_error() {
     b["gender"] = json!("unknownish");
     std::fs::write(&bad, b.to_string()).unwrap();
     let xml = dir.path().join("good.xml");
-    std::fs::write(&xml, r#"<Patient xmlns="http://hl7.org/fhir"><gender value="female"/></Patient>"#).unwrap();
+    std::fs::write(
+        &xml,
+        r#"<Patient xmlns="http://hl7.org/fhir"><gender value="female"/></Patient>"#,
+    )
+    .unwrap();
     let (code, outcomes) = run_validate(&[good.to_str().unwrap(), xml.to_str().unwrap()]);
     assert_eq!(code, 0, "{outcomes:?}");
     assert_eq!(outcomes.len(), 2);
     let (code, outcomes) = run_validate(&[good.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(code, 1, "{outcomes:?}");
     assert_eq!(outcomes.len(), 2);
-    assert!(outcomes[1]["issue"].as_array().unwrap().iter().any(|i| i["expression"][0] == "Patient.gender"));
+    assert!(outcomes[1]["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["expression"][0] == "Patient.gender"));
     // the XML patient has no identifier or name: US Core refuses it
     let (code, outcomes) = run_validate(&[
         xml.to_str().unwrap(),
@@ -158,6 +222,12 @@ fn the_validate_command_exits_1_exactly_when_a_file_has_an_error() {
         US_CORE_PATIENT,
     ]);
     assert_eq!(code, 1, "{outcomes:?}");
-    let (code, _) = run_validate(&[good.to_str().unwrap(), "--package", "hl7.fhir.us.core#6.1.0", "--profile", US_CORE_PATIENT]);
+    let (code, _) = run_validate(&[
+        good.to_str().unwrap(),
+        "--package",
+        "hl7.fhir.us.core#6.1.0",
+        "--profile",
+        US_CORE_PATIENT,
+    ]);
     assert_eq!(code, 0);
 }

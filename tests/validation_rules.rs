@@ -62,24 +62,102 @@ fn test_package(dir: &Path) {
         "Patient",
         vec![
             el("Patient", 0, "*", &[], json!({})),
-            el("Patient.identifier", 0, "*", &["Identifier"], json!({"slicing": {
-                "discriminator": [{"type": "value", "path": "system"}], "rules": "closed"}})),
-            el("Patient.identifier:mrn", 1, "1", &["Identifier"], json!({"sliceName": "mrn"})),
-            el("Patient.identifier:mrn.system", 1, "1", &["uri"], json!({"fixedUri": "urn:mrn"})),
-            el("Patient.active", 0, "1", &["boolean"], json!({"fixedBoolean": true})),
-            el("Patient.name", 0, "*", &["HumanName"], json!({"slicing": {
-                "discriminator": [{"type": "pattern", "path": "use"}], "rules": "open"}})),
-            el("Patient.name:official", 1, "1", &["HumanName"], json!({"sliceName": "official"})),
-            el("Patient.name:official.use", 1, "1", &["code"], json!({"patternCode": "official"})),
-            el("Patient.deceased[x]", 0, "1", &["boolean", "dateTime"], json!({"slicing": {
-                "discriminator": [{"type": "type", "path": "$this"}], "rules": "open"}})),
-            el("Patient.deceased[x]:deceasedBoolean", 0, "0", &["boolean"], json!({"sliceName": "deceasedBoolean"})),
-            el("Patient.maritalStatus", 0, "1", &["CodeableConcept"], json!({"patternCodeableConcept": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}})),
-            el("Patient.contact", 0, "*", &["BackboneElement"], json!({"slicing": {
-                "discriminator": [{"type": "exists", "path": "name"}], "rules": "open"}})),
-            el("Patient.contact:named", 1, "*", &["BackboneElement"], json!({"sliceName": "named"})),
-            el("Patient.contact:named.name", 1, "1", &["HumanName"], json!({})),
+            el(
+                "Patient.identifier",
+                0,
+                "*",
+                &["Identifier"],
+                json!({"slicing": {
+                "discriminator": [{"type": "value", "path": "system"}], "rules": "closed"}}),
+            ),
+            el(
+                "Patient.identifier:mrn",
+                1,
+                "1",
+                &["Identifier"],
+                json!({"sliceName": "mrn"}),
+            ),
+            el(
+                "Patient.identifier:mrn.system",
+                1,
+                "1",
+                &["uri"],
+                json!({"fixedUri": "urn:mrn"}),
+            ),
+            el(
+                "Patient.active",
+                0,
+                "1",
+                &["boolean"],
+                json!({"fixedBoolean": true}),
+            ),
+            el(
+                "Patient.name",
+                0,
+                "*",
+                &["HumanName"],
+                json!({"slicing": {
+                "discriminator": [{"type": "pattern", "path": "use"}], "rules": "open"}}),
+            ),
+            el(
+                "Patient.name:official",
+                1,
+                "1",
+                &["HumanName"],
+                json!({"sliceName": "official"}),
+            ),
+            el(
+                "Patient.name:official.use",
+                1,
+                "1",
+                &["code"],
+                json!({"patternCode": "official"}),
+            ),
+            el(
+                "Patient.deceased[x]",
+                0,
+                "1",
+                &["boolean", "dateTime"],
+                json!({"slicing": {
+                "discriminator": [{"type": "type", "path": "$this"}], "rules": "open"}}),
+            ),
+            el(
+                "Patient.deceased[x]:deceasedBoolean",
+                0,
+                "0",
+                &["boolean"],
+                json!({"sliceName": "deceasedBoolean"}),
+            ),
+            el(
+                "Patient.maritalStatus",
+                0,
+                "1",
+                &["CodeableConcept"],
+                json!({"patternCodeableConcept": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}}),
+            ),
+            el(
+                "Patient.contact",
+                0,
+                "*",
+                &["BackboneElement"],
+                json!({"slicing": {
+                "discriminator": [{"type": "exists", "path": "name"}], "rules": "open"}}),
+            ),
+            el(
+                "Patient.contact:named",
+                1,
+                "*",
+                &["BackboneElement"],
+                json!({"sliceName": "named"}),
+            ),
+            el(
+                "Patient.contact:named.name",
+                1,
+                "1",
+                &["HumanName"],
+                json!({}),
+            ),
         ],
     );
     let observation = profile(
@@ -87,17 +165,43 @@ fn test_package(dir: &Path) {
         "Observation",
         vec![
             el("Observation", 0, "*", &[], json!({})),
-            el("Observation.component", 0, "*", &["BackboneElement"], json!({"slicing": {
-                "discriminator": [{"type": "profile", "path": "value"}], "rules": "closed"}})),
-            el("Observation.component:simple", 0, "*", &["BackboneElement"], json!({"sliceName": "simple"})),
-            el("Observation.component:simple.code", 1, "1", &["CodeableConcept"], json!({})),
+            el(
+                "Observation.component",
+                0,
+                "*",
+                &["BackboneElement"],
+                json!({"slicing": {
+                "discriminator": [{"type": "profile", "path": "value"}], "rules": "closed"}}),
+            ),
+            el(
+                "Observation.component:simple",
+                0,
+                "*",
+                &["BackboneElement"],
+                json!({"sliceName": "simple"}),
+            ),
+            el(
+                "Observation.component:simple.code",
+                1,
+                "1",
+                &["CodeableConcept"],
+                json!({}),
+            ),
             json!({"id": "Observation.component:simple.value[x]", "path": "Observation.component.value[x]",
                    "min": 1, "max": "1",
                    "type": [{"code": "Quantity", "profile": ["http://hl7.org/fhir/StructureDefinition/SimpleQuantity"]}]}),
         ],
     );
-    std::fs::write(pkg.join("StructureDefinition-test-patient.json"), patient.to_string()).unwrap();
-    std::fs::write(pkg.join("StructureDefinition-test-observation.json"), observation.to_string()).unwrap();
+    std::fs::write(
+        pkg.join("StructureDefinition-test-patient.json"),
+        patient.to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("StructureDefinition-test-observation.json"),
+        observation.to_string(),
+    )
+    .unwrap();
 }
 
 /// Core, US Core, BALP and the test package, in a temporary cache that links the shared
@@ -107,10 +211,14 @@ fn validator() -> &'static Validator {
     &V.get_or_init(|| {
         let shared = support::package_cache();
         let dir = tempfile::tempdir().unwrap();
-        let refs: Vec<PackageRef> = ["hl7.fhir.r4.core#4.0.1", "hl7.fhir.us.core#6.1.0", "ihe.iti.balp#1.1.4"]
-            .iter()
-            .map(|r| r.parse().unwrap())
-            .collect();
+        let refs: Vec<PackageRef> = [
+            "hl7.fhir.r4.core#4.0.1",
+            "hl7.fhir.us.core#6.1.0",
+            "ihe.iti.balp#1.1.4",
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
         for r in &refs {
             let name = r.to_string();
             std::os::unix::fs::symlink(shared.join(&name), dir.path().join(&name)).unwrap();
@@ -131,14 +239,27 @@ fn validator() -> &'static Validator {
 fn show(issues: &[Issue]) -> String {
     issues
         .iter()
-        .map(|i| format!("  {:?} {} @ {:?}: {}", i.severity, i.code, i.expression, i.diagnostics))
+        .map(|i| {
+            format!(
+                "  {:?} {} @ {:?}: {}",
+                i.severity, i.code, i.expression, i.diagnostics
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 /// (defect class, resource, profiles, expected expression, severity, issue code, words in
 /// the diagnostics)
-type Case = (&'static str, Value, Vec<&'static str>, &'static str, Severity, &'static str, &'static str);
+type Case = (
+    &'static str,
+    Value,
+    Vec<&'static str>,
+    &'static str,
+    Severity,
+    &'static str,
+    &'static str,
+);
 
 fn patient(extra: Value) -> Value {
     let mut p = json!({"resourceType": "Patient", "id": "p1",
@@ -152,54 +273,223 @@ fn patient(extra: Value) -> Value {
 }
 
 fn cases() -> Vec<Case> {
-    let us_core_patient = || json!({"resourceType": "Patient",
-        "identifier": [{"system": "urn:mrn", "value": "1"}], "name": [{"family": "Chalmers"}]});
+    let us_core_patient = || {
+        json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:mrn", "value": "1"}], "name": [{"family": "Chalmers"}]})
+    };
     vec![
-        ("cardinality (min)", us_core_patient(), vec![US_CORE_PATIENT], "Patient", Severity::Error, "required", "Patient.gender: at least 1 required"),
-        ("type not allowed by the profile", json!({"resourceType": "Observation", "status": "final",
+        (
+            "cardinality (min)",
+            us_core_patient(),
+            vec![US_CORE_PATIENT],
+            "Patient",
+            Severity::Error,
+            "required",
+            "Patient.gender: at least 1 required",
+        ),
+        (
+            "type not allowed by the profile",
+            json!({"resourceType": "Observation", "status": "final",
             "code": {"text": "weight"}, "valueString": "heavy"}),
-            vec!["http://hl7.org/fhir/StructureDefinition/bodyweight"], "Observation.valueString", Severity::Error, "structure", "type String is not allowed"),
-        ("primitive format", patient(json!({"birthDate": "1970-13-01"})), vec![], "Patient.birthDate", Severity::Error, "value", "not a valid date"),
-        ("base64 with white space", json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVs bG8="}),
-            vec![], "Binary.data", Severity::Error, "value", "white space"),
-        ("fixed", patient(json!({"active": false})), vec![TEST_PATIENT], "Patient.active", Severity::Error, "value", "must be exactly true"),
-        ("pattern", patient(json!({"maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "S"}]}})),
-            vec![TEST_PATIENT], "Patient.maritalStatus", Severity::Error, "value", "does not match the pattern"),
-        ("value discriminator, closed slicing", patient(json!({"identifier": [{"system": "urn:other", "value": "1"}]})),
-            vec![TEST_PATIENT], "Patient.identifier[0]", Severity::Error, "structure", "matches none of the slices"),
-        ("value discriminator, slice cardinality", patient(json!({"identifier": [{"system": "urn:other", "value": "1"}]})),
-            vec![TEST_PATIENT], "Patient", Severity::Error, "structure", "slice mrn of Patient.identifier: at least 1 required, found 0"),
-        ("pattern discriminator", patient(json!({"name": [{"use": "nickname", "given": ["Jim"]}]})),
-            vec![TEST_PATIENT], "Patient", Severity::Error, "structure", "slice official of Patient.name: at least 1 required, found 0"),
-        ("type discriminator", patient(json!({"deceasedBoolean": false})),
-            vec![TEST_PATIENT], "Patient", Severity::Error, "structure", "slice deceasedBoolean of Patient.deceased[x]: at most 0 allowed, found 1"),
-        ("exists discriminator", patient(json!({"contact": [{"telecom": [{"system": "phone", "value": "1"}]}]})),
-            vec![TEST_PATIENT], "Patient", Severity::Error, "structure", "slice named of Patient.contact: at least 1 required, found 0"),
-        ("profile discriminator, closed slicing", json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            vec!["http://hl7.org/fhir/StructureDefinition/bodyweight"],
+            "Observation.valueString",
+            Severity::Error,
+            "structure",
+            "type String is not allowed",
+        ),
+        (
+            "primitive format",
+            patient(json!({"birthDate": "1970-13-01"})),
+            vec![],
+            "Patient.birthDate",
+            Severity::Error,
+            "value",
+            "not a valid date",
+        ),
+        (
+            "base64 with white space",
+            json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVs bG8="}),
+            vec![],
+            "Binary.data",
+            Severity::Error,
+            "value",
+            "white space",
+        ),
+        (
+            "fixed",
+            patient(json!({"active": false})),
+            vec![TEST_PATIENT],
+            "Patient.active",
+            Severity::Error,
+            "value",
+            "must be exactly true",
+        ),
+        (
+            "pattern",
+            patient(
+                json!({"maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "S"}]}}),
+            ),
+            vec![TEST_PATIENT],
+            "Patient.maritalStatus",
+            Severity::Error,
+            "value",
+            "does not match the pattern",
+        ),
+        (
+            "value discriminator, closed slicing",
+            patient(json!({"identifier": [{"system": "urn:other", "value": "1"}]})),
+            vec![TEST_PATIENT],
+            "Patient.identifier[0]",
+            Severity::Error,
+            "structure",
+            "matches none of the slices",
+        ),
+        (
+            "value discriminator, slice cardinality",
+            patient(json!({"identifier": [{"system": "urn:other", "value": "1"}]})),
+            vec![TEST_PATIENT],
+            "Patient",
+            Severity::Error,
+            "structure",
+            "slice mrn of Patient.identifier: at least 1 required, found 0",
+        ),
+        (
+            "pattern discriminator",
+            patient(json!({"name": [{"use": "nickname", "given": ["Jim"]}]})),
+            vec![TEST_PATIENT],
+            "Patient",
+            Severity::Error,
+            "structure",
+            "slice official of Patient.name: at least 1 required, found 0",
+        ),
+        (
+            "type discriminator",
+            patient(json!({"deceasedBoolean": false})),
+            vec![TEST_PATIENT],
+            "Patient",
+            Severity::Error,
+            "structure",
+            "slice deceasedBoolean of Patient.deceased[x]: at most 0 allowed, found 1",
+        ),
+        (
+            "exists discriminator",
+            patient(json!({"contact": [{"telecom": [{"system": "phone", "value": "1"}]}]})),
+            vec![TEST_PATIENT],
+            "Patient",
+            Severity::Error,
+            "structure",
+            "slice named of Patient.contact: at least 1 required, found 0",
+        ),
+        (
+            "profile discriminator, closed slicing",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1, "comparator": "<"}}]}),
-            vec![TEST_OBSERVATION], "Observation.component[0]", Severity::Error, "structure", "matches none of the slices"),
-        ("required binding", patient(json!({"gender": "unknownish"})), vec![], "Patient.gender", Severity::Error, "code-invalid", "required binding"),
-        ("extensible binding", patient(json!({"maritalStatus": {"coding": [{"system": "urn:other", "code": "x"}]}})),
-            vec![], "Patient.maritalStatus", Severity::Warning, "code-invalid", "extensible binding"),
-        ("invariant", patient(json!({"contact": [{"gender": "male"}]})), vec![], "Patient.contact[0]", Severity::Error, "invariant", "pat-1"),
-        ("unknown modifier extension", patient(json!({"modifierExtension": [{"url": "http://partner.test/fhir/StructureDefinition/m", "valueBoolean": true}]})),
-            vec![], "Patient.modifierExtension[0]", Severity::Error, "extension", "modifier extension"),
-        ("unknown HL7-namespace extension", patient(json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/no-such-extension", "valueBoolean": true}]})),
-            vec![], "Patient.extension[0]", Severity::Error, "extension", "not defined"),
-        ("unknown other-namespace extension", patient(json!({"extension": [{"url": "http://partner.test/fhir/StructureDefinition/x", "valueBoolean": true}]})),
-            vec![], "Patient.extension[0]", Severity::Warning, "extension", "not defined"),
-        ("bad reference target type", patient(json!({
+            vec![TEST_OBSERVATION],
+            "Observation.component[0]",
+            Severity::Error,
+            "structure",
+            "matches none of the slices",
+        ),
+        (
+            "required binding",
+            patient(json!({"gender": "unknownish"})),
+            vec![],
+            "Patient.gender",
+            Severity::Error,
+            "code-invalid",
+            "required binding",
+        ),
+        (
+            "extensible binding",
+            patient(json!({"maritalStatus": {"coding": [{"system": "urn:other", "code": "x"}]}})),
+            vec![],
+            "Patient.maritalStatus",
+            Severity::Warning,
+            "code-invalid",
+            "extensible binding",
+        ),
+        (
+            "invariant",
+            patient(json!({"contact": [{"gender": "male"}]})),
+            vec![],
+            "Patient.contact[0]",
+            Severity::Error,
+            "invariant",
+            "pat-1",
+        ),
+        (
+            "unknown modifier extension",
+            patient(
+                json!({"modifierExtension": [{"url": "http://partner.test/fhir/StructureDefinition/m", "valueBoolean": true}]}),
+            ),
+            vec![],
+            "Patient.modifierExtension[0]",
+            Severity::Error,
+            "extension",
+            "modifier extension",
+        ),
+        (
+            "unknown HL7-namespace extension",
+            patient(
+                json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/no-such-extension", "valueBoolean": true}]}),
+            ),
+            vec![],
+            "Patient.extension[0]",
+            Severity::Error,
+            "extension",
+            "not defined",
+        ),
+        (
+            "unknown other-namespace extension",
+            patient(
+                json!({"extension": [{"url": "http://partner.test/fhir/StructureDefinition/x", "valueBoolean": true}]}),
+            ),
+            vec![],
+            "Patient.extension[0]",
+            Severity::Warning,
+            "extension",
+            "not defined",
+        ),
+        (
+            "bad reference target type",
+            patient(json!({
             "contained": [{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}}],
             "generalPractitioner": [{"reference": "#o1"}]})),
-            vec![], "Patient.generalPractitioner[0].reference", Severity::Error, "structure", "names a Observation"),
-        ("Bundle fullUrl names another type", json!({"resourceType": "Bundle", "type": "collection",
+            vec![],
+            "Patient.generalPractitioner[0].reference",
+            Severity::Error,
+            "structure",
+            "names a Observation",
+        ),
+        (
+            "Bundle fullUrl names another type",
+            json!({"resourceType": "Bundle", "type": "collection",
             "entry": [{"fullUrl": "http://x.test/fhir/Observation/1", "resource": {"resourceType": "Patient", "id": "1"}}]}),
-            vec![], "Bundle.entry[0].fullUrl", Severity::Error, "invalid", "does not agree"),
-        ("Bundle fullUrl with another id", json!({"resourceType": "Bundle", "type": "collection",
+            vec![],
+            "Bundle.entry[0].fullUrl",
+            Severity::Error,
+            "invalid",
+            "does not agree",
+        ),
+        (
+            "Bundle fullUrl with another id",
+            json!({"resourceType": "Bundle", "type": "collection",
             "entry": [{"fullUrl": "http://x.test/fhir/Patient/2", "resource": {"resourceType": "Patient", "id": "1"}}]}),
-            vec![], "Bundle.entry[0].fullUrl", Severity::Warning, "invalid", "does not agree"),
-        ("unknown claimed profile", patient(json!({"meta": {"profile": ["http://partner.test/StructureDefinition/nope"]}})),
-            vec![], "Patient.meta.profile[0]", Severity::Warning, "not-found", "not defined"),
+            vec![],
+            "Bundle.entry[0].fullUrl",
+            Severity::Warning,
+            "invalid",
+            "does not agree",
+        ),
+        (
+            "unknown claimed profile",
+            patient(json!({"meta": {"profile": ["http://partner.test/StructureDefinition/nope"]}})),
+            vec![],
+            "Patient.meta.profile[0]",
+            Severity::Warning,
+            "not-found",
+            "not defined",
+        ),
     ]
 }
 
@@ -217,7 +507,10 @@ fn each_defect_class_is_reported_with_its_path_and_severity() {
                 && i.diagnostics.contains(words)
         });
         if !hit {
-            failures.push(format!("{class}: expected {severity:?} {code} @ {expression} ~ {words:?}; got\n{}", show(&issues)));
+            failures.push(format!(
+                "{class}: expected {severity:?} {code} @ {expression} ~ {words:?}; got\n{}",
+                show(&issues)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -226,13 +519,21 @@ fn each_defect_class_is_reported_with_its_path_and_severity() {
 #[test]
 fn resources_that_meet_the_test_profiles_have_no_errors() {
     let v = validator();
-    let good_patient = patient(json!({"active": true, "gender": "female", "deceasedDateTime": "2020-01-01",
-        "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}}));
+    let good_patient = patient(
+        json!({"active": true, "gender": "female", "deceasedDateTime": "2020-01-01",
+        "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}}),
+    );
     let good_observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1, "unit": "mg"}}]});
-    for (r, p) in [(good_patient, TEST_PATIENT), (good_observation, TEST_OBSERVATION)] {
+    for (r, p) in [
+        (good_patient, TEST_PATIENT),
+        (good_observation, TEST_OBSERVATION),
+    ] {
         let issues = v.validate(&r, &[p.to_string()]);
-        let errors: Vec<&Issue> = issues.iter().filter(|i| i.severity == Severity::Error).collect();
+        let errors: Vec<&Issue> = issues
+            .iter()
+            .filter(|i| i.severity == Severity::Error)
+            .collect();
         assert!(errors.is_empty(), "{p}:\n{}", show(&issues));
     }
 }
@@ -263,19 +564,37 @@ fn balp_examples_meet_the_profiles_they_claim() {
     let v = validator();
     let mut checked = 0;
     let mut failures = Vec::new();
-    for r in support::package_resources(&support::shared().join("fhir-packages/ihe.iti.balp-1.1.4.tgz")) {
-        let claims = r.pointer("/meta/profile").and_then(Value::as_array).map_or(0, Vec::len);
+    for r in
+        support::package_resources(&support::shared().join("fhir-packages/ihe.iti.balp-1.1.4.tgz"))
+    {
+        let claims = r
+            .pointer("/meta/profile")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         if claims == 0 || r["resourceType"] == "StructureDefinition" {
             continue;
         }
         checked += 1;
         let issues = v.validate(&r, &[]);
         if issues.iter().any(|i| i.severity == Severity::Error) {
-            failures.push(format!("{}/{}:\n{}", r["resourceType"], r["id"], show(&issues)));
+            failures.push(format!(
+                "{}/{}:\n{}",
+                r["resourceType"],
+                r["id"],
+                show(&issues)
+            ));
         }
     }
-    assert!(checked >= 40, "only {checked} BALP examples claim a profile");
-    assert!(failures.is_empty(), "{} of {checked}:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        checked >= 40,
+        "only {checked} BALP examples claim a profile"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked}:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -283,11 +602,18 @@ fn us_core_patient_claims_are_checked_against_us_core() {
     let v = validator();
     let mut p = json!({"resourceType": "Patient", "meta": {"profile": [US_CORE_PATIENT]},
         "identifier": [{"system": "urn:mrn", "value": "1"}], "name": [{"family": "Chalmers"}], "gender": "male"});
-    assert!(!v.validate(&p, &[]).iter().any(|i| i.severity == Severity::Error), "{}", show(&v.validate(&p, &[])));
+    assert!(
+        !v.validate(&p, &[])
+            .iter()
+            .any(|i| i.severity == Severity::Error),
+        "{}",
+        show(&v.validate(&p, &[]))
+    );
     p["identifier"][0].as_object_mut().unwrap().remove("system");
     let issues = v.validate(&p, &[]);
     assert!(
-        issues.iter().any(|i| i.severity == Severity::Error && i.expression.as_deref() == Some("Patient.identifier[0]")),
+        issues.iter().any(|i| i.severity == Severity::Error
+            && i.expression.as_deref() == Some("Patient.identifier[0]")),
         "{}",
         show(&issues)
     );
@@ -299,19 +625,34 @@ fn terminology_tells_not_a_member_from_cannot_tell() {
     let gender = "http://hl7.org/fhir/ValueSet/administrative-gender";
     let system = Some("http://hl7.org/fhir/administrative-gender");
     assert_eq!(t.contains(gender, system, "female"), Ok(Membership::Member));
-    assert_eq!(t.contains(gender, system, "nope"), Ok(Membership::NotMember));
+    assert_eq!(
+        t.contains(gender, system, "nope"),
+        Ok(Membership::NotMember)
+    );
     // US Core's race value set draws on a CDC code system the packages do not carry
     let race = "http://hl7.org/fhir/us/core/ValueSet/omb-race-category";
     let unknown = t.contains(race, Some("urn:oid:2.16.840.1.113883.6.238"), "2106-3");
-    assert!(matches!(unknown, Ok(Membership::Unknown(_)) | Ok(Membership::Member)), "{unknown:?}");
-    assert!(t.contains("http://partner.test/ValueSet/none", None, "x").is_err());
+    assert!(
+        matches!(unknown, Ok(Membership::Unknown(_)) | Ok(Membership::Member)),
+        "{unknown:?}"
+    );
+    assert!(t
+        .contains("http://partner.test/ValueSet/none", None, "x")
+        .is_err());
     // is-a over the v3 hierarchy
     let below = t
-        .descendants("http://terminology.hl7.org/CodeSystem/v3-ActCode", "_ActEncounterCode")
+        .descendants(
+            "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "_ActEncounterCode",
+        )
         .unwrap();
     assert!(below.iter().any(|c| c == "AMB"), "{below:?}");
     assert_eq!(
-        t.subsumes("http://terminology.hl7.org/CodeSystem/v3-ActCode", "_ActEncounterCode", "AMB"),
+        t.subsumes(
+            "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "_ActEncounterCode",
+            "AMB"
+        ),
         Ok(fhirgate::terminology::Subsumption::Subsumes)
     );
 }

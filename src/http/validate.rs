@@ -17,7 +17,11 @@ use crate::config::ValidationMode;
 use crate::fhir::{self, operation_outcome, outcome, Id, Issue, Severity};
 
 /// Profile validation of a resource about to be written (after the strict read).
-pub fn check_write(state: &AppState, resource_type: &str, resource: &Value) -> Result<(), ApiError> {
+pub fn check_write(
+    state: &AppState,
+    resource_type: &str,
+    resource: &Value,
+) -> Result<(), ApiError> {
     if state.settings.validation.mode != ValidationMode::Full {
         return Ok(());
     }
@@ -97,7 +101,7 @@ fn mode(text: Option<&str>) -> Result<Mode, ApiError> {
 }
 
 /// The first value of a Parameters parameter as text (`valueUri`, `valueCanonical`, ...).
-fn parameter_text<'a>(p: &'a Value) -> Option<&'a str> {
+fn parameter_text(p: &Value) -> Option<&str> {
     p.as_object()?
         .iter()
         .find(|(k, _)| k.starts_with("value"))
@@ -152,21 +156,33 @@ async fn validate(
             "mode=delete: this server keeps no referential integrity rules, so deleting is always allowed",
         )
         .severity(Severity::Information);
-        return Ok(Reply::new(StatusCode::OK, Body::Resource(operation_outcome(&[issue]))));
+        return Ok(Reply::new(
+            StatusCode::OK,
+            Body::Resource(operation_outcome(&[issue])),
+        ));
     }
-    let body_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let body_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let mut issues = Vec::new();
     if body_type != rt {
         issues.push(
-            Issue::error("invalid", format!("the resource is a {body_type}, but the URL names {rt}"))
-                .at(body_type.to_string()),
+            Issue::error(
+                "invalid",
+                format!("the resource is a {body_type}, but the URL names {rt}"),
+            )
+            .at(body_type.to_string()),
         );
     }
     if let (Some(id), Mode::Update) = (&id, mode) {
         if resource.get("id").and_then(Value::as_str) != Some(id.as_str()) {
             issues.push(
-                Issue::error("invalid", format!("an update of {rt}/{id} must carry the id {id}"))
-                    .at(format!("{rt}.id")),
+                Issue::error(
+                    "invalid",
+                    format!("an update of {rt}/{id} must carry the id {id}"),
+                )
+                .at(format!("{rt}.id")),
             );
         }
     }
@@ -174,5 +190,8 @@ async fn validate(
         profiles.extend(state.settings.validation.required_for(rt).iter().cloned());
     }
     issues.extend(state.validator.validate(resource, &profiles));
-    Ok(Reply::new(StatusCode::OK, Body::Resource(operation_outcome(&issues))))
+    Ok(Reply::new(
+        StatusCode::OK,
+        Body::Resource(operation_outcome(&issues)),
+    ))
 }

@@ -107,7 +107,12 @@ impl CodeSystemIndex {
             if let Some(p) = parent {
                 self.link(p, i);
             }
-            for p in c.get("property").and_then(Value::as_array).into_iter().flatten() {
+            for p in c
+                .get("property")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let Some(pcode) = p.get("code").and_then(Value::as_str) else {
                     continue;
                 };

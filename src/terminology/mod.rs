@@ -60,7 +60,9 @@ pub enum TerminologyError {
     UnknownValueSet(String),
     #[error("the code system {0} is not in the loaded packages")]
     UnknownCodeSystem(String),
-    #[error("the code system {0} is not complete in the loaded packages (content is not `complete`)")]
+    #[error(
+        "the code system {0} is not complete in the loaded packages (content is not `complete`)"
+    )]
     IncompleteCodeSystem(String),
     #[error("`{code}` is not a code of {system}")]
     UnknownCode { system: String, code: String },
@@ -271,13 +273,22 @@ impl Terminology {
 
     /// Whether `code` is a code of `system`: Ok(Some(concept)) when it is, Ok(None) when the
     /// complete code system does not have it, Err when the system is absent or incomplete.
-    pub fn lookup(&self, system: &str, code: &str) -> Result<Option<Arc<CodeSystemIndex>>, TerminologyError> {
+    pub fn lookup(
+        &self,
+        system: &str,
+        code: &str,
+    ) -> Result<Option<Arc<CodeSystemIndex>>, TerminologyError> {
         let cs = self.complete_code_system(system)?;
         Ok(cs.concept(code).is_some().then_some(cs))
     }
 
     /// How `a` and `b` of `system` relate.
-    pub fn subsumes(&self, system: &str, a: &str, b: &str) -> Result<Subsumption, TerminologyError> {
+    pub fn subsumes(
+        &self,
+        system: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<Subsumption, TerminologyError> {
         let cs = self.complete_code_system(system)?;
         let unknown = |code: &str| TerminologyError::UnknownCode {
             system: system.to_string(),
@@ -347,11 +358,18 @@ impl Terminology {
             None => Err(TerminologyError::UnknownValueSet(url.to_string())),
             Some(vs) => self.expand_resource(url, &vs, depth).map(Arc::new),
         };
-        self.expansions.write().insert(url.to_string(), result.clone());
+        self.expansions
+            .write()
+            .insert(url.to_string(), result.clone());
         result
     }
 
-    fn expand_resource(&self, url: &str, vs: &Value, depth: usize) -> Result<Expansion, TerminologyError> {
+    fn expand_resource(
+        &self,
+        url: &str,
+        vs: &Value,
+        depth: usize,
+    ) -> Result<Expansion, TerminologyError> {
         let mut out = Expansion::default();
         let Some(compose) = vs.get("compose") else {
             // A value set shipped expanded only.
@@ -365,11 +383,21 @@ impl Terminology {
             add_contains(&mut out, contains);
             return Ok(out);
         };
-        for inc in compose.get("include").and_then(Value::as_array).into_iter().flatten() {
+        for inc in compose
+            .get("include")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let part = self.include(inc, depth)?;
             out.merge(&part);
         }
-        for exc in compose.get("exclude").and_then(Value::as_array).into_iter().flatten() {
+        for exc in compose
+            .get("exclude")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let part = self.include(exc, depth)?;
             for (s, c) in part.iter() {
                 out.remove(s, c);
@@ -446,7 +474,9 @@ impl Terminology {
                     let prop = f.get("property").and_then(Value::as_str).unwrap_or("?");
                     part.open_system(
                         system,
-                        format!("the filter `{prop} {op}` on {system} is not evaluated by this server"),
+                        format!(
+                            "the filter `{prop} {op}` on {system} is not evaluated by this server"
+                        ),
                     );
                     return part;
                 }

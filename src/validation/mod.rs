@@ -83,7 +83,11 @@ impl std::fmt::Debug for Validator {
 }
 
 impl Validator {
-    pub fn new(model: Arc<Model>, terminology: Arc<Terminology>, options: ValidatorOptions) -> Validator {
+    pub fn new(
+        model: Arc<Model>,
+        terminology: Arc<Terminology>,
+        options: ValidatorOptions,
+    ) -> Validator {
         Validator {
             model,
             terminology,
@@ -108,7 +112,10 @@ impl Validator {
     /// profiles it claims and `profiles`.
     pub fn validate_profiles(&self, resource: &Value, profiles: &[String]) -> Vec<Issue> {
         let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
-            return vec![Issue::error("structure", "the resource has no resourceType")];
+            return vec![Issue::error(
+                "structure",
+                "the resource has no resourceType",
+            )];
         };
         let mut issues = Vec::new();
         let loc = Loc::root(rt);
@@ -127,7 +134,9 @@ impl Validator {
             return p.clone();
         }
         let result = self.compile(canonical);
-        self.plans.write().insert(canonical.to_string(), result.clone());
+        self.plans
+            .write()
+            .insert(canonical.to_string(), result.clone());
         result
     }
 
@@ -139,7 +148,9 @@ impl Validator {
             .or_else(|| packages.find(unversioned))
             .ok_or_else(|| ValidationError::UnknownProfile(canonical.to_string()))?;
         if packages.entry(id).resource_type != "StructureDefinition" {
-            return Err(ValidationError::NotAStructureDefinition(canonical.to_string()));
+            return Err(ValidationError::NotAStructureDefinition(
+                canonical.to_string(),
+            ));
         }
         let sd = packages.get(id).map_err(|e| ValidationError::BadProfile {
             url: canonical.to_string(),
@@ -192,7 +203,9 @@ impl Validator {
         };
         let rt = value.get("resourceType").and_then(Value::as_str);
         let ty = rt.unwrap_or(ty);
-        if plan.type_name != ty && !(plan.type_name == "Resource" || plan.type_name == "DomainResource") {
+        if plan.type_name != ty
+            && !(plan.type_name == "Resource" || plan.type_name == "DomainResource")
+        {
             return false;
         }
         let mut w = Walk::new(self);
@@ -205,18 +218,37 @@ impl Validator {
                 companion: None,
                 ty,
             };
-            w.element(&plan, 0, item, &loc, Ctx { resource: value, root: value });
+            w.element(
+                &plan,
+                0,
+                item,
+                &loc,
+                Ctx {
+                    resource: value,
+                    root: value,
+                },
+            );
         }
         !outcome::has_errors(&w.issues)
     }
 
     /// The plans a resource is checked against: its type's definition, the profiles it
     /// claims and `explicit`; what cannot be used is reported into `issues`.
-    fn plans_for(&self, resource: &Value, rt: &str, explicit: &[String], issues: &mut Vec<Issue>, loc: &Loc) -> Vec<Arc<Plan>> {
+    fn plans_for(
+        &self,
+        resource: &Value,
+        rt: &str,
+        explicit: &[String],
+        issues: &mut Vec<Issue>,
+        loc: &Loc,
+    ) -> Vec<Arc<Plan>> {
         let Some(base) = self.type_plan(rt) else {
             issues.push(
-                Issue::error("not-supported", format!("no StructureDefinition for the resource type {rt}"))
-                    .at(loc.render()),
+                Issue::error(
+                    "not-supported",
+                    format!("no StructureDefinition for the resource type {rt}"),
+                )
+                .at(loc.render()),
             );
             return Vec::new();
         };
@@ -228,7 +260,9 @@ impl Validator {
             .flatten()
             .filter_map(Value::as_str)
             .map(|c| (c, self.options.unknown_profile, true));
-        let named = explicit.iter().map(|c| (c.as_str(), Severity::Error, false));
+        let named = explicit
+            .iter()
+            .map(|c| (c.as_str(), Severity::Error, false));
         for (n, (canonical, severity, claimed)) in claims.chain(named).enumerate() {
             let at = || {
                 if claimed {
@@ -238,7 +272,11 @@ impl Validator {
                 }
             };
             match self.plan(canonical) {
-                Ok(p) if p.type_name == rt || p.type_name == "Resource" || p.type_name == "DomainResource" => {
+                Ok(p)
+                    if p.type_name == rt
+                        || p.type_name == "Resource"
+                        || p.type_name == "DomainResource" =>
+                {
                     if !out.iter().any(|q| Arc::ptr_eq(q, &p) || q.url == p.url) {
                         out.push(p);
                     }
@@ -246,11 +284,18 @@ impl Validator {
                 Ok(p) => issues.push(
                     Issue::error(
                         "invalid",
-                        format!("the profile {canonical} constrains {}, not {rt}", p.type_name),
+                        format!(
+                            "the profile {canonical} constrains {}, not {rt}",
+                            p.type_name
+                        ),
                     )
                     .at(at()),
                 ),
-                Err(e) => issues.push(Issue::error("not-found", e.to_string()).severity(severity).at(at())),
+                Err(e) => issues.push(
+                    Issue::error("not-found", e.to_string())
+                        .severity(severity)
+                        .at(at()),
+                ),
             }
         }
         out

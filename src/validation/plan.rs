@@ -150,7 +150,9 @@ impl Plan {
             Some(target) => &self.elements[target].children,
             None => &el.children,
         };
-        kids.iter().copied().find(|&c| self.elements[c].name == name)
+        kids.iter()
+            .copied()
+            .find(|&c| self.elements[c].name == name)
     }
 
     /// The children that apply to an instance of `element`.
@@ -175,7 +177,8 @@ pub enum PlanError {
     },
 }
 
-const BEST_PRACTICE_EXT: &str = "http://hl7.org/fhir/StructureDefinition/elementdefinition-bestpractice";
+const BEST_PRACTICE_EXT: &str =
+    "http://hl7.org/fhir/StructureDefinition/elementdefinition-bestpractice";
 
 /// ele-1 is checked natively (faster than FHIRPath, and the strict reader already refuses
 /// empty objects, so only `{"id": ...}`-only elements are left for it).
@@ -201,7 +204,10 @@ pub fn compile(sd: &Value) -> Result<Plan, PlanError> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let version = sd.get("version").and_then(Value::as_str).map(str::to_string);
+    let version = sd
+        .get("version")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let type_name = sd
         .get("type")
         .and_then(Value::as_str)
@@ -229,14 +235,9 @@ pub fn compile(sd: &Value) -> Result<Plan, PlanError> {
         }
         // Attach: a slice to the element it slices, anything else to its parent.
         if let Some((parent, last)) = id.rsplit_once('.') {
-            if let Some((base, _slice)) = last.rsplit_once(|c| c == ':' || c == '/') {
-                let base_id = format!("{parent}.{base}");
-                // a re-slice `a:b/c` slices `a:b`
-                let base_id = if last.contains('/') {
-                    format!("{parent}.{}", &last[..last.rfind('/').unwrap_or(last.len())])
-                } else {
-                    base_id
-                };
+            // `name:slice` slices `name`; a re-slice `name:slice/sub` slices `name:slice`.
+            if let Some(cut) = last.rfind([':', '/']) {
+                let base_id = format!("{parent}.{}", &last[..cut]);
                 if let Some(&b) = by_id.get(&base_id) {
                     rules[b].slices.push(index);
                 }
@@ -317,7 +318,12 @@ fn element_rule(url: &str, id: &str, path: &str, e: &Value) -> Result<ElementRul
         })
     });
     let mut constraints = Vec::new();
-    for c in e.get("constraint").and_then(Value::as_array).into_iter().flatten() {
+    for c in e
+        .get("constraint")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let key = c.get("key").and_then(Value::as_str).unwrap_or_default();
         if key == ELE_1 {
             continue;
@@ -373,7 +379,10 @@ fn element_rule(url: &str, id: &str, path: &str, e: &Value) -> Result<ElementRul
             .get("maxLength")
             .and_then(Value::as_u64)
             .map(|n| n as usize),
-        slice_name: e.get("sliceName").and_then(Value::as_str).map(str::to_string),
+        slice_name: e
+            .get("sliceName")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         slicing,
         slices: Vec::new(),
         children: Vec::new(),
@@ -412,7 +421,12 @@ fn slicing(s: &Value) -> Result<Slicing, String> {
         _ => SlicingRules::Open,
     };
     let mut discriminators = Vec::new();
-    for d in s.get("discriminator").and_then(Value::as_array).into_iter().flatten() {
+    for d in s
+        .get("discriminator")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let kind = match d.get("type").and_then(Value::as_str) {
             Some("value") => DiscriminatorKind::Value,
             Some("pattern") => DiscriminatorKind::Pattern,
@@ -471,7 +485,10 @@ mod tests {
         assert_eq!(plan.elements[1].slices, vec![2]);
         assert_eq!(plan.elements[2].children, vec![3]);
         assert_eq!(plan.elements[3].fixed, Some(json!("urn:mrn")));
-        assert_eq!(plan.elements[1].slicing.as_ref().unwrap().rules, SlicingRules::Closed);
+        assert_eq!(
+            plan.elements[1].slicing.as_ref().unwrap().rules,
+            SlicingRules::Closed
+        );
         assert_eq!(plan.elements[2].max, Some(1));
     }
 }

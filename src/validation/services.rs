@@ -13,7 +13,12 @@ pub struct ValidationServices<'v> {
 }
 
 impl Services for ValidationServices<'_> {
-    fn member_of(&self, item: &Value, item_type: &str, value_set: &str) -> Result<Option<bool>, String> {
+    fn member_of(
+        &self,
+        item: &Value,
+        item_type: &str,
+        value_set: &str,
+    ) -> Result<Option<bool>, String> {
         let Ok(expansion) = self.v.terminology.expand(value_set) else {
             return Ok(None);
         };
@@ -32,7 +37,7 @@ impl Services for ValidationServices<'_> {
             (v @ Value::Object(_), _) => one(v).into_iter().collect(),
             _ => Vec::new(),
         };
-        if answers.iter().any(|m| *m == Membership::Member) {
+        if answers.contains(&Membership::Member) {
             return Ok(Some(true));
         }
         if answers.is_empty() || answers.iter().any(|m| matches!(m, Membership::Unknown(_))) {
@@ -49,9 +54,16 @@ impl Services for ValidationServices<'_> {
         })
     }
 
-    fn conforms_to(&self, resource: &Value, resource_type: &str, profile: &str) -> Result<bool, String> {
+    fn conforms_to(
+        &self,
+        resource: &Value,
+        resource_type: &str,
+        profile: &str,
+    ) -> Result<bool, String> {
         if self.v.plan(profile).is_err() {
-            return Err(format!("conformsTo('{profile}'): the profile is not in the loaded packages"));
+            return Err(format!(
+                "conformsTo('{profile}'): the profile is not in the loaded packages"
+            ));
         }
         Ok(self.v.conforms(resource, resource_type, profile))
     }

@@ -123,7 +123,9 @@ fn expected<'p>(plan: &'p Plan, slice: usize, kind: DiscriminatorKind, path: &st
             Some(c) => at = c,
             None => {
                 // An extension slice whose url is not unfolded stands for its profile.
-                if seg == "url" && matches!(kind, DiscriminatorKind::Value | DiscriminatorKind::Pattern) {
+                if seg == "url"
+                    && matches!(kind, DiscriminatorKind::Value | DiscriminatorKind::Pattern)
+                {
                     return match extension_slice_url(plan, at) {
                         Some(u) => Expected::Url(u),
                         None => Expected::Unknown,
@@ -147,13 +149,19 @@ fn expected<'p>(plan: &'p Plan, slice: usize, kind: DiscriminatorKind, path: &st
                 Expected::Fixed(f)
             } else if let Some(p) = &el.pattern {
                 Expected::Pattern(p)
-            } else if let Some(b) = el.binding.as_ref().filter(|b| b.strength == Strength::Required) {
+            } else if let Some(b) = el
+                .binding
+                .as_ref()
+                .filter(|b| b.strength == Strength::Required)
+            {
                 Expected::Binding(&b.value_set)
             } else {
                 Expected::Unknown
             }
         }
-        DiscriminatorKind::Type => Expected::Types(el.types.iter().map(|t| t.code.as_str()).collect()),
+        DiscriminatorKind::Type => {
+            Expected::Types(el.types.iter().map(|t| t.code.as_str()).collect())
+        }
         DiscriminatorKind::Profile => Expected::Profiles(
             el.types
                 .iter()

@@ -101,7 +101,10 @@ mod tests {
     fn reference_types_come_from_the_literal_url() {
         let known = |t: &str| t == "Patient";
         assert_eq!(reference_type("Patient/1", known), Some("Patient"));
-        assert_eq!(reference_type("http://x/fhir/Patient/1/_history/2", known), Some("Patient"));
+        assert_eq!(
+            reference_type("http://x/fhir/Patient/1/_history/2", known),
+            Some("Patient")
+        );
         assert_eq!(reference_type("urn:uuid:1", known), None);
         assert_eq!(reference_type("Group/1", known), None);
     }

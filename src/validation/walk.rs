@@ -216,7 +216,13 @@ impl<'v> Walk<'v> {
 
     /// The plan an element's value is checked against when the snapshot does not unfold
     /// it: the profile named for the type, else the type's own definition.
-    fn type_plan_for(&mut self, plan: &Plan, el: &ElementRule, ty: &str, loc: &Loc) -> Option<Arc<Plan>> {
+    fn type_plan_for(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        ty: &str,
+        loc: &Loc,
+    ) -> Option<Arc<Plan>> {
         if let Some(profile) = el.type_rule(ty).and_then(|t| t.profiles.first()) {
             match self.v.plan(profile) {
                 Ok(p) => return Some(p),
@@ -230,14 +236,26 @@ impl<'v> Walk<'v> {
     }
 
     /// Fixed, pattern, maxLength, binding, base64 and reference rules of one value.
-    fn value_rules(&mut self, plan: &Plan, el: &ElementRule, item: Item, value: &Value, loc: &Loc, ctx: Ctx) {
+    fn value_rules(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        item: Item,
+        value: &Value,
+        loc: &Loc,
+        ctx: Ctx,
+    ) {
         if let Some(f) = &el.fixed {
             if !values::fixed_matches(f, value) {
                 self.issue(
                     plan,
                     Severity::Error,
                     "value",
-                    format!("the value must be exactly {} (fixed by {})", short(f), el.id),
+                    format!(
+                        "the value must be exactly {} (fixed by {})",
+                        short(f),
+                        el.id
+                    ),
                     loc,
                 );
             }
@@ -248,7 +266,11 @@ impl<'v> Walk<'v> {
                     plan,
                     Severity::Error,
                     "value",
-                    format!("the value does not match the pattern {} of {}", short(p), el.id),
+                    format!(
+                        "the value does not match the pattern {} of {}",
+                        short(p),
+                        el.id
+                    ),
                     loc,
                 );
             }
@@ -259,7 +281,10 @@ impl<'v> Walk<'v> {
                     plan,
                     Severity::Error,
                     "value",
-                    format!("the value is longer than the maximum length {max} of {}", el.id),
+                    format!(
+                        "the value is longer than the maximum length {max} of {}",
+                        el.id
+                    ),
                     loc,
                 );
             }
@@ -286,9 +311,9 @@ impl<'v> Walk<'v> {
     /// The codes of a coded value: (system, code) pairs.
     fn codes<'x>(ty: &str, value: &'x Value) -> Vec<(Option<&'x str>, &'x str)> {
         let coding = |c: &'x Value| {
-            c.get("code").and_then(Value::as_str).map(|code| {
-                (c.get("system").and_then(Value::as_str), code)
-            })
+            c.get("code")
+                .and_then(Value::as_str)
+                .map(|code| (c.get("system").and_then(Value::as_str), code))
         };
         match ty {
             "code" | "string" | "uri" => value.as_str().map(|s| (None, s)).into_iter().collect(),
@@ -361,14 +386,24 @@ impl<'v> Walk<'v> {
                 plan,
                 Severity::Error,
                 "code-invalid",
-                format!("`{}` is not a code of the code system {system}", truncate(code, 80)),
+                format!(
+                    "`{}` is not a code of the code system {system}",
+                    truncate(code, 80)
+                ),
                 loc,
             );
         }
     }
 
     /// `type.targetProfile` of a Reference: the type the reference names must be allowed.
-    fn reference_target(&mut self, plan: &Plan, el: &ElementRule, value: &Value, loc: &Loc, ctx: Ctx) {
+    fn reference_target(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        value: &Value,
+        loc: &Loc,
+        ctx: Ctx,
+    ) {
         let Some(rule) = el.type_rule("Reference") else {
             return;
         };
@@ -420,7 +455,15 @@ impl<'v> Walk<'v> {
     }
 
     /// Evaluates constraints on one value; `skip` holds constraints already evaluated on it.
-    fn constraints(&mut self, plan: &Plan, list: &[Constraint], item: Item, loc: &Loc, ctx: Ctx, skip: &[Constraint]) {
+    fn constraints(
+        &mut self,
+        plan: &Plan,
+        list: &[Constraint],
+        item: Item,
+        loc: &Loc,
+        ctx: Ctx,
+        skip: &[Constraint],
+    ) {
         let Some(value) = item.value else {
             return;
         };
@@ -481,10 +524,7 @@ impl<'v> Walk<'v> {
                     plan,
                     Severity::Error,
                     "required",
-                    format!(
-                        "{}: at least {} required, found {count}",
-                        el.path, el.min
-                    ),
+                    format!("{}: at least {} required, found {count}", el.path, el.min),
                     loc,
                 );
             }
@@ -520,7 +560,13 @@ impl<'v> Walk<'v> {
     }
 
     /// The instance values of one child rule, with their JSON key and array index.
-    fn collect<'x>(&mut self, plan: &Plan, el: &'x ElementRule, obj: &'x Map<String, Value>, loc: &Loc) -> Vec<Found<'x>> {
+    fn collect<'x>(
+        &mut self,
+        plan: &Plan,
+        el: &'x ElementRule,
+        obj: &'x Map<String, Value>,
+        loc: &Loc,
+    ) -> Vec<Found<'x>> {
         let mut out = Vec::new();
         if !el.choice {
             let ty = instance_type(el, None);
@@ -592,12 +638,20 @@ impl<'v> Walk<'v> {
                     self.element(plan, el.slices[n], f.item, &at, ctx);
                 }
                 None => {
-                    if el.slicing.as_ref().is_some_and(|s| s.rules == SlicingRules::Closed) {
+                    if el
+                        .slicing
+                        .as_ref()
+                        .is_some_and(|s| s.rules == SlicingRules::Closed)
+                    {
                         self.issue(
                             plan,
                             Severity::Error,
                             "structure",
-                            format!("the extension {} is not allowed here: {} is closed", url.unwrap_or("(no url)"), el.id),
+                            format!(
+                                "the extension {} is not allowed here: {} is closed",
+                                url.unwrap_or("(no url)"),
+                                el.id
+                            ),
                             &at,
                         );
                     }
@@ -608,7 +662,15 @@ impl<'v> Walk<'v> {
         self.slice_counts(plan, el, &counts, loc);
     }
 
-    fn unsliced_extension(&mut self, plan: &Plan, el: &ElementRule, item: Item, url: Option<&str>, loc: &Loc, ctx: Ctx) {
+    fn unsliced_extension(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        item: Item,
+        url: Option<&str>,
+        loc: &Loc,
+        ctx: Ctx,
+    ) {
         let Some(url) = url else {
             if let Some(tp) = self.v.type_plan("Extension") {
                 self.element(&tp, 0, item, loc, ctx);
@@ -640,12 +702,19 @@ impl<'v> Walk<'v> {
                 } else {
                     Severity::Warning
                 };
-                let what = if modifier { "modifier extension" } else { "extension" };
+                let what = if modifier {
+                    "modifier extension"
+                } else {
+                    "extension"
+                };
                 self.issue(
                     plan,
                     severity,
                     "extension",
-                    format!("the {what} {} is not defined by any loaded package", truncate(url, 200)),
+                    format!(
+                        "the {what} {} is not defined by any loaded package",
+                        truncate(url, 200)
+                    ),
                     loc,
                 );
             }
@@ -671,12 +740,19 @@ impl<'v> Walk<'v> {
                     counts[n] += 1;
                     self.element(plan, el.slices[n], f.item, &at, ctx);
                 }
-                None if el.slicing.as_ref().is_some_and(|s| s.rules == SlicingRules::Closed) => {
+                None if el
+                    .slicing
+                    .as_ref()
+                    .is_some_and(|s| s.rules == SlicingRules::Closed) =>
+                {
                     self.issue(
                         plan,
                         Severity::Error,
                         "structure",
-                        format!("the value matches none of the slices of {}, and the slicing is closed", el.id),
+                        format!(
+                            "the value matches none of the slices of {}, and the slicing is closed",
+                            el.id
+                        ),
                         &at,
                     );
                 }
@@ -695,7 +771,10 @@ impl<'v> Walk<'v> {
                     plan,
                     Severity::Error,
                     "structure",
-                    format!("slice {name} of {}: at least {} required, found {}", el.path, slice.min, counts[n]),
+                    format!(
+                        "slice {name} of {}: at least {} required, found {}",
+                        el.path, slice.min, counts[n]
+                    ),
                     loc,
                 );
             }
@@ -705,7 +784,10 @@ impl<'v> Walk<'v> {
                         plan,
                         Severity::Error,
                         "structure",
-                        format!("slice {name} of {}: at most {max} allowed, found {}", el.path, counts[n]),
+                        format!(
+                            "slice {name} of {}: at most {max} allowed, found {}",
+                            el.path, counts[n]
+                        ),
                         loc,
                     );
                 }
@@ -741,7 +823,11 @@ fn push_found<'x>(
                 out.push(Found {
                     key,
                     index: Some(i),
-                    item: Item { value: v, companion: c, ty },
+                    item: Item {
+                        value: v,
+                        companion: c,
+                        ty,
+                    },
                 });
             }
         }
@@ -750,7 +836,11 @@ fn push_found<'x>(
                 out.push(Found {
                     key,
                     index: Some(i),
-                    item: Item { value: None, companion: Some(c), ty },
+                    item: Item {
+                        value: None,
+                        companion: Some(c),
+                        ty,
+                    },
                 });
             }
         }
