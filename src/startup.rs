@@ -45,7 +45,7 @@ pub enum StartupError {
     Tls(String),
     #[error("no packages configured (packages.load is empty); the core package hl7.fhir.r4.core#4.0.1 is needed")]
     NoPackages,
-    #[error("validation.required_profiles for {resource_type}: {source}")]
+    #[error("validation.required_profiles for {resource_type}")]
     RequiredProfile {
         resource_type: String,
         #[source]

@@ -525,9 +525,16 @@ fn resources_that_meet_the_test_profiles_have_no_errors() {
     );
     let good_observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1, "unit": "mg"}}]});
+    // `amountType` beside `amount[x]` is an element of its own, not a type of the choice
+    let sibling_not_choice = json!({"resourceType": "SubstanceReferenceInformation",
+        "target": [{"amountString": "x", "amountType": {"text": "t"}}]});
     for (r, p) in [
         (good_patient, TEST_PATIENT),
         (good_observation, TEST_OBSERVATION),
+        (
+            sibling_not_choice,
+            "http://hl7.org/fhir/StructureDefinition/SubstanceReferenceInformation",
+        ),
     ] {
         let issues = v.validate(&r, &[p.to_string()]);
         let errors: Vec<&Issue> = issues

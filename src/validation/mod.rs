@@ -190,6 +190,20 @@ impl Validator {
         self.plan(canonical).ok().map(|p| p.type_name.clone())
     }
 
+    /// Whether a choice-key suffix (`Quantity`, `String`) names a FHIR type.
+    fn names_type(&self, suffix: &str) -> bool {
+        if self.model.has_type(suffix) {
+            return true;
+        }
+        let mut c = suffix.chars();
+        match c.next() {
+            Some(f) => self
+                .model
+                .has_type(&(f.to_ascii_lowercase().to_string() + c.as_str())),
+            None => false,
+        }
+    }
+
     fn expansion(&self, b: &Binding) -> Option<Arc<Expansion>> {
         b.expansion
             .get_or_init(|| self.terminology.expand(&b.value_set).ok())

@@ -591,6 +591,8 @@ impl<'v> Walk<'v> {
                     let companion = obj.get(&format!("_{key}"));
                     push_found(&mut out, key, Some(value), companion, t.code.as_str());
                 }
+                // `amountType` beside `amount[x]` is another element, not a type choice
+                None if !self.v.names_type(suffix) => {}
                 None => {
                     let allowed: Vec<&str> = el.types.iter().map(|t| t.code.as_str()).collect();
                     let at = loc.key(key);
