@@ -235,16 +235,6 @@ pub fn type_matches(model: &dyn ModelInfo, item: &Item, t: &TypeRef, exact: bool
             if n.ty == t.name {
                 return true;
             }
-            // An unqualified System type name (`answer is Boolean`, que-7 of R4
-            // Questionnaire) matches a FHIR primitive that converts to it, as in the HL7
-            // reference engine; `System.Boolean` and `FHIR.boolean` stay strict.
-            if t.namespace.is_none() && !model.is_type(&t.name) {
-                if let Some(sys) = t.system {
-                    if super::value::primitive_system_type(model, n.ty) == Some(sys) {
-                        return true;
-                    }
-                }
-            }
             if exact && model.is_primitive(&t.name) {
                 return false;
             }

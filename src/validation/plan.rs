@@ -180,6 +180,23 @@ pub enum PlanError {
 const BEST_PRACTICE_EXT: &str =
     "http://hl7.org/fhir/StructureDefinition/elementdefinition-bestpractice";
 
+/// R4 core constraints whose published expression is wrong by FHIRPath's own rules, with
+/// the correction later FHIR versions published. que-7 tests `answer is Boolean`, but a
+/// FHIR `boolean` is not a System Boolean (official FHIRPath suite, testType12), so the R4
+/// text fails every valid `exists` condition; R5 reads `answer is boolean`.
+const CORRECTED: &[(&str, &str, &str)] = &[(
+    "que-7",
+    "operator = 'exists' implies (answer is Boolean)",
+    "operator = 'exists' implies (answer is boolean)",
+)];
+
+fn corrected<'t>(key: &str, text: &'t str) -> &'t str {
+    CORRECTED
+        .iter()
+        .find(|(k, published, _)| *k == key && *published == text)
+        .map_or(text, |(_, _, fixed)| fixed)
+}
+
 /// ele-1 is checked natively (faster than FHIRPath, and the strict reader already refuses
 /// empty objects, so only `{"id": ...}`-only elements are left for it).
 pub const ELE_1: &str = "ele-1";
@@ -331,6 +348,7 @@ fn element_rule(url: &str, id: &str, path: &str, e: &Value) -> Result<ElementRul
         let Some(text) = c.get("expression").and_then(Value::as_str) else {
             continue;
         };
+        let text = corrected(key, text);
         let best_practice = c
             .get("extension")
             .and_then(Value::as_array)
@@ -464,6 +482,22 @@ fn slicing(s: &Value) -> Result<Slicing, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_published_que_7_is_replaced_by_its_correction() {
+        let plan = compile(
+            &json!({"url": "urn:q", "type": "Questionnaire", "snapshot": {"element": [
+            {"id": "Questionnaire", "path": "Questionnaire"},
+            {"id": "Questionnaire.item.enableWhen", "path": "Questionnaire.item.enableWhen",
+             "constraint": [{"key": "que-7", "severity": "error", "human": "h",
+                             "expression": "operator = 'exists' implies (answer is Boolean)"}]}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.elements[1].constraints[0].expression.text(),
+            "operator = 'exists' implies (answer is boolean)"
+        );
+    }
 
     #[test]
     fn slices_sit_beside_their_element_and_children_under_their_parent() {
