@@ -130,24 +130,24 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
         .await;
     assert_eq!(delete.json()["issue"][0]["severity"], "information");
     // malformed requests are 400 and 415, not 200
-    let r = app
-        .send(
-            Method::POST,
-            "/Patient/$validate",
-            &[("Content-Type", "application/fhir+json")],
-            Some(b"{not json"),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = app
-        .send(
-            Method::POST,
-            "/Patient/$validate",
-            &[("Content-Type", "text/plain")],
-            Some(b"x"),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    for (content_type, body, status) in [
+        (
+            "application/fhir+json",
+            &b"{not json"[..],
+            StatusCode::BAD_REQUEST,
+        ),
+        ("text/plain", &b"x"[..], StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ] {
+        let r = app
+            .send(
+                Method::POST,
+                "/Patient/$validate",
+                &[("Content-Type", content_type)],
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{content_type}");
+    }
     // the CapabilityStatement declares the operation and the required profile
     let cs = app.get("/metadata").await.json();
     let patient = cs["rest"][0]["resource"]

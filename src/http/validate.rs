@@ -40,15 +40,7 @@ pub async fn type_level(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let mut ex = Exchange::begin(&state, &req, Interaction::Operation("validate".into()));
-    let result = async {
-        ex.precondition()?;
-        let rt = resource_type(&state, &path)?;
-        ex.audit.resource_type = Some(rt.clone());
-        validate(&state, &req, &ex, &rt, None, payload).await
-    }
-    .await;
-    ex.finish(&state, result).await
+    operation(&req, &state, payload, &path, None).await
 }
 
 /// `POST /fhir/{type}/{id}/$validate`
@@ -58,17 +50,28 @@ pub async fn instance_level(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let mut ex = Exchange::begin(&state, &req, Interaction::Operation("validate".into()));
+    operation(&req, &state, payload, &path.0, Some(&path.1)).await
+}
+
+/// One audited `$validate` interaction.
+async fn operation(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: web::Payload,
+    rt: &str,
+    id: Option<&str>,
+) -> HttpResponse {
+    let mut ex = Exchange::begin(state, req, Interaction::Operation("validate".into()));
     let result = async {
         ex.precondition()?;
-        let rt = resource_type(&state, &path.0)?;
-        let id = resource_id(&path.1)?;
+        let rt = resource_type(state, rt)?;
+        let id = id.map(resource_id).transpose()?;
         ex.audit.resource_type = Some(rt.clone());
-        ex.audit.id = Some(id.to_string());
-        validate(&state, &req, &ex, &rt, Some(id), payload).await
+        ex.audit.id = id.as_ref().map(Id::to_string);
+        validate(state, req, &ex, &rt, id, payload).await
     }
     .await;
-    ex.finish(&state, result).await
+    ex.finish(state, result).await
 }
 
 /// `$validate` mode (R4 Resource-validate, parameter `mode`).

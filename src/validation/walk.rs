@@ -31,7 +31,8 @@ pub struct Loc<'p> {
 #[derive(Clone, Copy)]
 enum Segment<'p> {
     Name(&'p str),
-    Index(usize),
+    /// An item of an array: `name[3]`.
+    Item(&'p str, usize),
 }
 
 impl<'p> Loc<'p> {
@@ -49,10 +50,14 @@ impl<'p> Loc<'p> {
         }
     }
 
-    fn index(&'p self, i: usize) -> Loc<'p> {
+    /// A value found under `name`, at `index` when the JSON holds an array.
+    fn value(&'p self, name: &'p str, index: Option<usize>) -> Loc<'p> {
         Loc {
             parent: Some(self),
-            segment: Segment::Index(i),
+            segment: match index {
+                Some(i) => Segment::Item(name, i),
+                None => Segment::Name(name),
+            },
         }
     }
 
@@ -66,18 +71,18 @@ impl<'p> Loc<'p> {
         }
         let mut out = String::new();
         for s in parts.iter().rev() {
-            match s {
-                Segment::Name(n) => {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(n);
-                }
-                Segment::Index(i) => {
-                    out.push('[');
-                    out.push_str(&i.to_string());
-                    out.push(']');
-                }
+            let (name, index) = match s {
+                Segment::Name(n) => (n, None),
+                Segment::Item(n, i) => (n, Some(i)),
+            };
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(name);
+            if let Some(i) = index {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
             }
         }
         out
@@ -548,11 +553,7 @@ impl<'v> Walk<'v> {
                 self.sliced(plan, k, &found, loc, ctx);
             } else {
                 for f in &found {
-                    let base = loc.key(f.key);
-                    let at = match f.index {
-                        Some(i) => base.index(i),
-                        None => base,
-                    };
+                    let at = loc.value(f.key, f.index);
                     self.element(plan, k, f.item, &at, ctx);
                 }
             }
@@ -619,11 +620,7 @@ impl<'v> Walk<'v> {
         let el = &plan.elements[k];
         let mut counts = vec![0usize; el.slices.len()];
         for f in found {
-            let base = loc.key(f.key);
-            let at = match f.index {
-                Some(i) => base.index(i),
-                None => base,
-            };
+            let at = loc.value(f.key, f.index);
             let url = f
                 .item
                 .value
@@ -729,11 +726,7 @@ impl<'v> Walk<'v> {
         let el = &plan.elements[k];
         let mut counts = vec![0usize; el.slices.len()];
         for f in found {
-            let base = loc.key(f.key);
-            let at = match f.index {
-                Some(i) => base.index(i),
-                None => base,
-            };
+            let at = loc.value(f.key, f.index);
             self.element(plan, k, f.item, &at, ctx);
             let slot = (0..el.slices.len())
                 .find(|&n| slicing::matches(self, plan, k, el.slices[n], f.item, ctx));
