@@ -201,19 +201,6 @@ fn corrected<'t>(key: &str, text: &'t str) -> &'t str {
 /// empty objects, so only `{"id": ...}`-only elements are left for it).
 pub const ELE_1: &str = "ele-1";
 
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => String::new(),
-    }
-}
-
-/// JSON key of a choice element for one type: `value` + `Quantity`.
-pub fn choice_key(name: &str, type_code: &str) -> String {
-    format!("{name}{}", upper_first(type_code))
-}
-
 /// Compiles a StructureDefinition with a snapshot.
 pub fn compile(sd: &Value) -> Result<Plan, PlanError> {
     let url = sd
