@@ -20,6 +20,7 @@ mod bundle;
 pub mod plan;
 mod services;
 mod slicing;
+mod value_rules;
 mod values;
 mod walk;
 

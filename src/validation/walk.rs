@@ -1,9 +1,9 @@
 //! The instance walk: one resource against one plan. At each element it checks the
-//! cardinality of every child rule, the types a profile allows for choice elements, fixed
-//! and pattern values, bindings, the element's constraints (FHIRPath), reference targets,
-//! base64 content, and descends: into the children the snapshot unfolds, else into the plan
-//! of the element's type (or the type's profile). Slices and extensions are matched here;
-//! contained and bundled resources are validated against their own type and claims.
+//! cardinality of every child rule, the types a profile allows for choice elements, the
+//! value rules (`value_rules`) and the element's constraints (FHIRPath), then descends:
+//! into the children the snapshot unfolds, else into the plan of the element's type (or the
+//! type's profile). Sliced elements and extensions are handed to `slicing`; contained and
+//! bundled resources are validated against their own type and the profiles they claim.
 //!
 //! Locations are kept as a chain of borrowed segments and turned into text only when an
 //! issue is raised, so a clean walk allocates no paths.
@@ -12,14 +12,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::plan::{Binding, Constraint, ElementRule, Plan, SlicingRules, Strength};
-use super::slicing;
-use super::values;
+use super::plan::{Constraint, ElementRule, Plan};
 use super::Validator;
-use crate::fhir::types::truncate;
 use crate::fhir::{Issue, Severity};
 use crate::fhirpath::EvalContext;
-use crate::terminology::Membership;
 
 /// Where in the instance: a chain of element names and array indexes.
 #[derive(Clone, Copy)]
@@ -43,7 +39,7 @@ impl<'p> Loc<'p> {
         }
     }
 
-    fn key(&'p self, name: &'p str) -> Loc<'p> {
+    pub(super) fn key(&'p self, name: &'p str) -> Loc<'p> {
         Loc {
             parent: Some(self),
             segment: Segment::Name(name),
@@ -51,7 +47,7 @@ impl<'p> Loc<'p> {
     }
 
     /// A value found under `name`, at `index` when the JSON holds an array.
-    fn value(&'p self, name: &'p str, index: Option<usize>) -> Loc<'p> {
+    pub(super) fn value(&'p self, name: &'p str, index: Option<usize>) -> Loc<'p> {
         Loc {
             parent: Some(self),
             segment: match index {
@@ -107,12 +103,12 @@ pub struct Ctx<'x> {
 }
 
 /// Nesting limit for contained resources and extensions inside extensions.
-const MAX_DEPTH: usize = 48;
+pub(super) const MAX_DEPTH: usize = 48;
 
 pub struct Walk<'v> {
     pub v: &'v Validator,
     pub issues: Vec<Issue>,
-    depth: usize,
+    pub(super) depth: usize,
 }
 
 impl<'v> Walk<'v> {
@@ -178,9 +174,6 @@ impl<'v> Walk<'v> {
         let el = &plan.elements[index];
         if let Some(value) = item.value {
             self.value_rules(plan, el, item, value, loc, ctx);
-            if item.ty == "Coding" {
-                self.code_exists(plan, value, loc);
-            }
         }
         if index != 0 && is_resource_type(self.v, item.ty) {
             if let Some(value) = item.value {
@@ -238,225 +231,6 @@ impl<'v> Walk<'v> {
             }
         }
         self.v.type_plan(ty)
-    }
-
-    /// Fixed, pattern, maxLength, binding, base64 and reference rules of one value.
-    fn value_rules(
-        &mut self,
-        plan: &Plan,
-        el: &ElementRule,
-        item: Item,
-        value: &Value,
-        loc: &Loc,
-        ctx: Ctx,
-    ) {
-        if let Some(f) = &el.fixed {
-            if !values::fixed_matches(f, value) {
-                self.issue(
-                    plan,
-                    Severity::Error,
-                    "value",
-                    format!(
-                        "the value must be exactly {} (fixed by {})",
-                        short(f),
-                        el.id
-                    ),
-                    loc,
-                );
-            }
-        }
-        if let Some(p) = &el.pattern {
-            if !values::pattern_matches(p, value) {
-                self.issue(
-                    plan,
-                    Severity::Error,
-                    "value",
-                    format!(
-                        "the value does not match the pattern {} of {}",
-                        short(p),
-                        el.id
-                    ),
-                    loc,
-                );
-            }
-        }
-        if let (Some(max), Some(s)) = (el.max_length, value.as_str()) {
-            if s.chars().count() > max {
-                self.issue(
-                    plan,
-                    Severity::Error,
-                    "value",
-                    format!(
-                        "the value is longer than the maximum length {max} of {}",
-                        el.id
-                    ),
-                    loc,
-                );
-            }
-        }
-        if let Some(b) = &el.binding {
-            self.binding(plan, b, item.ty, value, loc);
-        }
-        if item.ty == "base64Binary" {
-            if let Some(problem) = value.as_str().and_then(values::base64_problem) {
-                self.issue(
-                    plan,
-                    Severity::Error,
-                    "value",
-                    format!("the base64Binary value {problem}"),
-                    loc,
-                );
-            }
-        }
-        if item.ty == "Reference" {
-            self.reference_target(plan, el, value, loc, ctx);
-        }
-    }
-
-    /// The codes of a coded value: (system, code) pairs.
-    fn codes<'x>(ty: &str, value: &'x Value) -> Vec<(Option<&'x str>, &'x str)> {
-        let coding = |c: &'x Value| {
-            c.get("code")
-                .and_then(Value::as_str)
-                .map(|code| (c.get("system").and_then(Value::as_str), code))
-        };
-        match ty {
-            "code" | "string" | "uri" => value.as_str().map(|s| (None, s)).into_iter().collect(),
-            "Coding" | "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "MoneyQuantity"
-            | "SimpleQuantity" => coding(value).into_iter().collect(),
-            "CodeableConcept" => value
-                .get("coding")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(coding)
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    fn binding(&mut self, plan: &Plan, b: &Binding, ty: &str, value: &Value, loc: &Loc) {
-        let codes = Self::codes(ty, value);
-        if codes.is_empty() {
-            return;
-        }
-        let Some(expansion) = self.v.expansion(b) else {
-            return; // not available: nothing can be said
-        };
-        let mut unknown = false;
-        for (system, code) in &codes {
-            match expansion.contains(*system, code) {
-                Membership::Member => return,
-                Membership::Unknown(_) => unknown = true,
-                Membership::NotMember => {}
-            }
-        }
-        if unknown {
-            return;
-        }
-        let shown: Vec<String> = codes
-            .iter()
-            .map(|(s, c)| match s {
-                Some(s) => format!("{s}#{c}"),
-                None => (*c).to_string(),
-            })
-            .collect();
-        let (severity, strength) = match b.strength {
-            Strength::Required => (Severity::Error, "required"),
-            Strength::Extensible => (Severity::Warning, "extensible"),
-        };
-        self.issue(
-            plan,
-            severity,
-            "code-invalid",
-            format!(
-                "the code {} is not in the value set {} ({strength} binding)",
-                truncate(&shown.join(", "), 200),
-                b.value_set
-            ),
-            loc,
-        );
-    }
-
-    /// A Coding of a code system the packages hold completely must use one of its codes.
-    fn code_exists(&mut self, plan: &Plan, coding: &Value, loc: &Loc) {
-        let (Some(system), Some(code)) = (
-            coding.get("system").and_then(Value::as_str),
-            coding.get("code").and_then(Value::as_str),
-        ) else {
-            return;
-        };
-        if let Ok(None) = self.v.terminology.lookup(system, code) {
-            self.issue(
-                plan,
-                Severity::Error,
-                "code-invalid",
-                format!(
-                    "`{}` is not a code of the code system {system}",
-                    truncate(code, 80)
-                ),
-                loc,
-            );
-        }
-    }
-
-    /// `type.targetProfile` of a Reference: the type the reference names must be allowed.
-    fn reference_target(
-        &mut self,
-        plan: &Plan,
-        el: &ElementRule,
-        value: &Value,
-        loc: &Loc,
-        ctx: Ctx,
-    ) {
-        let Some(rule) = el.type_rule("Reference") else {
-            return;
-        };
-        if rule.target_profiles.is_empty() {
-            return;
-        }
-        let Some(reference) = value.get("reference").and_then(Value::as_str) else {
-            return;
-        };
-        let target: Option<&str> = if let Some(id) = reference.strip_prefix('#') {
-            ctx.resource
-                .get("contained")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
-                .and_then(|r| r.get("resourceType"))
-                .and_then(Value::as_str)
-        } else {
-            // Only a target found in the instance (contained, or an entry of the Bundle) is
-            // checked: a literal URL alone is not proof of what it points to.
-            super::bundle::entry_by_reference(ctx.root, reference)
-                .and_then(|r| r.get("resourceType"))
-                .and_then(Value::as_str)
-        };
-        let Some(target) = target else {
-            return;
-        };
-        let mut allowed = Vec::new();
-        for p in &rule.target_profiles {
-            match self.v.profile_type(p) {
-                Some(t) if t == "Resource" || t == target => return,
-                Some(t) => allowed.push(t),
-                None => return, // an unknown target profile: cannot tell
-            }
-        }
-        let loc = loc.key("reference");
-        self.issue(
-            plan,
-            Severity::Error,
-            "structure",
-            format!(
-                "the reference names a {target}, but {} allows only {}",
-                el.id,
-                allowed.join(", ")
-            ),
-            &loc,
-        );
     }
 
     /// Evaluates constraints on one value; `skip` holds constraints already evaluated on it.
@@ -570,7 +344,7 @@ impl<'v> Walk<'v> {
     ) -> Vec<Found<'x>> {
         let mut out = Vec::new();
         if !el.choice {
-            let ty = instance_type(el, None);
+            let ty = instance_type(el);
             push_found(
                 &mut out,
                 el.name.as_str(),
@@ -612,182 +386,6 @@ impl<'v> Walk<'v> {
             }
         }
         out
-    }
-
-    /// Extensions: by slice (URL) where the profile slices them, else by the
-    /// StructureDefinition their URL names; unknown URLs are reported (DESIGN section 10).
-    fn extensions(&mut self, plan: &Plan, k: usize, found: &[Found], loc: &Loc, ctx: Ctx) {
-        let el = &plan.elements[k];
-        let mut counts = vec![0usize; el.slices.len()];
-        for f in found {
-            let at = loc.value(f.key, f.index);
-            let url = f
-                .item
-                .value
-                .and_then(|v| v.get("url"))
-                .and_then(Value::as_str);
-            let slot = url.and_then(|u| {
-                el.slices
-                    .iter()
-                    .position(|&s| slicing::extension_slice_url(plan, s) == Some(u))
-            });
-            match slot {
-                Some(n) => {
-                    counts[n] += 1;
-                    self.element(plan, el.slices[n], f.item, &at, ctx);
-                }
-                None => {
-                    if el
-                        .slicing
-                        .as_ref()
-                        .is_some_and(|s| s.rules == SlicingRules::Closed)
-                    {
-                        self.issue(
-                            plan,
-                            Severity::Error,
-                            "structure",
-                            format!(
-                                "the extension {} is not allowed here: {} is closed",
-                                url.unwrap_or("(no url)"),
-                                el.id
-                            ),
-                            &at,
-                        );
-                    }
-                    self.unsliced_extension(plan, el, f.item, url, &at, ctx);
-                }
-            }
-        }
-        self.slice_counts(plan, el, &counts, loc);
-    }
-
-    fn unsliced_extension(
-        &mut self,
-        plan: &Plan,
-        el: &ElementRule,
-        item: Item,
-        url: Option<&str>,
-        loc: &Loc,
-        ctx: Ctx,
-    ) {
-        let Some(url) = url else {
-            if let Some(tp) = self.v.type_plan("Extension") {
-                self.element(&tp, 0, item, loc, ctx);
-            }
-            return;
-        };
-        if !url.contains(':') {
-            // a relative URL names a part of a complex extension, defined by its parent
-            return;
-        }
-        if is_example_domain(url) {
-            // The reference validator accepts extensions of the example domains without a
-            // definition (its "allow example URLs" mode, in which the R4 examples pass).
-            return;
-        }
-        match self.v.plan(url) {
-            Ok(ext) if ext.type_name == "Extension" => {
-                if self.depth < MAX_DEPTH {
-                    self.depth += 1;
-                    self.element(&ext, 0, item, loc, ctx);
-                    self.depth -= 1;
-                }
-            }
-            _ => {
-                let modifier = el.name == "modifierExtension";
-                let hl7 = url.starts_with("http://hl7.org/fhir/StructureDefinition/");
-                let severity = if modifier || hl7 {
-                    Severity::Error
-                } else {
-                    Severity::Warning
-                };
-                let what = if modifier {
-                    "modifier extension"
-                } else {
-                    "extension"
-                };
-                self.issue(
-                    plan,
-                    severity,
-                    "extension",
-                    format!(
-                        "the {what} {} is not defined by any loaded package",
-                        truncate(url, 200)
-                    ),
-                    loc,
-                );
-            }
-        }
-    }
-
-    /// Values of a sliced element: each is checked against the element and against the
-    /// first slice it matches; closed slicing refuses the rest; slice cardinalities.
-    fn sliced(&mut self, plan: &Plan, k: usize, found: &[Found], loc: &Loc, ctx: Ctx) {
-        let el = &plan.elements[k];
-        let mut counts = vec![0usize; el.slices.len()];
-        for f in found {
-            let at = loc.value(f.key, f.index);
-            self.element(plan, k, f.item, &at, ctx);
-            let slot = (0..el.slices.len())
-                .find(|&n| slicing::matches(self, plan, k, el.slices[n], f.item, ctx));
-            match slot {
-                Some(n) => {
-                    counts[n] += 1;
-                    self.element(plan, el.slices[n], f.item, &at, ctx);
-                }
-                None if el
-                    .slicing
-                    .as_ref()
-                    .is_some_and(|s| s.rules == SlicingRules::Closed) =>
-                {
-                    self.issue(
-                        plan,
-                        Severity::Error,
-                        "structure",
-                        format!(
-                            "the value matches none of the slices of {}, and the slicing is closed",
-                            el.id
-                        ),
-                        &at,
-                    );
-                }
-                None => {}
-            }
-        }
-        self.slice_counts(plan, el, &counts, loc);
-    }
-
-    fn slice_counts(&mut self, plan: &Plan, el: &ElementRule, counts: &[usize], loc: &Loc) {
-        for (n, &s) in el.slices.iter().enumerate() {
-            let slice = &plan.elements[s];
-            let name = slice.slice_name.as_deref().unwrap_or("?");
-            if counts[n] < slice.min as usize {
-                self.issue(
-                    plan,
-                    Severity::Error,
-                    "structure",
-                    format!(
-                        "slice {name} of {}: at least {} required, found {}",
-                        el.path, slice.min, counts[n]
-                    ),
-                    loc,
-                );
-            }
-            if let Some(max) = slice.max {
-                if counts[n] > max as usize {
-                    self.issue(
-                        plan,
-                        Severity::Error,
-                        "structure",
-                        format!(
-                            "slice {name} of {}: at most {max} allowed, found {}",
-                            el.path, counts[n]
-                        ),
-                        loc,
-                    );
-                }
-            }
-        }
     }
 }
 
@@ -851,14 +449,6 @@ fn push_found<'x>(
     }
 }
 
-/// Domains the HL7 examples use for made-up extensions (`example.org`, `acme.com`,
-/// `nema.org`).
-fn is_example_domain(url: &str) -> bool {
-    ["example.org", "acme.com", "nema.org"]
-        .iter()
-        .any(|d| url.contains(d))
-}
-
 fn is_resource_type(v: &Validator, ty: &str) -> bool {
     matches!(ty, "Resource" | "DomainResource") || v.model.is_resource_type(ty)
 }
@@ -873,7 +463,7 @@ fn is_inline(el: &ElementRule) -> bool {
 }
 
 /// The type of an instance value of a non-choice element.
-fn instance_type<'x>(el: &'x ElementRule, _chosen: Option<&'x str>) -> &'x str {
+fn instance_type(el: &ElementRule) -> &str {
     if is_inline(el) {
         return el.path_type.as_str();
     }
@@ -887,8 +477,4 @@ fn suffix_names(suffix: &str, code: &str) -> bool {
         (Some(x), Some(y)) if x.eq_ignore_ascii_case(&y) => a.as_str() == b.as_str(),
         _ => false,
     }
-}
-
-fn short(v: &Value) -> String {
-    truncate(&v.to_string(), 120)
 }
