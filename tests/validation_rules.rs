@@ -456,7 +456,7 @@ fn cases() -> Vec<Case> {
             "contained": [{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}}],
             "generalPractitioner": [{"reference": "#o1"}]})),
             vec![],
-            "Patient.generalPractitioner[0].reference",
+            "Patient.generalPractitioner[0]",
             Severity::Error,
             "structure",
             "names a Observation",

@@ -221,7 +221,7 @@ impl Walk<'_> {
                 None => return, // an unknown target profile: cannot tell
             }
         }
-        let loc = loc.key("reference");
+        // at the Reference, where the reference validator reports it
         self.issue(
             plan,
             Severity::Error,
@@ -231,7 +231,7 @@ impl Walk<'_> {
                 el.id,
                 allowed.join(", ")
             ),
-            &loc,
+            loc,
         );
     }
 }
