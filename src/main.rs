@@ -134,8 +134,9 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         } => {
             let mut settings = settings;
             if !packages.is_empty() {
-                settings.packages.load = std::iter::once("hl7.fhir.r4.core#4.0.1".to_string())
-                    .chain(packages)
+                let core = "hl7.fhir.r4.core#4.0.1";
+                settings.packages.load = std::iter::once(core.to_string())
+                    .chain(packages.into_iter().filter(|p| p != core))
                     .collect();
             }
             let model = startup::load_model(&settings)?;

@@ -51,6 +51,12 @@ pub enum StartupError {
         #[source]
         source: ValidationError,
     },
+    #[error("validation.required_profiles for {resource_type}: {profile} constrains {constrains}, not {resource_type}")]
+    RequiredProfileType {
+        resource_type: String,
+        profile: String,
+        constrains: String,
+    },
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -88,12 +94,19 @@ pub fn build_validator(
     let validator = Validator::new(model.clone(), terminology, options);
     for (resource_type, profiles) in &settings.validation.required_profiles {
         for p in profiles {
-            validator
+            let plan = validator
                 .plan(p)
                 .map_err(|source| StartupError::RequiredProfile {
                     resource_type: resource_type.clone(),
                     source,
                 })?;
+            if !plan.type_name.eq_ignore_ascii_case(resource_type) {
+                return Err(StartupError::RequiredProfileType {
+                    resource_type: resource_type.clone(),
+                    profile: p.clone(),
+                    constrains: plan.type_name.clone(),
+                });
+            }
         }
     }
     Ok(Arc::new(validator))

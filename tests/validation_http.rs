@@ -150,6 +150,10 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
         .clone();
     assert_eq!(patient["operation"][0]["name"], "validate");
     assert_eq!(patient["supportedProfile"][0], US_CORE_PATIENT);
+    // and it is itself a valid CapabilityStatement
+    let r = app.post_json("/CapabilityStatement/$validate", &cs).await;
+    let oo = r.json();
+    assert!(!has_issue(&oo, |i| i["severity"] == "error"), "{oo}");
     app.assert_every_request_audited().await;
     app.stop().await;
 }
@@ -217,4 +221,38 @@ fn the_validate_command_exits_1_exactly_when_a_file_has_an_error() {
         US_CORE_PATIENT,
     ]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_required_profile_that_is_unknown_or_of_another_type_stops_the_start() {
+    let settings = |profile: &str| {
+        let mut s = fhirgate::config::Settings::default();
+        s.packages.cache = Some(support::package_cache());
+        s.packages.registry = "http://127.0.0.1:9/no-registry".into();
+        us_core_settings(&mut s);
+        s.validation
+            .required_profiles
+            .insert("Patient".into(), vec![profile.into()]);
+        s
+    };
+    for (profile, words) in [
+        (
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-observation-lab",
+            "constrains Observation, not Patient",
+        ),
+        (
+            "http://partner.test/StructureDefinition/nope",
+            "for Patient",
+        ),
+    ] {
+        let s = settings(profile);
+        let model = fhirgate::startup::load_model(&s).expect("packages");
+        let err = fhirgate::startup::build_validator(&s, &model)
+            .err()
+            .unwrap_or_else(|| panic!("{profile} was accepted"));
+        assert!(err.to_string().contains(words), "{err}");
+    }
+    let s = settings(US_CORE_PATIENT);
+    let model = fhirgate::startup::load_model(&s).expect("packages");
+    assert!(fhirgate::startup::build_validator(&s, &model).is_ok());
 }
