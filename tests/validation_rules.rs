@@ -391,6 +391,16 @@ fn cases() -> Vec<Case> {
             "matches none of the slices",
         ),
         (
+            "slicing that cannot be evaluated (resolve() outside the instance)",
+            json!({"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "lipids"},
+                   "result": [{"reference": "Observation/cholesterol"}]}),
+            vec!["http://hl7.org/fhir/StructureDefinition/lipidprofile"],
+            "DiagnosticReport.result[0]",
+            Severity::Warning,
+            "processing",
+            "cannot be told apart",
+        ),
+        (
             "required binding",
             patient(json!({"gender": "unknownish"})),
             vec![],

@@ -179,19 +179,39 @@ fn expected<'p>(plan: &'p Plan, slice: usize, kind: DiscriminatorKind, path: &st
     }
 }
 
+/// Whether a value belongs to a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceMatch {
+    Yes,
+    No,
+    /// A discriminator cannot be evaluated here: the slice does not say what it expects,
+    /// or the path needs what the instance does not hold (`resolve()` of a reference to
+    /// a resource outside it).
+    CannotTell,
+}
+
 /// Whether `item`, a value of the element `base`, belongs to slice `slice`.
-pub fn matches(w: &mut Walk, plan: &Plan, base: usize, slice: usize, item: Item, ctx: Ctx) -> bool {
+pub fn matches(
+    w: &mut Walk,
+    plan: &Plan,
+    base: usize,
+    slice: usize,
+    item: Item,
+    ctx: Ctx,
+) -> SliceMatch {
     let Some(slicing) = &plan.elements[base].slicing else {
-        return false;
+        return SliceMatch::CannotTell;
     };
     if slicing.discriminators.is_empty() {
-        return false;
+        return SliceMatch::CannotTell;
     }
     let services = super::services::ValidationServices { v: w.v };
+    let mut unsure = false;
     for d in &slicing.discriminators {
         let want = expected(plan, slice, d.kind, &d.path);
         if matches!(want, Expected::Unknown) {
-            return false;
+            unsure = true;
+            continue;
         }
         // The instance's values at the path: (JSON, FHIR type).
         let mut actual: Vec<(&Value, String)> = Vec::new();
@@ -205,7 +225,8 @@ pub fn matches(w: &mut Walk, plan: &Plan, base: usize, slice: usize, item: Item,
                 ectx.input_type = Some(item.ty);
                 ectx.services = &services;
                 let Ok(result) = expr.evaluate(&ectx, v) else {
-                    return false;
+                    unsure = true;
+                    continue;
                 };
                 for r in &result {
                     if let fhirpath::Item::Node(n) = r {
@@ -213,6 +234,10 @@ pub fn matches(w: &mut Walk, plan: &Plan, base: usize, slice: usize, item: Item,
                             actual.push((j, n.ty.to_string()));
                         }
                     }
+                }
+                if actual.is_empty() && d.path.contains("resolve()") {
+                    unsure = true;
+                    continue;
                 }
             }
             (Some(_), None) => {}
@@ -243,10 +268,14 @@ pub fn matches(w: &mut Walk, plan: &Plan, base: usize, slice: usize, item: Item,
             Expected::Unknown => false,
         };
         if !ok {
-            return false;
+            return SliceMatch::No;
         }
     }
-    true
+    if unsure {
+        SliceMatch::CannotTell
+    } else {
+        SliceMatch::Yes
+    }
 }
 
 impl Walk<'_> {
@@ -301,7 +330,7 @@ impl Walk<'_> {
                 }
             }
         }
-        self.slice_counts(plan, el, &counts, loc);
+        self.slice_counts(plan, el, &counts, loc, true);
     }
 
     fn unsliced_extension(
@@ -367,22 +396,49 @@ impl Walk<'_> {
     /// first slice it matches; closed slicing refuses the rest; slice cardinalities.
     pub(super) fn sliced(&mut self, plan: &Plan, k: usize, found: &[Found], loc: &Loc, ctx: Ctx) {
         let el = &plan.elements[k];
+        let closed = el
+            .slicing
+            .as_ref()
+            .is_some_and(|s| s.rules == SlicingRules::Closed);
         let mut counts = vec![0usize; el.slices.len()];
+        let mut undecided = false;
         for f in found {
             let at = loc.value(f.key, f.index);
             self.element(plan, k, f.item, &at, ctx);
-            let slot =
-                (0..el.slices.len()).find(|&n| matches(self, plan, k, el.slices[n], f.item, ctx));
+            let mut slot = None;
+            let mut unsure = false;
+            for (n, &s) in el.slices.iter().enumerate() {
+                match matches(self, plan, k, s, f.item, ctx) {
+                    SliceMatch::Yes => {
+                        slot = Some(n);
+                        break;
+                    }
+                    SliceMatch::CannotTell => unsure = true,
+                    SliceMatch::No => {}
+                }
+            }
             match slot {
                 Some(n) => {
                     counts[n] += 1;
                     self.element(plan, el.slices[n], f.item, &at, ctx);
                 }
-                None if el
-                    .slicing
-                    .as_ref()
-                    .is_some_and(|s| s.rules == SlicingRules::Closed) =>
-                {
+                None if unsure => {
+                    // Not knowing is not a finding against the instance: no closed-slicing
+                    // error and no slice minimums for this element (the reference validator
+                    // also only warns when it cannot evaluate a slicing).
+                    undecided = true;
+                    self.issue(
+                        plan,
+                        Severity::Warning,
+                        "processing",
+                        format!(
+                            "the slices of {} cannot be told apart for this value (a discriminator cannot be evaluated here)",
+                            el.id
+                        ),
+                        &at,
+                    );
+                }
+                None if closed => {
                     self.issue(
                         plan,
                         Severity::Error,
@@ -397,14 +453,21 @@ impl Walk<'_> {
                 None => {}
             }
         }
-        self.slice_counts(plan, el, &counts, loc);
+        self.slice_counts(plan, el, &counts, loc, !undecided);
     }
 
-    fn slice_counts(&mut self, plan: &Plan, el: &ElementRule, counts: &[usize], loc: &Loc) {
+    fn slice_counts(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        counts: &[usize],
+        loc: &Loc,
+        check_min: bool,
+    ) {
         for (n, &s) in el.slices.iter().enumerate() {
             let slice = &plan.elements[s];
             let name = slice.slice_name.as_deref().unwrap_or("?");
-            if counts[n] < slice.min as usize {
+            if check_min && counts[n] < slice.min as usize {
                 self.issue(
                     plan,
                     Severity::Error,
