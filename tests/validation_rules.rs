@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 const TEST_PATIENT: &str = "http://fhirgate.test/StructureDefinition/test-patient";
 const TEST_OBSERVATION: &str = "http://fhirgate.test/StructureDefinition/test-observation";
+const TEST_BUNDLE: &str = "http://fhirgate.test/StructureDefinition/test-bundle";
 const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
 
 fn el(id: &str, min: u32, max: &str, types: &[&str], extra: Value) -> Value {
@@ -192,6 +193,21 @@ fn test_package(dir: &Path) {
                    "type": [{"code": "Quantity", "profile": ["http://hl7.org/fhir/StructureDefinition/SimpleQuantity"]}]}),
         ],
     );
+    let bundle = profile(
+        TEST_BUNDLE,
+        "Bundle",
+        vec![
+            el("Bundle", 0, "*", &[], json!({})),
+            el("Bundle.entry", 0, "*", &["BackboneElement"], json!({})),
+            json!({"id": "Bundle.entry.resource", "path": "Bundle.entry.resource", "min": 0, "max": "1",
+                   "type": [{"code": "Patient", "profile": [US_CORE_PATIENT]}]}),
+        ],
+    );
+    std::fs::write(
+        pkg.join("StructureDefinition-test-bundle.json"),
+        bundle.to_string(),
+    )
+    .unwrap();
     std::fs::write(
         pkg.join("StructureDefinition-test-patient.json"),
         patient.to_string(),
@@ -399,6 +415,17 @@ fn cases() -> Vec<Case> {
             Severity::Warning,
             "processing",
             "cannot be told apart",
+        ),
+        (
+            "profile of a nested resource named by the element type",
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1",
+                   "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "1"}],
+                                "name": [{"family": "Chalmers"}]}}]}),
+            vec![TEST_BUNDLE],
+            "Bundle.entry[0].resource",
+            Severity::Error,
+            "required",
+            "Patient.gender: at least 1 required",
         ),
         (
             "required binding",

@@ -154,19 +154,51 @@ impl<'v> Walk<'v> {
         }
     }
 
-    /// A contained or bundled resource: its base type and the profiles it claims.
-    fn nested_resource(&mut self, resource: &Value, loc: &Loc, root: &Value) {
+    /// A contained or bundled resource: its base type, the profiles it claims, and the
+    /// profiles the element's type names (one: validated against it; several: it must
+    /// conform to one of them).
+    fn nested_resource(
+        &mut self,
+        plan: &Plan,
+        el: &ElementRule,
+        resource: &Value,
+        loc: &Loc,
+        root: &Value,
+    ) {
         if self.depth >= MAX_DEPTH {
             return;
         }
         let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
             return; // the strict reader reports it
         };
+        let named: Vec<String> = el
+            .types
+            .iter()
+            .filter(|t| t.code == rt || t.code == "Resource")
+            .flat_map(|t| t.profiles.iter().cloned())
+            .collect();
+        let explicit: &[String] = if named.len() == 1 { &named } else { &[] };
         self.depth += 1;
-        for plan in self.v.plans_for(resource, rt, &[], &mut self.issues, loc) {
-            self.resource(&plan, resource, loc, root);
+        for p in self
+            .v
+            .plans_for(resource, rt, explicit, &mut self.issues, loc)
+        {
+            self.resource(&p, resource, loc, root);
         }
         self.depth -= 1;
+        if named.len() > 1 && !named.iter().any(|p| self.v.conforms(resource, rt, p)) {
+            self.issue(
+                plan,
+                Severity::Error,
+                "structure",
+                format!(
+                    "the {rt} conforms to none of the profiles {} allows ({})",
+                    el.id,
+                    named.join(", ")
+                ),
+                loc,
+            );
+        }
     }
 
     /// One instance value against element `index` of `plan`.
@@ -177,7 +209,7 @@ impl<'v> Walk<'v> {
         }
         if index != 0 && is_resource_type(self.v, item.ty) {
             if let Some(value) = item.value {
-                self.nested_resource(value, loc, ctx.root);
+                self.nested_resource(plan, el, value, loc, ctx.root);
             }
             return;
         }
