@@ -139,6 +139,11 @@ async fn validate_operation_answers_200_with_the_issues(backend: Backend) {
             .await;
         assert_eq!(r.status, status, "{content_type}");
     }
+    // only POST runs the operation
+    assert_eq!(
+        app.get("/Patient/$validate").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
     // the CapabilityStatement declares the operation and the required profile
     let cs = app.get("/metadata").await.json();
     let patient = cs["rest"][0]["resource"]
