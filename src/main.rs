@@ -143,11 +143,17 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let validator = startup::build_validator(&settings, &model)?;
             let mut failed = false;
             for f in files {
-                let bytes =
-                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                let issues = match fhir::read_wire(&model, &bytes, sniff_format(&bytes)) {
-                    Ok(v) => validator.validate(&v, &profiles),
-                    Err(issues) => issues,
+                // A file that cannot be read is reported like one that is invalid.
+                let issues = match std::fs::read(&f) {
+                    Err(e) => vec![fhir::Issue::error(
+                        "exception",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                    .severity(fhir::Severity::Fatal)],
+                    Ok(bytes) => match fhir::read_wire(&model, &bytes, sniff_format(&bytes)) {
+                        Ok(v) => validator.validate(&v, &profiles),
+                        Err(issues) => issues,
+                    },
                 };
                 failed |= fhir::outcome::has_errors(&issues);
                 let mut oo = fhir::operation_outcome(&issues);

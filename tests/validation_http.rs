@@ -205,6 +205,10 @@ fn the_validate_command_exits_1_exactly_when_a_file_has_an_error() {
     let (code, outcomes) = run_validate(&[good.to_str().unwrap(), xml.to_str().unwrap()]);
     assert_eq!(code, 0, "{outcomes:?}");
     assert_eq!(outcomes.len(), 2);
+    let missing = dir.path().join("missing.json");
+    let (code, outcomes) = run_validate(&[good.to_str().unwrap(), missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{outcomes:?}");
+    assert_eq!(outcomes[1]["issue"][0]["severity"], "fatal");
     let (code, outcomes) = run_validate(&[good.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(code, 1, "{outcomes:?}");
     assert_eq!(outcomes.len(), 2);

@@ -538,3 +538,89 @@ fn add_contains(out: &mut Expansion, contains: &[Value]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cs() -> CodeSystemIndex {
+        CodeSystemIndex::from_resource(&json!({
+            "url": "urn:cs", "content": "complete",
+            "concept": [
+                {"code": "animal", "concept": [
+                    {"code": "dog", "property": [{"code": "legs", "valueInteger": 4}]},
+                    {"code": "bird", "property": [{"code": "legs", "valueInteger": 2}],
+                     "concept": [{"code": "owl"}]}]},
+                {"code": "stone"}
+            ]
+        }))
+    }
+
+    fn codes(f: Value) -> Vec<String> {
+        let c = cs();
+        let mut v: Vec<String> = filter_codes(&c, &f)
+            .expect("supported filter")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn filters_select_by_hierarchy_property_and_regex() {
+        let f = |op: &str, property: &str, value: &str| json!({"op": op, "property": property, "value": value});
+        assert_eq!(codes(f("is-a", "concept", "bird")), ["bird", "owl"]);
+        assert_eq!(
+            codes(f("descendent-of", "concept", "animal")),
+            ["bird", "dog", "owl"]
+        );
+        assert_eq!(codes(f("is-not-a", "concept", "animal")), ["stone"]);
+        assert_eq!(codes(f("=", "legs", "2")), ["bird"]);
+        assert_eq!(
+            codes(f("regex", "code", "[a-d].*")),
+            ["animal", "bird", "dog"]
+        );
+        assert!(filter_codes(&cs(), &f("exists", "legs", "true")).is_none());
+    }
+
+    #[test]
+    fn open_systems_and_missing_imports_answer_unknown_not_no() {
+        let mut e = Expansion::default();
+        e.add("urn:a", "1");
+        e.open_system("urn:big", "not loaded".into());
+        assert_eq!(e.contains(Some("urn:a"), "1"), Membership::Member);
+        assert_eq!(e.contains(Some("urn:a"), "2"), Membership::NotMember);
+        assert!(matches!(
+            e.contains(Some("urn:big"), "x"),
+            Membership::Unknown(_)
+        ));
+        e.remove("urn:big", "x");
+        assert_eq!(e.contains(Some("urn:big"), "x"), Membership::NotMember);
+        assert!(matches!(e.contains(None, "zzz"), Membership::Unknown(_)));
+        let missing = Expansion {
+            missing_import: Some("urn:vs".into()),
+            ..Expansion::default()
+        };
+        let mut m = Expansion::default();
+        m.add("urn:a", "1");
+        m.merge(&missing);
+        assert!(matches!(
+            m.contains(Some("urn:a"), "2"),
+            Membership::Unknown(_)
+        ));
+        assert!(!m.is_complete());
+    }
+
+    #[test]
+    fn an_include_naming_two_value_sets_keeps_what_both_have() {
+        let mut a = Expansion::default();
+        a.add("urn:a", "1");
+        a.add("urn:a", "2");
+        let mut b = Expansion::default();
+        b.add("urn:a", "2");
+        a.intersect(&b);
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("urn:a", "2")]);
+    }
+}
