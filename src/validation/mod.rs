@@ -157,12 +157,12 @@ impl Validator {
             url: canonical.to_string(),
             reason: e.to_string(),
         })?;
-        plan::compile(&sd)
-            .map(Arc::new)
-            .map_err(|e| ValidationError::BadProfile {
-                url: canonical.to_string(),
-                reason: e.to_string(),
-            })
+        let mut plan = plan::compile(&sd).map_err(|e| ValidationError::BadProfile {
+            url: canonical.to_string(),
+            reason: e.to_string(),
+        })?;
+        slicing::compile_keys(&mut plan);
+        Ok(Arc::new(plan))
     }
 
     /// The plan of a type's own definition (`Patient`, `HumanName`), cached by type name.

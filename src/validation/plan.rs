@@ -75,6 +75,23 @@ pub struct Slicing {
     pub rules: SlicingRules,
 }
 
+/// What a slice expects at one discriminator of its slicing, read from the slice's element
+/// tree when the plan is compiled (`slicing::compile_keys`).
+#[derive(Debug, Clone)]
+pub enum SliceKey {
+    Fixed(Value),
+    Pattern(Value),
+    /// An extension slice stands for its profile's URL.
+    Url(String),
+    /// No fixed value: the values of a required binding.
+    Binding(String),
+    Types(Vec<String>),
+    Profiles(Vec<String>),
+    Exists(bool),
+    /// The slice does not say (or says through `resolve()`): matching cannot tell.
+    Unknown,
+}
+
 /// One element definition of the snapshot.
 #[derive(Debug)]
 pub struct ElementRule {
@@ -101,6 +118,8 @@ pub struct ElementRule {
     pub slicing: Option<Slicing>,
     /// The slices of this element (their rules sit beside it in the snapshot).
     pub slices: Vec<usize>,
+    /// For a slice: its key for each discriminator of the slicing it belongs to.
+    pub slice_keys: Vec<SliceKey>,
     /// Child elements in snapshot order.
     pub children: Vec<usize>,
     /// `contentReference`: the element whose children this one has.
@@ -390,6 +409,7 @@ fn element_rule(url: &str, id: &str, path: &str, e: &Value) -> Result<ElementRul
             .map(str::to_string),
         slicing,
         slices: Vec::new(),
+        slice_keys: Vec::new(),
         children: Vec::new(),
         content_reference: None,
     })

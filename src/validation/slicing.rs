@@ -1,8 +1,9 @@
 //! Slice matching (R4 Profiling, "Slicing"): which slice an instance value belongs to, by
 //! the discriminators of the slicing. For each discriminator the value the slice expects
-//! is read from the slice's element tree along the discriminator path (descending into a
-//! fixed or pattern value where the tree stops), and the instance's values at the path
-//! (evaluated with FHIRPath) are compared with it:
+//! is read once, when the plan is compiled, from the slice's element tree along the
+//! discriminator path (descending into a fixed or pattern value where the tree stops:
+//! `compile_keys`), and the instance's values at the path (evaluated with FHIRPath) are
+//! compared with it:
 //!
 //! - `value`: a value equals the fixed value, matches the pattern, or (no fixed value) is
 //!   in the value set of a required binding;
@@ -18,7 +19,7 @@
 
 use serde_json::Value;
 
-use super::plan::{DiscriminatorKind, ElementRule, Plan, SlicingRules, Strength};
+use super::plan::{DiscriminatorKind, ElementRule, Plan, SliceKey, SlicingRules, Strength};
 use super::values;
 use super::walk::{Ctx, Found, Item, Loc, Walk, MAX_DEPTH};
 use crate::fhir::types::truncate;
@@ -40,7 +41,29 @@ pub fn extension_slice_url(plan: &Plan, slice: usize) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// What a slice expects at a discriminator path.
+/// Fills in what every slice of the plan expects at each discriminator (once, when the
+/// plan is compiled).
+pub fn compile_keys(plan: &mut Plan) {
+    let mut keys = Vec::new();
+    for el in &plan.elements {
+        let Some(slicing) = &el.slicing else {
+            continue;
+        };
+        for &slice in &el.slices {
+            let k: Vec<SliceKey> = slicing
+                .discriminators
+                .iter()
+                .map(|d| expected(plan, slice, d.kind, &d.path).owned())
+                .collect();
+            keys.push((slice, k));
+        }
+    }
+    for (slice, k) in keys {
+        plan.elements[slice].slice_keys = k;
+    }
+}
+
+/// What a slice expects at a discriminator path, borrowed from the plan.
 enum Expected<'p> {
     Fixed(&'p Value),
     Pattern(&'p Value),
@@ -49,8 +72,24 @@ enum Expected<'p> {
     Types(Vec<&'p str>),
     Profiles(Vec<&'p str>),
     Exists(bool),
-    /// The slice does not say: the value cannot belong to it.
+    /// The slice does not say: matching cannot tell.
     Unknown,
+}
+
+impl Expected<'_> {
+    fn owned(self) -> SliceKey {
+        let strings = |v: Vec<&str>| v.into_iter().map(str::to_string).collect();
+        match self {
+            Expected::Fixed(v) => SliceKey::Fixed(v.clone()),
+            Expected::Pattern(v) => SliceKey::Pattern(v.clone()),
+            Expected::Url(u) => SliceKey::Url(u.to_string()),
+            Expected::Binding(vs) => SliceKey::Binding(vs.to_string()),
+            Expected::Types(t) => SliceKey::Types(strings(t)),
+            Expected::Profiles(p) => SliceKey::Profiles(strings(p)),
+            Expected::Exists(e) => SliceKey::Exists(e),
+            Expected::Unknown => SliceKey::Unknown,
+        }
+    }
 }
 
 fn expected<'p>(plan: &'p Plan, slice: usize, kind: DiscriminatorKind, path: &str) -> Expected<'p> {
@@ -207,9 +246,12 @@ pub fn matches(
     }
     let services = super::services::ValidationServices { v: w.v };
     let mut unsure = false;
-    for d in &slicing.discriminators {
-        let want = expected(plan, slice, d.kind, &d.path);
-        if matches!(want, Expected::Unknown) {
+    let keys = &plan.elements[slice].slice_keys;
+    if keys.len() != slicing.discriminators.len() {
+        return SliceMatch::CannotTell;
+    }
+    for (d, want) in slicing.discriminators.iter().zip(keys) {
+        if matches!(want, SliceKey::Unknown) {
             unsure = true;
             continue;
         }
@@ -243,29 +285,28 @@ pub fn matches(
             (Some(_), None) => {}
         }
         let ok = match want {
-            Expected::Fixed(f) => actual.iter().any(|(a, _)| values::fixed_matches(f, a)),
-            Expected::Pattern(p) => actual.iter().any(|(a, _)| values::pattern_matches(p, a)),
-            Expected::Url(u) => actual.iter().any(|(a, _)| a.as_str() == Some(u)),
-            Expected::Binding(vs) => actual.iter().any(|(a, ty)| {
+            SliceKey::Fixed(f) => actual.iter().any(|(a, _)| values::fixed_matches(f, a)),
+            SliceKey::Pattern(p) => actual.iter().any(|(a, _)| values::pattern_matches(p, a)),
+            SliceKey::Url(u) => actual.iter().any(|(a, _)| a.as_str() == Some(u.as_str())),
+            SliceKey::Binding(vs) => actual.iter().any(|(a, _)| {
                 let code = a.as_str().or_else(|| a.get("code").and_then(Value::as_str));
                 let system = a.get("system").and_then(Value::as_str);
-                let _ = ty;
                 code.is_some_and(|c| {
                     w.v.terminology.contains(vs, system, c) == Ok(Membership::Member)
                 })
             }),
-            Expected::Types(ts) => actual.iter().any(|(a, ty)| {
+            SliceKey::Types(ts) => actual.iter().any(|(a, ty)| {
                 let t = a
                     .get("resourceType")
                     .and_then(Value::as_str)
                     .unwrap_or(ty.as_str());
-                ts.contains(&t)
+                ts.iter().any(|x| x == t)
             }),
-            Expected::Profiles(ps) => actual
+            SliceKey::Profiles(ps) => actual
                 .iter()
                 .any(|(a, ty)| ps.iter().any(|p| w.v.conforms(a, ty, p))),
-            Expected::Exists(e) => actual.is_empty() != e,
-            Expected::Unknown => false,
+            SliceKey::Exists(e) => actual.is_empty() != *e,
+            SliceKey::Unknown => false,
         };
         if !ok {
             return SliceMatch::No;
