@@ -164,10 +164,13 @@ async fn validate(
             Body::Resource(operation_outcome(&[issue])),
         ));
     }
-    let body_type = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let body_type = fhir::types::truncate(
+        resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        80,
+    );
     let mut issues = Vec::new();
     if body_type != rt {
         issues.push(
@@ -175,7 +178,7 @@ async fn validate(
                 "invalid",
                 format!("the resource is a {body_type}, but the URL names {rt}"),
             )
-            .at(body_type.to_string()),
+            .at(body_type.clone()),
         );
     }
     if let (Some(id), Mode::Update) = (&id, mode) {
