@@ -23,6 +23,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub log: LogSettings,
     pub search: SearchSettings,
+    pub validation: ValidationSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +203,51 @@ impl Default for SearchSettings {
     }
 }
 
+/// How much of validation runs on create and update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationMode {
+    /// Only well-formedness (JSON/XML, a known resource type): no strict structural read,
+    /// no profiles. For trusted bulk loads and measurements.
+    Off,
+    /// The strict structural reader (unknown elements, primitive formats, ...).
+    Structure,
+    /// The strict reader plus profile validation: the type's definition, `meta.profile`
+    /// claims and `required_profiles`.
+    #[default]
+    Full,
+}
+
+/// Severity for a `meta.profile` claim that no loaded package defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownProfile {
+    #[default]
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationSettings {
+    pub mode: ValidationMode,
+    /// Resource type -> profile canonicals every written resource of that type must meet
+    /// (matched case-insensitively, so environment variables can set it).
+    pub required_profiles: std::collections::BTreeMap<String, Vec<String>>,
+    pub unknown_profile: UnknownProfile,
+}
+
+impl ValidationSettings {
+    /// The profiles required for `resource_type`.
+    pub fn required_for(&self, resource_type: &str) -> &[String] {
+        self.required_profiles
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(resource_type))
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
 /// A settings file or variable that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -259,5 +305,16 @@ mod tests {
         assert!(s.auth.enabled);
         assert!(s.listens_on_loopback());
         assert!(s.packages.cache_dir().ends_with(".fhir/packages"));
+        assert_eq!(s.validation.mode, ValidationMode::Full);
+        assert_eq!(s.validation.unknown_profile, UnknownProfile::Warning);
+    }
+
+    #[test]
+    fn required_profiles_match_the_type_in_any_case() {
+        let mut s = ValidationSettings::default();
+        s.required_profiles
+            .insert("patient".into(), vec!["urn:profile".into()]);
+        assert_eq!(s.required_for("Patient"), ["urn:profile".to_string()]);
+        assert!(s.required_for("Observation").is_empty());
     }
 }

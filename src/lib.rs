@@ -15,3 +15,5 @@ pub mod search;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod terminology;
+pub mod validation;

@@ -31,11 +31,19 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-    /// Check resources offline (JSON or XML); one OperationOutcome per file on stdout.
-    /// This build checks structure (elements, types, primitive formats), not profiles.
+    /// Validate resources offline (JSON or XML): structure, the type's definition, the
+    /// profiles they claim and those named; one OperationOutcome per file on stdout; exit 1
+    /// when any file has an error.
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// A profile (canonical URL) every file must conform to; repeatable.
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
+        /// A package to load besides the core (`ID#VERSION`); repeatable. Without it, the
+        /// configured `packages.load` are used.
+        #[arg(long = "package")]
+        packages: Vec<String>,
     },
     /// Evaluate a FHIRPath expression against a resource (FILE or stdin, JSON or
     /// XML); prints the result collection as a JSON array.
@@ -119,15 +127,33 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             println!("applied {n} migration(s)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files } => {
+        Command::Validate {
+            files,
+            profiles,
+            packages,
+        } => {
+            let mut settings = settings;
+            if !packages.is_empty() {
+                let core = "hl7.fhir.r4.core#4.0.1";
+                settings.packages.load = std::iter::once(core.to_string())
+                    .chain(packages.into_iter().filter(|p| p != core))
+                    .collect();
+            }
             let model = startup::load_model(&settings)?;
+            let validator = startup::build_validator(&settings, &model)?;
             let mut failed = false;
             for f in files {
-                let bytes =
-                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                let issues = match fhir::parse_resource(&model, &bytes, sniff_format(&bytes)) {
-                    Ok(v) => fhir::json::check_resource(&model, &v),
-                    Err(issues) => issues,
+                // A file that cannot be read is reported like one that is invalid.
+                let issues = match std::fs::read(&f) {
+                    Err(e) => vec![fhir::Issue::error(
+                        "exception",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                    .severity(fhir::Severity::Fatal)],
+                    Ok(bytes) => match fhir::read_wire(&model, &bytes, sniff_format(&bytes)) {
+                        Ok(v) => validator.validate(&v, &profiles),
+                        Err(issues) => issues,
+                    },
                 };
                 failed |= fhir::outcome::has_errors(&issues);
                 let mut oo = fhir::operation_outcome(&issues);

@@ -21,6 +21,8 @@ use crate::http::{self, AppState};
 use crate::packages::{PackageCache, PackageError, PackageRef, PackageSet};
 use crate::search::{SearchEngine, SearchSettings, Total};
 use crate::store::{Store, StoreError};
+use crate::terminology::Terminology;
+use crate::validation::{ValidationError, Validator, ValidatorOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -44,6 +46,18 @@ pub enum StartupError {
     Tls(String),
     #[error("no packages configured (packages.load is empty); the core package hl7.fhir.r4.core#4.0.1 is needed")]
     NoPackages,
+    #[error("validation.required_profiles for {resource_type}")]
+    RequiredProfile {
+        resource_type: String,
+        #[source]
+        source: ValidationError,
+    },
+    #[error("validation.required_profiles for {resource_type}: {profile} constrains {constrains}, not {resource_type}")]
+    RequiredProfileType {
+        resource_type: String,
+        profile: String,
+        constrains: String,
+    },
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -63,6 +77,40 @@ pub fn load_model(settings: &Settings) -> Result<Arc<Model>, StartupError> {
     }
     let set = PackageSet::load(&cache, &refs)?;
     Ok(Arc::new(Model::new(Arc::new(set))))
+}
+
+/// The validator over the model's packages; every required profile must compile (a
+/// misspelt canonical stops the start instead of letting every write fail).
+pub fn build_validator(
+    settings: &Settings,
+    model: &Arc<Model>,
+) -> Result<Arc<Validator>, StartupError> {
+    let terminology = Arc::new(Terminology::new(model.packages().clone()));
+    let options = ValidatorOptions {
+        unknown_profile: match settings.validation.unknown_profile {
+            crate::config::UnknownProfile::Warning => crate::fhir::Severity::Warning,
+            crate::config::UnknownProfile::Error => crate::fhir::Severity::Error,
+        },
+    };
+    let validator = Validator::new(model.clone(), terminology, options);
+    for (resource_type, profiles) in &settings.validation.required_profiles {
+        for p in profiles {
+            let plan = validator
+                .plan(p)
+                .map_err(|source| StartupError::RequiredProfile {
+                    resource_type: resource_type.clone(),
+                    source,
+                })?;
+            if !plan.type_name.eq_ignore_ascii_case(resource_type) {
+                return Err(StartupError::RequiredProfileType {
+                    resource_type: resource_type.clone(),
+                    profile: p.clone(),
+                    constrains: plan.type_name.clone(),
+                });
+            }
+        }
+    }
+    Ok(Arc::new(validator))
 }
 
 /// Connects to the database, optionally migrates, and opens the data keys.
@@ -137,6 +185,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         tracing::warn!("auth.enabled = false: every request is served without authorization (development mode, loopback only)");
     }
     let model = load_model(settings)?;
+    let validator = build_validator(settings, &model)?;
     let store = open_store(settings, migrate)?;
     let base_url = settings.base_url();
     let audit = AuditWriter::start(
@@ -145,7 +194,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings.audit.observer.clone(),
         settings.audit.max_batch,
     );
-    let capability = http::capability::build(&model, &base_url, settings.auth.enabled);
+    let capability = http::capability::build(&model, &base_url, settings);
     let search = Arc::new(SearchEngine::new(
         model.clone(),
         base_url.clone(),
@@ -158,6 +207,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
         search,
+        validator,
         model,
         store,
         audit,

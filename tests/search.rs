@@ -77,7 +77,7 @@ fn data() -> Vec<Value> {
             "code": {"coding": [{"system": LOINC, "code": "29463-7", "display": "Body weight"}]},
             "subject": {"reference": "Group/g1"},
             "effectiveDateTime": "2020",
-            "valueQuantity": {"value": 70, "unit": "kg", "code": "kg"}}),
+            "valueQuantity": {"value": 70, "unit": "kg"}}),
         json!({"resourceType": "Observation", "id": "obs-6", "status": "final",
             "code": {"text": "Covid test"},
             "subject": {"reference": "Patient/pat-d"},

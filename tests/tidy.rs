@@ -47,6 +47,7 @@ fn lower_layers_never_use_the_http_layer() {
         "store",
         "fhirpath",
         "validation",
+        "terminology",
         "crypto",
         "fhir",
         "packages",

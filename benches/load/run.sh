@@ -2,6 +2,8 @@
 # Load benchmark of the REST API (issue: foundation): GET Patient/{id} over 1,000 patients and
 # POST Patient, with audit and encryption on, against the release build, with wrk on the same
 # machine. Usage: benches/load/run.sh sqlite|postgres [duration_s] [connections]
+# Validation: FHIRGATE_VALIDATION__MODE=off|structure|full (default full) passes through;
+# US_CORE=1 also loads US Core 6.1.0 and requires US Core Patient of every Patient written.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -29,6 +31,14 @@ export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/package
 if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
   target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
 fi
+if [ "${US_CORE:-0}" = 1 ]; then
+  if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.us.core#6.1.0" ] && [ -d ../shared/fhir-packages ]; then
+    target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.us.core-6.1.0.tgz
+  fi
+  export FHIRGATE_PACKAGES__LOAD='["hl7.fhir.r4.core#4.0.1", "hl7.fhir.us.core#6.1.0"]'
+  export FHIRGATE_VALIDATION__REQUIRED_PROFILES__PATIENT='["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]'
+fi
+echo "validation.mode=${FHIRGATE_VALIDATION__MODE:-full} US_CORE=${US_CORE:-0}"
 export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=false \
   FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
 target/release/fhirgate serve > "$WORK/server.log" 2>&1 &

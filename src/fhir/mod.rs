@@ -39,7 +39,19 @@ impl Format {
 
 /// Reads a resource from the wire and checks it strictly; every problem found is returned.
 pub fn parse_resource(model: &Model, bytes: &[u8], format: Format) -> Result<Value, Vec<Issue>> {
-    let value = match format {
+    let value = read_wire(model, bytes, format)?;
+    let issues = json::check_resource(model, &value);
+    if outcome::has_errors(&issues) {
+        return Err(issues);
+    }
+    Ok(value)
+}
+
+/// Reads JSON or XML into the JSON model without the strict structural checks (XML is
+/// still converted by the model). For `validation.mode = off` and for `$validate`, which
+/// reports structural problems in its OperationOutcome instead of refusing the request.
+pub fn read_wire(model: &Model, bytes: &[u8], format: Format) -> Result<Value, Vec<Issue>> {
+    Ok(match format {
         Format::Json => json::parse_json(bytes).map_err(|i| vec![i])?,
         Format::Xml => {
             let text = std::str::from_utf8(bytes).map_err(|e| {
@@ -50,12 +62,7 @@ pub fn parse_resource(model: &Model, bytes: &[u8], format: Format) -> Result<Val
             })?;
             xml::from_xml(model, text).map_err(|i| vec![i])?
         }
-    };
-    let issues = json::check_resource(model, &value);
-    if outcome::has_errors(&issues) {
-        return Err(issues);
-    }
-    Ok(value)
+    })
 }
 
 /// Writes a resource in a wire format.

@@ -22,14 +22,20 @@ impl Severity {
 }
 
 /// One finding: severity, an issue-type code (FHIR value set `issue-type`), a
-/// sentence for a person, and where (a FHIRPath expression with indexes).
+/// sentence for a person, where (a FHIRPath expression with indexes), and optionally
+/// what raised it (the canonical of the profile whose rule failed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issue {
     pub severity: Severity,
     pub code: &'static str,
     pub diagnostics: String,
     pub expression: Option<String>,
+    pub source: Option<String>,
 }
+
+/// The core extension that names the source of an issue (R4 `operationoutcome-issue-source`).
+pub const ISSUE_SOURCE_EXT: &str =
+    "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-source";
 
 impl Issue {
     pub fn error(code: &'static str, diagnostics: impl Into<String>) -> Issue {
@@ -38,7 +44,14 @@ impl Issue {
             code,
             diagnostics: diagnostics.into(),
             expression: None,
+            source: None,
         }
+    }
+
+    /// Names what raised the issue (rendered as the `operationoutcome-issue-source` extension).
+    pub fn from_source(mut self, source: impl Into<String>) -> Issue {
+        self.source = Some(source.into());
+        self
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Issue {
@@ -53,6 +66,12 @@ impl Issue {
 
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
+        if let Some(source) = &self.source {
+            m.insert(
+                "extension".into(),
+                json!([{"url": ISSUE_SOURCE_EXT, "valueString": source}]),
+            );
+        }
         m.insert("severity".into(), json!(self.severity.code()));
         m.insert("code".into(), json!(self.code));
         m.insert("diagnostics".into(), json!(self.diagnostics));

@@ -16,6 +16,7 @@ pub mod patch;
 pub mod reindex;
 pub mod resources;
 pub mod search;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub capability: Value,
     /// Search parameters, index extraction, query planning.
     pub search: Arc<crate::search::SearchEngine>,
+    /// Profile validation of writes and `$validate`.
+    pub validator: Arc<crate::validation::Validator>,
 }
 
 /// Routes of the FHIR API and the operations endpoints.
@@ -71,6 +74,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     fhir_resource("/{type}/{id}/_history/{vid}")
                         .route(web::get().to(resources::vread)),
+                )
+                // `$validate` before the generic `/{type}/{id}` routes, which would take it as an id.
+                .service(
+                    fhir_resource("/{type}/$validate").route(web::post().to(validate::type_level)),
+                )
+                .service(
+                    fhir_resource("/{type}/{id}/$validate")
+                        .route(web::post().to(validate::instance_level)),
                 )
                 .service(
                     fhir_resource("/{type}/{id}/{target}")
@@ -132,6 +143,9 @@ fn classify(
     let not_allowed =
         || ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path()));
     if let Some(operation) = segments.iter().find(|s| s.starts_with('$')) {
+        if *operation == "$validate" && segments.len() <= 3 {
+            return (op("validate"), not_allowed());
+        }
         return (
             op(operation),
             ApiError::NotImplemented(format!(

@@ -233,9 +233,8 @@ fn keeps_identity(rt: &str, id: &str, patched: &Value) -> Result<(), ApiError> {
 }
 
 /// The one place where a patched resource is judged before it is stored: nothing is stored
-/// and the answer is 422 when it fails. Today that is the strict structural check that every
-/// written resource passes. Profile validation plugs in here, after the structural check,
-/// with the same call that create and update make.
+/// and the answer is 422 when it fails: the strict structural check, then the same gate
+/// create and update pass (`validate::check_write`).
 fn validate_patched(state: &AppState, patched: &Value) -> Result<(), ApiError> {
     let issues = fhir::json::check_resource(&state.model, patched);
     if fhir::outcome::has_errors(&issues) {
@@ -253,5 +252,5 @@ fn validate_patched(state: &AppState, patched: &Value) -> Result<(), ApiError> {
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    super::resources::business_rules(state, rt, patched)
+    super::validate::check_write(state, rt, patched)
 }

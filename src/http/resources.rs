@@ -10,6 +10,7 @@ use super::exchange::{read_body, Body, Exchange, Reply};
 use super::negotiate::{self, parse_etag};
 use super::AppState;
 use crate::audit::Interaction;
+use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{self, instant, Id, Issue, VersionId};
 use crate::store::{Condition, StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
@@ -26,6 +27,7 @@ pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A logical id from the URL.
 pub fn resource_id(id: &str) -> Result<Id, ApiError> {
     Id::parse(id).map_err(|m| ApiError::bad_request("value", m))
 }
@@ -195,7 +197,12 @@ fn parse_body(
     rt: &str,
 ) -> Result<Value, ApiError> {
     let format = negotiate::request_format(req)?;
-    let value = fhir::parse_resource(&state.model, bytes, format).map_err(ApiError::BadRequest)?;
+    let value = if state.settings.validation.mode == ValidationMode::Off {
+        fhir::read_wire(&state.model, bytes, format)
+    } else {
+        fhir::parse_resource(&state.model, bytes, format)
+    }
+    .map_err(ApiError::BadRequest)?;
     let body_type = value
         .get("resourceType")
         .and_then(|t| t.as_str())
@@ -208,18 +215,6 @@ fn parse_body(
         .at(body_type.to_string())]));
     }
     Ok(value)
-}
-
-/// Rules beyond the structure that a resource of some types must follow before
-/// it is stored (422): SearchParameters must be indexable.
-pub(super) fn business_rules(state: &AppState, rt: &str, resource: &Value) -> Result<(), ApiError> {
-    if rt == "SearchParameter" {
-        let issues = state.search.check_search_parameter(resource);
-        if !issues.is_empty() {
-            return Err(ApiError::Unprocessable(issues));
-        }
-    }
-    Ok(())
 }
 
 /// The stored form: `id` and `meta.versionId`/`meta.lastUpdated` set by the server,
@@ -325,7 +320,7 @@ pub async fn create(
         };
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
-        business_rules(&state, &rt, &resource)?;
+        super::validate::check_write(&state, &rt, &resource)?;
         let id = Id::generate();
         ex.audit.id = Some(id.to_string());
         ex.audit.patients = state
@@ -385,7 +380,6 @@ pub async fn update(
         let if_match = if_match(&req)?;
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
-        business_rules(&state, &rt, &resource)?;
         match resource.get("id").and_then(|i| i.as_str()) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(body_id) => {
@@ -403,6 +397,7 @@ pub async fn update(
                 .at(format!("{rt}.id"))]))
             }
         }
+        super::validate::check_write(&state, &rt, &resource)?;
         ex.audit.patients = state
             .compartment
             .patients_of(&rt, Some(id.as_str()), Some(&resource));
