@@ -78,11 +78,13 @@ async fn a_new_parameter_is_searchable_after_reindex(backend: Backend) {
     }
     // An expression that does not compile, or a base the server does not know: 422.
     let mut broken = colour_param();
+    broken["id"] = json!("broken");
     broken["expression"] = json!("Patient.extension.where(");
     let r = app.put_json("/SearchParameter/broken", &broken).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.issue().2.as_deref(), Some("SearchParameter.expression"));
     let mut bad_base = colour_param();
+    bad_base["id"] = json!("bad-base");
     bad_base["base"] = json!(["Nonsense"]);
     assert_eq!(
         app.put_json("/SearchParameter/bad-base", &bad_base)
