@@ -197,6 +197,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     let capability = http::capability::build(&model, &base_url, settings);
     let search = Arc::new(SearchEngine::new(
         model.clone(),
+        validator.terminology().clone(),
         base_url.clone(),
         search_settings(settings),
     ));

@@ -88,8 +88,12 @@ fn golden_path(backend: Backend) -> PathBuf {
 async fn explain_all(app: &TestApp) -> Vec<(String, String, String)> {
     let settings = fhirgate::startup::search_settings(&app.db.settings());
     let model = support::core_model();
+    let terminology = std::sync::Arc::new(fhirgate::terminology::Terminology::new(
+        model.packages().clone(),
+    ));
     let engine = std::sync::Arc::new(fhirgate::search::SearchEngine::new(
         model,
+        terminology,
         app.base.clone(),
         settings,
     ));

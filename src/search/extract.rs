@@ -126,7 +126,13 @@ impl Extractor<'_> {
             }
             ParamType::Token => {
                 let mut forms = Vec::new();
-                token_forms(ty, json, &mut forms, true);
+                match (&p.implicit_system, json) {
+                    (Some(system), Value::String(code)) => {
+                        let coding = serde_json::json!({"system": system, "code": code});
+                        token_forms("Coding", &coding, &mut forms, false);
+                    }
+                    _ => token_forms(ty, json, &mut forms, true),
+                }
                 rows.blind.extend(forms.into_iter().map(|f| (p.pid, f)));
             }
             ParamType::Reference => self.reference(p, json, rows),

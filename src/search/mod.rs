@@ -82,6 +82,7 @@ impl SearchError {
 /// The search engine of a server: parameters, extraction, planning, execution.
 pub struct SearchEngine {
     registry: Arc<Registry>,
+    terminology: Arc<crate::terminology::Terminology>,
     stubs: extract::TypeStubs,
     base_url: String,
     pub settings: SearchSettings,
@@ -94,10 +95,18 @@ impl std::fmt::Debug for SearchEngine {
 }
 
 impl SearchEngine {
-    pub fn new(model: Arc<Model>, base_url: String, settings: SearchSettings) -> SearchEngine {
+    /// The engine over a model; `terminology` expands value sets and walks code
+    /// system hierarchies for `:in`, `:not-in`, `:above` and `:below`.
+    pub fn new(
+        model: Arc<Model>,
+        terminology: Arc<crate::terminology::Terminology>,
+        base_url: String,
+        settings: SearchSettings,
+    ) -> SearchEngine {
         SearchEngine {
             stubs: extract::TypeStubs::new(&model),
-            registry: Arc::new(Registry::new(model)),
+            registry: Arc::new(Registry::new(model, terminology.clone())),
+            terminology,
             base_url,
             settings,
         }
@@ -118,6 +127,7 @@ impl SearchEngine {
     fn planner(&self) -> plan::Planner<'_> {
         plan::Planner {
             registry: &self.registry,
+            terminology: &self.terminology,
             base_url: &self.base_url,
             now: crate::fhir::now_micros(),
         }

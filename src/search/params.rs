@@ -85,6 +85,11 @@ pub struct Param {
     /// Reference parameters: the resource types they may point at.
     pub targets: Vec<String>,
     pub components: Vec<Component>,
+    /// Token parameters over `code` elements: the one code system their required
+    /// binding draws from. A code such as `Patient.gender = male` is then indexed
+    /// as `http://hl7.org/fhir/administrative-gender|male` too (R4 3.1.1.4.x: a
+    /// code's system is implied by its binding), so `:in` and `system|code` work.
+    pub implicit_system: Option<String>,
     /// Defined by a SearchParameter resource of the database (not a package).
     pub custom: bool,
 }
@@ -145,6 +150,7 @@ impl TypeParams {
 /// Every resource type's parameters, compiled on first use.
 pub struct Registry {
     model: Arc<Model>,
+    terminology: Arc<crate::terminology::Terminology>,
     types: RwLock<HashMap<String, Arc<TypeParams>>>,
     custom: RwLock<Vec<CustomParam>>,
 }
@@ -156,9 +162,10 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(model: Arc<Model>) -> Registry {
+    pub fn new(model: Arc<Model>, terminology: Arc<crate::terminology::Terminology>) -> Registry {
         Registry {
             model,
+            terminology,
             types: RwLock::new(HashMap::new()),
             custom: RwLock::new(Vec::new()),
         }
@@ -248,11 +255,15 @@ impl Registry {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let mut implicit_system = None;
         let expression = match sp.get("expression").and_then(Value::as_str) {
             Some(text) if !matches!(code.as_str(), "_id" | "_lastUpdated") => {
                 let reduced = reduce_union(text, resource_type, &self.model);
                 if reduced.trim().is_empty() {
                     return None; // no branch applies to this type
+                }
+                if param_type == ParamType::Token {
+                    implicit_system = self.implicit_system(&reduced);
                 }
                 match fhirpath::compile(&reduced) {
                     Ok(e) => Some(e),
@@ -304,8 +315,61 @@ impl Registry {
             expression,
             targets,
             components,
+            implicit_system,
             custom,
         })
+    }
+
+    /// The code system implied for a token expression made of plain element paths
+    /// (`Patient.gender`) whose elements are `code`s bound (required) to a value set
+    /// drawn from one code system.
+    fn implicit_system(&self, expression: &str) -> Option<String> {
+        let mut found: Option<String> = None;
+        for branch in split_union(expression) {
+            let path = branch.trim();
+            if path.is_empty()
+                || !path
+                    .split('.')
+                    .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                return None;
+            }
+            let type_name = path.split('.').next()?;
+            let sd = self.model.packages().resolve(&format!(
+                "http://hl7.org/fhir/StructureDefinition/{type_name}"
+            ))?;
+            let element = sd
+                .pointer("/snapshot/element")?
+                .as_array()?
+                .iter()
+                .find(|e| e.get("path").and_then(Value::as_str) == Some(path))?;
+            let is_code = element
+                .get("type")
+                .and_then(Value::as_array)
+                .is_some_and(|t| {
+                    t.len() == 1 && t[0].get("code").and_then(Value::as_str) == Some("code")
+                });
+            let binding = element.get("binding")?;
+            if !is_code || binding.get("strength").and_then(Value::as_str) != Some("required") {
+                return None;
+            }
+            let vs = binding.get("valueSet").and_then(Value::as_str)?;
+            let exp = self.terminology.expand(vs).ok()?;
+            if !exp.is_complete() {
+                return None;
+            }
+            let mut systems: Vec<&str> = exp.iter().map(|(s, _)| s).collect();
+            systems.sort();
+            systems.dedup();
+            let [system] = systems.as_slice() else {
+                return None;
+            };
+            match &found {
+                Some(f) if f != system => return None,
+                _ => found = Some(system.to_string()),
+            }
+        }
+        found
     }
 }
 

@@ -12,9 +12,13 @@ use super::params::{Param, ParamType, Registry};
 use super::values::{self, tag, RefParts, PREFIX_CAP};
 use super::SearchError;
 use crate::store::{Bound, Filter, IndexTable, Ranges, RefTarget, UriMatch};
+use crate::terminology::Terminology;
 
 /// Chains and `_has` nest at most this deep.
 const MAX_DEPTH: usize = 4;
+
+/// Most codes a `:in`, `:not-in`, `:above` or `:below` search looks up.
+const MAX_EXPANSION: usize = 10_000;
 
 /// A string test verified on the decrypted resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +144,7 @@ fn number_bounds(p: Prefix, value: f64, half: f64) -> Ranges<f64> {
 /// Plans the criteria of one request against its resource types.
 pub struct Planner<'a> {
     pub registry: &'a Registry,
+    pub terminology: &'a Terminology,
     pub base_url: &'a str,
     /// "now", for `ap` on dates (microseconds since the epoch).
     pub now: i64,
@@ -504,7 +509,11 @@ impl Planner<'_> {
                     if f.is_empty() {
                         return Err(bad(name, v, "a non-empty text"));
                     }
-                    forms.push(format!("{}{}", tag::TEXT, values::first_chars(&f, PREFIX_CAP)));
+                    forms.push(format!(
+                        "{}{}",
+                        tag::TEXT,
+                        values::first_chars(&f, PREFIX_CAP)
+                    ));
                     if f.chars().count() > PREFIX_CAP {
                         tests.push(StringTest::TextPrefix(f));
                     }
@@ -522,14 +531,9 @@ impl Planner<'_> {
                         parts[2]
                     ));
                 }
-                Some("in" | "not-in" | "above" | "below") => {
-                    return Err(SearchError::Unsupported {
-                        name: name.to_string(),
-                        reason: format!(
-                            "the :{} modifier needs terminology expansion, which this build does not have yet",
-                            modifier.unwrap_or_default()
-                        ),
-                    })
+                Some("in" | "not-in") => forms.extend(self.value_set_forms(name, v)?),
+                Some(m @ ("above" | "below")) => {
+                    forms.extend(self.hierarchy_forms(name, v, m == "above")?);
                 }
                 Some(m) => return Err(bad_modifier(name, m)),
             }
@@ -538,7 +542,7 @@ impl Planner<'_> {
             pids,
             values: forms,
         };
-        let filter = if modifier == Some("not") {
+        let filter = if matches!(modifier, Some("not" | "not-in")) {
             Filter::Not(Box::new(filter))
         } else {
             filter
@@ -555,6 +559,92 @@ impl Planner<'_> {
                 .collect()
         };
         Ok(Planned { filter, checks })
+    }
+
+    /// `:in`/`:not-in`: the `system|code` forms of every code of the value set, when
+    /// the loaded packages enumerate it completely (else the modifier is unsupported
+    /// for that value set: answering from part of it would be wrong).
+    fn value_set_forms(&self, name: &str, url: &str) -> Result<Vec<String>, SearchError> {
+        let unsupported = |reason: String| SearchError::Unsupported {
+            name: name.to_string(),
+            reason,
+        };
+        let exp = self
+            .terminology
+            .expand(url)
+            .map_err(|e| unsupported(e.to_string()))?;
+        if !exp.is_complete() {
+            return Err(unsupported(format!(
+                "the value set {url} is not enumerable from the loaded packages"
+            )));
+        }
+        if exp.len() > MAX_EXPANSION {
+            return Err(SearchError::TooCostly(format!(
+                "the value set {url} has {} codes; at most {MAX_EXPANSION} are searched",
+                exp.len()
+            )));
+        }
+        Ok(exp
+            .iter()
+            .map(|(system, code)| format!("{}{system}|{code}", tag::SYSTEM_CODE))
+            .collect())
+    }
+
+    /// `:below`/`:above` on `system|code`: the code and its descendants (or
+    /// ancestors) in a code system the loaded packages hold completely.
+    fn hierarchy_forms(
+        &self,
+        name: &str,
+        v: &str,
+        above: bool,
+    ) -> Result<Vec<String>, SearchError> {
+        let parts = split_escaped(v, '|');
+        let (system, code) = match parts.as_slice() {
+            [s, c] if !s.is_empty() && !c.is_empty() => (s.as_str(), c.as_str()),
+            _ => {
+                return Err(bad(
+                    name,
+                    v,
+                    "system|code (a hierarchy needs its code system)",
+                ))
+            }
+        };
+        let unsupported = |e: crate::terminology::TerminologyError| SearchError::Unsupported {
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
+        let codes: Vec<String> = if above {
+            let cs = self.terminology.code_system(system).map_err(unsupported)?;
+            if cs.concept(code).is_none() {
+                return Err(unsupported(
+                    crate::terminology::TerminologyError::UnknownCode {
+                        system: system.to_string(),
+                        code: code.to_string(),
+                    },
+                ));
+            }
+            cs.codes()
+                .filter(|c| *c == code || cs.is_a(code, c) == Some(true))
+                .map(str::to_string)
+                .collect()
+        } else {
+            let mut d = self
+                .terminology
+                .descendants(system, code)
+                .map_err(unsupported)?;
+            d.push(code.to_string());
+            d
+        };
+        if codes.len() > MAX_EXPANSION {
+            return Err(SearchError::TooCostly(format!(
+                "{v} has {} codes below it; at most {MAX_EXPANSION} are searched",
+                codes.len()
+            )));
+        }
+        Ok(codes
+            .into_iter()
+            .map(|c| format!("{}{system}|{c}", tag::SYSTEM_CODE))
+            .collect())
     }
 
     fn reference(
