@@ -151,91 +151,108 @@ impl IndexConn for diesel::PgConnection {
         rid: i64,
         rows: &IndexRows,
     ) -> Result<(), StoreError> {
-        let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
-        let (mut bp, mut bh) = (Vec::new(), Vec::new());
-        for (pid, value) in &rows.blind {
-            let h = blind_key(ring, value)?;
-            if seen.insert((*pid, h)) {
-                bp.push(*pid);
-                bh.push(h);
-            }
-        }
-        let (dp, dlo, dhi): (Vec<i64>, Vec<i64>, Vec<i64>) = unzip3(rows.dates.iter().copied());
-        let mut np = Vec::new();
-        let mut nk = Vec::new();
-        let mut nlo = Vec::new();
-        let mut nhi = Vec::new();
-        for (pid, key, lo, hi) in &rows.numbers {
-            np.push(*pid);
-            nk.push(match key {
-                Some(k) => blind_key(ring, k)?,
-                None => 0,
-            });
-            nlo.push(*lo);
-            nhi.push(*hi);
-        }
-        let rp: Vec<i64> = rows.references.iter().map(|(p, _)| *p).collect();
-        let rt: Vec<String> = rows
-            .references
-            .iter()
-            .map(|(_, r)| r.target_type.clone())
-            .collect();
-        let ri: Vec<String> = rows
-            .references
-            .iter()
-            .map(|(_, r)| r.target_id.clone())
-            .collect();
-        let ru: Vec<String> = rows.references.iter().map(|(_, r)| r.url.clone()).collect();
-        let up: Vec<i64> = rows.uris.iter().map(|(p, _)| *p).collect();
-        let uu: Vec<String> = rows.uris.iter().map(|(_, u)| u.clone()).collect();
         let mut sql = Sql::new(Backend::Postgres);
-        sql.push("WITH b AS (INSERT INTO search_blind (rid, pid, h) SELECT ")
-            .i64(rid);
-        sql.push(", p, h FROM unnest(")
-            .bind(Bind::I64s(bp))
-            .push(", ")
-            .bind(Bind::I64s(bh));
-        sql.push(") AS t(p, h)), d AS (INSERT INTO search_date (rid, pid, lo, hi) SELECT ")
-            .i64(rid);
-        sql.push(", p, lo, hi FROM unnest(")
-            .bind(Bind::I64s(dp))
-            .push(", ")
-            .bind(Bind::I64s(dlo));
-        sql.push(", ").bind(Bind::I64s(dhi));
-        sql.push(
-            ") AS t(p, lo, hi)), n AS (INSERT INTO search_number (rid, pid, k, lo, hi) SELECT ",
-        )
-        .i64(rid);
-        sql.push(", p, k, lo, hi FROM unnest(")
-            .bind(Bind::I64s(np))
-            .push(", ")
-            .bind(Bind::I64s(nk));
-        sql.push(", ")
-            .bind(Bind::F64s(nlo))
-            .push(", ")
-            .bind(Bind::F64s(nhi));
-        sql.push(
-            ") AS t(p, k, lo, hi)), r AS (INSERT INTO search_reference (rid, pid, target_type, target_id, url) SELECT ",
-        )
-        .i64(rid);
-        sql.push(", p, tt, ti, u FROM unnest(")
-            .bind(Bind::I64s(rp))
-            .push(", ")
-            .bind(Bind::Texts(rt));
-        sql.push(", ")
-            .bind(Bind::Texts(ri))
-            .push(", ")
-            .bind(Bind::Texts(ru));
-        sql.push(") AS t(p, tt, ti, u)) INSERT INTO search_uri (rid, pid, uri) SELECT ")
-            .i64(rid);
-        sql.push(", p, u FROM unnest(")
-            .bind(Bind::I64s(up))
-            .push(", ")
-            .bind(Bind::Texts(uu));
-        sql.push(") AS t(p, u)");
+        sql.push("WITH ");
+        pg_index_ctes(&mut sql, ring, RidOf::Value(rid), rows)?;
+        sql.push(" SELECT 1");
         sql.finish().execute(self)?;
         Ok(())
     }
+}
+
+/// Where the rid of new index rows comes from in a PostgreSQL statement.
+pub(crate) enum RidOf<'a> {
+    Value(i64),
+    /// The `rid` column of a CTE of the same statement (a resource inserted by it).
+    Cte(&'a str),
+}
+
+/// The data-modifying CTEs (`b AS (...), d AS (...), ...`, no `WITH`) that insert the
+/// index rows of one resource with array parameters: one text whatever the row
+/// count, so one cached prepared statement.
+pub(crate) fn pg_index_ctes(
+    sql: &mut Sql,
+    ring: &Keyring,
+    rid: RidOf<'_>,
+    rows: &IndexRows,
+) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
+    let (mut bp, mut bh) = (Vec::new(), Vec::new());
+    for (pid, value) in &rows.blind {
+        let h = blind_key(ring, value)?;
+        if seen.insert((*pid, h)) {
+            bp.push(*pid);
+            bh.push(h);
+        }
+    }
+    let (dp, dlo, dhi): (Vec<i64>, Vec<i64>, Vec<i64>) = unzip3(rows.dates.iter().copied());
+    let (mut np, mut nk, mut nlo, mut nhi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (pid, key, lo, hi) in &rows.numbers {
+        np.push(*pid);
+        nk.push(match key {
+            Some(k) => blind_key(ring, k)?,
+            None => 0,
+        });
+        nlo.push(*lo);
+        nhi.push(*hi);
+    }
+    let rp: Vec<i64> = rows.references.iter().map(|(p, _)| *p).collect();
+    let rt: Vec<String> = rows
+        .references
+        .iter()
+        .map(|(_, r)| r.target_type.clone())
+        .collect();
+    let ri: Vec<String> = rows
+        .references
+        .iter()
+        .map(|(_, r)| r.target_id.clone())
+        .collect();
+    let ru: Vec<String> = rows.references.iter().map(|(_, r)| r.url.clone()).collect();
+    let up: Vec<i64> = rows.uris.iter().map(|(p, _)| *p).collect();
+    let uu: Vec<String> = rows.uris.iter().map(|(_, u)| u.clone()).collect();
+    // `SELECT <rid>, cols FROM [cte,] unnest(arrays) AS t(cols)`
+    let select = |sql: &mut Sql, cols: &str| {
+        sql.push(" SELECT ");
+        match rid {
+            RidOf::Value(v) => {
+                sql.i64(v).push(&format!(", {cols} FROM unnest("));
+            }
+            RidOf::Cte(c) => {
+                sql.push(&format!("{c}.rid, {cols} FROM {c}, unnest("));
+            }
+        }
+    };
+    sql.push("b AS (INSERT INTO search_blind (rid, pid, h)");
+    select(sql, "p, h");
+    sql.bind(Bind::I64s(bp)).push(", ").bind(Bind::I64s(bh));
+    sql.push(") AS t(p, h)), d AS (INSERT INTO search_date (rid, pid, lo, hi)");
+    select(sql, "p, lo, hi");
+    sql.bind(Bind::I64s(dp))
+        .push(", ")
+        .bind(Bind::I64s(dlo))
+        .push(", ")
+        .bind(Bind::I64s(dhi));
+    sql.push(") AS t(p, lo, hi)), n AS (INSERT INTO search_number (rid, pid, k, lo, hi)");
+    select(sql, "p, k, lo, hi");
+    sql.bind(Bind::I64s(np)).push(", ").bind(Bind::I64s(nk));
+    sql.push(", ")
+        .bind(Bind::F64s(nlo))
+        .push(", ")
+        .bind(Bind::F64s(nhi));
+    sql.push(
+        ") AS t(p, k, lo, hi)), r AS (INSERT INTO search_reference (rid, pid, target_type, target_id, url)",
+    );
+    select(sql, "p, tt, ti, u");
+    sql.bind(Bind::I64s(rp)).push(", ").bind(Bind::Texts(rt));
+    sql.push(", ")
+        .bind(Bind::Texts(ri))
+        .push(", ")
+        .bind(Bind::Texts(ru));
+    sql.push(") AS t(p, tt, ti, u)), u AS (INSERT INTO search_uri (rid, pid, uri)");
+    select(sql, "p, u");
+    sql.bind(Bind::I64s(up)).push(", ").bind(Bind::Texts(uu));
+    sql.push(") AS t(p, u))");
+    Ok(())
 }
 
 fn unzip3(it: impl Iterator<Item = (i64, i64, i64)>) -> (Vec<i64>, Vec<i64>, Vec<i64>) {

@@ -616,12 +616,102 @@ impl WriteConn for diesel::PgConnection {
     }
 }
 
+/// A create on PostgreSQL in one statement, committed by itself (a statement is
+/// atomic): the current row, the version, the index rows and the AuditEvent are
+/// data-modifying CTEs of one INSERT. One round trip instead of seven (BEGIN, four
+/// INSERTs, the index statement, COMMIT), and one WAL flush. Only for a create with
+/// a fresh server id and no conditions: nothing has to be read first.
+fn create_in_one_statement(
+    c: &mut diesel::PgConnection,
+    ring: &Keyring,
+    req: &WriteRequest<'_>,
+) -> Result<WriteResult, StoreError> {
+    use super::index::{pg_index_ctes, RidOf};
+    use super::sql::{Bind, Sql};
+    let ts = now_micros();
+    let body = (req.prepare)(1, ts)?;
+    let (key_id, sealed) = ring.seal(&body, &aad(req.resource_type, req.id, 1))?;
+    let mut result = WriteResult {
+        rid: 0,
+        version: 1,
+        last_updated: ts,
+        created: true,
+        unchanged: false,
+        body,
+        existing: None,
+    };
+    let audit = (req.audit)(&result)?;
+    let (audit_key, audit_sealed) = ring.seal(&audit.body, &aad("AuditEvent", &audit.id, 1))?;
+    let mut sql = Sql::new(super::Backend::Postgres);
+    sql.push(
+        "WITH c AS (INSERT INTO resources_current (resource_type, resource_id, version_id, last_updated, deleted) VALUES (",
+    );
+    sql.text(req.resource_type)
+        .push(", ")
+        .text(req.id)
+        .push(", 1, ")
+        .i64(ts);
+    sql.push(", false) RETURNING rid), v AS (INSERT INTO resource_versions (resource_type, resource_id, version_id, last_updated, deleted, method, key_id, body) VALUES (");
+    sql.text(req.resource_type)
+        .push(", ")
+        .text(req.id)
+        .push(", 1, ")
+        .i64(ts);
+    sql.push(", false, ")
+        .text(req.method)
+        .push(", ")
+        .i64(key_id)
+        .push(", ");
+    sql.bind(Bind::Bytes(sealed));
+    sql.push(
+        ")), a AS (INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES (",
+    );
+    sql.text(&audit.id)
+        .push(", ")
+        .i64(audit.recorded)
+        .push(", ")
+        .text(&audit.action);
+    sql.push(", ")
+        .text(&audit.outcome)
+        .push(", ")
+        .i64(audit_key)
+        .push(", ");
+    sql.bind(Bind::Bytes(audit_sealed));
+    sql.push(")), ");
+    pg_index_ctes(&mut sql, ring, RidOf::Cte("c"), req.index)?;
+    sql.push(" SELECT rid FROM c");
+    #[derive(QueryableByName)]
+    struct Rid {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        rid: i64,
+    }
+    let rows: Vec<Rid> = match sql.finish().load::<Rid>(c) {
+        Ok(r) => r,
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => return Err(StoreError::AlreadyExists),
+        Err(e) => return Err(e.into()),
+    };
+    result.rid = rows.first().map(|r| r.rid).ok_or(StoreError::Contention)?;
+    Ok(result)
+}
+
 pub fn write(
     pool: &DbPool,
     ring: &Keyring,
     _ctx: &AccessContext,
     req: WriteRequest<'_>,
 ) -> Result<WriteResult, StoreError> {
+    let one_statement = matches!(pool, DbPool::Pg(_))
+        && matches!(req.kind, WriteKind::Create)
+        && req.condition.is_none()
+        && req.resource_type != "SearchParameter";
+    if one_statement {
+        if let DbConn::Pg(mut c) = pool.get()? {
+            return create_in_one_statement(&mut c, ring, &req);
+        }
+    }
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
         let mut conn = pool.get()?;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Double, Text, Untyped};
+use diesel::sql_types::{Array, BigInt, Binary, Double, Text, Untyped};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryResult, RunQueryDsl};
 use once_cell::sync::Lazy;
@@ -31,6 +31,7 @@ pub(crate) enum Bind {
     I64s(Vec<i64>),
     F64s(Vec<f64>),
     Texts(Vec<String>),
+    Bytes(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +237,7 @@ impl QueryFragment<Sqlite> for Sql {
                 Part::Bind(Bind::I64(v)) => out.push_bind_param::<BigInt, _>(v)?,
                 Part::Bind(Bind::F64(v)) => out.push_bind_param::<Double, _>(v)?,
                 Part::Bind(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
+                Part::Bind(Bind::Bytes(v)) => out.push_bind_param::<Binary, _>(v)?,
                 // Converted to JSON text by `bind` for SQLite.
                 Part::Bind(Bind::I64s(_) | Bind::F64s(_) | Bind::Texts(_)) => {
                     return Err(diesel::result::Error::QueryBuilderError(
@@ -259,6 +261,7 @@ impl QueryFragment<Pg> for Sql {
                 Part::Bind(Bind::I64(v)) => out.push_bind_param::<BigInt, _>(v)?,
                 Part::Bind(Bind::F64(v)) => out.push_bind_param::<Double, _>(v)?,
                 Part::Bind(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
+                Part::Bind(Bind::Bytes(v)) => out.push_bind_param::<Binary, _>(v)?,
                 Part::Bind(Bind::I64s(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
                 Part::Bind(Bind::F64s(v)) => out.push_bind_param::<Array<Double>, _>(v)?,
                 Part::Bind(Bind::Texts(v)) => out.push_bind_param::<Array<Text>, _>(v)?,
