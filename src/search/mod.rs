@@ -15,6 +15,7 @@ pub mod plan;
 pub mod reindex;
 pub mod request;
 pub mod run;
+pub mod syntax;
 pub mod values;
 pub mod verify;
 

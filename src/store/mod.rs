@@ -10,6 +10,7 @@ mod index;
 mod jobs;
 pub(crate) mod pool;
 mod query;
+mod render;
 mod repo;
 mod schema;
 mod sql;

@@ -1,0 +1,648 @@
+//! Rendering search queries to SQL for either backend: each [`Filter`] becomes a
+//! semi-join on the surrogate key (`rid IN (...)`), sort keys become correlated
+//! aggregates over the index rows (the lowest value ascending, the highest
+//! descending), and the page continues after its position (keyset, NULLs last).
+//! Blind values are hashed with the index key while the SQL is written; every
+//! value is a bound parameter.
+
+use super::pool::Backend;
+use super::query::{
+    Bound, Filter, Position, Query, RefTarget, Sort, SortKey, SortValue, UriMatch,
+    MAX_SQL_SORT_KEYS,
+};
+use super::sql::Sql;
+use super::StoreError;
+use crate::crypto::Keyring;
+
+/// The SQL value type of a sort key.
+#[derive(Clone, Copy)]
+pub(crate) enum KeyKind {
+    Int,
+    Float,
+    Text,
+}
+
+pub(crate) fn key_kind(k: &SortKey) -> KeyKind {
+    match k {
+        SortKey::Id | SortKey::Uri(_) => KeyKind::Text,
+        SortKey::LastUpdated | SortKey::Date(_) => KeyKind::Int,
+        SortKey::Number { .. } => KeyKind::Float,
+    }
+}
+
+/// Renders queries for one backend, hashing blind values with the index key.
+pub(crate) struct Renderer<'a> {
+    pub sql: Sql,
+    ring: &'a Keyring,
+    alias: usize,
+}
+
+impl<'a> Renderer<'a> {
+    pub fn new(backend: Backend, ring: &'a Keyring) -> Renderer<'a> {
+        Renderer {
+            sql: Sql::new(backend),
+            ring,
+            alias: 0,
+        }
+    }
+
+    fn fresh(&mut self, base: &str) -> String {
+        self.alias += 1;
+        format!("{base}{}", self.alias)
+    }
+
+    fn blind(&self, value: &str) -> Result<i64, StoreError> {
+        super::index::blind_key(self.ring, value)
+    }
+
+    fn pids(&mut self, col: &str, pids: &[i64]) {
+        self.sql.in_i64s(col, pids);
+    }
+
+    fn ranges<T: Copy>(
+        &mut self,
+        lo: &str,
+        hi: &str,
+        ranges: &[Vec<Bound<T>>],
+        bind: fn(&mut Sql, T),
+    ) {
+        if ranges.is_empty() {
+            return;
+        }
+        self.sql.push(" AND (");
+        for (i, conj) in ranges.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            self.sql.push("(");
+            if conj.is_empty() {
+                self.sql.push("1 = 1");
+            }
+            for (j, b) in conj.iter().enumerate() {
+                if j > 0 {
+                    self.sql.push(" AND ");
+                }
+                let (col, op, v) = match *b {
+                    Bound::LoGe(v) => (lo, " >= ", v),
+                    Bound::LoGt(v) => (lo, " > ", v),
+                    Bound::LoLe(v) => (lo, " <= ", v),
+                    Bound::LoLt(v) => (lo, " < ", v),
+                    Bound::HiGe(v) => (hi, " >= ", v),
+                    Bound::HiGt(v) => (hi, " > ", v),
+                    Bound::HiLe(v) => (hi, " <= ", v),
+                    Bound::HiLt(v) => (hi, " < ", v),
+                };
+                self.sql.push(col).push(op);
+                bind(&mut self.sql, v);
+            }
+            self.sql.push(")");
+        }
+        self.sql.push(")");
+    }
+
+    /// The resource's columns are `{t}.rid`, `{t}.resource_id`, `{t}.last_updated`.
+    pub fn filter(&mut self, f: &Filter, t: &str) -> Result<(), StoreError> {
+        let rid = format!("{t}.rid");
+        match f {
+            Filter::Nothing => {
+                self.sql.push("1 = 0");
+            }
+            Filter::Ids(ids) => {
+                self.sql.in_texts(&format!("{t}.resource_id"), ids);
+            }
+            Filter::LastUpdated(ranges) => {
+                self.sql.push("(1 = 1");
+                let col = format!("{t}.last_updated");
+                self.ranges(&col, &col, ranges, |s, v| {
+                    s.i64(v);
+                });
+                self.sql.push(")");
+            }
+            Filter::Blind { pids, values } => {
+                let a = self.fresh("b");
+                self.sql.push(&format!(
+                    "{rid} IN (SELECT {a}.rid FROM search_blind {a} WHERE "
+                ));
+                self.pids(&format!("{a}.pid"), pids);
+                self.sql.push(" AND ");
+                let hashes = values
+                    .iter()
+                    .map(|v| self.blind(v))
+                    .collect::<Result<Vec<i64>, _>>()?;
+                self.sql.in_i64s(&format!("{a}.h"), &hashes);
+                self.sql.push(")");
+            }
+            Filter::Date { pids, ranges } => {
+                let a = self.fresh("d");
+                self.sql.push(&format!(
+                    "{rid} IN (SELECT {a}.rid FROM search_date {a} WHERE "
+                ));
+                self.pids(&format!("{a}.pid"), pids);
+                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
+                    s.i64(v);
+                });
+                self.sql.push(")");
+            }
+            Filter::Number { pids, keys, ranges } => {
+                let a = self.fresh("n");
+                self.sql.push(&format!(
+                    "{rid} IN (SELECT {a}.rid FROM search_number {a} WHERE "
+                ));
+                self.pids(&format!("{a}.pid"), pids);
+                self.sql.push(" AND ");
+                let ks = match keys {
+                    None => vec![0],
+                    Some(keys) => keys
+                        .iter()
+                        .map(|k| self.blind(k))
+                        .collect::<Result<Vec<i64>, _>>()?,
+                };
+                self.sql.in_i64s(&format!("{a}.k"), &ks);
+                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
+                    s.f64(v);
+                });
+                self.sql.push(")");
+            }
+            Filter::Reference { pids, targets } => {
+                self.sql.push("(");
+                for (i, target) in targets.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" OR ");
+                    }
+                    self.reference(&rid, pids, target)?;
+                }
+                if targets.is_empty() {
+                    self.sql.push("1 = 0");
+                }
+                self.sql.push(")");
+            }
+            Filter::Uri { pids, matches } => {
+                self.sql.push("(");
+                for (i, m) in matches.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" OR ");
+                    }
+                    let a = self.fresh("u");
+                    self.sql.push(&format!(
+                        "{rid} IN (SELECT {a}.rid FROM search_uri {a} WHERE "
+                    ));
+                    self.pids(&format!("{a}.pid"), pids);
+                    self.sql.push(" AND ");
+                    let col = format!("{a}.uri");
+                    match m {
+                        UriMatch::Exact(u) => {
+                            self.sql.push(&col).push(" = ").text(u);
+                        }
+                        UriMatch::Any(us) => {
+                            self.sql.in_texts(&col, us);
+                        }
+                        UriMatch::Below(u) => {
+                            // The value itself, or anything below it after a `/`.
+                            let below = format!("{}/", u.trim_end_matches('/'));
+                            self.sql.push("(").push(&col).push(" = ").text(u);
+                            self.sql.push(" OR (").push(&col).push(" >= ").text(&below);
+                            self.sql
+                                .push(" AND ")
+                                .push(&col)
+                                .push(" < ")
+                                .text(&prefix_end(&below));
+                            self.sql.push("))");
+                        }
+                    }
+                    self.sql.push(")");
+                }
+                if matches.is_empty() {
+                    self.sql.push("1 = 0");
+                }
+                self.sql.push(")");
+            }
+            Filter::Present { table, pids } => {
+                let a = self.fresh("p");
+                self.sql.push(&format!(
+                    "{rid} IN (SELECT {a}.rid FROM {} {a} WHERE ",
+                    table.name()
+                ));
+                self.pids(&format!("{a}.pid"), pids);
+                self.sql.push(")");
+            }
+            Filter::ReferencedBy {
+                pids,
+                source_types,
+                filters,
+            } => {
+                let (r, s) = (self.fresh("r"), self.fresh("s"));
+                self.sql.push(&format!(
+                    "{t}.resource_id IN (SELECT {r}.target_id FROM search_reference {r} \
+                     JOIN resources_current {s} ON {s}.rid = {r}.rid WHERE "
+                ));
+                self.pids(&format!("{r}.pid"), pids);
+                self.sql
+                    .push(&format!(" AND {r}.target_type = {t}.resource_type AND "));
+                self.sql
+                    .in_texts(&format!("{s}.resource_type"), source_types);
+                for f in filters {
+                    self.sql.push(" AND ");
+                    self.filter(f, &s)?;
+                }
+                self.sql.push(")");
+            }
+            Filter::TargetOf {
+                pids,
+                source_type,
+                source_ids,
+            } => {
+                let (r, s) = (self.fresh("r"), self.fresh("s"));
+                self.sql.push(&format!(
+                    "{t}.resource_id IN (SELECT {r}.target_id FROM search_reference {r} \
+                     JOIN resources_current {s} ON {s}.rid = {r}.rid WHERE "
+                ));
+                self.pids(&format!("{r}.pid"), pids);
+                self.sql
+                    .push(&format!(" AND {r}.target_type = {t}.resource_type AND "));
+                self.sql
+                    .push(&format!("{s}.resource_type = "))
+                    .text(source_type);
+                self.sql.push(" AND ");
+                self.sql.in_texts(&format!("{s}.resource_id"), source_ids);
+                self.sql.push(")");
+            }
+            Filter::Not(inner) => {
+                self.sql.push("NOT (");
+                self.filter(inner, t)?;
+                self.sql.push(")");
+            }
+            Filter::Any(alts) => {
+                self.sql.push("(");
+                if alts.is_empty() {
+                    self.sql.push("1 = 0");
+                }
+                for (i, f) in alts.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" OR ");
+                    }
+                    self.filter(f, t)?;
+                }
+                self.sql.push(")");
+            }
+            Filter::All(fs) => {
+                self.sql.push("(");
+                if fs.is_empty() {
+                    self.sql.push("1 = 1");
+                }
+                for (i, f) in fs.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" AND ");
+                    }
+                    self.filter(f, t)?;
+                }
+                self.sql.push(")");
+            }
+        }
+        Ok(())
+    }
+
+    fn reference(&mut self, rid: &str, pids: &[i64], target: &RefTarget) -> Result<(), StoreError> {
+        let a = self.fresh("r");
+        self.sql.push(&format!(
+            "{rid} IN (SELECT {a}.rid FROM search_reference {a} WHERE "
+        ));
+        self.pids(&format!("{a}.pid"), pids);
+        match target {
+            RefTarget::Local { types, id } => {
+                self.sql.push(&format!(" AND {a}.target_id = ")).text(id);
+                if !types.is_empty() {
+                    self.sql.push(" AND ");
+                    self.sql.in_texts(&format!("{a}.target_type"), types);
+                } else {
+                    self.sql.push(&format!(" AND {a}.target_type <> ''"));
+                }
+            }
+            RefTarget::Url(url) => {
+                self.sql.push(&format!(" AND {a}.url = ")).text(url);
+            }
+            RefTarget::Matching { types, filters } => {
+                let t = self.fresh("t");
+                self.sql.push(" AND ");
+                self.sql.in_texts(&format!("{a}.target_type"), types);
+                self.sql.push(&format!(
+                    " AND {a}.target_id IN (SELECT {t}.resource_id FROM resources_current {t} WHERE "
+                ));
+                self.sql.in_texts(&format!("{t}.resource_type"), types);
+                let f = self.sql.false_literal();
+                self.sql.push(&format!(" AND {t}.deleted = {f}"));
+                for filter in filters {
+                    self.sql.push(" AND ");
+                    self.filter(filter, &t)?;
+                }
+                self.sql.push(")");
+            }
+        }
+        self.sql.push(")");
+        Ok(())
+    }
+
+    /// Renders into a separate statement (for fragments used more than once).
+    fn fragment(
+        &mut self,
+        build: impl FnOnce(&mut Self) -> Result<(), StoreError>,
+    ) -> Result<Sql, StoreError> {
+        let mut sub = Sql::new(self.sql.backend());
+        std::mem::swap(&mut sub, &mut self.sql);
+        let r = build(self);
+        std::mem::swap(&mut sub, &mut self.sql);
+        r.map(|()| sub)
+    }
+
+    /// The SQL expression of a sort key for the resource `rc`: over several values,
+    /// the lowest for an ascending sort and the highest for a descending one (R4
+    /// search 3.1.1.5.x: "the lowest/highest value").
+    fn sort_expr(&mut self, s: &Sort) -> Result<Sql, StoreError> {
+        let agg = if s.descending { "MAX" } else { "MIN" };
+        let col = if s.descending { "hi" } else { "lo" };
+        let key = s.key.clone();
+        self.fragment(|r| {
+            match &key {
+                SortKey::Id => {
+                    r.sql.push("rc.resource_id");
+                }
+                SortKey::LastUpdated => {
+                    r.sql.push("rc.last_updated");
+                }
+                SortKey::Date(pids) => {
+                    let a = r.fresh("sd");
+                    r.sql.push(&format!(
+                        "(SELECT {agg}({a}.{col}) FROM search_date {a} WHERE {a}.rid = rc.rid AND "
+                    ));
+                    r.pids(&format!("{a}.pid"), pids);
+                    r.sql.push(")");
+                }
+                SortKey::Number { pids, keys } => {
+                    let a = r.fresh("sn");
+                    r.sql.push(&format!(
+                        "(SELECT {agg}({a}.{col}) FROM search_number {a} WHERE {a}.rid = rc.rid AND "
+                    ));
+                    r.pids(&format!("{a}.pid"), pids);
+                    r.sql.push(" AND ");
+                    let ks = match keys {
+                        None => vec![0],
+                        Some(keys) => keys
+                            .iter()
+                            .map(|k| r.blind(k))
+                            .collect::<Result<Vec<i64>, _>>()?,
+                    };
+                    r.sql.in_i64s(&format!("{a}.k"), &ks);
+                    r.sql.push(")");
+                }
+                SortKey::Uri(pids) => {
+                    let a = r.fresh("su");
+                    r.sql.push(&format!(
+                        "(SELECT {agg}({a}.uri) FROM search_uri {a} WHERE {a}.rid = rc.rid AND "
+                    ));
+                    r.pids(&format!("{a}.pid"), pids);
+                    r.sql.push(")");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `WHERE` of the searched resources `rc`: types, not deleted, every filter.
+    /// A filter on index rows already implies both (index rows exist only for live
+    /// current versions, and a `pid` names one type), and leaving the redundant
+    /// conditions out lets the planner start from the index.
+    fn scope(&mut self, q: &Query) -> Result<(), StoreError> {
+        self.sql.push(" WHERE ");
+        let pinned = q.filters.iter().any(pins_type);
+        if !pinned {
+            if let Some(types) = &q.types {
+                self.sql.in_texts("rc.resource_type", types);
+                self.sql.push(" AND ");
+            }
+            let f = self.sql.false_literal();
+            self.sql.push(&format!("rc.deleted = {f}"));
+        } else {
+            self.sql.push("1 = 1");
+        }
+        for filter in &q.filters {
+            self.sql.push(" AND ");
+            self.filter(filter, "rc")?;
+        }
+        Ok(())
+    }
+
+    fn sort_value(&mut self, kind: KeyKind, v: &SortValue) {
+        match (kind, v) {
+            (KeyKind::Int, SortValue::Int(i)) => {
+                self.sql.i64(*i);
+            }
+            (KeyKind::Float, SortValue::Float(x)) => {
+                self.sql.f64(*x);
+            }
+            (KeyKind::Float, SortValue::Int(i)) => {
+                self.sql.f64(*i as f64);
+            }
+            (_, SortValue::Text(t)) => {
+                self.sql.text(t);
+            }
+            // A cursor of another shape: compare with a value that sorts nowhere.
+            (KeyKind::Int, _) => {
+                self.sql.i64(0);
+            }
+            (KeyKind::Float, _) => {
+                self.sql.f64(0.0);
+            }
+            (KeyKind::Text, _) => {
+                self.sql.text("");
+            }
+        }
+    }
+
+    /// Rows strictly after (or, walking backwards, before) `pos` in the order of
+    /// the sort keys (NULLs last) and then `rid` ascending.
+    fn keyset(&mut self, exprs: &[(Sql, KeyKind, bool)], pos: &Position, backwards: bool) {
+        self.sql.push(" AND (");
+        let n = exprs.len();
+        for i in 0..=n {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            self.sql.push("(1 = 1");
+            // Equal on every earlier key.
+            for (j, (e, kind, _)) in exprs.iter().enumerate().take(i) {
+                self.sql.push(" AND ");
+                match pos.keys.get(j) {
+                    None | Some(SortValue::Null) => {
+                        self.sql.append(e).push(" IS NULL");
+                    }
+                    Some(v) => {
+                        self.sql.append(e).push(" = ");
+                        self.sort_value(*kind, v);
+                    }
+                }
+            }
+            self.sql.push(" AND ");
+            if i == n {
+                self.sql
+                    .push(if backwards { "rc.rid < " } else { "rc.rid > " })
+                    .i64(pos.rid);
+            } else {
+                let (e, kind, desc) = &exprs[i];
+                let v = pos.keys.get(i).cloned().unwrap_or(SortValue::Null);
+                match (&v, backwards) {
+                    // Nothing sorts after NULL (NULLs are last); everything else before it.
+                    (SortValue::Null, false) => {
+                        self.sql.push("1 = 0");
+                    }
+                    (SortValue::Null, true) => {
+                        self.sql.append(e).push(" IS NOT NULL");
+                    }
+                    (v, false) => {
+                        let op = if *desc { " < " } else { " > " };
+                        self.sql.push("(").append(e).push(op);
+                        self.sort_value(*kind, v);
+                        self.sql.push(" OR ").append(e).push(" IS NULL)");
+                    }
+                    (v, true) => {
+                        let op = if *desc { " > " } else { " < " };
+                        self.sql.append(e).push(op);
+                        self.sort_value(*kind, v);
+                    }
+                }
+            }
+            self.sql.push(")");
+        }
+        self.sql.push(")");
+    }
+
+    /// A page of current versions: sorted, after the position, at most `limit`.
+    pub fn page(&mut self, q: &Query) -> Result<(), StoreError> {
+        if q.sort.len() > MAX_SQL_SORT_KEYS {
+            return Err(StoreError::Prepare(format!(
+                "at most {MAX_SQL_SORT_KEYS} sort keys are sorted by the database"
+            )));
+        }
+        let mut exprs = Vec::new();
+        for s in &q.sort {
+            exprs.push((self.sort_expr(s)?, key_kind(&s.key), s.descending));
+        }
+        let pg = self.sql.backend() == Backend::Postgres;
+        let null_of = |k: KeyKind| -> &'static str {
+            match (pg, k) {
+                (false, _) => "NULL",
+                (true, KeyKind::Int) => "CAST(NULL AS BIGINT)",
+                (true, KeyKind::Float) => "CAST(NULL AS DOUBLE PRECISION)",
+                (true, KeyKind::Text) => "CAST(NULL AS TEXT)",
+            }
+        };
+        self.sql.push(
+            "SELECT q.rid, rv.resource_type, rv.resource_id, rv.version_id, rv.last_updated, \
+             rv.key_id, rv.body, q.k0i, q.k0f, q.k0t, q.k1i, q.k1f, q.k1t, q.k2i, q.k2f, q.k2t \
+             FROM (SELECT rc.rid, rc.resource_type, rc.resource_id, rc.version_id",
+        );
+        for j in 0..MAX_SQL_SORT_KEYS {
+            for (kind, suffix) in [
+                (KeyKind::Int, "i"),
+                (KeyKind::Float, "f"),
+                (KeyKind::Text, "t"),
+            ] {
+                self.sql.push(", ");
+                match exprs.get(j) {
+                    Some((e, k, _))
+                        if std::mem::discriminant(k) == std::mem::discriminant(&kind) =>
+                    {
+                        self.sql.append(e);
+                    }
+                    _ => {
+                        self.sql.push(null_of(kind));
+                    }
+                }
+                self.sql.push(&format!(" AS k{j}{suffix}"));
+            }
+        }
+        self.sql.push(" FROM resources_current rc");
+        self.scope(q)?;
+        if let Some(pos) = &q.after {
+            self.keyset(&exprs, pos, q.backwards);
+        }
+        let order = |backwards: bool, prefix: &str| -> String {
+            let mut parts: Vec<String> = Vec::new();
+            for (j, s) in q.sort.iter().enumerate() {
+                let suffix = match key_kind(&s.key) {
+                    KeyKind::Int => "i",
+                    KeyKind::Float => "f",
+                    KeyKind::Text => "t",
+                };
+                let desc = s.descending != backwards;
+                let nulls = if backwards {
+                    "NULLS FIRST"
+                } else {
+                    "NULLS LAST"
+                };
+                parts.push(format!(
+                    "{prefix}k{j}{suffix} {} {nulls}",
+                    if desc { "DESC" } else { "ASC" }
+                ));
+            }
+            parts.push(format!(
+                "{prefix}rid {}",
+                if backwards { "DESC" } else { "ASC" }
+            ));
+            parts.join(", ")
+        };
+        self.sql.push(" ORDER BY ");
+        self.sql.push(&order(q.backwards, ""));
+        self.sql.push(" LIMIT ").i64(q.limit.min(1_000_000) as i64);
+        self.sql.push(
+            ") q JOIN resource_versions rv ON rv.resource_type = q.resource_type \
+             AND rv.resource_id = q.resource_id AND rv.version_id = q.version_id ORDER BY ",
+        );
+        self.sql.push(&order(q.backwards, "q."));
+        Ok(())
+    }
+
+    /// How many resources satisfy the query (sort and position ignored).
+    pub fn count(&mut self, q: &Query) -> Result<(), StoreError> {
+        self.sql
+            .push("SELECT COUNT(*) AS n FROM resources_current rc");
+        self.scope(q)
+    }
+
+    /// The ids (and rids) that satisfy the query, in rid order, at most `limit`.
+    pub fn ids(&mut self, q: &Query) -> Result<(), StoreError> {
+        self.sql
+            .push("SELECT rc.rid, rc.resource_id FROM resources_current rc");
+        self.scope(q)?;
+        self.sql
+            .push(" ORDER BY rc.rid LIMIT ")
+            .i64(q.limit.min(1_000_000) as i64);
+        Ok(())
+    }
+}
+
+/// True when every resource a filter admits is a live current version of a type
+/// named by its parameter keys (the filter reads index rows of those pids).
+fn pins_type(f: &Filter) -> bool {
+    match f {
+        Filter::Blind { .. }
+        | Filter::Date { .. }
+        | Filter::Number { .. }
+        | Filter::Uri { .. }
+        | Filter::Present { .. } => true,
+        Filter::Reference { targets, .. } => !targets.is_empty(),
+        Filter::All(fs) => fs.iter().any(pins_type),
+        Filter::Any(fs) => !fs.is_empty() && fs.iter().all(pins_type),
+        Filter::Nothing => true,
+        Filter::Ids(_)
+        | Filter::LastUpdated(_)
+        | Filter::ReferencedBy { .. }
+        | Filter::TargetOf { .. }
+        | Filter::Not(_) => false,
+    }
+}
+
+/// The least string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut s = prefix.to_string();
+    s.push(char::MAX);
+    s
+}
