@@ -23,6 +23,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub log: LogSettings,
     pub search: SearchSettings,
+    pub bundle: BundleSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +199,22 @@ impl Default for SearchSettings {
             max_in_memory: 5000,
             max_includes: 1000,
             default_total: "accurate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BundleSettings {
+    /// Most entries of one batch or transaction Bundle (more -> 413). A transaction
+    /// holds its locks until its last entry is written.
+    pub max_entries: usize,
+}
+
+impl Default for BundleSettings {
+    fn default() -> Self {
+        BundleSettings {
+            max_entries: 10_000,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod bundle;
 pub mod config;
 pub mod crypto;
 pub mod fhir;

@@ -38,15 +38,17 @@ pub fn build(model: &Model, base_url: &str, auth_enabled: bool) -> Value {
                 "updateCreate": t != "AuditEvent",
                 "conditionalCreate": t != "AuditEvent",
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported"
+                // PUT/DELETE/PATCH [type]?criteria, also as Bundle entries; a delete
+                // whose criteria match several resources is refused (412).
+                "conditionalUpdate": t != "AuditEvent",
+                "conditionalDelete": if t == "AuditEvent" { "not-supported" } else { "single" }
             })
         })
         .collect();
     let mut rest = json!({
         "mode": "server",
         "resource": resources,
-        "interaction": [{"code": "history-system"}]
+        "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
     });
     if auth_enabled {
         rest["security"] = json!({

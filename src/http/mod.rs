@@ -6,7 +6,9 @@
 //! [`exchange::Exchange`], so each produces exactly one AuditEvent and every
 //! error is an OperationOutcome.
 
+pub mod bundle;
 pub mod capability;
+pub mod conditional;
 pub mod error;
 pub mod exchange;
 pub mod history;
@@ -55,8 +57,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .service(
             web::scope("/fhir")
-                .service(fhir_resource("").route(web::get().to(search::system_get)))
-                .service(fhir_resource("/").route(web::get().to(search::system_get)))
+                .service(
+                    fhir_resource("")
+                        .route(web::get().to(search::system_get))
+                        .route(web::post().to(bundle::post)),
+                )
+                .service(
+                    fhir_resource("/")
+                        .route(web::get().to(search::system_get))
+                        .route(web::post().to(bundle::post)),
+                )
                 .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
                 .service(fhir_resource("/_history").route(web::get().to(history::system)))
@@ -76,7 +86,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     fhir_resource("/{type}")
                         .route(web::post().to(resources::create))
-                        .route(web::get().to(search::type_get)),
+                        .route(web::get().to(search::type_get))
+                        .route(web::put().to(conditional::update))
+                        .route(web::patch().to(conditional::patch))
+                        .route(web::delete().to(conditional::delete)),
                 )
                 .service(
                     fhir_resource("/{type}/{id}")
@@ -137,15 +150,7 @@ fn classify(
         );
     }
     match segments {
-        [] => match *method {
-            Method::POST => (
-                op("batch/transaction"),
-                ApiError::NotImplemented(
-                    "batch and transaction Bundles are not implemented yet".into(),
-                ),
-            ),
-            _ => (op("unknown"), not_allowed()),
-        },
+        [] => (op("unknown"), not_allowed()),
         ["metadata"] | ["_history"] => (op("unknown"), not_allowed()),
         [t, ..] if !known(t) => (
             op("unknown"),
@@ -155,11 +160,17 @@ fn classify(
             )),
         ),
         [_] => match *method {
-            Method::PUT | Method::DELETE | Method::PATCH if has_query => (
-                op("conditional"),
-                ApiError::NotImplemented(
-                    "conditional update, delete and patch are not implemented yet".into(),
-                ),
+            Method::PUT | Method::DELETE | Method::PATCH if !has_query => (
+                op("unknown"),
+                ApiError::MethodNotAllowed(format!(
+                    "{method} on a type needs search criteria (conditional {}); use {}/[id] for one resource",
+                    match *method {
+                        Method::PUT => "update",
+                        Method::DELETE => "delete",
+                        _ => "patch",
+                    },
+                    req.path()
+                )),
             ),
             _ => (op("unknown"), not_allowed()),
         },

@@ -7,15 +7,16 @@ use super::index::{delete_index_rows, insert_index_rows, IndexRows};
 use super::pool::{with_conn, write_txn, DbConn, DbPool};
 use super::query::{self, Query};
 use super::schema::{
-    audit_log, data_keys, key_check, resource_versions as rv, resources_current as rc,
-    search_blind, search_date, search_number, search_reference, search_uri,
+    audit_log, data_keys, import_progress, key_check, resource_versions as rv,
+    resources_current as rc, search_blind, search_date, search_number, search_reference,
+    search_uri,
 };
 use super::StoreError;
 use crate::access::AccessContext;
 use crate::crypto::{Keyring, MasterKey, WrappedKey};
 
 /// How many times a write is retried when a concurrent writer got there first.
-const WRITE_RETRIES: usize = 8;
+pub(super) const WRITE_RETRIES: usize = 8;
 
 /// A version as read back: the body is the decrypted JSON bytes (empty for deletes).
 #[derive(Debug, Clone)]
@@ -268,6 +269,31 @@ fn open_version(ring: &Keyring, t: VersionTuple) -> Result<StoredVersion, StoreE
     })
 }
 
+/// The current version row of a resource (at most one), sealed.
+macro_rules! current_rows {
+    ($c:ident, $resource_type:expr, $id:expr) => {
+        rc::table
+            .inner_join(
+                rv::table.on(rv::resource_type
+                    .eq(rc::resource_type)
+                    .and(rv::resource_id.eq(rc::resource_id))
+                    .and(rv::version_id.eq(rc::version_id))),
+            )
+            .filter(rc::resource_type.eq($resource_type))
+            .filter(rc::resource_id.eq($id))
+            .select((
+                rv::resource_type,
+                rv::resource_id,
+                rv::version_id,
+                rv::last_updated,
+                rv::deleted,
+                rv::key_id,
+                rv::body,
+            ))
+            .load::<VersionTuple>($c)
+    };
+}
+
 pub fn read(
     pool: &DbPool,
     ring: &Keyring,
@@ -334,17 +360,7 @@ pub fn read_on(
             .filter(rv::version_id.eq(v))
             .select(cols)
             .load(c))?,
-        None => with_conn!(conn, |c| rc::table
-            .inner_join(
-                rv::table.on(rv::resource_type
-                    .eq(rc::resource_type)
-                    .and(rv::resource_id.eq(rc::resource_id))
-                    .and(rv::version_id.eq(rc::version_id))),
-            )
-            .filter(rc::resource_type.eq(resource_type))
-            .filter(rc::resource_id.eq(id))
-            .select(cols)
-            .load(c))?,
+        None => with_conn!(conn, |c| current_rows!(c, resource_type, id))?,
     };
     let row = rows.into_iter().next();
     drop(conn);
@@ -586,36 +602,78 @@ macro_rules! insert_audit_rows {
     }};
 }
 /// A connection inside a write transaction: one version written with its index
-/// rows and AuditEvent (a transaction Bundle writes several in one transaction).
+/// rows and AuditEvent (a transaction Bundle writes several in one transaction),
+/// the current version read, AuditEvents and import progress recorded.
 pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock {
     fn write_version(
         &mut self,
         ring: &Keyring,
         req: &WriteRequest<'_>,
     ) -> Result<WriteResult, StoreError>;
-}
 
-impl WriteConn for diesel::SqliteConnection {
-    fn write_version(
+    /// The current version of a resource (deleted ones too), opened.
+    fn current_version(
         &mut self,
         ring: &Keyring,
-        req: &WriteRequest<'_>,
-    ) -> Result<WriteResult, StoreError> {
-        let c = self;
-        write_body!(c, ring, req)
-    }
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+
+    fn insert_audits(&mut self, ring: &Keyring, rows: &[AuditRow]) -> Result<(), StoreError>;
+
+    /// Records that part `part` of import unit `unit` is stored.
+    fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError>;
 }
 
-impl WriteConn for diesel::PgConnection {
-    fn write_version(
-        &mut self,
-        ring: &Keyring,
-        req: &WriteRequest<'_>,
-    ) -> Result<WriteResult, StoreError> {
-        let c = self;
-        write_body!(c, ring, req)
-    }
+macro_rules! write_conn_impl {
+    ($conn:ty) => {
+        impl WriteConn for $conn {
+            fn write_version(
+                &mut self,
+                ring: &Keyring,
+                req: &WriteRequest<'_>,
+            ) -> Result<WriteResult, StoreError> {
+                let c = self;
+                write_body!(c, ring, req)
+            }
+
+            fn current_version(
+                &mut self,
+                ring: &Keyring,
+                resource_type: &str,
+                id: &str,
+            ) -> Result<Option<StoredVersion>, StoreError> {
+                let c = self;
+                let row = current_rows!(c, resource_type, id)?.into_iter().next();
+                row.map(|t| open_version(ring, t)).transpose()
+            }
+
+            fn insert_audits(
+                &mut self,
+                ring: &Keyring,
+                rows: &[AuditRow],
+            ) -> Result<(), StoreError> {
+                let c = self;
+                insert_audit_rows!(c, ring, rows);
+                Ok(())
+            }
+
+            fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError> {
+                diesel::insert_into(import_progress::table)
+                    .values((
+                        import_progress::unit.eq(unit),
+                        import_progress::part.eq(part),
+                        import_progress::done_at.eq(now_micros()),
+                    ))
+                    .execute(self)?;
+                Ok(())
+            }
+        }
+    };
 }
+
+write_conn_impl!(diesel::SqliteConnection);
+write_conn_impl!(diesel::PgConnection);
 
 pub fn write(
     pool: &DbPool,

@@ -195,7 +195,18 @@ pub struct TestApp {
     pub store: Store,
     client: awc::Client,
     handle: actix_web::dev::ServerHandle,
-    requests: Mutex<Vec<(String, Method, String, StatusCode)>>,
+    requests: Mutex<Vec<Sent>>,
+}
+
+/// A request a test sent, for the audit check.
+#[derive(Debug, Clone)]
+struct Sent {
+    request_id: String,
+    method: Method,
+    url: String,
+    status: StatusCode,
+    /// A Bundle posted to the base: how many entries it has.
+    bundle_entries: Option<usize>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -263,10 +274,22 @@ impl TestApp {
             body: bytes.to_vec(),
         };
         if url.contains("/fhir") {
-            self.requests
-                .lock()
-                .unwrap()
-                .push((request_id, method, url, reply.status));
+            let at_base = url
+                .split('?')
+                .next()
+                .is_some_and(|p| p.trim_end_matches('/').ends_with("/fhir"));
+            let bundle_entries = (method == Method::POST && at_base).then(|| {
+                body.and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|v| v["entry"].as_array().map(Vec::len))
+                    .unwrap_or(0)
+            });
+            self.requests.lock().unwrap().push(Sent {
+                request_id,
+                method,
+                url,
+                status: reply.status,
+                bundle_entries,
+            });
         }
         reply
     }
@@ -336,8 +359,31 @@ impl TestApp {
         let audits = self.audits_by_request().await;
         let requests = self.requests.lock().unwrap().clone();
         assert!(!requests.is_empty(), "the test sent no requests");
-        for (rid, method, url, status) in requests {
-            let events = audits.get(&rid).cloned().unwrap_or_default();
+        for Sent {
+            request_id: rid,
+            method,
+            url,
+            status,
+            bundle_entries,
+        } in requests
+        {
+            let mut events = audits.get(&rid).cloned().unwrap_or_default();
+            if let Some(n) = bundle_entries {
+                // A Bundle: one AuditEvent for the Bundle, and one per entry once
+                // the Bundle was read (always, when it was processed).
+                let is_bundle_event = |e: &Value| {
+                    matches!(
+                        e["subtype"][0]["code"].as_str(),
+                        Some("transaction" | "batch")
+                    )
+                };
+                let entry_events = events.iter().filter(|e| !is_bundle_event(e)).count();
+                assert!(
+                    entry_events == n || (entry_events == 0 && !status.is_success()),
+                    "{method} {url} ({status}) with {n} entries left {entry_events} entry AuditEvents"
+                );
+                events.retain(is_bundle_event);
+            }
             assert_eq!(
                 events.len(),
                 1,
