@@ -22,9 +22,12 @@
 //! HTTP layer's one error mapping); it writes only through the store's [`Txn`].
 //! Architecture invariant: every written resource passes [`validate_entry`] first.
 
+mod plan;
 mod process;
 mod references;
 mod request;
+mod resolve;
+mod write;
 
 use serde_json::Value;
 
@@ -36,9 +39,8 @@ use crate::patch::Patch;
 use crate::search::SearchEngine;
 use crate::store::{Store, StoreError, Txn};
 
-pub use process::{
-    identity_change, process_batch, process_entry, process_transaction, Done, Failure,
-};
+pub use process::{process_batch, process_entry, process_transaction, Done, Failure};
+pub use write::identity_change;
 pub use references::{classify, restful_base, walk, RefForm, Site};
 pub use request::{parse_target, read_bundle, BundleKind, ReadError, RequestBundle};
 
