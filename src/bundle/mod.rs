@@ -40,9 +40,9 @@ use crate::search::SearchEngine;
 use crate::store::{Store, StoreError, Txn};
 
 pub use process::{process_batch, process_entry, process_transaction, Done, Failure};
-pub use write::identity_change;
 pub use references::{classify, restful_base, walk, RefForm, Site};
 pub use request::{parse_target, read_bundle, BundleKind, ReadError, RequestBundle};
+pub use write::identity_change;
 
 /// The HTTP verbs of Bundle entries, in the order a transaction processes them
 /// (R4 http.html 3.1.0.11.2: DELETE, POST, PUT and PATCH, then GET and HEAD).

@@ -77,7 +77,11 @@ pub(super) fn criteria_error(e: SearchError, at: Option<String>) -> EntryError {
     }
 }
 
-pub(super) fn plan<'e>(env: &Env, entries: &'e [Entry], independent: bool) -> Result<Plan<'e>, Errors> {
+pub(super) fn plan<'e>(
+    env: &Env,
+    entries: &'e [Entry],
+    independent: bool,
+) -> Result<Plan<'e>, Errors> {
     let mut errors: Errors = Vec::new();
     let mut works = Vec::new();
     let mut cond_refs: Vec<CondRef> = Vec::new();
@@ -261,4 +265,3 @@ fn plan_work<'e>(env: &Env, pos: usize, entry: &'e Entry) -> Result<Work<'e>, En
         },
     })
 }
-

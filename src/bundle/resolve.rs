@@ -286,4 +286,3 @@ fn conditional_action(
         )),
     }
 }
-

@@ -23,7 +23,11 @@ pub(super) struct Prepared {
 }
 
 /// Sets ids and rewrites the references of every resource to create or update.
-pub(super) fn prepare(env: &Env, plan: &Plan, res: &Resolution) -> Result<Vec<Option<Prepared>>, Errors> {
+pub(super) fn prepare(
+    env: &Env,
+    plan: &Plan,
+    res: &Resolution,
+) -> Result<Vec<Option<Prepared>>, Errors> {
     let mut errors: Errors = Vec::new();
     let mut out = Vec::with_capacity(plan.works.len());
     for (w, a) in plan.works.iter().zip(&res.actions) {
@@ -500,4 +504,3 @@ pub fn identity_change(rt: &str, id: &str, patched: &Value) -> Option<Issue> {
         other => Some(changed("id", id, other)),
     }
 }
-
