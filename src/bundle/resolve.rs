@@ -4,7 +4,7 @@
 //! conditional reference names, and the check that no two entries change one
 //! resource.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::plan::{issue, request_location, Plan, Work};
 use super::process::Errors;
@@ -98,6 +98,14 @@ pub(super) fn resolve(plan: &Plan, lookup: &mut dyn Lookup) -> Result<Resolution
     // Criteria of creates in this Bundle -> the id created: a second create (or a
     // conditional reference) with the same criteria names the same resource.
     let mut created: HashMap<(String, i64), String> = HashMap::new();
+    // Resources this Bundle deletes (DELETE entries come first): the conditional
+    // creates and references after them no longer find them.
+    let mut deleted: HashSet<(String, String)> = HashSet::new();
+    let live = |m: Vec<String>, rt: &str, deleted: &HashSet<(String, String)>| -> Vec<String> {
+        m.into_iter()
+            .filter(|id| !deleted.contains(&(rt.to_string(), id.clone())))
+            .collect()
+    };
     for w in &plan.works {
         let e = w.entry;
         let url_at = request_location(e, "url");
@@ -111,8 +119,8 @@ pub(super) fn resolve(plan: &Plan, lookup: &mut dyn Lookup) -> Result<Resolution
                     Some(id) => Ok(Action::Matched { id: id.clone() }),
                     None => match lookup.matches(c) {
                         Err(err) => Err(EntryError::Store(err)),
-                        Ok(m) => match m.len() {
-                            0 => {
+                        Ok(m) => match live(m, &w.resource_type, &deleted).as_slice() {
+                            [] => {
                                 created.insert(
                                     (w.resource_type.clone(), c.lock_key),
                                     w.new_id.to_string(),
@@ -122,9 +130,11 @@ pub(super) fn resolve(plan: &Plan, lookup: &mut dyn Lookup) -> Result<Resolution
                                     client_id: false,
                                 })
                             }
-                            1 => Ok(Action::Matched { id: m[0].clone() }),
-                            n => Err(several(&w.resource_type, n, "ifNoneExist")
-                                .at(request_location(e, "ifNoneExist").unwrap_or_default())),
+                            [one] => Ok(Action::Matched { id: one.clone() }),
+                            several_ids => {
+                                Err(several(&w.resource_type, several_ids.len(), "ifNoneExist")
+                                    .at(request_location(e, "ifNoneExist").unwrap_or_default()))
+                            }
                         },
                     },
                 }
@@ -149,7 +159,12 @@ pub(super) fn resolve(plan: &Plan, lookup: &mut dyn Lookup) -> Result<Resolution
             (_, _, None) => Err(EntryError::NotImplemented("unplanned entry".into())),
         };
         match action {
-            Ok(a) => actions.push(a),
+            Ok(a) => {
+                if let Action::Delete { id, .. } = &a {
+                    deleted.insert((w.resource_type.clone(), id.clone()));
+                }
+                actions.push(a)
+            }
             Err(err) => {
                 errors.push((Some(w.pos), err));
                 actions.push(Action::NoMatch);
@@ -197,7 +212,10 @@ pub(super) fn resolve(plan: &Plan, lookup: &mut dyn Lookup) -> Result<Resolution
             identities.conditional.insert(c.value.clone(), id.clone());
             continue;
         }
-        match lookup.matches(&c.condition) {
+        match lookup
+            .matches(&c.condition)
+            .map(|m| live(m, &c.resource_type, &deleted))
+        {
             Err(e) => errors.push(lookup_error(c.pos, e)),
             Ok(m) if m.len() == 1 => {
                 identities.conditional.insert(c.value.clone(), m[0].clone());

@@ -141,6 +141,44 @@ impl Database {
         s
     }
 
+    /// The rows of a table, read straight from the database (not through fhirgate).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let q = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}"));
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.dir.path().join("fhirgate.db");
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite file");
+                q.get_result::<Count>(&mut c).expect("count").n
+            }
+            Backend::Postgres => {
+                let mut c = PgConnection::establish(&self.url).expect("connect");
+                q.get_result::<Count>(&mut c).expect("count").n
+            }
+        }
+    }
+
+    /// Rows of every table a resource write touches.
+    pub fn written_rows(&self) -> Vec<(&'static str, i64)> {
+        [
+            "resource_versions",
+            "resources_current",
+            "search_blind",
+            "search_date",
+            "search_number",
+            "search_reference",
+            "search_uri",
+        ]
+        .into_iter()
+        .map(|t| (t, self.count_rows(t)))
+        .collect()
+    }
+
     pub fn key_file(&self) -> PathBuf {
         let path = self.dir.path().join("master.key");
         if !path.exists() {
@@ -254,7 +292,11 @@ impl TestApp {
         } else {
             format!("{}{path}", self.base)
         };
-        let request_id = uuid::Uuid::new_v4().to_string();
+        // A test may choose the request id to find its AuditEvents.
+        let request_id = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |(_, v)| v.to_string());
         let mut req = self
             .client
             .request(method.clone(), &url)
@@ -279,9 +321,13 @@ impl TestApp {
                 .next()
                 .is_some_and(|p| p.trim_end_matches('/').ends_with("/fhir"));
             let bundle_entries = (method == Method::POST && at_base).then(|| {
-                body.and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                    .and_then(|v| v["entry"].as_array().map(Vec::len))
-                    .unwrap_or(0)
+                match body.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
+                    Some(v) => v["entry"].as_array().map_or(0, Vec::len),
+                    // XML: one <entry> element per entry.
+                    None => {
+                        body.map_or(0, |b| String::from_utf8_lossy(b).matches("<entry>").count())
+                    }
+                }
             });
             self.requests.lock().unwrap().push(Sent {
                 request_id,
