@@ -7,7 +7,7 @@ mod support;
 use awc::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend, PgDatabase};
+use support::server::{spawn_app, Backend};
 
 const ROUNDS: usize = 10;
 const RACERS: usize = 6;
@@ -69,7 +69,7 @@ on_both_backends!(concurrent_updates_with_one_if_match_let_exactly_one_win);
 
 #[actix_rt::test]
 async fn two_server_processes_on_one_postgres_let_exactly_one_update_win() {
-    let (_db, _dir, a, b) = two_nodes();
+    let (_db, _dir, a, b) = support::process::two_pg_nodes();
     race(&[a.base.clone(), b.base.clone()]).await;
 }
 
@@ -125,27 +125,8 @@ on_both_backends!(racing_conditional_creates_make_exactly_one_resource);
 
 #[actix_rt::test]
 async fn racing_conditional_creates_across_two_processes_make_exactly_one_resource() {
-    let (_db, _dir, a, b) = two_nodes();
+    let (_db, _dir, a, b) = support::process::two_pg_nodes();
     for round in 0..ROUNDS {
         race_conditional_creates(&[a.base.clone(), b.base.clone()], round).await;
     }
-}
-
-/// Two fhirgate processes on one fresh PostgreSQL database with one master key.
-fn two_nodes() -> (
-    PgDatabase,
-    tempfile::TempDir,
-    support::process::ServerProcess,
-    support::process::ServerProcess,
-) {
-    let db = PgDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    fhirgate::crypto::MasterKey::generate()
-        .unwrap()
-        .write_new_file(&key)
-        .unwrap();
-    let a = support::process::start(&db.url, &key, &dir.path().join("a.log"), &[]);
-    let b = support::process::start(&db.url, &key, &dir.path().join("b.log"), &[]);
-    (db, dir, a, b)
 }

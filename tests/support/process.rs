@@ -76,3 +76,22 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Two fhirgate processes on one fresh PostgreSQL database with one master key.
+pub fn two_pg_nodes() -> (
+    super::server::PgDatabase,
+    tempfile::TempDir,
+    ServerProcess,
+    ServerProcess,
+) {
+    let db = super::server::PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    fhirgate::crypto::MasterKey::generate()
+        .unwrap()
+        .write_new_file(&key)
+        .unwrap();
+    let a = start(&db.url, &key, &dir.path().join("a.log"), &[]);
+    let b = start(&db.url, &key, &dir.path().join("b.log"), &[]);
+    (db, dir, a, b)
+}
