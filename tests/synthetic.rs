@@ -25,7 +25,10 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 
@@ -90,19 +93,30 @@ fn patient(rng: &mut Rng, n: usize) -> Value {
     let org = format!("Organization?identifier={SYNTHEA}|org-{}", n % 3);
     let doc = format!("Practitioner?identifier={NPI}|99990{}", n % 3);
     let coverage = rng.uuid();
-    entries.push(post(&coverage, json!({"resourceType": "Coverage", "status": "active",
-        "beneficiary": {"reference": pat}, "payor": [{"reference": org}]})));
+    entries.push(post(
+        &coverage,
+        json!({"resourceType": "Coverage", "status": "active",
+        "beneficiary": {"reference": pat}, "payor": [{"reference": org}]}),
+    ));
     all.push(coverage.clone());
     for e in 0..(8 + rng.below(8)) {
         let enc = rng.uuid();
-        let day = format!("20{:02}-{:02}-{:02}", 10 + e % 12, 1 + rng.below(12), 1 + rng.below(28));
-        entries.push(post(&enc, json!({"resourceType": "Encounter", "status": "finished",
+        let day = format!(
+            "20{:02}-{:02}-{:02}",
+            10 + e % 12,
+            1 + rng.below(12),
+            1 + rng.below(28)
+        );
+        entries.push(post(
+            &enc,
+            json!({"resourceType": "Encounter", "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
             "type": [coding(snomed, "185349003", "Encounter for check up")],
             "subject": {"reference": pat},
             "participant": [{"individual": {"reference": doc}}],
             "period": {"start": format!("{day}T09:00:00Z"), "end": format!("{day}T09:30:00Z")},
-            "serviceProvider": {"reference": org}})));
+            "serviceProvider": {"reference": org}}),
+        ));
         all.push(enc.clone());
         let cond = rng.uuid();
         entries.push(post(&cond, json!({"resourceType": "Condition",
@@ -148,10 +162,13 @@ fn patient(rng: &mut Rng, n: usize) -> Value {
             "requester": {"reference": doc}, "reasonReference": [{"reference": cond}]})));
         all.push(med.clone());
         let imm = rng.uuid();
-        entries.push(post(&imm, json!({"resourceType": "Immunization", "status": "completed",
+        entries.push(post(
+            &imm,
+            json!({"resourceType": "Immunization", "status": "completed",
             "vaccineCode": coding("http://hl7.org/fhir/sid/cvx", "140", "Influenza"),
             "patient": {"reference": pat}, "encounter": {"reference": enc},
-            "occurrenceDateTime": format!("{day}T09:15:00Z"), "primarySource": true})));
+            "occurrenceDateTime": format!("{day}T09:15:00Z"), "primarySource": true}),
+        ));
         all.push(imm);
         let claim = rng.uuid();
         entries.push(post(&claim, json!({"resourceType": "Claim", "status": "active",
@@ -202,10 +219,19 @@ fn references(v: &Value, out: &mut Vec<String>) {
 async fn synthetic_patient_bundles_load_and_every_reference_resolves(backend: Backend) {
     let app = spawn_app(backend).await;
     let r = app.post_json("", &hospital()).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     // Loading the hospital again finds every resource (ifNoneExist): nothing new.
     let again = app.post_json("", &hospital()).await.json();
-    assert!(again["entry"].as_array().unwrap().iter().all(|e| e["response"]["status"] == "200 OK"));
+    assert!(again["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["response"]["status"] == "200 OK"));
     let mut rng = Rng(20261201);
     let mut loaded = 0;
     for n in 0..6 {
@@ -213,15 +239,36 @@ async fn synthetic_patient_bundles_load_and_every_reference_resolves(backend: Ba
         let entries = b["entry"].as_array().unwrap().len();
         assert!(entries > 100, "a patient Bundle of {entries} entries");
         let r = app.post_json("", &b).await;
-        assert_eq!(r.status, StatusCode::OK, "patient {n}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "patient {n}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let resp = r.json();
-        assert!(resp["entry"].as_array().unwrap().iter().all(|e| e["response"]["status"] == "201 Created"));
+        assert!(resp["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["response"]["status"] == "201 Created"));
         loaded += entries;
     }
     // Every stored resource, and every reference in them.
     let types = [
-        "Patient", "Organization", "Practitioner", "Coverage", "Encounter", "Condition", "Observation",
-        "DiagnosticReport", "Procedure", "MedicationRequest", "Immunization", "Claim", "CarePlan", "Provenance",
+        "Patient",
+        "Organization",
+        "Practitioner",
+        "Coverage",
+        "Encounter",
+        "Condition",
+        "Observation",
+        "DiagnosticReport",
+        "Procedure",
+        "MedicationRequest",
+        "Immunization",
+        "Claim",
+        "CarePlan",
+        "Provenance",
     ];
     let mut stored: HashSet<String> = HashSet::new();
     let mut refs: Vec<String> = Vec::new();
@@ -231,18 +278,34 @@ async fn synthetic_patient_bundles_load_and_every_reference_resolves(backend: Ba
             let page = app.get(&url).await.json();
             for e in page["entry"].as_array().into_iter().flatten() {
                 let r = &e["resource"];
-                stored.insert(format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
+                stored.insert(format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap(),
+                    r["id"].as_str().unwrap()
+                ));
                 references(r, &mut refs);
             }
-            match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            match page["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+            {
                 Some(next) => url = next["url"].as_str().unwrap().to_string(),
                 None => break,
             }
         }
     }
-    assert_eq!(stored.len(), loaded + 6, "patients' resources plus the hospital's six");
+    assert_eq!(
+        stored.len(),
+        loaded + 6,
+        "patients' resources plus the hospital's six"
+    );
     let unresolved: BTreeSet<&String> = refs.iter().filter(|r| !stored.contains(*r)).collect();
-    assert!(unresolved.is_empty(), "references that name no stored resource: {unresolved:?}");
+    assert!(
+        unresolved.is_empty(),
+        "references that name no stored resource: {unresolved:?}"
+    );
     assert!(refs.len() > loaded, "{} references", refs.len());
     app.assert_every_request_audited().await;
     app.stop().await;
