@@ -222,7 +222,24 @@ pub(super) fn write(
     txn: &mut dyn Txn,
 ) -> Result<Vec<Done>, (usize, EntryError)> {
     let mut done: Vec<Option<Done>> = (0..plan.len).map(|_| None).collect();
+    // Creates with server ids (the POST step) are written together, in multi-row
+    // statements; everything else one entry at a time, in processing order.
+    let mut creates: Vec<(&Work, &str, &Prepared)> = Vec::new();
     for ((w, a), p) in plan.works.iter().zip(&res.actions).zip(prepared) {
+        if let (
+            Action::Create {
+                id,
+                client_id: false,
+            },
+            Some(p),
+        ) = (a, p)
+        {
+            creates.push((w, id, p));
+            continue;
+        }
+        for (pos, d) in create_all(env, txn, std::mem::take(&mut creates))? {
+            done[pos] = Some(d);
+        }
         let rt = w.resource_type.as_str();
         let fail = |e: EntryError| (w.pos, e);
         let outcome = match a {
@@ -328,7 +345,81 @@ pub(super) fn write(
         };
         done[w.pos] = Some(outcome);
     }
+    for (pos, d) in create_all(env, txn, creates)? {
+        done[pos] = Some(d);
+    }
     Ok(done.into_iter().map(|d| d.unwrap_or(Done::Read)).collect())
+}
+
+type PrepareFn<'a> = Box<dyn Fn(i64, i64) -> Result<Vec<u8>, StoreError> + 'a>;
+type AuditFn<'a> = Box<dyn Fn(&WriteResult) -> Result<crate::store::AuditRow, StoreError> + 'a>;
+
+/// New resources with server ids, with their AuditEvents, in one go.
+fn create_all(
+    env: &Env,
+    txn: &mut dyn Txn,
+    creates: Vec<(&Work, &str, &Prepared)>,
+) -> Result<Vec<(usize, Done)>, (usize, EntryError)> {
+    let Some(first) = creates.first().map(|(w, _, _)| w.pos) else {
+        return Ok(Vec::new());
+    };
+    let prepares: Vec<PrepareFn> = creates
+        .iter()
+        .map(|&(_, id, p)| -> PrepareFn {
+            Box::new(move |version, ts| {
+                fhir::stored_body(&p.resource, id, version, ts).map_err(StoreError::Prepare)
+            })
+        })
+        .collect();
+    let audits: Vec<AuditFn> = creates
+        .iter()
+        .map(|&(w, id, p)| -> AuditFn {
+            let mut rec = record(
+                env,
+                Interaction::Create,
+                &w.resource_type,
+                id,
+                p.patients.clone(),
+            );
+            // Every create is version 1.
+            rec.version = Some(1);
+            Box::new(move |_: &WriteResult| Ok(env.audit.row(&rec)))
+        })
+        .collect();
+    let reqs: Vec<WriteRequest> = creates
+        .iter()
+        .zip(prepares.iter().zip(&audits))
+        .map(|(&(w, id, p), (prepare, audit))| WriteRequest {
+            resource_type: &w.resource_type,
+            id,
+            kind: WriteKind::Create,
+            method: "POST",
+            prepare: prepare.as_ref(),
+            audit: audit.as_ref(),
+            index: &p.index,
+            condition: None,
+        })
+        .collect();
+    let results = txn
+        .create_many(&reqs)
+        .map_err(|e| (first, EntryError::Store(e)))?;
+    Ok(creates
+        .iter()
+        .zip(results)
+        .map(|(&(w, id, _), r)| {
+            (
+                w.pos,
+                Done::Stored {
+                    resource_type: w.resource_type.clone(),
+                    id: id.to_string(),
+                    version: r.version,
+                    last_updated: r.last_updated,
+                    created: true,
+                    body: env.return_bodies.then_some(r.body),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Writes a prepared resource (create or update) with its AuditEvent.

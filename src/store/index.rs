@@ -97,7 +97,11 @@ pub(crate) use delete_index_rows;
 /// Inserts the index rows of a resource (after [`IndexRows::dedup`]).
 macro_rules! insert_index_rows {
     ($c:ident, $ring:expr, $rid:expr, $rows:expr) => {{
-        $crate::store::index::insert_rows($ring, $rid, $rows, |batch| {
+        let one: &$crate::store::index::IndexRows = $rows;
+        insert_index_rows!($c, $ring, &[($rid, one)])
+    }};
+    ($c:ident, $ring:expr, $many:expr) => {{
+        $crate::store::index::insert_rows($ring, $many, |batch| {
             use $crate::store::index::Batch;
             match batch {
                 Batch::Blind(v) => diesel::insert_into(search_blind::table)
@@ -159,57 +163,47 @@ pub enum Batch<'a> {
     Uri(&'a [UriRow]),
 }
 
-/// Builds the rows (blinding what must be blind) and hands them to `exec` in
-/// multi-row batches, one table at a time; tables without rows are skipped.
+/// Builds the rows of the resources `of` (surrogate key, rows; blinding what must be
+/// blind) and hands them to `exec` in multi-row batches, one table at a time, the
+/// rows of all resources together (a transaction Bundle writes hundreds at once);
+/// tables without rows are skipped.
 pub fn insert_rows(
     ring: &Keyring,
-    rid: i64,
-    rows: &IndexRows,
+    of: &[(i64, &IndexRows)],
     mut exec: impl FnMut(Batch<'_>) -> Result<usize, diesel::result::Error>,
 ) -> Result<(), StoreError> {
-    if !rows.blind.is_empty() {
-        let mut v: Vec<BlindRow> = Vec::with_capacity(rows.blind.len());
+    let mut blind: Vec<BlindRow> = Vec::new();
+    let mut dates: Vec<DateRow> = Vec::new();
+    let mut numbers: Vec<NumberRow> = Vec::new();
+    let mut references: Vec<ReferenceRow> = Vec::new();
+    let mut uris: Vec<UriRow> = Vec::new();
+    for &(rid, rows) in of {
         let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
         for (pid, value) in &rows.blind {
             let h = blind_key(ring, value)?;
             // Two values may blind alike only by collision; the key must stay unique.
             if seen.insert((*pid, h)) {
-                v.push((
+                blind.push((
                     search_blind::rid.eq(rid),
                     search_blind::pid.eq(*pid),
                     search_blind::h.eq(h),
                 ));
             }
         }
-        for chunk in v.chunks(CHUNK) {
-            exec(Batch::Blind(chunk))?;
-        }
-    }
-    if !rows.dates.is_empty() {
-        let v: Vec<DateRow> = rows
-            .dates
-            .iter()
-            .map(|(pid, lo, hi)| {
-                (
-                    search_date::rid.eq(rid),
-                    search_date::pid.eq(*pid),
-                    search_date::lo.eq(*lo),
-                    search_date::hi.eq(*hi),
-                )
-            })
-            .collect();
-        for chunk in v.chunks(CHUNK) {
-            exec(Batch::Date(chunk))?;
-        }
-    }
-    if !rows.numbers.is_empty() {
-        let mut v: Vec<NumberRow> = Vec::with_capacity(rows.numbers.len());
+        dates.extend(rows.dates.iter().map(|(pid, lo, hi)| {
+            (
+                search_date::rid.eq(rid),
+                search_date::pid.eq(*pid),
+                search_date::lo.eq(*lo),
+                search_date::hi.eq(*hi),
+            )
+        }));
         for (pid, key, lo, hi) in &rows.numbers {
             let k = match key {
                 Some(k) => blind_key(ring, k)?,
                 None => 0,
             };
-            v.push((
+            numbers.push((
                 search_number::rid.eq(rid),
                 search_number::pid.eq(*pid),
                 search_number::k.eq(k),
@@ -217,43 +211,37 @@ pub fn insert_rows(
                 search_number::hi.eq(*hi),
             ));
         }
-        for chunk in v.chunks(CHUNK) {
-            exec(Batch::Number(chunk))?;
-        }
+        references.extend(rows.references.iter().map(|(pid, r)| {
+            (
+                search_reference::rid.eq(rid),
+                search_reference::pid.eq(*pid),
+                search_reference::target_type.eq(r.target_type.clone()),
+                search_reference::target_id.eq(r.target_id.clone()),
+                search_reference::url.eq(r.url.clone()),
+            )
+        }));
+        uris.extend(rows.uris.iter().map(|(pid, uri)| {
+            (
+                search_uri::rid.eq(rid),
+                search_uri::pid.eq(*pid),
+                search_uri::uri.eq(uri.clone()),
+            )
+        }));
     }
-    if !rows.references.is_empty() {
-        let v: Vec<ReferenceRow> = rows
-            .references
-            .iter()
-            .map(|(pid, r)| {
-                (
-                    search_reference::rid.eq(rid),
-                    search_reference::pid.eq(*pid),
-                    search_reference::target_type.eq(r.target_type.clone()),
-                    search_reference::target_id.eq(r.target_id.clone()),
-                    search_reference::url.eq(r.url.clone()),
-                )
-            })
-            .collect();
-        for chunk in v.chunks(CHUNK) {
-            exec(Batch::Reference(chunk))?;
-        }
+    for chunk in blind.chunks(CHUNK) {
+        exec(Batch::Blind(chunk))?;
     }
-    if !rows.uris.is_empty() {
-        let v: Vec<UriRow> = rows
-            .uris
-            .iter()
-            .map(|(pid, uri)| {
-                (
-                    search_uri::rid.eq(rid),
-                    search_uri::pid.eq(*pid),
-                    search_uri::uri.eq(uri.clone()),
-                )
-            })
-            .collect();
-        for chunk in v.chunks(CHUNK) {
-            exec(Batch::Uri(chunk))?;
-        }
+    for chunk in dates.chunks(CHUNK) {
+        exec(Batch::Date(chunk))?;
+    }
+    for chunk in numbers.chunks(CHUNK) {
+        exec(Batch::Number(chunk))?;
+    }
+    for chunk in references.chunks(CHUNK) {
+        exec(Batch::Reference(chunk))?;
+    }
+    for chunk in uris.chunks(CHUNK) {
+        exec(Batch::Uri(chunk))?;
     }
     Ok(())
 }

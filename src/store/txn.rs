@@ -40,6 +40,10 @@ pub trait Txn: Lookup {
     /// Writes one version with its index rows and AuditEvent.
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError>;
 
+    /// Writes new resources with server-assigned ids (`WriteKind::Create`, no
+    /// condition), each with its index rows and AuditEvent, in multi-row statements.
+    fn create_many(&mut self, reqs: &[WriteRequest<'_>]) -> Result<Vec<WriteResult>, StoreError>;
+
     /// Stores AuditEvents of interactions that wrote nothing (a conditional create
     /// that found its match, a conditional delete without one).
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError>;
@@ -91,6 +95,13 @@ impl<C: WriteConn> Txn for On<'_, C> {
 
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError> {
         self.c.write_version(self.ring, req)
+    }
+
+    fn create_many(&mut self, reqs: &[WriteRequest<'_>]) -> Result<Vec<WriteResult>, StoreError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.c.create_many(self.ring, reqs)
     }
 
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
