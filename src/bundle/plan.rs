@@ -126,6 +126,18 @@ pub(super) fn plan<'e>(
     })
 }
 
+/// True when some `reference` member holds a `?` (a candidate conditional reference).
+fn has_query_reference(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, x)| match x {
+            Value::String(r) => k == "reference" && r.contains('?'),
+            other => has_query_reference(other),
+        }),
+        Value::Array(items) => items.iter().any(has_query_reference),
+        _ => false,
+    }
+}
+
 fn collect_conditional_refs(
     env: &Env,
     pos: usize,
@@ -134,8 +146,11 @@ fn collect_conditional_refs(
     out: &mut Vec<CondRef>,
     errors: &mut Errors,
 ) {
-    // The walk takes a mutable tree; this pass only reads, so it walks a copy of
-    // nothing but what it finds.
+    // Most resources hold no conditional reference: a quick look for a `reference`
+    // with a `?` spares them the typed walk, which takes a mutable tree (a copy).
+    if !has_query_reference(resource) {
+        return;
+    }
     let mut found: Vec<(String, String)> = Vec::new();
     let mut copy = resource.clone();
     references::walk(env.model, &mut copy, location, &mut |site, value, path| {
