@@ -79,7 +79,7 @@ async fn race_overlapping_transactions(bases: &[String], round: usize) {
         if r % 2 == 1 {
             mine.reverse();
         }
-        let url = format!("{}", bases[r % bases.len()]);
+        let url = bases[r % bases.len()].clone();
         let body = overlapping(&mine, &system);
         let client = client.clone();
         async move { post(&client, &url, &body).await }

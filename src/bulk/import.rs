@@ -636,7 +636,8 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                 let mark = marker(unit, part);
                 match bundle::process_entry(env, &entry, Some(&mark)) {
                     Ok(done) => shared.count(std::slice::from_ref(&done)),
-                    Err((err, record)) => {
+                    Err(failed) => {
+                        let (err, record) = *failed;
                         if let Err(e) = env.store.insert_audits(&[env.audit.row(&record)]) {
                             return shared.fatal(ImportError::Store(e));
                         }

@@ -78,7 +78,8 @@ pub fn process_batch(
     for i in order {
         results[i] = Some(match process_entry(env, &entries[i], None) {
             Ok(done) => Ok(done),
-            Err((e, audit)) => {
+            Err(failed) => {
+                let (e, audit) = *failed;
                 audits.push(audit);
                 Err(e)
             }
@@ -92,12 +93,13 @@ pub fn process_batch(
 }
 
 /// Runs one entry on its own (a batch entry, a conditional REST interaction, an
-/// import line); on failure, its error and its audit record.
+/// import line); on failure, its error and its audit record (boxed: they are large
+/// next to what a success carries).
 pub fn process_entry(
     env: &Env,
     entry: &Entry,
     extra: Option<Extra>,
-) -> Result<Done, (EntryError, AuditRecord)> {
+) -> Result<Done, Box<(EntryError, AuditRecord)>> {
     let entries = std::slice::from_ref(entry);
     match run(env, entries, true, extra) {
         Ok(mut done) => Ok(done.pop().unwrap_or(Done::Read)),
@@ -111,7 +113,7 @@ pub fn process_entry(
             let record = f.audits.pop().unwrap_or_else(|| {
                 failure_record(env.ctx, Some(entry), e.to_string(), e.is_server_error())
             });
-            Err((e, record))
+            Err(Box::new((e, record)))
         }
     }
 }

@@ -197,7 +197,8 @@ async fn run(
             }
             Ok(done)
         }
-        Err((e, record)) => {
+        Err(failed) => {
+            let (e, record) = *failed;
             ex.audit.id = record.id;
             ex.audit.patients = record.patients;
             Err(ApiError::from(e))
