@@ -336,6 +336,29 @@ async fn every_invalid_entry_of_a_transaction_is_reported_at_once(backend: Backe
     app.stop().await;
 }
 
+/// Conditional writes of the transaction test, entries 0 to 5.
+fn conditional_writes() -> Vec<Value> {
+    vec![
+        // ifNoneExist whose one match (Patient/a) this transaction deletes (DELETE
+        // comes first): no match any more, so it creates.
+        json!({"fullUrl": PAT, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M1"}]},
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|M1"}}),
+        // ifNoneExist with none: created.
+        json!({"fullUrl": ENC, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "NEW"}]},
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|NEW"}}),
+        // Conditional update with one match: updates Patient/b.
+        json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M2"}], "active": true},
+               "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M2"}}),
+        // Conditional update without match and with an id: created with it.
+        json!({"resource": {"resourceType": "Patient", "id": "chosen", "identifier": [{"system": "urn:mrn", "value": "M3"}]},
+               "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M3"}}),
+        // Conditional delete with one match.
+        json!({"request": {"method": "DELETE", "url": "Patient?_id=a"}}),
+        // Conditional delete without a match: nothing to delete, no failure.
+        json!({"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|NOBODY"}}),
+    ]
+}
+
 async fn conditional_entries_in_a_transaction(backend: Backend) {
     let app = spawn_app(backend).await;
     for (id, mrn) in [
@@ -354,36 +377,17 @@ async fn conditional_entries_in_a_transaction(backend: Backend) {
             .await;
         assert_status(&r, StatusCode::CREATED);
     }
-    let r = app
-        .post_json(
-            "",
-            &transaction(vec![
-                // ifNoneExist with one match: nothing created, the fullUrl names it.
-                json!({"fullUrl": PAT, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M1"}]},
-                       "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|M1"}}),
-                // ifNoneExist with none: created.
-                json!({"fullUrl": ENC, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "NEW"}]},
-                       "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|NEW"}}),
-                // Conditional update with one match: updates Patient/b.
-                json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M2"}], "active": true},
-                       "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M2"}}),
-                // Conditional update without match and with an id: created with it.
-                json!({"resource": {"resourceType": "Patient", "id": "chosen", "identifier": [{"system": "urn:mrn", "value": "M3"}]},
-                       "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M3"}}),
-                // Conditional delete with one match.
-                json!({"request": {"method": "DELETE", "url": "Patient?_id=a"}}),
-                // Conditional delete without a match: nothing to delete, no failure.
-                json!({"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|NOBODY"}}),
-                // Conditional references, and references to the matched/created entries.
-                post_entry(QUE, json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                    "subject": {"reference": "Patient?identifier=urn:mrn|M2"},
-                    "focus": [{"reference": PAT}, {"reference": ENC}],
-                    // A conditional reference to what this transaction creates (same
-                    // criteria as its ifNoneExist) names the new resource.
-                    "hasMember": [{"reference": "Observation?_id=none"}]})),
-            ]),
-        )
-        .await;
+    // Conditional references, and references to the matched/created entries; one
+    // that matches nothing fails the whole transaction, with its element.
+    let mut entries = conditional_writes();
+    entries.push(post_entry(
+        QUE,
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient?identifier=urn:mrn|M2"},
+        "focus": [{"reference": PAT}, {"reference": ENC}],
+        "hasMember": [{"reference": "Observation?_id=none"}]}),
+    ));
+    let r = app.post_json("", &transaction(entries)).await;
     // `Observation?_id=none` matches nothing: the whole transaction fails, with the element.
     assert_status(&r, StatusCode::PRECONDITION_FAILED);
     let (_, diag, at) = r.issue();
@@ -402,22 +406,8 @@ async fn conditional_entries_in_a_transaction(backend: Backend) {
     assert_eq!(read(&app, "Patient/a").await["id"], "a");
 
     // The same without the unresolvable reference.
-    let r = app
-        .post_json(
-            "",
-            &transaction(vec![
-                // ifNoneExist whose one match this transaction deletes (DELETE comes
-                // first): no match any more, so it creates.
-                json!({"fullUrl": PAT, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M1"}]},
-                       "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|M1"}}),
-                json!({"fullUrl": ENC, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "NEW"}]},
-                       "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|NEW"}}),
-                json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M2"}], "active": true},
-                       "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M2"}}),
-                json!({"resource": {"resourceType": "Patient", "id": "chosen", "identifier": [{"system": "urn:mrn", "value": "M3"}]},
-                       "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M3"}}),
-                json!({"request": {"method": "DELETE", "url": "Patient?_id=a"}}),
-                json!({"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|NOBODY"}}),
+    let mut entries = conditional_writes();
+    entries.extend([
                 post_entry(QUE, json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
                     "subject": {"reference": "Patient?identifier=urn:mrn|M2"},
                     "focus": [{"reference": PAT}, {"reference": ENC}, {"reference": "Patient?identifier=urn:mrn|NEW"},
@@ -429,9 +419,8 @@ async fn conditional_entries_in_a_transaction(backend: Backend) {
                 json!({"fullUrl": "urn:uuid:6a0b7f0e-0000-4000-8000-0000000000e5",
                        "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M5"}]},
                        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|M5"}}),
-            ]),
-        )
-        .await;
+    ]);
+    let r = app.post_json("", &transaction(entries)).await;
     assert_status(&r, StatusCode::OK);
     let e = r.json()["entry"].as_array().unwrap().clone();
     assert_eq!(e[0]["response"]["status"], "201 Created");

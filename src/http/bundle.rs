@@ -21,11 +21,11 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
 use super::negotiate;
-use super::resources::{read_inner, ReadConditions};
+use super::resources::{self, prefer_return_asked, read_inner, ReadConditions};
 use super::AppState;
 use crate::audit::{AuditRecord, Interaction};
 use crate::bundle::{
-    self, BundleKind, Done, Entry, EntryError, Env, Failure, Method, RequestBundle, Target,
+    self, BundleKind, Done, Entry, EntryError, Failure, Method, RequestBundle, Target,
 };
 use crate::fhir::{self, instant, Format};
 
@@ -61,16 +61,9 @@ enum Return {
 }
 
 fn prefer(req: &HttpRequest) -> Return {
-    let asked = req
-        .headers()
-        .get_all("prefer")
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(','))
-        .map(|p| p.trim().to_ascii_lowercase())
-        .find_map(|p| p.strip_prefix("return=").map(str::to_string));
-    match asked.as_deref() {
-        Some("representation") => Return::Representation,
-        Some("operationoutcome") => Return::Outcome,
+    match prefer_return_asked(req) {
+        Some(resources::Return::Representation) => Return::Representation,
+        Some(resources::Return::Outcome) => Return::Outcome,
         _ => Return::Status,
     }
 }
@@ -151,16 +144,7 @@ fn process(
         value,
         state.settings.bundle.max_entries,
     )?;
-    let env = Env {
-        model: &state.model,
-        search: &state.search,
-        store: &state.store,
-        audit: &state.audit,
-        compartment: &state.compartment,
-        ctx,
-        base_url: &state.base_url,
-        return_bodies,
-    };
+    let env = state.bundle_env(ctx, return_bodies);
     let mut read_errors: Vec<(usize, EntryError)> = Vec::new();
     let mut ok: Vec<Entry> = Vec::new();
     let mut positions: Vec<usize> = Vec::new();

@@ -18,7 +18,7 @@ use super::resources::{
 };
 use super::AppState;
 use crate::audit::Interaction;
-use crate::bundle::{self, Done, Entry, Env, Method, Origin, Payload, Target};
+use crate::bundle::{self, Done, Entry, Method, Origin, Payload, Target};
 use crate::store::WriteResult;
 
 pub async fn update(
@@ -27,27 +27,7 @@ pub async fn update(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if req.query_string().is_empty() {
-        return super::fhir_fallback(req, state).await;
-    }
-    let mut ex = Exchange::begin(&state, &req, Interaction::Update);
-    let result = async {
-        let rt = target_type(&state, &mut ex, &path)?;
-        let if_match = if_match(&req)?;
-        let bytes = read_body(&state, &req, payload).await?;
-        let resource = parse_body(&state, &req, &bytes, &rt)?;
-        let entry = entry(
-            &req,
-            Method::Put,
-            &rt,
-            Payload::Resource(resource),
-            if_match,
-        );
-        let done = run(&state, &req, &mut ex, entry).await?;
-        stored_reply(&state, &req, done)
-    }
-    .await;
-    ex.finish(&state, result).await
+    conditional(req, path, Some(payload), state, Method::Put).await
 }
 
 pub async fn delete(
@@ -55,15 +35,76 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    conditional(req, path, None, state, Method::Delete).await
+}
+
+pub async fn patch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    conditional(req, path, Some(payload), state, Method::Patch).await
+}
+
+/// One conditional interaction: without criteria the URL answers as any other
+/// (405); with them, the body read for its method, the entry run, the answer built.
+async fn conditional(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: Option<web::Payload>,
+    state: web::Data<AppState>,
+    method: Method,
+) -> HttpResponse {
     if req.query_string().is_empty() {
         return super::fhir_fallback(req, state).await;
     }
-    let mut ex = Exchange::begin(&state, &req, Interaction::Delete);
+    let interaction = match method {
+        Method::Put => Interaction::Update,
+        Method::Patch => Interaction::Patch,
+        _ => Interaction::Delete,
+    };
+    let mut ex = Exchange::begin(&state, &req, interaction);
     let result = async {
         let rt = target_type(&state, &mut ex, &path)?;
+        let kind = match method {
+            Method::Patch => Some(patch_kind(&req)?),
+            _ => None,
+        };
         let if_match = if_match(&req)?;
-        let entry = entry(&req, Method::Delete, &rt, Payload::None, if_match);
+        let body = match payload {
+            Some(p) => Some(read_body(&state, &req, p).await?),
+            None => None,
+        };
+        let content = match (body, kind) {
+            (Some(bytes), Some(kind)) => Payload::Patch(parse_patch(&state, kind, &bytes)?),
+            (Some(bytes), None) => Payload::Resource(parse_body(&state, &req, &bytes, &rt)?),
+            (None, _) => Payload::None,
+        };
+        let entry = entry(&req, method, &rt, content, if_match);
         match run(&state, &req, &mut ex, entry).await? {
+            Done::Stored {
+                resource_type,
+                id,
+                version,
+                last_updated,
+                created,
+                body,
+            } => Ok(write_reply(
+                &state,
+                &req,
+                &resource_type,
+                &id,
+                WriteResult {
+                    rid: 0,
+                    version,
+                    last_updated,
+                    created,
+                    unchanged: false,
+                    body: body.unwrap_or_default(),
+                    existing: None,
+                },
+            )),
             Done::Deleted {
                 resource_type,
                 id,
@@ -78,33 +119,10 @@ pub async fn delete(
                 ))),
             )),
             other => Err(ApiError::Internal(format!(
-                "conditional delete ended as {other:?}"
+                "a conditional {} ended as {other:?}",
+                method.as_str()
             ))),
         }
-    }
-    .await;
-    ex.finish(&state, result).await
-}
-
-pub async fn patch(
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    if req.query_string().is_empty() {
-        return super::fhir_fallback(req, state).await;
-    }
-    let mut ex = Exchange::begin(&state, &req, Interaction::Patch);
-    let result = async {
-        let rt = target_type(&state, &mut ex, &path)?;
-        let kind = patch_kind(&req)?;
-        let if_match = if_match(&req)?;
-        let bytes = read_body(&state, &req, payload).await?;
-        let doc = parse_patch(&state, kind, &bytes)?;
-        let entry = entry(&req, Method::Patch, &rt, Payload::Patch(doc), if_match);
-        let done = run(&state, &req, &mut ex, entry).await?;
-        stored_reply(&state, &req, done)
     }
     .await;
     ex.finish(&state, result).await
@@ -168,17 +186,11 @@ async fn run(
     let outcome = state
         .store
         .call(move |_| {
-            let env = Env {
-                model: &st.model,
-                search: &st.search,
-                store: &st.store,
-                audit: &st.audit,
-                compartment: &st.compartment,
-                ctx: &ctx,
-                base_url: &st.base_url,
-                return_bodies,
-            };
-            Ok(bundle::process_entry(&env, &entry, None))
+            Ok(bundle::process_entry(
+                &st.bundle_env(&ctx, return_bodies),
+                &entry,
+                None,
+            ))
         })
         .await?;
     match outcome {
@@ -203,36 +215,5 @@ async fn run(
             ex.audit.patients = record.patients;
             Err(ApiError::from(e))
         }
-    }
-}
-
-/// The answer to a conditional update or patch: as for update.
-fn stored_reply(state: &AppState, req: &HttpRequest, done: Done) -> Result<Reply, ApiError> {
-    match done {
-        Done::Stored {
-            resource_type,
-            id,
-            version,
-            last_updated,
-            created,
-            body,
-        } => Ok(write_reply(
-            state,
-            req,
-            &resource_type,
-            &id,
-            WriteResult {
-                rid: 0,
-                version,
-                last_updated,
-                created,
-                unchanged: false,
-                body: body.unwrap_or_default(),
-                existing: None,
-            },
-        )),
-        other => Err(ApiError::Internal(format!(
-            "a conditional write ended as {other:?}"
-        ))),
     }
 }

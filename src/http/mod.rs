@@ -50,6 +50,26 @@ pub struct AppState {
     pub search: Arc<crate::search::SearchEngine>,
 }
 
+impl AppState {
+    /// What the bundle module needs to run entries for `ctx`.
+    pub fn bundle_env<'a>(
+        &'a self,
+        ctx: &'a crate::access::AccessContext,
+        return_bodies: bool,
+    ) -> crate::bundle::Env<'a> {
+        crate::bundle::Env {
+            model: &self.model,
+            search: &self.search,
+            store: &self.store,
+            audit: &self.audit,
+            compartment: &self.compartment,
+            ctx,
+            base_url: &self.base_url,
+            return_bodies,
+        }
+    }
+}
+
 /// Routes of the FHIR API and the operations endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health/live", web::get().to(ops::live))

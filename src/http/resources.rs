@@ -201,6 +201,11 @@ pub(super) enum Return {
 }
 
 pub(super) fn prefer_return(req: &HttpRequest) -> Return {
+    prefer_return_asked(req).unwrap_or(Return::Representation)
+}
+
+/// The `return` preference the client stated, if any.
+pub(super) fn prefer_return_asked(req: &HttpRequest) -> Option<Return> {
     let prefer = req
         .headers()
         .get_all("prefer")
@@ -208,10 +213,11 @@ pub(super) fn prefer_return(req: &HttpRequest) -> Return {
         .flat_map(|h| h.split(','))
         .map(|p| p.trim().to_ascii_lowercase())
         .find_map(|p| p.strip_prefix("return=").map(str::to_string));
-    match prefer.as_deref() {
-        Some("minimal") => Return::Minimal,
-        Some("operationoutcome") => Return::Outcome,
-        _ => Return::Representation,
+    match prefer.as_deref()? {
+        "minimal" => Some(Return::Minimal),
+        "operationoutcome" => Some(Return::Outcome),
+        "representation" => Some(Return::Representation),
+        _ => None,
     }
 }
 

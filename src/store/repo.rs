@@ -269,6 +269,21 @@ fn open_version(ring: &Keyring, t: VersionTuple) -> Result<StoredVersion, StoreE
     })
 }
 
+/// The columns of a version as `VersionTuple`.
+macro_rules! version_columns {
+    () => {
+        (
+            rv::resource_type,
+            rv::resource_id,
+            rv::version_id,
+            rv::last_updated,
+            rv::deleted,
+            rv::key_id,
+            rv::body,
+        )
+    };
+}
+
 /// The current version row of a resource (at most one), sealed.
 macro_rules! current_rows {
     ($c:ident, $resource_type:expr, $id:expr) => {
@@ -281,15 +296,7 @@ macro_rules! current_rows {
             )
             .filter(rc::resource_type.eq($resource_type))
             .filter(rc::resource_id.eq($id))
-            .select((
-                rv::resource_type,
-                rv::resource_id,
-                rv::version_id,
-                rv::last_updated,
-                rv::deleted,
-                rv::key_id,
-                rv::body,
-            ))
+            .select(version_columns!())
             .load::<VersionTuple>($c)
     };
 }
@@ -314,15 +321,7 @@ pub fn read_on(
     id: &str,
     version: Option<i64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
-    let cols = (
-        rv::resource_type,
-        rv::resource_id,
-        rv::version_id,
-        rv::last_updated,
-        rv::deleted,
-        rv::key_id,
-        rv::body,
-    );
+    let cols = version_columns!();
     if resource_type == "AuditEvent" {
         if version.is_some_and(|v| v != 1) {
             return Ok(None);
