@@ -101,24 +101,8 @@ macro_rules! insert_index_rows {
         insert_index_rows!($c, $ring, &[($rid, one)])
     }};
     ($c:ident, $ring:expr, $many:expr) => {{
-        $crate::store::index::insert_rows($ring, $many, |batch| {
-            use $crate::store::index::Batch;
-            match batch {
-                Batch::Blind(v) => diesel::insert_into(search_blind::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Date(v) => diesel::insert_into(search_date::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Number(v) => diesel::insert_into(search_number::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Reference(v) => diesel::insert_into(search_reference::table)
-                    .values(v)
-                    .execute($c),
-                Batch::Uri(v) => diesel::insert_into(search_uri::table).values(v).execute($c),
-            }
-        })?;
+        use $crate::store::index::IndexSink as _;
+        $crate::store::index::insert_rows($ring, $many, |batch| $c.insert_batch(batch))?;
     }};
 }
 pub(crate) use insert_index_rows;
@@ -154,6 +138,81 @@ type UriRow = (
     diesel::dsl::Eq<search_uri::uri, String>,
 );
 
+/// Where index rows go: a multi-row INSERT on SQLite; COPY on PostgreSQL, which
+/// spares parsing and planning a statement of thousands of values per table (a
+/// transaction Bundle writes hundreds of resources with ~150 index rows each;
+/// measured with benches/bundle/run.sh, docs/benchmarks.md).
+pub(crate) trait IndexSink {
+    fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error>;
+}
+
+impl IndexSink for diesel::SqliteConnection {
+    fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error> {
+        match batch {
+            Batch::Blind(v) => diesel::insert_into(search_blind::table)
+                .values(v)
+                .execute(self),
+            Batch::Date(v) => diesel::insert_into(search_date::table)
+                .values(v)
+                .execute(self),
+            Batch::Number(v) => diesel::insert_into(search_number::table)
+                .values(v)
+                .execute(self),
+            Batch::Reference(v) => diesel::insert_into(search_reference::table)
+                .values(v)
+                .execute(self),
+            Batch::Uri(v) => diesel::insert_into(search_uri::table)
+                .values(v)
+                .execute(self),
+        }
+    }
+}
+
+impl IndexSink for diesel::PgConnection {
+    fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error> {
+        // A few rows (one resource's) go faster as a plain INSERT.
+        if batch.len() < COPY_FROM {
+            return match batch {
+                Batch::Blind(v) => diesel::insert_into(search_blind::table)
+                    .values(v)
+                    .execute(self),
+                Batch::Date(v) => diesel::insert_into(search_date::table)
+                    .values(v)
+                    .execute(self),
+                Batch::Number(v) => diesel::insert_into(search_number::table)
+                    .values(v)
+                    .execute(self),
+                Batch::Reference(v) => diesel::insert_into(search_reference::table)
+                    .values(v)
+                    .execute(self),
+                Batch::Uri(v) => diesel::insert_into(search_uri::table)
+                    .values(v)
+                    .execute(self),
+            };
+        }
+        match batch {
+            Batch::Blind(v) => diesel::copy_from(search_blind::table)
+                .from_insertable(v)
+                .execute(self),
+            Batch::Date(v) => diesel::copy_from(search_date::table)
+                .from_insertable(v)
+                .execute(self),
+            Batch::Number(v) => diesel::copy_from(search_number::table)
+                .from_insertable(v)
+                .execute(self),
+            Batch::Reference(v) => diesel::copy_from(search_reference::table)
+                .from_insertable(v)
+                .execute(self),
+            Batch::Uri(v) => diesel::copy_from(search_uri::table)
+                .from_insertable(v)
+                .execute(self),
+        }
+    }
+}
+
+/// Rows from which PostgreSQL gets them by COPY.
+const COPY_FROM: usize = 200;
+
 /// One multi-row insert into one index table.
 pub enum Batch<'a> {
     Blind(&'a [BlindRow]),
@@ -161,6 +220,18 @@ pub enum Batch<'a> {
     Number(&'a [NumberRow]),
     Reference(&'a [ReferenceRow]),
     Uri(&'a [UriRow]),
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Blind(v) => v.len(),
+            Batch::Date(v) => v.len(),
+            Batch::Number(v) => v.len(),
+            Batch::Reference(v) => v.len(),
+            Batch::Uri(v) => v.len(),
+        }
+    }
 }
 
 /// Builds the rows of the resources `of` (surrogate key, rows; blinding what must be
@@ -172,10 +243,10 @@ pub fn insert_rows(
     of: &[(i64, &IndexRows)],
     mut exec: impl FnMut(Batch<'_>) -> Result<usize, diesel::result::Error>,
 ) -> Result<(), StoreError> {
-    let mut blind: Vec<BlindRow> = Vec::new();
+    let mut blind: Vec<(i64, i64, i64)> = Vec::new();
     let mut dates: Vec<DateRow> = Vec::new();
-    let mut numbers: Vec<NumberRow> = Vec::new();
-    let mut references: Vec<ReferenceRow> = Vec::new();
+    let mut numbers: Vec<(i64, i64, i64, f64, f64)> = Vec::new();
+    let mut references: Vec<(i64, &str, i64, &RefValue)> = Vec::new();
     let mut uris: Vec<UriRow> = Vec::new();
     for &(rid, rows) in of {
         let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
@@ -183,11 +254,7 @@ pub fn insert_rows(
             let h = blind_key(ring, value)?;
             // Two values may blind alike only by collision; the key must stay unique.
             if seen.insert((*pid, h)) {
-                blind.push((
-                    search_blind::rid.eq(rid),
-                    search_blind::pid.eq(*pid),
-                    search_blind::h.eq(h),
-                ));
+                blind.push((*pid, h, rid));
             }
         }
         dates.extend(rows.dates.iter().map(|(pid, lo, hi)| {
@@ -203,23 +270,13 @@ pub fn insert_rows(
                 Some(k) => blind_key(ring, k)?,
                 None => 0,
             };
-            numbers.push((
-                search_number::rid.eq(rid),
-                search_number::pid.eq(*pid),
-                search_number::k.eq(k),
-                search_number::lo.eq(*lo),
-                search_number::hi.eq(*hi),
-            ));
+            numbers.push((*pid, k, rid, *lo, *hi));
         }
-        references.extend(rows.references.iter().map(|(pid, r)| {
-            (
-                search_reference::rid.eq(rid),
-                search_reference::pid.eq(*pid),
-                search_reference::target_type.eq(r.target_type.clone()),
-                search_reference::target_id.eq(r.target_id.clone()),
-                search_reference::url.eq(r.url.clone()),
-            )
-        }));
+        references.extend(
+            rows.references
+                .iter()
+                .map(|(pid, r)| (*pid, r.target_id.as_str(), rid, r)),
+        );
         uris.extend(rows.uris.iter().map(|(pid, uri)| {
             (
                 search_uri::rid.eq(rid),
@@ -228,6 +285,45 @@ pub fn insert_rows(
             )
         }));
     }
+    // In the order of the tables' keys: consecutive inserts land on the same index
+    // pages (measured: benches/bundle/run.sh).
+    blind.sort_unstable();
+    numbers.sort_unstable_by_key(|n| (n.0, n.1, n.2));
+    references.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    let blind: Vec<BlindRow> = blind
+        .into_iter()
+        .map(|(pid, h, rid)| {
+            (
+                search_blind::rid.eq(rid),
+                search_blind::pid.eq(pid),
+                search_blind::h.eq(h),
+            )
+        })
+        .collect();
+    let numbers: Vec<NumberRow> = numbers
+        .into_iter()
+        .map(|(pid, k, rid, lo, hi)| {
+            (
+                search_number::rid.eq(rid),
+                search_number::pid.eq(pid),
+                search_number::k.eq(k),
+                search_number::lo.eq(lo),
+                search_number::hi.eq(hi),
+            )
+        })
+        .collect();
+    let references: Vec<ReferenceRow> = references
+        .into_iter()
+        .map(|(pid, _, rid, r)| {
+            (
+                search_reference::rid.eq(rid),
+                search_reference::pid.eq(pid),
+                search_reference::target_type.eq(r.target_type.clone()),
+                search_reference::target_id.eq(r.target_id.clone()),
+                search_reference::url.eq(r.url.clone()),
+            )
+        })
+        .collect();
     for chunk in blind.chunks(CHUNK) {
         exec(Batch::Blind(chunk))?;
     }

@@ -9,10 +9,7 @@ use diesel::prelude::*;
 use super::index::{delete_index_rows, insert_index_rows, IndexRows};
 use super::pool::{with_conn, write_txn, DbPool};
 use super::query;
-use super::schema::{
-    reindex_jobs as rj, search_blind, search_date, search_number, search_param_status as sps,
-    search_reference, search_registry, search_uri,
-};
+use super::schema::{reindex_jobs as rj, search_param_status as sps, search_registry};
 use super::{StoreError, StoredVersion};
 use crate::crypto::Keyring;
 use crate::fhir::now_micros;

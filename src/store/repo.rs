@@ -8,8 +8,7 @@ use super::pool::{with_conn, write_txn, DbConn, DbPool};
 use super::query::{self, Query};
 use super::schema::{
     audit_log, data_keys, import_progress, key_check, resource_versions as rv,
-    resources_current as rc, search_blind, search_date, search_number, search_reference,
-    search_uri,
+    resources_current as rc,
 };
 use super::StoreError;
 use crate::access::AccessContext;
