@@ -222,18 +222,23 @@ pub(super) fn write(
     txn: &mut dyn Txn,
 ) -> Result<Vec<Done>, (usize, EntryError)> {
     let mut done: Vec<Option<Done>> = (0..plan.len).map(|_| None).collect();
-    // Creates with server ids (the POST step) are written together, in multi-row
-    // statements; everything else one entry at a time, in processing order.
+    // Creates are written together, in multi-row statements: those with server ids
+    // (the POST step) and updates of ids that do not exist yet (update as create, as
+    // an NDJSON import does). Everything else one entry at a time, in processing order.
+    let fresh = absent_ids(plan, res, txn)?;
     let mut creates: Vec<(&Work, &str, &Prepared)> = Vec::new();
     for ((w, a), p) in plan.works.iter().zip(&res.actions).zip(prepared) {
-        if let (
+        let batched = match a {
             Action::Create {
-                id,
-                client_id: false,
-            },
-            Some(p),
-        ) = (a, p)
-        {
+                client_id: false, ..
+            } => true,
+            Action::Create { id, .. }
+            | Action::Update {
+                id, if_match: None, ..
+            } => fresh.contains(&(w.resource_type.as_str(), id.as_str())),
+            _ => false,
+        };
+        if let (true, Some(p), Some(id)) = (batched, p, a.identity()) {
             creates.push((w, id, p));
             continue;
         }
@@ -351,6 +356,36 @@ pub(super) fn write(
     Ok(done.into_iter().map(|d| d.unwrap_or(Done::Read)).collect())
 }
 
+/// The (type, id) of the updates without `ifMatch` and the creates with a client id
+/// whose resource does not exist at all: they are creates.
+fn absent_ids<'p>(
+    plan: &'p Plan,
+    res: &'p Resolution,
+    txn: &mut dyn Txn,
+) -> Result<std::collections::HashSet<(&'p str, &'p str)>, (usize, EntryError)> {
+    let mut asked: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut first = None;
+    for (w, a) in plan.works.iter().zip(&res.actions) {
+        if let Action::Create {
+            id,
+            client_id: true,
+        }
+        | Action::Update { id, if_match: None } = a
+        {
+            asked.entry(w.resource_type.as_str()).or_default().push(id.as_str());
+            first.get_or_insert(w.pos);
+        }
+    }
+    let mut absent = std::collections::HashSet::new();
+    for (rt, ids) in asked {
+        let known = txn
+            .existing(rt, &ids)
+            .map_err(|e| (first.unwrap_or(0), EntryError::Store(e)))?;
+        absent.extend(ids.into_iter().filter(|id| !known.contains(*id)).map(|id| (rt, id)));
+    }
+    Ok(absent)
+}
+
 type PrepareFn<'a> = Box<dyn Fn(i64, i64) -> Result<Vec<u8>, StoreError> + 'a>;
 type AuditFn<'a> = Box<dyn Fn(&WriteResult) -> Result<crate::store::AuditRow, StoreError> + 'a>;
 
@@ -393,7 +428,11 @@ fn create_all(
             resource_type: &w.resource_type,
             id,
             kind: WriteKind::Create,
-            method: "POST",
+            method: if w.entry.method == Method::Post {
+                "POST"
+            } else {
+                "PUT"
+            },
             prepare: prepare.as_ref(),
             audit: audit.as_ref(),
             index: &p.index,

@@ -720,6 +720,13 @@ pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock {
         reqs: &[WriteRequest<'_>],
     ) -> Result<Vec<WriteResult>, StoreError>;
 
+    /// Which of `ids` have a current row.
+    fn existing_ids(
+        &mut self,
+        resource_type: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+
     /// Records that part `part` of import unit `unit` is stored.
     fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError>;
 }
@@ -764,6 +771,24 @@ macro_rules! write_conn_impl {
             ) -> Result<Vec<WriteResult>, StoreError> {
                 let c = self;
                 create_many_body!(c, ring, reqs)
+            }
+
+            fn existing_ids(
+                &mut self,
+                resource_type: &str,
+                ids: &[&str],
+            ) -> Result<std::collections::HashSet<String>, StoreError> {
+                let mut out = std::collections::HashSet::new();
+                for chunk in ids.chunks(500) {
+                    out.extend(
+                        rc::table
+                            .filter(rc::resource_type.eq(resource_type))
+                            .filter(rc::resource_id.eq_any(chunk))
+                            .select(rc::resource_id)
+                            .load::<String>(self)?,
+                    );
+                }
+                Ok(out)
             }
 
             fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError> {

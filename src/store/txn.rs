@@ -44,6 +44,13 @@ pub trait Txn: Lookup {
     /// condition), each with its index rows and AuditEvent, in multi-row statements.
     fn create_many(&mut self, reqs: &[WriteRequest<'_>]) -> Result<Vec<WriteResult>, StoreError>;
 
+    /// Which of `ids` of `resource_type` have a current row (deleted ones included).
+    fn existing(
+        &mut self,
+        resource_type: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+
     /// Stores AuditEvents of interactions that wrote nothing (a conditional create
     /// that found its match, a conditional delete without one).
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError>;
@@ -102,6 +109,14 @@ impl<C: WriteConn> Txn for On<'_, C> {
             return Ok(Vec::new());
         }
         self.c.create_many(self.ring, reqs)
+    }
+
+    fn existing(
+        &mut self,
+        resource_type: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.c.existing_ids(resource_type, ids)
     }
 
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
