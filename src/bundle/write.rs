@@ -372,7 +372,10 @@ fn absent_ids<'p>(
         }
         | Action::Update { id, if_match: None } = a
         {
-            asked.entry(w.resource_type.as_str()).or_default().push(id.as_str());
+            asked
+                .entry(w.resource_type.as_str())
+                .or_default()
+                .push(id.as_str());
             first.get_or_insert(w.pos);
         }
     }
@@ -381,7 +384,11 @@ fn absent_ids<'p>(
         let known = txn
             .existing(rt, &ids)
             .map_err(|e| (first.unwrap_or(0), EntryError::Store(e)))?;
-        absent.extend(ids.into_iter().filter(|id| !known.contains(*id)).map(|id| (rt, id)));
+        absent.extend(
+            ids.into_iter()
+                .filter(|id| !known.contains(*id))
+                .map(|id| (rt, id)),
+        );
     }
     Ok(absent)
 }

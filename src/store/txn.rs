@@ -6,7 +6,7 @@
 //! are written with their index rows and AuditEvents, and the whole transaction
 //! is run again when it lost a race to another writer.
 
-use super::pool::{with_conn, write_txn, DbPool};
+use super::pool::{with_conn, write_txn_held, DbPool};
 use super::repo::{condition_matches, WriteConn, WRITE_RETRIES};
 use super::{AuditRow, Condition, StoreError, StoredVersion, WriteRequest, WriteResult};
 use crate::crypto::Keyring;
@@ -153,11 +153,13 @@ pub(super) fn transaction<R, E: TxnError>(
 ) -> Result<R, E> {
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
-        let mut conn = pool.get()?;
-        let outcome: Result<R, Stop<E>> = write_txn!(conn, |c| {
+        let (turn, mut conn) = pool.get_for_write()?;
+        let outcome: Result<R, Stop<E>> = write_txn_held!(conn, |c| {
             let mut t = On { c, ring };
             body(&mut t).map_err(Stop::Caller)
         });
+        drop(conn);
+        drop(turn);
         match outcome {
             Ok(r) => return Ok(r),
             Err(Stop::Caller(e)) if !e.is_contention() => return Err(e),
