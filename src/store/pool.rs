@@ -107,9 +107,11 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // (mmap was tried: remapping a growing file stalled reads). Checkpoints run in the
         // background (`Store::start_maintenance`); the automatic one, inside a
         // commit, is only a safety net (measured: benches/load, POST p99).
+        // busy_timeout first: connections opened together on a new file all switch
+        // it to WAL, and without the timeout all but one fail ("database is locked").
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
+            "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -65536; \
              PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 50000;",
         )
