@@ -705,6 +705,9 @@ async fn a_batch_runs_each_entry_on_its_own(backend: Backend) {
             // Entries of a batch are independent: a placeholder cannot name another entry.
             post_entry(QUE, json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": PAT}})),
             json!({"request": {"method": "GET", "url": "Patient?_id=b1"}}),
+            json!({"request": {"method": "GET", "url": "Patient/b1/_history/1"}}),
+            json!({"request": {"method": "HEAD", "url": "Patient/b1"}}),
+            json!({"request": {"method": "GET", "url": "Patient/b1/_history"}}),
         ]),
         &rid,
     )
@@ -728,7 +731,10 @@ async fn a_batch_runs_each_entry_on_its_own(backend: Backend) {
             "404 Not Found",
             "404 Not Found",
             "400 Bad Request",
-            "200 OK"
+            "200 OK",
+            "200 OK",
+            "200 OK",
+            "501 Not Implemented"
         ]
     );
     let e = &v["entry"];
@@ -742,12 +748,15 @@ async fn a_batch_runs_each_entry_on_its_own(backend: Backend) {
         .contains("batch"));
     assert_eq!(e[3]["resource"]["id"], "b1");
     assert_eq!(e[7]["resource"]["type"], "searchset");
+    assert_eq!(e[8]["resource"]["meta"]["versionId"], "1");
+    assert_eq!(e[9]["response"]["etag"], "W/\"1\"");
+    assert!(e[9].get("resource").is_none(), "HEAD carries no resource");
     read(&app, &located(&e[0])).await;
     // Each entry has its AuditEvent, with its own outcome.
     let events = audits_of(&app, &rid).await;
-    assert_eq!(events.len(), 9);
-    let failed = events.iter().filter(|e| e["outcome"] == "4").count();
-    assert_eq!(failed, 5, "{events:?}");
+    assert_eq!(events.len(), 12);
+    let failed = events.iter().filter(|e| e["outcome"] != "0").count();
+    assert_eq!(failed, 6, "{events:?}");
     app.assert_every_request_audited().await;
     app.stop().await;
 }
