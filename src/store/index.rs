@@ -146,25 +146,23 @@ pub(crate) trait IndexSink {
     fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error>;
 }
 
+/// `$batch` as one multi-row statement of `$verb` (`insert_into` with `values`, or
+/// `copy_from` with `from_insertable`) on connection `$c`.
+macro_rules! to_table {
+    ($c:expr, $batch:expr, $verb:ident, $rows:ident) => {
+        match $batch {
+            Batch::Blind(v) => diesel::$verb(search_blind::table).$rows(v).execute($c),
+            Batch::Date(v) => diesel::$verb(search_date::table).$rows(v).execute($c),
+            Batch::Number(v) => diesel::$verb(search_number::table).$rows(v).execute($c),
+            Batch::Reference(v) => diesel::$verb(search_reference::table).$rows(v).execute($c),
+            Batch::Uri(v) => diesel::$verb(search_uri::table).$rows(v).execute($c),
+        }
+    };
+}
+
 impl IndexSink for diesel::SqliteConnection {
     fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error> {
-        match batch {
-            Batch::Blind(v) => diesel::insert_into(search_blind::table)
-                .values(v)
-                .execute(self),
-            Batch::Date(v) => diesel::insert_into(search_date::table)
-                .values(v)
-                .execute(self),
-            Batch::Number(v) => diesel::insert_into(search_number::table)
-                .values(v)
-                .execute(self),
-            Batch::Reference(v) => diesel::insert_into(search_reference::table)
-                .values(v)
-                .execute(self),
-            Batch::Uri(v) => diesel::insert_into(search_uri::table)
-                .values(v)
-                .execute(self),
-        }
+        to_table!(self, batch, insert_into, values)
     }
 }
 
@@ -172,40 +170,9 @@ impl IndexSink for diesel::PgConnection {
     fn insert_batch(&mut self, batch: Batch<'_>) -> Result<usize, diesel::result::Error> {
         // A few rows (one resource's) go faster as a plain INSERT.
         if batch.len() < COPY_FROM {
-            return match batch {
-                Batch::Blind(v) => diesel::insert_into(search_blind::table)
-                    .values(v)
-                    .execute(self),
-                Batch::Date(v) => diesel::insert_into(search_date::table)
-                    .values(v)
-                    .execute(self),
-                Batch::Number(v) => diesel::insert_into(search_number::table)
-                    .values(v)
-                    .execute(self),
-                Batch::Reference(v) => diesel::insert_into(search_reference::table)
-                    .values(v)
-                    .execute(self),
-                Batch::Uri(v) => diesel::insert_into(search_uri::table)
-                    .values(v)
-                    .execute(self),
-            };
-        }
-        match batch {
-            Batch::Blind(v) => diesel::copy_from(search_blind::table)
-                .from_insertable(v)
-                .execute(self),
-            Batch::Date(v) => diesel::copy_from(search_date::table)
-                .from_insertable(v)
-                .execute(self),
-            Batch::Number(v) => diesel::copy_from(search_number::table)
-                .from_insertable(v)
-                .execute(self),
-            Batch::Reference(v) => diesel::copy_from(search_reference::table)
-                .from_insertable(v)
-                .execute(self),
-            Batch::Uri(v) => diesel::copy_from(search_uri::table)
-                .from_insertable(v)
-                .execute(self),
+            to_table!(self, batch, insert_into, values)
+        } else {
+            to_table!(self, batch, copy_from, from_insertable)
         }
     }
 }
