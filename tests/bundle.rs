@@ -343,9 +343,10 @@ fn conditional_writes() -> Vec<Value> {
         // comes first): no match any more, so it creates.
         json!({"fullUrl": PAT, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M1"}]},
                "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|M1"}}),
-        // ifNoneExist with none: created.
+        // ifNoneExist with none: created (written as a whole search URL, as some
+        // clients do).
         json!({"fullUrl": ENC, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "NEW"}]},
-               "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|NEW"}}),
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": "Patient?identifier=urn:mrn|NEW"}}),
         // Conditional update with one match: updates Patient/b.
         json!({"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "M2"}], "active": true},
                "request": {"method": "PUT", "url": "Patient?identifier=urn:mrn|M2"}}),

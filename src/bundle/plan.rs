@@ -260,9 +260,14 @@ fn plan_work<'e>(env: &Env, pos: usize, entry: &'e Entry) -> Result<Work<'e>, En
             } else {
                 url_at.clone()
             };
+            // Some clients write `ifNoneExist` as a whole search URL (`Patient?...`).
+            let c = c
+                .strip_prefix(resource_type.as_str())
+                .and_then(|rest| rest.strip_prefix('?'))
+                .unwrap_or(&c);
             Some(
                 env.search
-                    .condition(&resource_type, &c)
+                    .condition(&resource_type, c)
                     .map_err(|e| criteria_error(e, at))?,
             )
         }
