@@ -37,8 +37,11 @@ pub(super) struct Plan<'e> {
     /// Write entries in processing order.
     pub(super) works: Vec<Work<'e>>,
     pub(super) cond_refs: Vec<CondRef>,
-    /// Advisory lock keys of every criteria, ascending.
-    pub(super) lock_keys: Vec<i64>,
+    /// Advisory lock keys of every criteria, ascending, and whether the lock is
+    /// exclusive (criteria of a conditional write) or shared (only conditional
+    /// references: every patient Bundle that refers to one Organization by its
+    /// identifier must not wait for the others).
+    pub(super) lock_keys: Vec<(i64, bool)>,
     /// Entries of a batch (or a lone entry): a placeholder cannot name another entry.
     pub(super) independent: bool,
     pub(super) len: usize,
@@ -110,13 +113,14 @@ pub(super) fn plan<'e>(
         return Err(errors);
     }
     works.sort_by_key(|w| (w.entry.method.step(), w.pos));
-    let mut lock_keys: Vec<i64> = works
+    let mut lock_keys: Vec<(i64, bool)> = works
         .iter()
-        .filter_map(|w| w.condition.as_ref().map(|c| c.lock_key))
-        .chain(cond_refs.iter().map(|c| c.condition.lock_key))
+        .filter_map(|w| w.condition.as_ref().map(|c| (c.lock_key, true)))
+        .chain(cond_refs.iter().map(|c| (c.condition.lock_key, false)))
         .collect();
-    lock_keys.sort_unstable();
-    lock_keys.dedup();
+    // Ascending keys; a key wanted both ways is taken exclusively (once).
+    lock_keys.sort_unstable_by_key(|(k, exclusive)| (*k, !exclusive));
+    lock_keys.dedup_by_key(|(k, _)| *k);
     Ok(Plan {
         works,
         cond_refs,

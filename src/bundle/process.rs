@@ -173,8 +173,12 @@ fn run(
     let outcome = env
         .store
         .transaction(&mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
-            for key in &plan.lock_keys {
-                txn.lock(*key)?;
+            for &(key, exclusive) in &plan.lock_keys {
+                if exclusive {
+                    txn.lock(key)?;
+                } else {
+                    txn.lock_shared(key)?;
+                }
             }
             let resolution = resolve(&plan, txn.as_lookup()).map_err(Abort::Entries)?;
             let fresh;

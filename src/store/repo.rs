@@ -369,10 +369,16 @@ pub fn read_on(
 /// creates across nodes; SQLite's `BEGIN IMMEDIATE` already serialises all writers.
 pub(crate) trait AdvisoryLock {
     fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError>;
+    /// The shared form: holders do not wait for each other, only for an exclusive one.
+    fn advisory_xact_lock_shared(&mut self, key: i64) -> Result<(), StoreError>;
 }
 
 impl AdvisoryLock for diesel::SqliteConnection {
     fn advisory_xact_lock(&mut self, _key: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn advisory_xact_lock_shared(&mut self, _key: i64) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -380,6 +386,13 @@ impl AdvisoryLock for diesel::SqliteConnection {
 impl AdvisoryLock for diesel::PgConnection {
     fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError> {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(key)
+            .execute(self)?;
+        Ok(())
+    }
+
+    fn advisory_xact_lock_shared(&mut self, key: i64) -> Result<(), StoreError> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind::<diesel::sql_types::BigInt, _>(key)
             .execute(self)?;
         Ok(())

@@ -37,6 +37,11 @@ pub trait Txn: Lookup {
     /// several keys in ascending order, so two transactions cannot deadlock.
     fn lock(&mut self, key: i64) -> Result<(), StoreError>;
 
+    /// The shared form of [`Txn::lock`], for readers of criteria (a conditional
+    /// reference): they wait for a transaction that creates under the same criteria,
+    /// not for each other.
+    fn lock_shared(&mut self, key: i64) -> Result<(), StoreError>;
+
     /// Writes one version with its index rows and AuditEvent.
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError>;
 
@@ -98,6 +103,10 @@ impl<C: WriteConn> Txn for On<'_, C> {
 
     fn lock(&mut self, key: i64) -> Result<(), StoreError> {
         self.c.advisory_xact_lock(key)
+    }
+
+    fn lock_shared(&mut self, key: i64) -> Result<(), StoreError> {
+        self.c.advisory_xact_lock_shared(key)
     }
 
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError> {
