@@ -24,6 +24,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub search: SearchSettings,
     pub validation: ValidationSettings,
+    pub bundle: BundleSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +246,22 @@ impl ValidationSettings {
             .find(|(k, _)| k.eq_ignore_ascii_case(resource_type))
             .map(|(_, v)| v.as_slice())
             .unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BundleSettings {
+    /// Most entries of one batch or transaction Bundle (more -> 413). A transaction
+    /// holds its locks until its last entry is written.
+    pub max_entries: usize,
+}
+
+impl Default for BundleSettings {
+    fn default() -> Self {
+        BundleSettings {
+            max_entries: 10_000,
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod access;
 pub mod audit;
+pub mod bulk;
+pub mod bundle;
 pub mod config;
 pub mod crypto;
 pub mod fhir;

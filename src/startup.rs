@@ -58,6 +58,8 @@ pub enum StartupError {
         profile: String,
         constrains: String,
     },
+    #[error(transparent)]
+    Import(#[from] crate::bulk::ImportError),
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -208,6 +210,10 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
         search,
+        gate: Arc::new(crate::validation::WriteGate::new(
+            validator.clone(),
+            settings.validation.clone(),
+        )),
         validator,
         model,
         store,
@@ -270,4 +276,45 @@ pub fn build_server(
         source,
     })?;
     Ok((server.run(), port))
+}
+
+/// `fhirgate import`: the pieces of the write path (model, store, search, audit)
+/// without the HTTP server, and the import through them.
+pub fn import(
+    settings: &Settings,
+    options: &crate::bulk::ImportOptions,
+    report: &(dyn Fn(&crate::bulk::BadItem) + Sync),
+) -> Result<crate::bulk::ImportSummary, StartupError> {
+    let model = load_model(settings)?;
+    let store = open_store(settings, true)?;
+    let base_url = settings.base_url();
+    let validator = build_validator(settings, &model)?;
+    let gate = crate::validation::WriteGate::new(validator.clone(), settings.validation.clone());
+    let search = SearchEngine::new(
+        model.clone(),
+        validator.terminology().clone(),
+        base_url.clone(),
+        search_settings(settings),
+    );
+    crate::search::reindex::reload_registry(&store, &search)?;
+    let audit = AuditWriter::start(
+        store.clone(),
+        base_url.clone(),
+        settings.audit.observer.clone(),
+        settings.audit.max_batch,
+    );
+    let compartment = PatientCompartment::new(model.clone());
+    let ctx = crate::access::AccessContext::open(format!("import-{}", uuid::Uuid::new_v4()), None);
+    let env = crate::bundle::Env {
+        model: &model,
+        search: &search,
+        store: &store,
+        audit: &audit,
+        compartment: &compartment,
+        gate: &gate,
+        ctx: &ctx,
+        base_url: &base_url,
+        return_bodies: false,
+    };
+    Ok(crate::bulk::import(&env, options, report)?)
 }

@@ -53,6 +53,8 @@ fn lower_layers_never_use_the_http_layer() {
         "packages",
         "audit",
         "patch",
+        "bundle",
+        "bulk",
     ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
@@ -92,6 +94,17 @@ fn patch_knows_nothing_of_storage() {
     for (p, text) in sources("src/patch") {
         for banned in ["crate::store", "diesel", "std::fs", "std::net"] {
             assert!(!text.contains(banned), "{} uses {banned}", p.display());
+        }
+    }
+}
+
+#[test]
+fn bundle_and_bulk_write_only_through_the_store_transaction() {
+    for dir in ["src/bundle", "src/bulk"] {
+        for (p, text) in sources(dir) {
+            for banned in ["diesel", "crate::store::pool", "std::net"] {
+                assert!(!text.contains(banned), "{} uses {banned}", p.display());
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum Interaction {
     SearchType,
     SearchSystem,
     Capabilities,
+    /// A batch or transaction Bundle as a whole (each entry has its own event).
+    Transaction,
+    Batch,
     Operation(String),
 }
 
@@ -42,6 +45,8 @@ impl Interaction {
             Interaction::SearchType => "search-type",
             Interaction::SearchSystem => "search-system",
             Interaction::Capabilities => "capabilities",
+            Interaction::Transaction => "transaction",
+            Interaction::Batch => "batch",
             Interaction::Operation(_) => "operation",
         }
     }

@@ -95,6 +95,17 @@ pub fn check_resource(model: &Model, value: &Value) -> Vec<Issue> {
     c.issues
 }
 
+/// Like [`check_resource`] for a resource that sits inside another document, with
+/// issue locations under `location` (e.g. `Bundle.entry[3].resource`).
+pub fn check_resource_at(model: &Model, value: &Value, location: &str) -> Vec<Issue> {
+    let mut c = Checker {
+        model,
+        issues: Vec::new(),
+    };
+    c.resource(value, Some(location));
+    c.issues
+}
+
 struct Checker<'a> {
     model: &'a Model,
     issues: Vec<Issue>,

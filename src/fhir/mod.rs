@@ -15,7 +15,7 @@ pub mod types;
 pub mod xhtml;
 pub mod xml;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub use model::Model;
 pub use outcome::{operation_outcome, Issue, Severity};
@@ -97,4 +97,43 @@ pub fn instant(micros: i64) -> String {
         Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         None => "1970-01-01T00:00:00.000Z".to_string(),
     }
+}
+
+/// The stored form of a resource version: `id` and `meta.versionId`/`meta.lastUpdated`
+/// set by the server, everything else in the client's order. Written straight from
+/// the borrowed resource (no copy of the tree: it runs for every version stored).
+pub fn stored_body(
+    resource: &Value,
+    id: &str,
+    version: i64,
+    last_updated: i64,
+) -> Result<Vec<u8>, String> {
+    use serde::ser::{SerializeMap, Serializer};
+    let src = resource
+        .as_object()
+        .ok_or_else(|| "a resource must be an object".to_string())?;
+    let mut meta = match src.get("meta") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert("lastUpdated".into(), Value::String(instant(last_updated)));
+    let mut buf = Vec::with_capacity(512);
+    let mut ser = serde_json::Serializer::new(&mut buf);
+    let err = |e: serde_json::Error| e.to_string();
+    let mut out = ser.serialize_map(None).map_err(err)?;
+    out.serialize_entry(
+        "resourceType",
+        src.get("resourceType").unwrap_or(&Value::Null),
+    )
+    .map_err(err)?;
+    out.serialize_entry("id", id).map_err(err)?;
+    out.serialize_entry("meta", &meta).map_err(err)?;
+    for (k, v) in src {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            out.serialize_entry(k, v).map_err(err)?;
+        }
+    }
+    out.end().map_err(err)?;
+    Ok(buf)
 }

@@ -65,6 +65,15 @@ impl fmt::Display for VersionId {
     }
 }
 
+/// A version ETag (`W/"3"` or `"3"`) -> 3: `If-Match` headers and the `ifMatch`
+/// of Bundle entries.
+pub fn parse_etag(value: &str) -> Option<i64> {
+    let v = value.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    let v = v.trim_matches('"');
+    v.parse::<i64>().ok().filter(|n| *n >= 1)
+}
+
 /// Cuts a client-supplied string for an error message.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

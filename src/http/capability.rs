@@ -51,8 +51,10 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
                 "updateCreate": t != "AuditEvent",
                 "conditionalCreate": t != "AuditEvent",
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                // PUT/DELETE/PATCH [type]?criteria, also as Bundle entries; a delete
+                // whose criteria match several resources is refused (412).
+                "conditionalUpdate": t != "AuditEvent",
+                "conditionalDelete": if t == "AuditEvent" { "not-supported" } else { "single" },
                 "operation": [{
                     "name": "validate",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
@@ -70,7 +72,7 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
         "mode": "server",
         "documentation": writes,
         "resource": resources,
-        "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+        "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
         "operation": [{
             "name": "reindex",
             "definition": "urn:fhirgate:operation:reindex",

@@ -40,6 +40,22 @@ pub enum ApiError {
     Unavailable(String),
     /// 500: a fault of the server; the detail is logged, not sent.
     Internal(String),
+    /// The same error, at an element of what the client sent (a Bundle entry's
+    /// `request.url`, a reference in its resource).
+    At {
+        expression: String,
+        error: Box<ApiError>,
+    },
+    /// The error of one entry of a Bundle: its issues say which entry (`label`) and
+    /// point into it (`location`) where they point nowhere more precise.
+    Entry {
+        label: String,
+        location: String,
+        error: Box<ApiError>,
+    },
+    /// Several errors at once (the entries of a failed transaction): the status they
+    /// share, else 400, and all their issues.
+    Several(Vec<ApiError>),
 }
 
 impl ApiError {
@@ -64,6 +80,17 @@ impl ApiError {
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::At { error, .. } | ApiError::Entry { error, .. } => error.status(),
+            ApiError::Several(errors) => {
+                let first = errors
+                    .first()
+                    .map_or(StatusCode::BAD_REQUEST, |e| e.status());
+                if errors.iter().all(|e| e.status() == first) {
+                    first
+                } else {
+                    StatusCode::BAD_REQUEST
+                }
+            }
         }
     }
 
@@ -88,6 +115,32 @@ impl ApiError {
                 "the server failed to process the request; the failure is logged with the request id",
             )
             .severity(Severity::Fatal)],
+            ApiError::At { expression, error } => error
+                .issues()
+                .into_iter()
+                .map(|mut i| {
+                    if i.expression.is_none() {
+                        i.expression = Some(expression.clone());
+                    }
+                    i
+                })
+                .collect(),
+            ApiError::Entry {
+                label,
+                location,
+                error,
+            } => error
+                .issues()
+                .into_iter()
+                .map(|mut i| {
+                    i.diagnostics = format!("{label}: {}", i.diagnostics);
+                    if i.expression.is_none() {
+                        i.expression = Some(location.clone());
+                    }
+                    i
+                })
+                .collect(),
+            ApiError::Several(errors) => errors.iter().flat_map(ApiError::issues).collect(),
         }
     }
 
@@ -147,6 +200,42 @@ impl From<crate::search::SearchError> for ApiError {
             S::TooCostly(m) => ApiError::BadRequest(vec![Issue::error("too-costly", m)]),
             S::BadCursor => ApiError::BadRequest(vec![Issue::error("value", e.to_string())]),
             S::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+impl From<crate::bundle::EntryError> for ApiError {
+    fn from(e: crate::bundle::EntryError) -> Self {
+        use crate::bundle::EntryError as E;
+        match e {
+            E::Invalid(issues) => ApiError::BadRequest(issues),
+            E::Unprocessable(issues) => ApiError::Unprocessable(issues),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::Gone(m) => ApiError::Gone(m),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
+            E::MethodNotAllowed(m) => ApiError::MethodNotAllowed(m),
+            E::Forbidden(m) => ApiError::Forbidden(m),
+            E::NotImplemented(m) => ApiError::NotImplemented(m),
+            E::Store(s) => ApiError::from(s),
+            E::At { expression, error } => ApiError::At {
+                expression,
+                error: Box::new(ApiError::from(*error)),
+            },
+        }
+    }
+}
+
+impl From<crate::bundle::ReadError> for ApiError {
+    fn from(e: crate::bundle::ReadError) -> Self {
+        use crate::bundle::ReadError as R;
+        match e {
+            R::Invalid(issues) => ApiError::BadRequest(issues),
+            R::TooManyEntries { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            R::NotABundle(_) => ApiError::BadRequest(vec![Issue::error("invalid", e.to_string())]),
+            R::WrongType(_) => ApiError::BadRequest(vec![
+                Issue::error("invalid", e.to_string()).at("Bundle.type")
+            ]),
         }
     }
 }

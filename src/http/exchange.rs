@@ -106,34 +106,68 @@ impl Exchange {
         }
     }
 
+    /// The interaction of one entry of a Bundle posted in this exchange: the same
+    /// caller and format, its own AuditEvent (and the entry's URL as its query).
+    pub fn for_entry(&self, interaction: Interaction, url: &str) -> Exchange {
+        let query_string = url.split_once('?').map_or("", |(_, q)| q);
+        let query = Query(
+            form_urlencoded::parse(query_string.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        );
+        let mut audit = AuditRecord::new(interaction, &self.ctx);
+        if audit.interaction.action() == "E" {
+            audit.query = Some(url.to_string());
+        }
+        Exchange {
+            ctx: self.ctx.clone(),
+            query,
+            format: self.format,
+            format_error: None,
+            pretty: self.pretty,
+            audit,
+            audit_committed: false,
+        }
+    }
+
+    /// Puts the outcome into the audit record and makes it durable (unless a write
+    /// committed it with the data). Err when the audit trail is unavailable: then
+    /// nothing may be answered.
+    pub async fn record(
+        &mut self,
+        state: &AppState,
+        result: &Result<Reply, ApiError>,
+    ) -> Result<(), ApiError> {
+        match result {
+            Ok(_) => self.audit.outcome = Outcome::Success,
+            Err(e) => {
+                self.audit.outcome = Outcome::from_status(e.status().as_u16(), e.describe());
+                if e.status().is_server_error() {
+                    tracing::warn!(status = e.status().as_u16(), "request failed");
+                }
+            }
+        }
+        if self.audit_committed {
+            return Ok(());
+        }
+        state.audit.record(&self.audit).await.map_err(|e| {
+            tracing::error!(error = %e, "the AuditEvent could not be recorded; the response is withheld");
+            ApiError::Unavailable(
+                "the audit trail is unavailable, so the request cannot be answered; try again later".into(),
+            )
+        })
+    }
+
     /// Records the audit (if a write did not) and builds the HTTP response.
     pub async fn finish(
         mut self,
         state: &AppState,
         result: Result<Reply, ApiError>,
     ) -> HttpResponse {
-        let reply = match result {
-            Ok(r) => {
-                self.audit.outcome = Outcome::Success;
-                Ok(r)
-            }
-            Err(e) => {
-                self.audit.outcome = Outcome::from_status(e.status().as_u16(), e.describe());
-                if e.status().is_server_error() {
-                    tracing::warn!(status = e.status().as_u16(), "request failed");
-                }
-                Err(e)
-            }
-        };
-        if !self.audit_committed {
-            if let Err(e) = state.audit.record(&self.audit).await {
-                tracing::error!(error = %e, "the AuditEvent could not be recorded; the response is withheld");
-                return self.error_response(state, &ApiError::Unavailable(
-                    "the audit trail is unavailable, so the request cannot be answered; try again later".into(),
-                ));
-            }
+        if let Err(unavailable) = self.record(state, &result).await {
+            return self.error_response(state, &unavailable);
         }
-        match reply {
+        match result {
             Ok(r) => self.response(state, r),
             Err(e) => self.error_response(state, &e),
         }

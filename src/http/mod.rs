@@ -6,7 +6,9 @@
 //! [`exchange::Exchange`], so each produces exactly one AuditEvent and every
 //! error is an OperationOutcome.
 
+pub mod bundle;
 pub mod capability;
+pub mod conditional;
 pub mod error;
 pub mod exchange;
 pub mod history;
@@ -50,6 +52,29 @@ pub struct AppState {
     pub search: Arc<crate::search::SearchEngine>,
     /// Profile validation of writes and `$validate`.
     pub validator: Arc<crate::validation::Validator>,
+    /// The validation of every written resource (`validation.*` settings).
+    pub gate: Arc<crate::validation::WriteGate>,
+}
+
+impl AppState {
+    /// What the bundle module needs to run entries for `ctx`.
+    pub fn bundle_env<'a>(
+        &'a self,
+        ctx: &'a crate::access::AccessContext,
+        return_bodies: bool,
+    ) -> crate::bundle::Env<'a> {
+        crate::bundle::Env {
+            model: &self.model,
+            search: &self.search,
+            store: &self.store,
+            audit: &self.audit,
+            compartment: &self.compartment,
+            gate: &self.gate,
+            ctx,
+            base_url: &self.base_url,
+            return_bodies,
+        }
+    }
 }
 
 /// Routes of the FHIR API and the operations endpoints.
@@ -59,8 +84,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .service(
             web::scope("/fhir")
-                .service(fhir_resource("").route(web::get().to(search::system_get)))
-                .service(fhir_resource("/").route(web::get().to(search::system_get)))
+                .service(
+                    fhir_resource("")
+                        .route(web::get().to(search::system_get))
+                        .route(web::post().to(bundle::post)),
+                )
+                .service(
+                    fhir_resource("/")
+                        .route(web::get().to(search::system_get))
+                        .route(web::post().to(bundle::post)),
+                )
                 .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
                 .service(fhir_resource("/$reindex").route(web::post().to(reindex::all)))
@@ -91,7 +124,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     fhir_resource("/{type}")
                         .route(web::post().to(resources::create))
-                        .route(web::get().to(search::type_get)),
+                        .route(web::get().to(search::type_get))
+                        .route(web::put().to(conditional::update))
+                        .route(web::patch().to(conditional::patch))
+                        .route(web::delete().to(conditional::delete)),
                 )
                 .service(
                     fhir_resource("/{type}/{id}")
@@ -155,15 +191,7 @@ fn classify(
         );
     }
     match segments {
-        [] => match *method {
-            Method::POST => (
-                op("batch/transaction"),
-                ApiError::NotImplemented(
-                    "batch and transaction Bundles are not implemented yet".into(),
-                ),
-            ),
-            _ => (op("unknown"), not_allowed()),
-        },
+        [] => (op("unknown"), not_allowed()),
         ["metadata"] | ["_history"] => (op("unknown"), not_allowed()),
         [t, ..] if !known(t) => (
             op("unknown"),
@@ -173,11 +201,17 @@ fn classify(
             )),
         ),
         [_] => match *method {
-            Method::PUT | Method::DELETE | Method::PATCH if has_query => (
-                op("conditional"),
-                ApiError::NotImplemented(
-                    "conditional update, delete and patch are not implemented yet".into(),
-                ),
+            Method::PUT | Method::DELETE | Method::PATCH if !has_query => (
+                op("unknown"),
+                ApiError::MethodNotAllowed(format!(
+                    "{method} on a type needs search criteria (conditional {}); use {}/[id] for one resource",
+                    match *method {
+                        Method::PUT => "update",
+                        Method::DELETE => "delete",
+                        _ => "patch",
+                    },
+                    req.path()
+                )),
             ),
             _ => (op("unknown"), not_allowed()),
         },

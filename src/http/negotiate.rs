@@ -108,10 +108,4 @@ pub fn pretty(q: &Query) -> bool {
     q.get("_pretty") == Some("true")
 }
 
-/// `W/"3"` or `"3"` -> 3.
-pub fn parse_etag(value: &str) -> Option<i64> {
-    let v = value.trim();
-    let v = v.strip_prefix("W/").unwrap_or(v);
-    let v = v.trim_matches('"');
-    v.parse::<i64>().ok().filter(|n| *n >= 1)
-}
+pub use crate::fhir::types::parse_etag;

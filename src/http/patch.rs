@@ -29,7 +29,7 @@ const JSON_PATCH: &str = "application/json-patch+json";
 
 /// The kind of patch document, from `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PatchKind {
+pub(super) enum PatchKind {
     Json,
     FhirPath(Format),
 }
@@ -136,7 +136,7 @@ async fn patch_instance(
 
 /// JSON Patch by its own media type; FHIRPath Patch is a Parameters resource in a FHIR
 /// format. XML Patch (`application/xml-patch+xml`) is not implemented.
-fn patch_kind(req: &HttpRequest) -> Result<PatchKind, ApiError> {
+pub(super) fn patch_kind(req: &HttpRequest) -> Result<PatchKind, ApiError> {
     let unsupported = |what: String| {
         ApiError::UnsupportedMediaType(format!(
             "{what}; send a JSON Patch as {JSON_PATCH} or a FHIRPath Patch (a Parameters resource) as application/fhir+json or application/fhir+xml"
@@ -169,7 +169,11 @@ fn patch_kind(req: &HttpRequest) -> Result<PatchKind, ApiError> {
 }
 
 /// Reads the patch document: malformed ones are 400, before anything is read from the store.
-fn parse_patch(state: &AppState, kind: PatchKind, bytes: &[u8]) -> Result<Patch, ApiError> {
+pub(super) fn parse_patch(
+    state: &AppState,
+    kind: PatchKind,
+    bytes: &[u8],
+) -> Result<Patch, ApiError> {
     match kind {
         PatchKind::Json => {
             let doc = fhir::json::parse_json(bytes).map_err(|i| ApiError::BadRequest(vec![i]))?;
@@ -209,26 +213,9 @@ fn patch_error(e: &PatchError, kind: PatchKind) -> ApiError {
 
 /// A patch may change everything but what names the resource: its type and id.
 fn keeps_identity(rt: &str, id: &str, patched: &Value) -> Result<(), ApiError> {
-    let changed = |element: &str, was: &str, now: Option<&str>| {
-        ApiError::Unprocessable(vec![Issue::error(
-            "business-rule",
-            match now {
-                Some(now) => {
-                    format!("a patch must not change `{element}` (from `{was}` to `{now}`)")
-                }
-                None => format!("a patch must not remove `{element}` (`{was}`)"),
-            },
-        )
-        .at(format!("{rt}.{element}"))])
-    };
-    let text = |k: &str| patched.get(k).and_then(Value::as_str);
-    match text("resourceType") {
-        Some(t) if t == rt => {}
-        other => return Err(changed("resourceType", rt, other)),
-    }
-    match text("id") {
-        Some(i) if i == id => Ok(()),
-        other => Err(changed("id", id, other)),
+    match crate::bundle::identity_change(rt, id, patched) {
+        Some(issue) => Err(ApiError::Unprocessable(vec![issue])),
+        None => Ok(()),
     }
 }
 

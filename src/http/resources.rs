@@ -3,7 +3,7 @@
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
@@ -12,7 +12,7 @@ use super::AppState;
 use crate::audit::Interaction;
 use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
-use crate::fhir::{self, instant, Id, Issue, VersionId};
+use crate::fhir::{self, Id, Issue, VersionId};
 use crate::store::{Condition, StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
 
 /// A resource type named in the URL, checked against the loaded model.
@@ -69,20 +69,37 @@ fn patients_of(state: &AppState, resource_type: &str, id: &str, body: &[u8]) -> 
     }
 }
 
+/// The validators of a conditional read (`If-None-Match`, `If-Modified-Since`), from
+/// the request's headers or a Bundle entry's `ifNoneMatch`/`ifModifiedSince`.
+#[derive(Debug, Default, Clone)]
+pub struct ReadConditions {
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+}
+
+impl ReadConditions {
+    pub fn of(headers: &HeaderMap) -> ReadConditions {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|h: &header::HeaderValue| h.to_str().ok())
+                .map(str::to_string)
+        };
+        ReadConditions {
+            if_none_match: text(header::IF_NONE_MATCH),
+            if_modified_since: text(header::IF_MODIFIED_SINCE),
+        }
+    }
+}
+
 /// True when `If-None-Match` or `If-Modified-Since` says the client is current.
-fn not_modified(headers: &HeaderMap, version: i64, last_updated: i64) -> bool {
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|h| h.to_str().ok())
-    {
+fn not_modified(cond: &ReadConditions, version: i64, last_updated: i64) -> bool {
+    if let Some(inm) = &cond.if_none_match {
         return inm
             .split(',')
             .any(|t| t.trim() == "*" || parse_etag(t) == Some(version));
     }
-    if let Some(ims) = headers
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|h| h.to_str().ok())
-    {
+    if let Some(ims) = &cond.if_modified_since {
         if let Ok(since) = httpdate::parse_http_date(ims) {
             let since = since
                 .duration_since(std::time::UNIX_EPOCH)
@@ -100,7 +117,8 @@ pub async fn read(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Read);
-    let result = read_inner(&state, &req, &mut ex, &path.0, &path.1, None).await;
+    let cond = ReadConditions::of(req.headers());
+    let result = read_inner(&state, &cond, &mut ex, &path.0, &path.1, None).await;
     ex.finish(&state, result).await
 }
 
@@ -112,15 +130,25 @@ pub async fn vread(
     let mut ex = Exchange::begin(&state, &req, Interaction::Vread);
     let result = async {
         let v = VersionId::parse(&path.2).map_err(ApiError::NotFound)?;
-        read_inner(&state, &req, &mut ex, &path.0, &path.1, Some(v.0)).await
+        read_inner(
+            &state,
+            &ReadConditions::of(req.headers()),
+            &mut ex,
+            &path.0,
+            &path.1,
+            Some(v.0),
+        )
+        .await
     }
     .await;
     ex.finish(&state, result).await
 }
 
-async fn read_inner(
+/// Read and vread (also of Bundle entries): the current or a given version, 404/410,
+/// a conditional read's 304, `_summary`/`_elements`.
+pub(super) async fn read_inner(
     state: &AppState,
-    req: &HttpRequest,
+    cond: &ReadConditions,
     ex: &mut Exchange,
     rt: &str,
     id: &str,
@@ -155,7 +183,7 @@ async fn read_inner(
     }
     ex.audit.patients = patients_of(state, &rt, id.as_str(), &stored.body);
     let (v, lu) = (stored.version, stored.last_updated);
-    if version.is_none() && not_modified(req.headers(), v, lu) {
+    if version.is_none() && not_modified(cond, v, lu) {
         return Ok(version_headers(
             Reply::new(StatusCode::NOT_MODIFIED, Body::Empty),
             v,
@@ -168,13 +196,18 @@ async fn read_inner(
 
 /// `Prefer: return=minimal | representation | OperationOutcome`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Return {
+pub(super) enum Return {
     Minimal,
     Representation,
     Outcome,
 }
 
-fn prefer_return(req: &HttpRequest) -> Return {
+pub(super) fn prefer_return(req: &HttpRequest) -> Return {
+    prefer_return_asked(req).unwrap_or(Return::Representation)
+}
+
+/// The `return` preference the client stated, if any.
+pub(super) fn prefer_return_asked(req: &HttpRequest) -> Option<Return> {
     let prefer = req
         .headers()
         .get_all("prefer")
@@ -182,15 +215,16 @@ fn prefer_return(req: &HttpRequest) -> Return {
         .flat_map(|h| h.split(','))
         .map(|p| p.trim().to_ascii_lowercase())
         .find_map(|p| p.strip_prefix("return=").map(str::to_string));
-    match prefer.as_deref() {
-        Some("minimal") => Return::Minimal,
-        Some("operationoutcome") => Return::Outcome,
-        _ => Return::Representation,
+    match prefer.as_deref()? {
+        "minimal" => Some(Return::Minimal),
+        "operationoutcome" => Some(Return::Outcome),
+        "representation" => Some(Return::Representation),
+        _ => None,
     }
 }
 
 /// Reads and checks the resource in the body: format, strict structure, type.
-fn parse_body(
+pub(super) fn parse_body(
     state: &AppState,
     req: &HttpRequest,
     bytes: &[u8],
@@ -217,38 +251,6 @@ fn parse_body(
     Ok(value)
 }
 
-/// The stored form: `id` and `meta.versionId`/`meta.lastUpdated` set by the server,
-/// everything else in the client's order.
-fn with_identity(
-    resource: &Value,
-    id: &str,
-    version: i64,
-    last_updated: i64,
-) -> Result<Vec<u8>, StoreError> {
-    let src = resource
-        .as_object()
-        .ok_or_else(|| StoreError::Prepare("a resource must be an object".into()))?;
-    let mut out = Map::with_capacity(src.len() + 2);
-    out.insert(
-        "resourceType".into(),
-        src.get("resourceType").cloned().unwrap_or(Value::Null),
-    );
-    out.insert("id".into(), Value::String(id.to_string()));
-    let mut meta = match src.get("meta") {
-        Some(Value::Object(m)) => m.clone(),
-        _ => Map::new(),
-    };
-    meta.insert("versionId".into(), Value::String(version.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(instant(last_updated)));
-    out.insert("meta".into(), Value::Object(meta));
-    for (k, v) in src {
-        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| StoreError::Prepare(e.to_string()))
-}
-
 pub(super) fn write_reply(
     state: &AppState,
     req: &HttpRequest,
@@ -265,11 +267,10 @@ pub(super) fn write_reply(
     let body = match prefer_return(req) {
         Return::Minimal => Body::Empty,
         Return::Representation => Body::Stored(result.body),
-        Return::Outcome => Body::Resource(json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "information", "code": "informational",
-                       "diagnostics": format!("{rt}/{id} version {} stored", result.version)}]
-        })),
+        Return::Outcome => Body::Resource(informational(&format!(
+            "{rt}/{id} version {} stored",
+            result.version
+        ))),
     };
     let mut reply = version_headers(
         Reply::new(status, body),
@@ -430,23 +431,44 @@ pub async fn delete(
         if rt == "Patient" {
             ex.audit.patients = vec![format!("Patient/{id}")];
         }
-        let result = write(&state, &mut ex, &rt, id.as_str(), WriteKind::Delete { if_match }, "DELETE", None, None).await?;
-        let msg = if result.unchanged {
-            format!("{rt}/{id} was already deleted")
-        } else {
-            format!("{rt}/{id} deleted (version {})", result.version)
-        };
-        let mut reply = Reply::new(
-            StatusCode::OK,
-            Body::Resource(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": msg}]})),
-        );
-        if !result.unchanged {
-            reply = reply.header(header::ETAG, format!("W/\"{}\"", result.version));
-        }
-        Ok(reply)
+        let result = write(
+            &state,
+            &mut ex,
+            &rt,
+            id.as_str(),
+            WriteKind::Delete { if_match },
+            "DELETE",
+            None,
+            None,
+        )
+        .await?;
+        Ok(deleted_reply(
+            &rt,
+            id.as_str(),
+            (!result.unchanged).then_some(result.version),
+        ))
     }
     .await;
     ex.finish(&state, result).await
+}
+
+/// The answer to a delete: 200 with an OperationOutcome, and the ETag of the deleted
+/// version (None: the resource was deleted already).
+pub(super) fn deleted_reply(rt: &str, id: &str, version: Option<i64>) -> Reply {
+    let msg = match version {
+        None => format!("{rt}/{id} was already deleted"),
+        Some(v) => format!("{rt}/{id} deleted (version {v})"),
+    };
+    let reply = Reply::new(StatusCode::OK, Body::Resource(informational(&msg)));
+    match version {
+        Some(v) => reply.header(header::ETAG, format!("W/\"{v}\"")),
+        None => reply,
+    }
+}
+
+/// An OperationOutcome with one informational issue.
+pub(super) fn informational(msg: &str) -> Value {
+    json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": msg}]})
 }
 
 pub(super) fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
@@ -521,7 +543,9 @@ pub(super) async fn write(
                 None => Default::default(),
             };
             let prepare = |version: i64, ts: i64| match &resource {
-                Some(r) => with_identity(r, &id_owned, version, ts),
+                Some(r) => {
+                    fhir::stored_body(r, &id_owned, version, ts).map_err(StoreError::Prepare)
+                }
                 None => Ok(Vec::new()),
             };
             let audit = |r: &WriteResult| {

@@ -186,11 +186,59 @@ async fn search(
     form: Option<Vec<(String, String)>>,
 ) -> Result<Reply, ApiError> {
     ex.precondition()?;
+    if let Some(form) = &form {
+        // The audit records what was searched, wherever the parameters came from.
+        let q = query_string(form);
+        ex.audit.query = Some(format!("{}?{q}", req.path()));
+    }
+    run(state, ex, scope, form, strict(req)).await
+}
+
+/// A search of a Bundle entry (`GET Patient?name=x` inside a batch or transaction):
+/// the parameters from the entry's URL (in `ex.query`), answered with the same
+/// searchset Bundle as over HTTP.
+pub(super) async fn entry_search(
+    state: &AppState,
+    ex: &mut Exchange,
+    target: &crate::bundle::Target,
+    strict: bool,
+) -> Result<Reply, ApiError> {
+    use crate::bundle::Target;
+    let scope = match target {
+        Target::Type(t)
+        | Target::Search {
+            resource_type: t, ..
+        } => Scope::Type(t.clone()),
+        Target::System { .. } => Scope::System,
+        Target::Compartment {
+            compartment,
+            id,
+            target,
+            ..
+        } => Scope::Compartment {
+            compartment: compartment.clone(),
+            id: id.to_string(),
+            target: target.clone(),
+        },
+        _ => {
+            return Err(ApiError::NotImplemented(
+                "this GET entry is not a read or search this server answers in a Bundle".into(),
+            ))
+        }
+    };
+    run(state, ex, scope, None, strict).await
+}
+
+/// Runs a search of `scope` with the parameters of `ex.query` (and a form's).
+async fn run(
+    state: &AppState,
+    ex: &mut Exchange,
+    scope: Scope,
+    form: Option<Vec<(String, String)>>,
+    strict: bool,
+) -> Result<Reply, ApiError> {
     let mut pairs = ex.query.0.clone();
     if let Some(form) = form {
-        // The audit records what was searched, wherever the parameters came from.
-        let q = query_string(&form);
-        ex.audit.query = Some(format!("{}?{q}", req.path()));
         pairs.extend(form);
     }
     let (types, path, compartment_filter) = match &scope {
@@ -254,7 +302,6 @@ async fn search(
         None => (types, pairs.clone()),
     };
     let search = state.search.clone();
-    let strict = strict(req);
     let mut request: SearchRequest = search.parse(types.clone(), &params, strict)?;
     if let Some(f) = compartment_filter {
         request.filters.push(f);

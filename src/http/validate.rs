@@ -13,7 +13,6 @@ use super::negotiate;
 use super::resources::{resource_id, resource_type};
 use super::AppState;
 use crate::audit::Interaction;
-use crate::config::ValidationMode;
 use crate::fhir::{self, operation_outcome, outcome, Id, Issue, Severity};
 
 /// The gate of every written resource after the strict read (create, update, patch):
@@ -31,11 +30,7 @@ pub fn check_write(
             return Err(ApiError::Unprocessable(issues));
         }
     }
-    if state.settings.validation.mode != ValidationMode::Full {
-        return Ok(());
-    }
-    let required = state.settings.validation.required_for(resource_type);
-    let issues = state.validator.validate_profiles(resource, required);
+    let issues = state.gate.check(resource, None);
     if outcome::has_errors(&issues) {
         return Err(ApiError::Unprocessable(issues));
     }

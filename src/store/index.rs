@@ -1,7 +1,14 @@
-//! The search index rows of one resource version and how they are written: in the
-//! write transaction of the version, replacing the rows of the previous one. Values
-//! arrive in clear from the search module; strings, tokens and unit keys are
-//! blinded here with the index key, so no clear text reaches the tables.
+//! The search index rows of resource versions and how they are written: in the
+//! write transaction of the versions, replacing the rows of the previous ones.
+//! Values arrive in clear from the search module; strings, tokens and unit keys
+//! are blinded here with the index key, so no clear text reaches the tables.
+//!
+//! Each table gets one statement however many rows and resources: on SQLite the
+//! rows travel as one JSON array unpacked by `json_each`, on PostgreSQL as array
+//! parameters unpacked by `unnest` (every table in one statement: one round trip).
+//! The statement text depends only on the table, so it stays prepared. Rows go in
+//! the order of each table's key, so consecutive rows land on the same index pages
+//! (measured with benches/bundle/run.sh, docs/benchmarks.md).
 
 use diesel::prelude::*;
 
@@ -76,20 +83,82 @@ pub fn blind_key(ring: &Keyring, value: &str) -> Result<i64, StoreError> {
     Ok(if h == 0 { 1 } else { h })
 }
 
-/// A connection inside a write transaction that maintains index rows. SQLite
-/// runs in process, so a statement per table costs little; on PostgreSQL every
-/// statement is a round trip, so each operation is one statement with array
-/// parameters (the same text whatever the row count: a cached prepared statement).
+/// The rows of many resources, blinded and sorted by each table's index key.
+#[derive(Default)]
+struct Prepared {
+    /// (pid, h, rid)
+    blind: Vec<(i64, i64, i64)>,
+    /// (pid, lo, rid, hi)
+    dates: Vec<(i64, i64, i64, i64)>,
+    /// (pid, k, lo, rid, hi)
+    numbers: Vec<(i64, i64, f64, i64, f64)>,
+    /// (pid, target_id, target_type, rid, url)
+    references: Vec<(i64, String, String, i64, String)>,
+    /// (pid, uri, rid)
+    uris: Vec<(i64, String, i64)>,
+}
+
+fn prepare(ring: &Keyring, of: &[(i64, &IndexRows)]) -> Result<Prepared, StoreError> {
+    let mut p = Prepared::default();
+    for &(rid, rows) in of {
+        let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
+        for (pid, value) in &rows.blind {
+            let h = blind_key(ring, value)?;
+            // Two values may blind alike only by collision; the key must stay unique.
+            if seen.insert((*pid, h)) {
+                p.blind.push((*pid, h, rid));
+            }
+        }
+        p.dates
+            .extend(rows.dates.iter().map(|(pid, lo, hi)| (*pid, *lo, rid, *hi)));
+        for (pid, key, lo, hi) in &rows.numbers {
+            let k = match key {
+                Some(k) => blind_key(ring, k)?,
+                None => 0,
+            };
+            p.numbers.push((*pid, k, *lo, rid, *hi));
+        }
+        p.references.extend(rows.references.iter().map(|(pid, r)| {
+            (
+                *pid,
+                r.target_id.clone(),
+                r.target_type.clone(),
+                rid,
+                r.url.clone(),
+            )
+        }));
+        p.uris
+            .extend(rows.uris.iter().map(|(pid, u)| (*pid, u.clone(), rid)));
+    }
+    p.blind.sort_unstable();
+    p.dates.sort_unstable();
+    p.numbers
+        .sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
+    p.references.sort_unstable();
+    p.uris.sort_unstable();
+    Ok(p)
+}
+
+/// A connection inside a write transaction that maintains index rows.
 pub(crate) trait IndexConn {
     /// Removes every index row of a resource.
     fn delete_index(&mut self, rid: i64) -> Result<(), StoreError>;
-    /// Inserts the rows of a resource (deduplicated first: [`IndexRows::dedup`]).
+
+    /// Inserts the rows of resources (each deduplicated first: [`IndexRows::dedup`]).
+    fn insert_index_many(
+        &mut self,
+        ring: &Keyring,
+        of: &[(i64, &IndexRows)],
+    ) -> Result<(), StoreError>;
+
     fn insert_index(
         &mut self,
         ring: &Keyring,
         rid: i64,
         rows: &IndexRows,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.insert_index_many(ring, &[(rid, rows)])
+    }
 }
 
 impl IndexConn for diesel::SqliteConnection {
@@ -103,98 +172,76 @@ impl IndexConn for diesel::SqliteConnection {
         Ok(())
     }
 
-    /// One statement per table that has rows: the rows travel as one JSON array
-    /// parameter unpacked by `json_each`, so the statement text is the same for any
-    /// row count and stays prepared (a multi-row VALUES list would be parsed anew
-    /// for every count: measured 1.6x slower creates, docs/benchmarks.md).
-    fn insert_index(
+    fn insert_index_many(
         &mut self,
         ring: &Keyring,
-        rid: i64,
-        rows: &IndexRows,
+        of: &[(i64, &IndexRows)],
     ) -> Result<(), StoreError> {
-        let json = |v: serde_json::Value| serde_json::to_string(&v).unwrap_or_else(|_| "[]".into());
-        let mut run = |table: &str, cols: &str, n: usize, data: String| -> Result<(), StoreError> {
-            let mut sql = Sql::new(Backend::Sqlite);
-            sql.push(&format!("INSERT INTO {table} (rid, {cols}) SELECT "));
-            sql.i64(rid);
-            for i in 0..n {
-                sql.push(&format!(", json_extract(value, '$[{i}]')"));
-            }
-            sql.push(" FROM json_each(").text(&data).push(")");
-            sql.finish().execute(&mut *self)?;
-            Ok(())
-        };
-        if !rows.blind.is_empty() {
-            let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
-            let mut v = Vec::with_capacity(rows.blind.len());
-            for (pid, value) in &rows.blind {
-                let h = blind_key(ring, value)?;
-                if seen.insert((*pid, h)) {
-                    v.push(serde_json::json!([pid, h]));
+        let p = prepare(ring, of)?;
+        // `INSERT INTO t (cols) SELECT json_extract(value, '$[i]')... FROM json_each(?)`
+        let mut run =
+            |table: &str, cols: &[&str], data: serde_json::Value| -> Result<(), StoreError> {
+                let mut sql = Sql::new(Backend::Sqlite);
+                sql.push(&format!(
+                    "INSERT INTO {table} ({}) SELECT ",
+                    cols.join(", ")
+                ));
+                for i in 0..cols.len() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.push(&format!("json_extract(value, '$[{i}]')"));
                 }
-            }
-            run(
-                "search_blind",
-                "pid, h",
-                2,
-                json(serde_json::Value::Array(v)),
-            )?;
+                let text =
+                    serde_json::to_string(&data).map_err(|e| StoreError::Prepare(e.to_string()))?;
+                sql.push(" FROM json_each(").text(&text).push(")");
+                sql.finish().execute(&mut *self)?;
+                Ok(())
+            };
+        use serde_json::json;
+        if !p.blind.is_empty() {
+            let v: Vec<_> = p
+                .blind
+                .iter()
+                .map(|(pid, h, rid)| json!([pid, h, rid]))
+                .collect();
+            run("search_blind", &["pid", "h", "rid"], json!(v))?;
         }
-        if !rows.dates.is_empty() {
-            let v: Vec<_> = rows
+        if !p.dates.is_empty() {
+            let v: Vec<_> = p
                 .dates
                 .iter()
-                .map(|(p, lo, hi)| serde_json::json!([p, lo, hi]))
+                .map(|(pid, lo, rid, hi)| json!([pid, lo, rid, hi]))
                 .collect();
-            run(
-                "search_date",
-                "pid, lo, hi",
-                3,
-                json(serde_json::Value::Array(v)),
-            )?;
+            run("search_date", &["pid", "lo", "rid", "hi"], json!(v))?;
         }
-        if !rows.numbers.is_empty() {
-            let mut v = Vec::with_capacity(rows.numbers.len());
-            for (pid, key, lo, hi) in &rows.numbers {
-                let k = match key {
-                    Some(k) => blind_key(ring, k)?,
-                    None => 0,
-                };
-                v.push(serde_json::json!([pid, k, lo, hi]));
-            }
-            run(
-                "search_number",
-                "pid, k, lo, hi",
-                4,
-                json(serde_json::Value::Array(v)),
-            )?;
+        if !p.numbers.is_empty() {
+            let v: Vec<_> = p
+                .numbers
+                .iter()
+                .map(|(pid, k, lo, rid, hi)| json!([pid, k, lo, rid, hi]))
+                .collect();
+            run("search_number", &["pid", "k", "lo", "rid", "hi"], json!(v))?;
         }
-        if !rows.references.is_empty() {
-            let v: Vec<_> = rows
+        if !p.references.is_empty() {
+            let v: Vec<_> = p
                 .references
                 .iter()
-                .map(|(p, r)| serde_json::json!([p, r.target_type, r.target_id, r.url]))
+                .map(|(pid, ti, tt, rid, url)| json!([pid, ti, tt, rid, url]))
                 .collect();
             run(
                 "search_reference",
-                "pid, target_type, target_id, url",
-                4,
-                json(serde_json::Value::Array(v)),
+                &["pid", "target_id", "target_type", "rid", "url"],
+                json!(v),
             )?;
         }
-        if !rows.uris.is_empty() {
-            let v: Vec<_> = rows
+        if !p.uris.is_empty() {
+            let v: Vec<_> = p
                 .uris
                 .iter()
-                .map(|(p, u)| serde_json::json!([p, u]))
+                .map(|(pid, u, rid)| json!([pid, u, rid]))
                 .collect();
-            run(
-                "search_uri",
-                "pid, uri",
-                2,
-                json(serde_json::Value::Array(v)),
-            )?;
+            run("search_uri", &["pid", "uri", "rid"], json!(v))?;
         }
         Ok(())
     }
@@ -216,113 +263,147 @@ impl IndexConn for diesel::PgConnection {
         Ok(())
     }
 
-    fn insert_index(
+    fn insert_index_many(
         &mut self,
         ring: &Keyring,
-        rid: i64,
-        rows: &IndexRows,
+        of: &[(i64, &IndexRows)],
     ) -> Result<(), StoreError> {
+        let p = prepare(ring, of)?;
         let mut sql = Sql::new(Backend::Postgres);
         sql.push("WITH ");
-        pg_index_ctes(&mut sql, ring, RidOf::Value(rid), rows)?;
+        pg_index_ctes(&mut sql, p, None);
         sql.push(" SELECT 1");
         sql.finish().execute(self)?;
         Ok(())
     }
 }
 
-/// Where the rid of new index rows comes from in a PostgreSQL statement.
-pub(crate) enum RidOf<'a> {
-    Value(i64),
-    /// The `rid` column of a CTE of the same statement (a resource inserted by it).
-    Cte(&'a str),
-}
-
-/// The data-modifying CTEs (`b AS (...), d AS (...), ...`, no `WITH`) that insert the
-/// index rows of one resource with array parameters: one text whatever the row
-/// count, so one cached prepared statement.
-pub(crate) fn pg_index_ctes(
-    sql: &mut Sql,
-    ring: &Keyring,
-    rid: RidOf<'_>,
-    rows: &IndexRows,
-) -> Result<(), StoreError> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
-    let (mut bp, mut bh) = (Vec::new(), Vec::new());
-    for (pid, value) in &rows.blind {
-        let h = blind_key(ring, value)?;
-        if seen.insert((*pid, h)) {
-            bp.push(*pid);
-            bh.push(h);
-        }
-    }
-    let (dp, dlo, dhi): (Vec<i64>, Vec<i64>, Vec<i64>) = unzip3(rows.dates.iter().copied());
-    let (mut np, mut nk, mut nlo, mut nhi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (pid, key, lo, hi) in &rows.numbers {
-        np.push(*pid);
-        nk.push(match key {
-            Some(k) => blind_key(ring, k)?,
-            None => 0,
+/// The data-modifying CTEs (`b AS (...), d AS (...), ...`, no `WITH`) inserting
+/// prepared rows with `unnest` over array parameters. With `rid_of` = Some(cte),
+/// the rows belong to the one resource inserted by that CTE of the same statement
+/// (its `rid` column), whatever rid they were prepared with.
+fn pg_index_ctes(sql: &mut Sql, p: Prepared, rid_of: Option<&str>) {
+    let rid = |sql: &mut Sql| {
+        sql.push(&match rid_of {
+            Some(c) => format!("{c}.rid"),
+            None => "t.rid".to_string(),
         });
-        nlo.push(*lo);
-        nhi.push(*hi);
-    }
-    let rp: Vec<i64> = rows.references.iter().map(|(p, _)| *p).collect();
-    let rt: Vec<String> = rows
-        .references
-        .iter()
-        .map(|(_, r)| r.target_type.clone())
-        .collect();
-    let ri: Vec<String> = rows
-        .references
-        .iter()
-        .map(|(_, r)| r.target_id.clone())
-        .collect();
-    let ru: Vec<String> = rows.references.iter().map(|(_, r)| r.url.clone()).collect();
-    let up: Vec<i64> = rows.uris.iter().map(|(p, _)| *p).collect();
-    let uu: Vec<String> = rows.uris.iter().map(|(_, u)| u.clone()).collect();
-    // `SELECT <rid>, cols FROM [cte,] unnest(arrays) AS t(cols)`
-    let select = |sql: &mut Sql, cols: &str| {
-        sql.push(" SELECT ");
-        match rid {
-            RidOf::Value(v) => {
-                sql.i64(v).push(&format!(", {cols} FROM unnest("));
-            }
-            RidOf::Cte(c) => {
-                sql.push(&format!("{c}.rid, {cols} FROM {c}, unnest("));
-            }
+    };
+    let from = |sql: &mut Sql| {
+        if let Some(c) = rid_of {
+            sql.push(&format!(" FROM {c}, unnest("));
+        } else {
+            sql.push(" FROM unnest(");
         }
     };
-    sql.push("b AS (INSERT INTO search_blind (rid, pid, h)");
-    select(sql, "p, h");
-    sql.bind(Bind::I64s(bp)).push(", ").bind(Bind::I64s(bh));
-    sql.push(") AS t(p, h)), d AS (INSERT INTO search_date (rid, pid, lo, hi)");
-    select(sql, "p, lo, hi");
-    sql.bind(Bind::I64s(dp))
+    // blind
+    let (pid, h, rids): (Vec<i64>, Vec<i64>, Vec<i64>) = unzip3(p.blind.into_iter());
+    sql.push("b AS (INSERT INTO search_blind (pid, h, rid) SELECT t.pid, t.h, ");
+    rid(sql);
+    from(sql);
+    sql.bind(Bind::I64s(pid))
         .push(", ")
-        .bind(Bind::I64s(dlo))
+        .bind(Bind::I64s(h))
         .push(", ")
-        .bind(Bind::I64s(dhi));
-    sql.push(") AS t(p, lo, hi)), n AS (INSERT INTO search_number (rid, pid, k, lo, hi)");
-    select(sql, "p, k, lo, hi");
-    sql.bind(Bind::I64s(np)).push(", ").bind(Bind::I64s(nk));
+        .bind(Bind::I64s(rids));
+    sql.push(") AS t(pid, h, rid))");
+    // dates
+    let (mut pid, mut lo, mut rids, mut hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d) in p.dates {
+        pid.push(a);
+        lo.push(b);
+        rids.push(c);
+        hi.push(d);
+    }
+    sql.push(", d AS (INSERT INTO search_date (pid, lo, hi, rid) SELECT t.pid, t.lo, t.hi, ");
+    rid(sql);
+    from(sql);
+    sql.bind(Bind::I64s(pid))
+        .push(", ")
+        .bind(Bind::I64s(lo))
+        .push(", ")
+        .bind(Bind::I64s(hi));
     sql.push(", ")
-        .bind(Bind::F64s(nlo))
-        .push(", ")
-        .bind(Bind::F64s(nhi));
+        .bind(Bind::I64s(rids))
+        .push(") AS t(pid, lo, hi, rid))");
+    // numbers
+    let (mut pid, mut k, mut lo, mut rids, mut hi) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d, e) in p.numbers {
+        pid.push(a);
+        k.push(b);
+        lo.push(c);
+        rids.push(d);
+        hi.push(e);
+    }
     sql.push(
-        ") AS t(p, k, lo, hi)), r AS (INSERT INTO search_reference (rid, pid, target_type, target_id, url)",
+        ", n AS (INSERT INTO search_number (pid, k, lo, hi, rid) SELECT t.pid, t.k, t.lo, t.hi, ",
     );
-    select(sql, "p, tt, ti, u");
-    sql.bind(Bind::I64s(rp)).push(", ").bind(Bind::Texts(rt));
-    sql.push(", ")
-        .bind(Bind::Texts(ri))
+    rid(sql);
+    from(sql);
+    sql.bind(Bind::I64s(pid))
         .push(", ")
-        .bind(Bind::Texts(ru));
-    sql.push(") AS t(p, tt, ti, u)), u AS (INSERT INTO search_uri (rid, pid, uri)");
-    select(sql, "p, u");
-    sql.bind(Bind::I64s(up)).push(", ").bind(Bind::Texts(uu));
-    sql.push(") AS t(p, u))");
+        .bind(Bind::I64s(k))
+        .push(", ")
+        .bind(Bind::F64s(lo));
+    sql.push(", ")
+        .bind(Bind::F64s(hi))
+        .push(", ")
+        .bind(Bind::I64s(rids));
+    sql.push(") AS t(pid, k, lo, hi, rid))");
+    // references
+    let (mut pid, mut ti, mut tt, mut rids, mut url) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d, e) in p.references {
+        pid.push(a);
+        ti.push(b);
+        tt.push(c);
+        rids.push(d);
+        url.push(e);
+    }
+    sql.push(
+        ", r AS (INSERT INTO search_reference (pid, target_id, target_type, url, rid) SELECT t.pid, t.ti, t.tt, t.u, ",
+    );
+    rid(sql);
+    from(sql);
+    sql.bind(Bind::I64s(pid))
+        .push(", ")
+        .bind(Bind::Texts(ti))
+        .push(", ")
+        .bind(Bind::Texts(tt));
+    sql.push(", ")
+        .bind(Bind::Texts(url))
+        .push(", ")
+        .bind(Bind::I64s(rids));
+    sql.push(") AS t(pid, ti, tt, u, rid))");
+    // uris
+    let (mut pid, mut uri, mut rids) = (Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c) in p.uris {
+        pid.push(a);
+        uri.push(b);
+        rids.push(c);
+    }
+    sql.push(", u AS (INSERT INTO search_uri (pid, uri, rid) SELECT t.pid, t.uri, ");
+    rid(sql);
+    from(sql);
+    sql.bind(Bind::I64s(pid))
+        .push(", ")
+        .bind(Bind::Texts(uri))
+        .push(", ")
+        .bind(Bind::I64s(rids));
+    sql.push(") AS t(pid, uri, rid))");
+}
+
+/// The index CTEs of one resource whose row another CTE of the statement inserts
+/// (the one-statement create on PostgreSQL).
+pub(crate) fn pg_index_ctes_of(
+    sql: &mut Sql,
+    ring: &Keyring,
+    cte: &str,
+    rows: &IndexRows,
+) -> Result<(), StoreError> {
+    let p = prepare(ring, &[(0, rows)])?;
+    pg_index_ctes(sql, p, Some(cte));
     Ok(())
 }
 

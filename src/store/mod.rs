@@ -14,6 +14,7 @@ mod render;
 mod repo;
 mod schema;
 mod sql;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use repo::{
     AuditRow, Condition, HistoryRow, HistoryScope, StoredVersion, Verify, WriteKind, WriteRequest,
     WriteResult,
 };
+pub use txn::{Lookup, Txn, TxnError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +77,11 @@ impl From<diesel::result::Error> for StoreError {
             }
             Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
             | Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                StoreError::Contention
+            }
+            // Two PostgreSQL transactions that update the same rows in opposite order
+            // (transaction Bundles): the database aborts one; it runs again.
+            Error::DatabaseError(_, ref info) if info.message().contains("deadlock detected") => {
                 StoreError::Contention
             }
             other => StoreError::Database(other),
@@ -437,6 +444,30 @@ impl Store {
 
     pub fn activate_search_params(&self, ids: &[String]) -> Result<(), StoreError> {
         jobs::activate(&self.pool, ids)
+    }
+
+    /// Runs `body` in one write transaction (see [`Txn`]); a lost race runs it again
+    /// from the start, so `body` must not keep effects outside the transaction.
+    pub fn transaction<R, E: TxnError>(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Txn) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let ring = self.keyring()?;
+        txn::transaction(&self.pool, &ring, body)
+    }
+
+    /// Runs `body` on a connection outside any transaction (reads only).
+    pub fn lookup<R>(
+        &self,
+        body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let ring = self.keyring()?;
+        txn::lookup(&self.pool, &ring, body)
+    }
+
+    /// The parts of an import unit that are already stored (`fhirgate import` resumes).
+    pub fn imported_parts(&self, unit: &str) -> Result<Vec<i64>, StoreError> {
+        txn::imported_parts(&self.pool, unit)
     }
 
     /// Commits a group of AuditEvents in one transaction.

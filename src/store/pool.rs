@@ -77,7 +77,24 @@ macro_rules! write_txn {
     };
 }
 
-pub(crate) use {with_conn, write_txn};
+/// `write_txn!` for a connection from [`DbPool::get_for_write`], whose SQLite
+/// writer turn is already held.
+macro_rules! write_txn_held {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::pool::DbConn::Sqlite(ref mut pooled, _) => {
+                let conn: &mut diesel::SqliteConnection = &mut *pooled;
+                conn.immediate_transaction(|$c| $body)
+            }
+            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
+                let conn: &mut diesel::PgConnection = &mut *pooled;
+                diesel::Connection::transaction(conn, |$c| $body)
+            }
+        }
+    };
+}
+
+pub(crate) use {with_conn, write_txn, write_txn_held};
 
 #[derive(Debug)]
 struct SqlitePragmas;
@@ -90,9 +107,11 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // (mmap was tried: remapping a growing file stalled reads). Checkpoints run in the
         // background (`Store::start_maintenance`); the automatic one, inside a
         // commit, is only a safety net (measured: benches/load, POST p99).
+        // busy_timeout first: connections opened together on a new file all switch
+        // it to WAL, and without the timeout all but one fail ("database is locked").
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
+            "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -65536; \
              PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 50000;",
         )
@@ -171,6 +190,22 @@ impl DbPool {
                 .get()
                 .map(DbConn::Pg)
                 .map_err(|e| StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// A connection for a long write transaction (a transaction Bundle). On SQLite
+    /// the writer's turn is taken first and held by the guard: writers waiting for
+    /// their turn hold no pooled connection, so reads and the audit writer still get
+    /// one while a long transaction runs. Use it with `write_txn_held!`.
+    pub fn get_for_write(
+        &self,
+    ) -> Result<(Option<parking_lot::MutexGuard<'_, ()>>, DbConn), StoreError> {
+        match self {
+            DbPool::Sqlite(_, q) => {
+                let turn = q.lock();
+                Ok((Some(turn), self.get()?))
+            }
+            DbPool::Pg(_) => Ok((None, self.get()?)),
         }
     }
 

@@ -7,14 +7,15 @@ use super::index::{IndexConn, IndexRows};
 use super::pool::{with_conn, write_txn, DbConn, DbPool};
 use super::query::{self, Query};
 use super::schema::{
-    audit_log, data_keys, key_check, resource_versions as rv, resources_current as rc,
+    audit_log, data_keys, import_progress, key_check, resource_versions as rv,
+    resources_current as rc,
 };
 use super::StoreError;
 use crate::access::AccessContext;
 use crate::crypto::{Keyring, MasterKey, WrappedKey};
 
 /// How many times a write is retried when a concurrent writer got there first.
-const WRITE_RETRIES: usize = 8;
+pub(super) const WRITE_RETRIES: usize = 8;
 
 /// A version as read back: the body is the decrypted JSON bytes (empty for deletes).
 #[derive(Debug, Clone)]
@@ -267,6 +268,38 @@ fn open_version(ring: &Keyring, t: VersionTuple) -> Result<StoredVersion, StoreE
     })
 }
 
+/// The columns of a version as `VersionTuple`.
+macro_rules! version_columns {
+    () => {
+        (
+            rv::resource_type,
+            rv::resource_id,
+            rv::version_id,
+            rv::last_updated,
+            rv::deleted,
+            rv::key_id,
+            rv::body,
+        )
+    };
+}
+
+/// The current version row of a resource (at most one), sealed.
+macro_rules! current_rows {
+    ($c:ident, $resource_type:expr, $id:expr) => {
+        rc::table
+            .inner_join(
+                rv::table.on(rv::resource_type
+                    .eq(rc::resource_type)
+                    .and(rv::resource_id.eq(rc::resource_id))
+                    .and(rv::version_id.eq(rc::version_id))),
+            )
+            .filter(rc::resource_type.eq($resource_type))
+            .filter(rc::resource_id.eq($id))
+            .select(version_columns!())
+            .load::<VersionTuple>($c)
+    };
+}
+
 pub fn read(
     pool: &DbPool,
     ring: &Keyring,
@@ -287,15 +320,7 @@ pub fn read_on(
     id: &str,
     version: Option<i64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
-    let cols = (
-        rv::resource_type,
-        rv::resource_id,
-        rv::version_id,
-        rv::last_updated,
-        rv::deleted,
-        rv::key_id,
-        rv::body,
-    );
+    let cols = version_columns!();
     if resource_type == "AuditEvent" {
         if version.is_some_and(|v| v != 1) {
             return Ok(None);
@@ -333,17 +358,7 @@ pub fn read_on(
             .filter(rv::version_id.eq(v))
             .select(cols)
             .load(c))?,
-        None => with_conn!(conn, |c| rc::table
-            .inner_join(
-                rv::table.on(rv::resource_type
-                    .eq(rc::resource_type)
-                    .and(rv::resource_id.eq(rc::resource_id))
-                    .and(rv::version_id.eq(rc::version_id))),
-            )
-            .filter(rc::resource_type.eq(resource_type))
-            .filter(rc::resource_id.eq(id))
-            .select(cols)
-            .load(c))?,
+        None => with_conn!(conn, |c| current_rows!(c, resource_type, id))?,
     };
     let row = rows.into_iter().next();
     drop(conn);
@@ -354,10 +369,16 @@ pub fn read_on(
 /// creates across nodes; SQLite's `BEGIN IMMEDIATE` already serialises all writers.
 pub(crate) trait AdvisoryLock {
     fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError>;
+    /// The shared form: holders do not wait for each other, only for an exclusive one.
+    fn advisory_xact_lock_shared(&mut self, key: i64) -> Result<(), StoreError>;
 }
 
 impl AdvisoryLock for diesel::SqliteConnection {
     fn advisory_xact_lock(&mut self, _key: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn advisory_xact_lock_shared(&mut self, _key: i64) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -365,6 +386,13 @@ impl AdvisoryLock for diesel::SqliteConnection {
 impl AdvisoryLock for diesel::PgConnection {
     fn advisory_xact_lock(&mut self, key: i64) -> Result<(), StoreError> {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(key)
+            .execute(self)?;
+        Ok(())
+    }
+
+    fn advisory_xact_lock_shared(&mut self, key: i64) -> Result<(), StoreError> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind::<diesel::sql_types::BigInt, _>(key)
             .execute(self)?;
         Ok(())
@@ -562,6 +590,100 @@ macro_rules! write_body {
     }};
 }
 
+/// Many new resources with server-assigned ids (`WriteKind::Create`, no condition)
+/// in multi-row statements: one INSERT per table for all of them instead of several
+/// statements per resource (a transaction Bundle creates hundreds at once). The
+/// same rows as `write_body` would write, one resource after another.
+macro_rules! create_many_body {
+    ($c:ident, $ring:expr, $reqs:expr) => {{
+        let reqs: &[WriteRequest<'_>] = $reqs;
+        let ts = now_micros();
+        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(reqs.len());
+        let mut sealed: Vec<(i64, Vec<u8>)> = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let body = (req.prepare)(1, ts)?;
+            sealed.push($ring.seal(&body, &aad(req.resource_type, req.id, 1))?);
+            bodies.push(body);
+        }
+        let versions: Vec<_> = reqs
+            .iter()
+            .zip(&sealed)
+            .map(|(req, (key_id, box_))| {
+                (
+                    rv::resource_type.eq(req.resource_type),
+                    rv::resource_id.eq(req.id),
+                    rv::version_id.eq(1i64),
+                    rv::last_updated.eq(ts),
+                    rv::deleted.eq(false),
+                    rv::method.eq(req.method),
+                    rv::key_id.eq(*key_id),
+                    rv::body.eq(box_.as_slice()),
+                )
+            })
+            .collect();
+        // Bodies are a few kB each: chunks keep a statement to a few MB.
+        for chunk in versions.chunks(200) {
+            diesel::insert_into(rv::table).values(chunk).execute($c)?;
+        }
+        let current: Vec<_> = reqs
+            .iter()
+            .map(|req| {
+                (
+                    rc::resource_type.eq(req.resource_type),
+                    rc::resource_id.eq(req.id),
+                    rc::version_id.eq(1i64),
+                    rc::last_updated.eq(ts),
+                    rc::deleted.eq(false),
+                )
+            })
+            .collect();
+        let mut rids: std::collections::HashMap<(String, String), i64> =
+            std::collections::HashMap::with_capacity(reqs.len());
+        for chunk in current.chunks(1000) {
+            let got: Vec<(i64, String, String)> = diesel::insert_into(rc::table)
+                .values(chunk)
+                .returning((rc::rid, rc::resource_type, rc::resource_id))
+                .get_results($c)?;
+            for (rid, t, id) in got {
+                rids.insert((t, id), rid);
+            }
+        }
+        let mut results: Vec<WriteResult> = Vec::with_capacity(reqs.len());
+        for (req, body) in reqs.iter().zip(bodies) {
+            let rid = rids
+                .get(&(req.resource_type.to_string(), req.id.to_string()))
+                .copied()
+                .ok_or(StoreError::Contention)?;
+            if req.resource_type == "SearchParameter" {
+                $crate::store::jobs::register_search_param!($c, req.id, 1i64, false);
+            }
+            results.push(WriteResult {
+                rid,
+                version: 1,
+                last_updated: ts,
+                created: true,
+                unchanged: false,
+                body,
+                existing: None,
+            });
+        }
+        let index: Vec<(i64, &IndexRows)> = reqs
+            .iter()
+            .zip(&results)
+            .filter(|(req, _)| !req.index.is_empty())
+            .map(|(req, r)| (r.rid, req.index))
+            .collect();
+        $c.insert_index_many($ring, &index)?;
+        let audits = reqs
+            .iter()
+            .zip(&results)
+            .map(|(req, r)| (req.audit)(r))
+            .collect::<Result<Vec<AuditRow>, StoreError>>()?;
+        insert_audit_rows!($c, $ring, &audits);
+        Ok(results)
+    }};
+}
+
 macro_rules! insert_audit_rows {
     ($c:ident, $ring:expr, $rows:expr) => {{
         let mut values = Vec::new();
@@ -585,35 +707,41 @@ macro_rules! insert_audit_rows {
     }};
 }
 /// A connection inside a write transaction: one version written with its index
-/// rows and AuditEvent (a transaction Bundle writes several in one transaction).
+/// rows and AuditEvent (a transaction Bundle writes several in one transaction),
+/// the current version read, AuditEvents and import progress recorded.
 pub(crate) trait WriteConn: query::SearchConn + AdvisoryLock + IndexConn {
     fn write_version(
         &mut self,
         ring: &Keyring,
         req: &WriteRequest<'_>,
     ) -> Result<WriteResult, StoreError>;
-}
 
-impl WriteConn for diesel::SqliteConnection {
-    fn write_version(
+    /// The current version of a resource (deleted ones too), opened.
+    fn current_version(
         &mut self,
         ring: &Keyring,
-        req: &WriteRequest<'_>,
-    ) -> Result<WriteResult, StoreError> {
-        let c = self;
-        write_body!(c, ring, req)
-    }
-}
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError>;
 
-impl WriteConn for diesel::PgConnection {
-    fn write_version(
+    fn insert_audits(&mut self, ring: &Keyring, rows: &[AuditRow]) -> Result<(), StoreError>;
+
+    /// New resources with server-assigned ids, all at once (see `create_many_body`).
+    fn create_many(
         &mut self,
         ring: &Keyring,
-        req: &WriteRequest<'_>,
-    ) -> Result<WriteResult, StoreError> {
-        let c = self;
-        write_body!(c, ring, req)
-    }
+        reqs: &[WriteRequest<'_>],
+    ) -> Result<Vec<WriteResult>, StoreError>;
+
+    /// Which of `ids` have a current row.
+    fn existing_ids(
+        &mut self,
+        resource_type: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+
+    /// Records that part `part` of import unit `unit` is stored.
+    fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError>;
 }
 
 /// A create on PostgreSQL in one statement, committed by itself (a statement is
@@ -626,7 +754,6 @@ fn create_in_one_statement(
     ring: &Keyring,
     req: &WriteRequest<'_>,
 ) -> Result<WriteResult, StoreError> {
-    use super::index::{pg_index_ctes, RidOf};
     use super::sql::{Bind, Sql};
     let ts = now_micros();
     let body = (req.prepare)(1, ts)?;
@@ -678,7 +805,7 @@ fn create_in_one_statement(
         .push(", ");
     sql.bind(Bind::Bytes(audit_sealed));
     sql.push(")), ");
-    pg_index_ctes(&mut sql, ring, RidOf::Cte("c"), req.index)?;
+    super::index::pg_index_ctes_of(&mut sql, ring, "c", req.index)?;
     sql.push(" SELECT rid FROM c");
     #[derive(QueryableByName)]
     struct Rid {
@@ -696,6 +823,83 @@ fn create_in_one_statement(
     result.rid = rows.first().map(|r| r.rid).ok_or(StoreError::Contention)?;
     Ok(result)
 }
+
+macro_rules! write_conn_impl {
+    ($conn:ty) => {
+        impl WriteConn for $conn {
+            fn write_version(
+                &mut self,
+                ring: &Keyring,
+                req: &WriteRequest<'_>,
+            ) -> Result<WriteResult, StoreError> {
+                let c = self;
+                write_body!(c, ring, req)
+            }
+
+            fn current_version(
+                &mut self,
+                ring: &Keyring,
+                resource_type: &str,
+                id: &str,
+            ) -> Result<Option<StoredVersion>, StoreError> {
+                let c = self;
+                let row = current_rows!(c, resource_type, id)?.into_iter().next();
+                row.map(|t| open_version(ring, t)).transpose()
+            }
+
+            fn insert_audits(
+                &mut self,
+                ring: &Keyring,
+                rows: &[AuditRow],
+            ) -> Result<(), StoreError> {
+                let c = self;
+                insert_audit_rows!(c, ring, rows);
+                Ok(())
+            }
+
+            fn create_many(
+                &mut self,
+                ring: &Keyring,
+                reqs: &[WriteRequest<'_>],
+            ) -> Result<Vec<WriteResult>, StoreError> {
+                let c = self;
+                create_many_body!(c, ring, reqs)
+            }
+
+            fn existing_ids(
+                &mut self,
+                resource_type: &str,
+                ids: &[&str],
+            ) -> Result<std::collections::HashSet<String>, StoreError> {
+                let mut out = std::collections::HashSet::new();
+                for chunk in ids.chunks(500) {
+                    out.extend(
+                        rc::table
+                            .filter(rc::resource_type.eq(resource_type))
+                            .filter(rc::resource_id.eq_any(chunk))
+                            .select(rc::resource_id)
+                            .load::<String>(self)?,
+                    );
+                }
+                Ok(out)
+            }
+
+            fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError> {
+                diesel::insert_into(import_progress::table)
+                    .values((
+                        import_progress::unit.eq(unit),
+                        import_progress::part.eq(part),
+                        import_progress::done_at.eq(now_micros()),
+                    ))
+                    .execute(self)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+write_conn_impl!(diesel::SqliteConnection);
+write_conn_impl!(diesel::PgConnection);
 
 pub fn write(
     pool: &DbPool,

@@ -135,3 +135,11 @@ diesel::table! {
         generation -> BigInt,
     }
 }
+
+diesel::table! {
+    import_progress (unit, part) {
+        unit -> Text,
+        part -> BigInt,
+        done_at -> BigInt,
+    }
+}

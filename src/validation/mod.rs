@@ -17,6 +17,7 @@
 //! `Terminology`), never uses HTTP or storage types, and never copies the instance.
 
 mod bundle;
+mod gate;
 pub mod plan;
 mod services;
 mod slicing;
@@ -29,6 +30,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde_json::Value;
+
+pub use gate::WriteGate;
 
 use crate::fhir::{outcome, Issue, Model, Severity};
 use crate::terminology::{Expansion, Terminology};

@@ -141,6 +141,44 @@ impl Database {
         s
     }
 
+    /// The rows of a table, read straight from the database (not through fhirgate).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let q = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}"));
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.dir.path().join("fhirgate.db");
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite file");
+                q.get_result::<Count>(&mut c).expect("count").n
+            }
+            Backend::Postgres => {
+                let mut c = PgConnection::establish(&self.url).expect("connect");
+                q.get_result::<Count>(&mut c).expect("count").n
+            }
+        }
+    }
+
+    /// Rows of every table a resource write touches.
+    pub fn written_rows(&self) -> Vec<(&'static str, i64)> {
+        [
+            "resource_versions",
+            "resources_current",
+            "search_blind",
+            "search_date",
+            "search_number",
+            "search_reference",
+            "search_uri",
+        ]
+        .into_iter()
+        .map(|t| (t, self.count_rows(t)))
+        .collect()
+    }
+
     pub fn key_file(&self) -> PathBuf {
         let path = self.dir.path().join("master.key");
         if !path.exists() {
@@ -195,7 +233,18 @@ pub struct TestApp {
     pub store: Store,
     client: awc::Client,
     handle: actix_web::dev::ServerHandle,
-    requests: Mutex<Vec<(String, Method, String, StatusCode)>>,
+    requests: Mutex<Vec<Sent>>,
+}
+
+/// A request a test sent, for the audit check.
+#[derive(Debug, Clone)]
+struct Sent {
+    request_id: String,
+    method: Method,
+    url: String,
+    status: StatusCode,
+    /// A Bundle posted to the base: how many entries it has.
+    bundle_entries: Option<usize>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -243,7 +292,11 @@ impl TestApp {
         } else {
             format!("{}{path}", self.base)
         };
-        let request_id = uuid::Uuid::new_v4().to_string();
+        // A test may choose the request id to find its AuditEvents.
+        let request_id = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |(_, v)| v.to_string());
         let mut req = self
             .client
             .request(method.clone(), &url)
@@ -263,10 +316,26 @@ impl TestApp {
             body: bytes.to_vec(),
         };
         if url.contains("/fhir") {
-            self.requests
-                .lock()
-                .unwrap()
-                .push((request_id, method, url, reply.status));
+            let at_base = url
+                .split('?')
+                .next()
+                .is_some_and(|p| p.trim_end_matches('/').ends_with("/fhir"));
+            let bundle_entries = (method == Method::POST && at_base).then(|| {
+                match body.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
+                    Some(v) => v["entry"].as_array().map_or(0, Vec::len),
+                    // XML: one <entry> element per entry.
+                    None => {
+                        body.map_or(0, |b| String::from_utf8_lossy(b).matches("<entry>").count())
+                    }
+                }
+            });
+            self.requests.lock().unwrap().push(Sent {
+                request_id,
+                method,
+                url,
+                status: reply.status,
+                bundle_entries,
+            });
         }
         reply
     }
@@ -336,8 +405,31 @@ impl TestApp {
         let audits = self.audits_by_request().await;
         let requests = self.requests.lock().unwrap().clone();
         assert!(!requests.is_empty(), "the test sent no requests");
-        for (rid, method, url, status) in requests {
-            let events = audits.get(&rid).cloned().unwrap_or_default();
+        for Sent {
+            request_id: rid,
+            method,
+            url,
+            status,
+            bundle_entries,
+        } in requests
+        {
+            let mut events = audits.get(&rid).cloned().unwrap_or_default();
+            if let Some(n) = bundle_entries {
+                // A Bundle: one AuditEvent for the Bundle, and one per entry once
+                // the Bundle was read (always, when it was processed).
+                let is_bundle_event = |e: &Value| {
+                    matches!(
+                        e["subtype"][0]["code"].as_str(),
+                        Some("transaction" | "batch")
+                    )
+                };
+                let entry_events = events.iter().filter(|e| !is_bundle_event(e)).count();
+                assert!(
+                    entry_events == n || (entry_events == 0 && !status.is_success()),
+                    "{method} {url} ({status}) with {n} entries left {entry_events} entry AuditEvents"
+                );
+                events.retain(is_bundle_event);
+            }
             assert_eq!(
                 events.len(),
                 1,

@@ -1,0 +1,282 @@
+//! Running entries, as a transaction, a batch or one on its own: the plan, a first
+//! resolution and preparation outside the write transaction, then the resolution
+//! again, and the writes, inside it; and the audit records of what failed. See the
+//! module paragraph of `bundle`.
+
+use serde_json::Value;
+
+use super::plan::plan;
+use super::resolve::{resolve, NoLookup, Resolution};
+use super::write::{prepare, write, Prepared};
+use super::{Entry, EntryError, Env, Extra, Method, Payload, Target};
+use crate::audit::{AuditRecord, Interaction, Outcome};
+use crate::store::{StoreError, Txn, TxnError};
+
+/// What a processed entry did.
+#[derive(Debug)]
+pub enum Done {
+    /// Created (`created`) or updated: the new version; the stored resource when asked.
+    Stored {
+        resource_type: String,
+        id: String,
+        version: i64,
+        last_updated: i64,
+        created: bool,
+        body: Option<Vec<u8>>,
+    },
+    /// A conditional create that found its one match: nothing written.
+    Matched {
+        resource_type: String,
+        id: String,
+        version: i64,
+        last_updated: i64,
+        body: Option<Vec<u8>>,
+    },
+    /// Deleted; `version` is None when it was deleted already.
+    Deleted {
+        resource_type: String,
+        id: String,
+        version: Option<i64>,
+    },
+    /// A conditional delete whose criteria matched nothing: nothing to delete.
+    NoMatch { resource_type: String },
+    /// A GET or HEAD entry, for the caller to answer.
+    Read,
+}
+
+/// A transaction that did not commit: the entries at fault (by position in the
+/// entries given; None for a fault of the store) and the audit record of every
+/// entry, which the caller writes after the rollback.
+#[derive(Debug)]
+pub struct Failure {
+    pub errors: Vec<(Option<usize>, EntryError)>,
+    pub audits: Vec<AuditRecord>,
+}
+
+/// Runs entries as one transaction (R4 http.html 3.1.0.11.2): all or nothing.
+/// `extra` runs inside the transaction after the writes.
+pub fn process_transaction(
+    env: &Env,
+    entries: &[Entry],
+    extra: Option<Extra>,
+) -> Result<Vec<Done>, Failure> {
+    run(env, entries, false, extra).map_err(|errors| failure(env, entries, errors))
+}
+
+/// Runs entries as a batch: each on its own, in the processing order; the results
+/// in request order, and the audit records of the failed entries (for the caller to
+/// write: the successful ones were committed with their writes).
+pub fn process_batch(
+    env: &Env,
+    entries: &[Entry],
+) -> (Vec<Result<Done, EntryError>>, Vec<AuditRecord>) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| (entries[i].method.step(), i));
+    let mut results: Vec<Option<Result<Done, EntryError>>> =
+        (0..entries.len()).map(|_| None).collect();
+    let mut audits = Vec::new();
+    for i in order {
+        results[i] = Some(match process_entry(env, &entries[i], None) {
+            Ok(done) => Ok(done),
+            Err(failed) => {
+                let (e, audit) = *failed;
+                audits.push(audit);
+                Err(e)
+            }
+        });
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or(Ok(Done::Read)))
+        .collect();
+    (results, audits)
+}
+
+/// Runs one entry on its own (a batch entry, a conditional REST interaction, an
+/// import line); on failure, its error and its audit record (boxed: they are large
+/// next to what a success carries).
+pub fn process_entry(
+    env: &Env,
+    entry: &Entry,
+    extra: Option<Extra>,
+) -> Result<Done, Box<(EntryError, AuditRecord)>> {
+    let entries = std::slice::from_ref(entry);
+    match run(env, entries, true, extra) {
+        Ok(mut done) => Ok(done.pop().unwrap_or(Done::Read)),
+        Err(errors) => {
+            let mut f = failure(env, entries, errors);
+            let e = f
+                .errors
+                .pop()
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| EntryError::Store(StoreError::Contention));
+            let record = f.audits.pop().unwrap_or_else(|| {
+                failure_record(env.ctx, Some(entry), e.to_string(), e.is_server_error())
+            });
+            Err(Box::new((e, record)))
+        }
+    }
+}
+
+pub(super) type Errors = Vec<(Option<usize>, EntryError)>;
+
+/// Why a transaction body stopped.
+enum Abort {
+    Entries(Errors),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        Abort::Store(e)
+    }
+}
+
+impl TxnError for Abort {
+    fn is_contention(&self) -> bool {
+        match self {
+            Abort::Store(e) => e.is_contention(),
+            Abort::Entries(errors) => errors.iter().any(|(_, e)| e.is_contention()),
+        }
+    }
+}
+
+fn run(
+    env: &Env,
+    entries: &[Entry],
+    independent: bool,
+    extra: Option<Extra>,
+) -> Result<Vec<Done>, Errors> {
+    let plan = plan(env, entries, independent)?;
+    if plan.works.is_empty() {
+        return Ok(entries.iter().map(|_| Done::Read).collect());
+    }
+    // First pass, outside the write transaction: the CPU work (rewriting, index
+    // extraction) is done here, so that it does not hold SQLite's writer lock. It
+    // is kept when the resolution inside the transaction comes out the same.
+    let needs_lookup = plan.needs_lookup();
+    let pre: Option<(Resolution, Vec<Option<Prepared>>)> = {
+        let resolved = if needs_lookup {
+            env.store
+                .lookup(&mut |l| Ok(resolve(&plan, l)))
+                .unwrap_or_else(|e| Err(vec![(None, EntryError::Store(e))]))
+        } else {
+            resolve(&plan, &mut NoLookup)
+        };
+        match resolved.and_then(|r| prepare(env, &plan, &r).map(|p| (r, p))) {
+            Ok(ready) => Some(ready),
+            // Without criteria nothing can change inside the transaction.
+            Err(errors) if !needs_lookup => return Err(errors),
+            Err(_) => None,
+        }
+    };
+    let outcome = env
+        .store
+        .transaction(&mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
+            for &(key, exclusive) in &plan.lock_keys {
+                if exclusive {
+                    txn.lock(key)?;
+                } else {
+                    txn.lock_shared(key)?;
+                }
+            }
+            let resolution = resolve(&plan, txn.as_lookup()).map_err(Abort::Entries)?;
+            let fresh;
+            let prepared = match &pre {
+                Some((r, p)) if *r == resolution => p,
+                _ => {
+                    fresh = prepare(env, &plan, &resolution).map_err(Abort::Entries)?;
+                    &fresh
+                }
+            };
+            let done = write(env, &plan, &resolution, prepared, txn)
+                .map_err(|(pos, e)| Abort::Entries(vec![(Some(pos), e)]))?;
+            if let Some(extra) = extra {
+                extra(txn)?;
+            }
+            Ok(done)
+        });
+    match outcome {
+        Ok(done) => Ok(done),
+        Err(Abort::Entries(errors)) => Err(errors),
+        Err(Abort::Store(e)) => Err(vec![(None, EntryError::Store(e))]),
+    }
+}
+
+fn interaction_of(entry: &Entry) -> Interaction {
+    match (entry.method, &entry.target) {
+        (Method::Post, _) => Interaction::Create,
+        (Method::Put, _) => Interaction::Update,
+        (Method::Patch, _) => Interaction::Patch,
+        (Method::Delete, _) => Interaction::Delete,
+        (_, Target::Instance { .. }) => Interaction::Read,
+        (_, Target::Version { .. }) => Interaction::Vread,
+        (_, Target::System { .. }) => Interaction::SearchSystem,
+        (_, Target::Other(_)) => Interaction::Operation("entry".into()),
+        _ => Interaction::SearchType,
+    }
+}
+
+/// The audit record of an entry that failed or never ran.
+pub fn failure_record(
+    ctx: &crate::access::AccessContext,
+    entry: Option<&Entry>,
+    description: String,
+    server_fault: bool,
+) -> AuditRecord {
+    let mut r = AuditRecord::new(
+        entry.map_or(Interaction::Operation("entry".into()), interaction_of),
+        ctx,
+    );
+    if let Some(e) = entry {
+        r.resource_type = e.target.resource_type().map(str::to_string);
+        if let Target::Instance { id, .. } | Target::Version { id, .. } = &e.target {
+            r.id = Some(id.to_string());
+        }
+        if r.interaction.action() == "E" {
+            r.query = Some(e.url.clone());
+        }
+    }
+    r.outcome = if server_fault {
+        Outcome::ServerError(description)
+    } else {
+        Outcome::ClientError(description)
+    };
+    r
+}
+
+/// The failure of a transaction: its errors, and an audit record for every entry
+/// (the entry at fault with its error, the others as not processed).
+fn failure(env: &Env, entries: &[Entry], errors: Errors) -> Failure {
+    let first = errors.first().and_then(|(p, _)| *p);
+    let audits = entries
+        .iter()
+        .enumerate()
+        .map(|(pos, entry)| {
+            let own = errors.iter().find(|(p, _)| *p == Some(pos)).map(|(_, e)| e);
+            let mut rec = match own {
+                Some(e) => failure_record(env.ctx, Some(entry), e.to_string(), e.is_server_error()),
+                None => failure_record(
+                    env.ctx,
+                    Some(entry),
+                    match first {
+                        Some(f) => format!("not processed: the transaction failed at entry {f}"),
+                        None => "not processed: the transaction failed".to_string(),
+                    },
+                    errors.iter().any(|(_, e)| e.is_server_error()),
+                ),
+            };
+            if let Payload::Resource(r) = &entry.payload {
+                if let Some(rt) = r.get("resourceType").and_then(Value::as_str) {
+                    rec.patients = env.compartment.patients_of(
+                        rt,
+                        r.get("id").and_then(Value::as_str),
+                        Some(r),
+                    );
+                }
+            }
+            rec
+        })
+        .collect();
+    Failure { errors, audits }
+}
