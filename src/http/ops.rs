@@ -10,7 +10,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use tracing::Instrument;
 
@@ -22,6 +22,24 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    /// FHIR requests being served now (what a graceful shutdown waits for).
+    in_flight: IntGauge,
+}
+
+/// Counts a FHIR request in flight until it is dropped (also when the handler fails).
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn start(g: &IntGauge) -> InFlight {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -46,12 +64,19 @@ impl Metrics {
             &["method", "route"],
         )
         .expect("static metric definition");
+        let in_flight = IntGauge::new(
+            "fhirgate_http_requests_in_flight",
+            "FHIR requests being served",
+        )
+        .expect("static metric definition");
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(duration.clone()));
+        let _ = registry.register(Box::new(in_flight.clone()));
         Metrics {
             registry,
             requests,
             duration,
+            in_flight,
         }
     }
 
@@ -127,6 +152,10 @@ pub async fn observe(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
     let span = tracing::info_span!("request", request_id = %id, http.method = %method, http.route = %route);
+    let _in_flight = match &metrics {
+        Some(m) if req.path().starts_with("/fhir") => Some(InFlight::start(&m.in_flight)),
+        _ => None,
+    };
     let start = Instant::now();
     let mut res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
