@@ -73,6 +73,8 @@ pub enum SlicingRules {
 pub struct Slicing {
     pub discriminators: Vec<Discriminator>,
     pub rules: SlicingRules,
+    /// `ordered`: the values appear in the order of the slices' definitions.
+    pub ordered: bool,
 }
 
 /// What a slice expects at one discriminator of its slicing, read from the slice's element
@@ -114,6 +116,9 @@ pub struct ElementRule {
     pub binding: Option<Binding>,
     pub constraints: Vec<Constraint>,
     pub max_length: Option<usize>,
+    /// `minValue[x]` and `maxValue[x]` (integers, decimals, dates and times, Quantity).
+    pub min_value: Option<Value>,
+    pub max_value: Option<Value>,
     pub slice_name: Option<String>,
     pub slicing: Option<Slicing>,
     /// The slices of this element (their rules sit beside it in the snapshot).
@@ -403,6 +408,8 @@ fn element_rule(url: &str, id: &str, path: &str, e: &Value) -> Result<ElementRul
             .get("maxLength")
             .and_then(Value::as_u64)
             .map(|n| n as usize),
+        min_value: choice_value(e, "minValue"),
+        max_value: choice_value(e, "maxValue"),
         slice_name: e
             .get("sliceName")
             .and_then(Value::as_str)
@@ -437,6 +444,17 @@ fn fixed_and_pattern(e: &Value) -> (Option<Value>, Option<Value>) {
         }
     }
     (fixed, pattern)
+}
+
+/// The value of a choice element of an element definition (`minValueDate`, ...).
+fn choice_value(e: &Value, name: &str) -> Option<Value> {
+    e.as_object()?
+        .iter()
+        .find(|(k, _)| {
+            k.strip_prefix(name)
+                .is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))
+        })
+        .map(|(_, v)| v.clone())
 }
 
 fn slicing(s: &Value) -> Result<Slicing, String> {
@@ -482,6 +500,7 @@ fn slicing(s: &Value) -> Result<Slicing, String> {
     Ok(Slicing {
         discriminators,
         rules,
+        ordered: s.get("ordered").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 

@@ -332,6 +332,7 @@ impl Walk<'_> {
     ) {
         let el = &plan.elements[k];
         let mut counts = vec![0usize; el.slices.len()];
+        let mut order = SliceOrder::of(el);
         for f in found {
             let at = loc.value(f.key, f.index);
             let url = f
@@ -347,9 +348,13 @@ impl Walk<'_> {
             match slot {
                 Some(n) => {
                     counts[n] += 1;
+                    for finding in order.matched(plan, el, n) {
+                        self.issue(plan, Severity::Error, "structure", finding, &at);
+                    }
                     self.element(plan, el.slices[n], f.item, &at, ctx);
                 }
                 None => {
+                    order.unmatched();
                     if el
                         .slicing
                         .as_ref()
@@ -434,13 +439,16 @@ impl Walk<'_> {
     }
 
     /// Values of a sliced element: each is checked against the element and against the
-    /// first slice it matches; closed slicing refuses the rest; slice cardinalities.
+    /// first slice it matches; closed slicing refuses the rest, `openAtEnd` refuses them
+    /// before a sliced value, `ordered` refuses slices out of their defined order; slice
+    /// cardinalities.
     pub(super) fn sliced(&mut self, plan: &Plan, k: usize, found: &[Found], loc: &Loc, ctx: Ctx) {
         let el = &plan.elements[k];
         let closed = el
             .slicing
             .as_ref()
             .is_some_and(|s| s.rules == SlicingRules::Closed);
+        let mut order = SliceOrder::of(el);
         let mut counts = vec![0usize; el.slices.len()];
         let mut undecided = false;
         for f in found {
@@ -461,6 +469,9 @@ impl Walk<'_> {
             match slot {
                 Some(n) => {
                     counts[n] += 1;
+                    for finding in order.matched(plan, el, n) {
+                        self.issue(plan, Severity::Error, "structure", finding, &at);
+                    }
                     self.element(plan, el.slices[n], f.item, &at, ctx);
                 }
                 None if unsure => {
@@ -491,7 +502,7 @@ impl Walk<'_> {
                         &at,
                     );
                 }
-                None => {}
+                None => order.unmatched(),
             }
         }
         self.slice_counts(plan, el, &counts, loc, !undecided);
@@ -535,6 +546,62 @@ impl Walk<'_> {
                 }
             }
         }
+    }
+}
+
+/// `ordered` and `openAtEnd` of one slicing, followed value by value in instance order.
+struct SliceOrder {
+    ordered: bool,
+    at_end: bool,
+    /// The latest slice (in definition order) a value matched so far.
+    last: Option<usize>,
+    unmatched_seen: bool,
+}
+
+impl SliceOrder {
+    fn of(el: &ElementRule) -> SliceOrder {
+        SliceOrder {
+            ordered: el.slicing.as_ref().is_some_and(|s| s.ordered),
+            at_end: el
+                .slicing
+                .as_ref()
+                .is_some_and(|s| s.rules == SlicingRules::OpenAtEnd),
+            last: None,
+            unmatched_seen: false,
+        }
+    }
+
+    /// A value that matches no slice.
+    fn unmatched(&mut self) {
+        self.unmatched_seen = true;
+    }
+
+    /// A value that matches slice `n` of `el`: what its place breaks.
+    fn matched(&mut self, plan: &Plan, el: &ElementRule, n: usize) -> Vec<String> {
+        let name = |i: usize| {
+            plan.elements[el.slices[i]]
+                .slice_name
+                .as_deref()
+                .unwrap_or("?")
+        };
+        let mut findings = Vec::new();
+        if self.at_end && self.unmatched_seen {
+            findings.push(format!(
+                "the slicing of {} is openAtEnd: values that match no slice must come after those of slice {}",
+                el.id,
+                name(n)
+            ));
+        }
+        if let Some(before) = self.last.filter(|&b| self.ordered && b > n) {
+            findings.push(format!(
+                "the slices of {} are ordered: slice {} must come before slice {}",
+                el.id,
+                name(n),
+                name(before)
+            ));
+        }
+        self.last = Some(self.last.map_or(n, |b| b.max(n)));
+        findings
     }
 }
 

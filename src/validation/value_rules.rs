@@ -1,5 +1,5 @@
 //! The rules on one value of the instance, whatever its place: fixed and pattern values,
-//! maxLength, bindings (membership through [`crate::terminology`]; a code of a code system
+//! maxLength, minValue/maxValue, bindings (membership through [`crate::terminology`]; a code of a code system
 //! the packages hold completely must exist), base64 content and reference target types.
 
 use serde_json::Value;
@@ -13,7 +13,7 @@ use crate::fhir::Severity;
 use crate::terminology::Membership;
 
 impl Walk<'_> {
-    /// Fixed, pattern, maxLength, binding, base64, reference and code rules of one value.
+    /// Fixed, pattern, maxLength, minValue/maxValue, binding, base64, reference and code rules of one value.
     pub(super) fn value_rules(
         &mut self,
         plan: &Plan,
@@ -63,6 +63,25 @@ impl Walk<'_> {
                         "the value is longer than the maximum length {max} of {}",
                         el.id
                     ),
+                    loc,
+                );
+            }
+        }
+        for (bound, beyond, word) in [
+            (&el.min_value, std::cmp::Ordering::Less, "below the minimum"),
+            (
+                &el.max_value,
+                std::cmp::Ordering::Greater,
+                "above the maximum",
+            ),
+        ] {
+            let Some(bound) = bound else { continue };
+            if values::compare_to_bound(value, bound) == Some(beyond) {
+                self.issue(
+                    plan,
+                    Severity::Error,
+                    "value",
+                    format!("the value is {word} {} of {}", short(bound), el.id),
                     loc,
                 );
             }

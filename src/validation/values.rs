@@ -1,6 +1,7 @@
 //! Value rules that need no plan: fixed and pattern matching (R4 ElementDefinition
 //! `fixed[x]`: exact; `pattern[x]`: the instance carries at least what the pattern has),
-//! the base64 rule the reference validator applies, and the target type of a reference.
+//! `minValue[x]`/`maxValue[x]` comparisons, the base64 rule the reference validator
+//! applies, and the target type of a reference.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -40,6 +41,53 @@ fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
             (Ok(x), Ok(y)) => x == y,
             _ => false,
         }
+}
+
+/// How an instance value compares with a `minValue[x]`/`maxValue[x]` bound; None when the
+/// two cannot be compared (other types, Quantities in other units, a date whose precision
+/// leaves the answer open: `2019` against `2019-06-01`), which is never reported.
+pub fn compare_to_bound(value: &Value, bound: &Value) -> Option<std::cmp::Ordering> {
+    match (value, bound) {
+        (Value::Number(a), Value::Number(b)) => {
+            let a = a.to_string().parse::<rust_decimal::Decimal>().ok()?;
+            let b = b.to_string().parse::<rust_decimal::Decimal>().ok()?;
+            Some(a.cmp(&b))
+        }
+        (Value::String(a), Value::String(b)) => compare_temporal(a, b),
+        (Value::Object(a), Value::Object(b)) => {
+            let same = |k: &str| b.get(k).is_none() || a.get(k) == b.get(k);
+            if !(same("system") && same("code")) || (b.get("code").is_none() && !same("unit")) {
+                return None;
+            }
+            compare_to_bound(a.get("value")?, b.get("value")?)
+        }
+        _ => None,
+    }
+}
+
+/// Dates, dateTimes, instants and times. Without time zones the text orders itself on the
+/// shared precision; with zones on both sides the instants are compared.
+fn compare_temporal(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let zoned = |s: &str| {
+        s.split_once('T')
+            .is_some_and(|(_, t)| t.ends_with('Z') || t.contains(['+', '-']))
+    };
+    match (zoned(a), zoned(b)) {
+        (true, true) => {
+            let a = chrono::DateTime::parse_from_rfc3339(a).ok()?;
+            let b = chrono::DateTime::parse_from_rfc3339(b).ok()?;
+            Some(a.cmp(&b))
+        }
+        (false, false) => {
+            let n = a.len().min(b.len());
+            let (x, y) = (a.get(..n)?, b.get(..n)?);
+            match x.cmp(y) {
+                std::cmp::Ordering::Equal if a.len() != b.len() => None,
+                o => Some(o),
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The reference validator refuses white space in base64Binary although the R4 regex of
@@ -88,6 +136,32 @@ mod tests {
         assert!(!fixed_matches(&p, &a));
         assert!(!pattern_matches(&p, &json!({"coding": [{"system": "s"}]})));
         assert!(fixed_matches(&json!("x"), &json!("x")));
+    }
+
+    #[test]
+    fn bounds_compare_only_what_is_comparable() {
+        use std::cmp::Ordering::*;
+        let c = |a: Value, b: Value| compare_to_bound(&a, &b);
+        assert_eq!(c(json!(3), json!(2.50)), Some(Greater));
+        assert_eq!(c(json!(2.5), json!(2.50)), Some(Equal));
+        assert_eq!(c(json!("1850-05"), json!("1900-01-01")), Some(Less));
+        assert_eq!(c(json!("1900"), json!("1900-01-01")), None);
+        assert_eq!(
+            c(
+                json!("2020-01-01T10:00:00+02:00"),
+                json!("2020-01-01T09:00:00Z")
+            ),
+            Some(Less)
+        );
+        assert_eq!(
+            c(json!("2020-01-01T10:00:00"), json!("2020-01-01T09:00:00Z")),
+            None
+        );
+        assert_eq!(c(json!("10:30"), json!("09:00:00")), Some(Greater));
+        let q = |v: Value, code: &str| json!({"value": v, "system": "http://unitsofmeasure.org", "code": code});
+        assert_eq!(c(q(json!(120), "kg"), q(json!(100), "kg")), Some(Greater));
+        assert_eq!(c(q(json!(120), "g"), q(json!(100), "kg")), None);
+        assert_eq!(c(json!(true), json!(1)), None);
     }
 
     #[test]
