@@ -68,6 +68,28 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
     bad_put["id"] = json!("p1");
     let r = app.put_json("/Patient/p1", &bad_put).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // a transaction with one such entry: 422, the entry named, nothing of it stored
+    let bundle = |kind: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": conforming_patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": bad.clone(), "request": {"method": "POST", "url": "Patient"}}]})
+    };
+    let r = app.post_json("", &bundle("transaction")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let oo = r.json();
+    assert!(
+        has_issue(&oo, |i| i["severity"] == "error"
+            && i["expression"][0] == "Bundle.entry[1].resource"
+            && i["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("Patient.gender"))),
+        "{oo}"
+    );
     let history = app.get("/Patient/_history").await;
     assert_eq!(history.status, StatusCode::OK);
     assert!(
@@ -82,6 +104,18 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
         "{}",
         String::from_utf8_lossy(&ok.body)
     );
+    // in a batch only that entry fails, with 422
+    let r = app.post_json("", &bundle("batch")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let b = r.json();
+    let status = |i: usize| {
+        b["entry"][i]["response"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(status(0).starts_with("201"), "{b}");
+    assert!(status(1).starts_with("422"), "{b}");
     app.assert_every_request_audited().await;
     app.stop().await;
 }

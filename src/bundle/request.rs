@@ -181,7 +181,15 @@ fn read_entry(
         (_, Some(resource)) => {
             let issues = super::validate_entry(checks, &resource, &location);
             if fhir::outcome::has_errors(&issues) {
-                return Err(EntryError::Invalid(issues));
+                // Malformed for the strict reader: 400; well-formed but refused by the
+                // write gate (profiles, SearchParameter rules): 422, as a plain create.
+                let malformed =
+                    fhir::outcome::has_errors(&fhir::json::check_resource(model, &resource));
+                return Err(if malformed {
+                    EntryError::Invalid(issues)
+                } else {
+                    EntryError::Unprocessable(issues)
+                });
             }
             Payload::Resource(resource)
         }
