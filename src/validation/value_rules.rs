@@ -1,6 +1,7 @@
 //! The rules on one value of the instance, whatever its place: fixed and pattern values,
-//! maxLength, minValue/maxValue, bindings (membership through [`crate::terminology`]; a code of a code system
-//! the packages hold completely must exist), base64 content and reference target types.
+//! maxLength, minValue/maxValue, bindings (membership through [`crate::terminology`]; a
+//! code of a code system the packages hold completely must exist), base64 content and
+//! reference target types.
 
 use serde_json::Value;
 
@@ -13,7 +14,8 @@ use crate::fhir::Severity;
 use crate::terminology::Membership;
 
 impl Walk<'_> {
-    /// Fixed, pattern, maxLength, minValue/maxValue, binding, base64, reference and code rules of one value.
+    /// Fixed, pattern, maxLength, minValue/maxValue, binding, base64, reference and code
+    /// rules of one value.
     pub(super) fn value_rules(
         &mut self,
         plan: &Plan,
