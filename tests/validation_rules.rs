@@ -609,6 +609,28 @@ fn cases() -> Vec<Case> {
             "slice phone must come before slice email",
         ),
         (
+            "extension outside its context",
+            patient(json!({"address": [{"city": "Springfield", "extension": [
+                {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
+                 "valueCode": "F"}]}]})),
+            vec![],
+            "Patient.address[0].extension[0]",
+            Severity::Error,
+            "structure",
+            "is not allowed here: its definition allows it on Patient",
+        ),
+        (
+            "core extension outside its context (a warning: R4 does it itself)",
+            patient(json!({"address": [{"city": "Springfield", "extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                 "valueAddress": {"city": "Shelbyville"}}]}]})),
+            vec![],
+            "Patient.address[0].extension[0]",
+            Severity::Warning,
+            "structure",
+            "is not allowed here: its definition allows it on Patient",
+        ),
+        (
             "unknown claimed profile",
             patient(json!({"meta": {"profile": ["http://partner.test/StructureDefinition/nope"]}})),
             vec![],
@@ -649,6 +671,12 @@ fn resources_that_meet_the_test_profiles_have_no_errors() {
     let good_patient = patient(
         json!({"active": true, "gender": "female", "deceasedDateTime": "2020-01-01",
         "birthDate": "1900", "multipleBirthInteger": 9,
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                       "valueAddress": {"city": "Shelbyville"}},
+                      {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
+                       "valueCode": "F"}],
+        "address": [{"line": ["1 Main St"], "_line": [{"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-ADXP-streetName", "valueString": "Main"}]}]}],
         "telecom": [{"system": "phone", "value": "1"}, {"system": "phone", "value": "2"},
                     {"system": "email", "value": "a@b.test"}, {"system": "fax", "value": "3"}],
         "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}}),
@@ -791,5 +819,35 @@ fn terminology_tells_not_a_member_from_cannot_tell() {
             "AMB"
         ),
         Ok(fhirgate::terminology::Subsumption::Subsumes)
+    );
+}
+
+/// US Core slices `Condition.category` by a required binding (no fixed value): a
+/// CodeableConcept whose coding is in the value set fills the slice, another does not.
+#[test]
+fn slices_by_binding_match_codeable_concepts() {
+    let v = validator();
+    let profile =
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition-problems-health-concerns";
+    let condition = |code: &str| {
+        json!({"resourceType": "Condition", "meta": {"profile": [profile]},
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": code}]}],
+            "code": {"text": "hypertension"}, "subject": {"reference": "Patient/1"}})
+    };
+    let good = v.validate(&condition("problem-list-item"), &[]);
+    assert!(
+        !good.iter().any(|i| i.severity == Severity::Error),
+        "{}",
+        show(&good)
+    );
+    let bad = v.validate(&condition("encounter-diagnosis"), &[]);
+    assert!(
+        bad.iter().any(|i| i.severity == Severity::Error
+            && i.diagnostics
+                .contains("slice us-core of Condition.category")),
+        "{}",
+        show(&bad)
     );
 }

@@ -152,6 +152,8 @@ pub struct Plan {
     /// `StructureDefinition.type`: the resource or data type constrained.
     pub type_name: String,
     pub elements: Vec<ElementRule>,
+    /// `StructureDefinition.context` of an extension definition: (type, expression).
+    pub contexts: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -282,11 +284,24 @@ pub fn compile(sd: &Value) -> Result<Plan, PlanError> {
             rules[index].path_type = rules[t].path.clone();
         }
     }
+    let contexts = sd
+        .get("context")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c.get("type")?.as_str()?.to_string(),
+                c.get("expression")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
     Ok(Plan {
         url,
         version,
         type_name,
         elements: rules,
+        contexts,
     })
 }
 

@@ -289,10 +289,17 @@ pub fn matches(
             SliceKey::Pattern(p) => actual.iter().any(|(a, _)| values::pattern_matches(p, a)),
             SliceKey::Url(u) => actual.iter().any(|(a, _)| a.as_str() == Some(u.as_str())),
             SliceKey::Binding(vs) => actual.iter().any(|(a, _)| {
-                let code = a.as_str().or_else(|| a.get("code").and_then(Value::as_str));
-                let system = a.get("system").and_then(Value::as_str);
-                code.is_some_and(|c| {
-                    w.v.terminology.contains(vs, system, c) == Ok(Membership::Member)
+                // a code, a Coding, or a CodeableConcept (any of its codings)
+                let codings: Vec<&Value> = match a.get("coding").and_then(Value::as_array) {
+                    Some(cs) => cs.iter().collect(),
+                    None => vec![a],
+                };
+                codings.into_iter().any(|c| {
+                    let code = c.as_str().or_else(|| c.get("code").and_then(Value::as_str));
+                    let system = c.get("system").and_then(Value::as_str);
+                    code.is_some_and(|code| {
+                        w.v.terminology.contains(vs, system, code) == Ok(Membership::Member)
+                    })
                 })
             }),
             SliceKey::Types(ts) => actual.iter().any(|(a, ty)| {
@@ -329,6 +336,7 @@ impl Walk<'_> {
         found: &[Found],
         loc: &Loc,
         ctx: Ctx,
+        parent_type: &str,
     ) {
         let el = &plan.elements[k];
         let mut counts = vec![0usize; el.slices.len()];
@@ -372,13 +380,17 @@ impl Walk<'_> {
                             &at,
                         );
                     }
-                    self.unsliced_extension(plan, el, f.item, url, &at, ctx);
+                    self.unsliced_extension(plan, el, f.item, url, &at, ctx, (loc, parent_type));
                 }
             }
         }
         self.slice_counts(plan, el, &counts, loc, true);
     }
 
+    /// An extension no slice of the profile names: validated against the definition its
+    /// URL names, which must allow it where it is (`parent`: the extended element's place
+    /// and type).
+    #[allow(clippy::too_many_arguments)]
     fn unsliced_extension(
         &mut self,
         plan: &Plan,
@@ -387,6 +399,7 @@ impl Walk<'_> {
         url: Option<&str>,
         loc: &Loc,
         ctx: Ctx,
+        parent: (&Loc, &str),
     ) {
         let Some(url) = url else {
             if let Some(tp) = self.v.type_plan("Extension") {
@@ -405,6 +418,33 @@ impl Walk<'_> {
         }
         match self.v.plan(url) {
             Ok(ext) if ext.type_name == "Extension" => {
+                if !self.context_allows(&ext.contexts, parent.0, parent.1) {
+                    let allowed: Vec<&str> = ext.contexts.iter().map(|(_, e)| e.as_str()).collect();
+                    // The R4 core package uses several of its own extensions outside their
+                    // declared contexts (structuredefinition-fhir-type, regex and
+                    // normative-version on ElementDefinition) and the reference validator
+                    // counts those examples valid: a warning for core extensions, an error
+                    // for every other definition.
+                    let core = url.starts_with("http://hl7.org/fhir/StructureDefinition/");
+                    let severity = if core {
+                        Severity::Warning
+                    } else {
+                        Severity::Error
+                    };
+                    self.issue(
+                        plan,
+                        severity,
+                        "structure",
+                        format!(
+                            "the extension {} is not allowed here: its definition allows it on {}, and this is {} ({})",
+                            truncate(url, 200),
+                            allowed.join(", "),
+                            logical_path(parent.0).join("."),
+                            parent.1
+                        ),
+                        loc,
+                    );
+                }
                 if self.depth < MAX_DEPTH {
                     self.depth += 1;
                     self.element(&ext, 0, item, loc, ctx);
@@ -546,6 +586,64 @@ impl Walk<'_> {
                 }
             }
         }
+    }
+}
+
+impl Walk<'_> {
+    /// Whether an extension with these `context`s may extend the element at `at` of type
+    /// `ty`. Only `element` contexts are judged (a definition with a `fhirpath` or
+    /// `extension` context is allowed anywhere). A type context matches the element's type
+    /// or a type it derives from (`Element` everything, `Resource` every resource); a path
+    /// context (`Address.line`, `Patient.contact`) matches when the element's path ends
+    /// with the segments after its first (choice `[x]` segments match their typed names),
+    /// so datatype paths match wherever the datatype is used. Lenient where the
+    /// instance does not say more: what is refused is certainly outside every context.
+    fn context_allows(&self, contexts: &[(String, String)], at: &Loc, ty: &str) -> bool {
+        if contexts.is_empty() || contexts.iter().any(|(kind, _)| kind != "element") {
+            return true;
+        }
+        let path = logical_path(at);
+        let model = self.v.model.path_model();
+        contexts.iter().any(|(_, e)| match e.split_once('.') {
+            None => {
+                e == ty
+                    || e == "Element"
+                    || (e == "BackboneElement" && ty.contains('.'))
+                    || fhirpath::is_a(model, ty, e)
+            }
+            Some(_) if e == ty => true,
+            Some((_, rest)) => {
+                let want: Vec<&str> = rest.split('.').collect();
+                path.len() > want.len()
+                    && path[path.len() - want.len()..]
+                        .iter()
+                        .zip(&want)
+                        .all(|(have, want)| segment_matches(have, want))
+            }
+        })
+    }
+}
+
+/// The element names of an instance location without indexes; `_name` (a primitive's
+/// extensions) is `name`.
+fn logical_path(at: &Loc) -> Vec<String> {
+    at.render()
+        .split('.')
+        .map(|s| {
+            let name = s.split('[').next().unwrap_or(s);
+            name.strip_prefix('_').unwrap_or(name).to_string()
+        })
+        .collect()
+}
+
+/// An instance element name against a definition path segment (`value[x]` matches
+/// `valueQuantity`).
+fn segment_matches(have: &str, want: &str) -> bool {
+    match want.strip_suffix("[x]") {
+        Some(stem) => have
+            .strip_prefix(stem)
+            .is_some_and(|t| t.is_empty() || t.starts_with(|c: char| c.is_ascii_uppercase())),
+        None => have == want,
     }
 }
 

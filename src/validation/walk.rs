@@ -354,7 +354,7 @@ impl<'v> Walk<'v> {
                 continue;
             }
             if el.is_extension() {
-                self.extensions(plan, k, &found, loc, ctx);
+                self.extensions(plan, k, &found, loc, ctx, item.ty);
             } else if el.slicing.is_some() && !el.slices.is_empty() {
                 self.sliced(plan, k, &found, loc, ctx);
             } else {
