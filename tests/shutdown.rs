@@ -41,7 +41,13 @@ fn sigterm_lets_in_flight_requests_finish() {
     let db = Database::new(Backend::Sqlite);
     let key = db.key_file();
     let log = db.dir.path().join("server.log");
-    let mut server = support::process::start(&db.url, &key, &log, &[]);
+    // The clients wait up to 300 s; so does the server's shutdown, on a loaded machine.
+    let mut server = support::process::start(
+        &db.url,
+        &key,
+        &log,
+        &[("FHIRGATE_SERVER__SHUTDOWN_TIMEOUT_SECS", "300")],
+    );
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let url = server.base.clone();

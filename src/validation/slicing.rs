@@ -609,13 +609,18 @@ impl Walk<'_> {
                 e == ty
                     || e == "Element"
                     || (e == "BackboneElement" && ty.contains('.'))
+                    // a type this model does not define (abstract, of a later release):
+                    // cannot tell, so not refused
+                    || !fhirpath::ModelInfo::is_type(model, e)
                     || fhirpath::is_a(model, ty, e)
             }
             Some(_) if e == ty => true,
             Some((_, rest)) => {
                 let want: Vec<&str> = rest.split('.').collect();
-                path.len() > want.len()
-                    && path[path.len() - want.len()..]
+                // a location that starts at a datatype (a value checked on its own, as
+                // slice matching does) is too short to tell: not refused
+                path.len() <= want.len()
+                    || path[path.len() - want.len()..]
                         .iter()
                         .zip(&want)
                         .all(|(have, want)| segment_matches(have, want))

@@ -54,6 +54,8 @@ pub fn compare_to_bound(value: &Value, bound: &Value) -> Option<std::cmp::Orderi
             Some(a.cmp(&b))
         }
         (Value::String(a), Value::String(b)) => compare_temporal(a, b),
+        // `>5 mg` is not a value below 10 mg: a comparator leaves the answer open
+        (Value::Object(a), _) if a.contains_key("comparator") => None,
         (Value::Object(a), Value::Object(b)) => {
             let same = |k: &str| b.get(k).is_none() || a.get(k) == b.get(k);
             if !(same("system") && same("code")) || (b.get("code").is_none() && !same("unit")) {
@@ -68,6 +70,24 @@ pub fn compare_to_bound(value: &Value, bound: &Value) -> Option<std::cmp::Orderi
 /// Dates, dateTimes, instants and times. Without time zones the text orders itself on the
 /// shared precision; with zones on both sides the instants are compared.
 fn compare_temporal(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    // Both dates (and dateTimes, instants) or both times; other strings are not compared.
+    let kind = |s: &str| {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| {
+            b.get(r.clone())
+                .is_some_and(|x| x.len() == r.len() && x.iter().all(u8::is_ascii_digit))
+        };
+        if digits(0..4) && (b.len() == 4 || b.get(4) == Some(&b'-')) {
+            Some('d')
+        } else if digits(0..2) && b.get(2) == Some(&b':') {
+            Some('t')
+        } else {
+            None
+        }
+    };
+    if kind(a).is_none() || kind(a) != kind(b) {
+        return None;
+    }
     let zoned = |s: &str| {
         s.split_once('T')
             .is_some_and(|(_, t)| t.ends_with('Z') || t.contains(['+', '-']))
@@ -162,6 +182,11 @@ mod tests {
         assert_eq!(c(q(json!(120), "kg"), q(json!(100), "kg")), Some(Greater));
         assert_eq!(c(q(json!(120), "g"), q(json!(100), "kg")), None);
         assert_eq!(c(json!(true), json!(1)), None);
+        assert_eq!(c(json!("1"), json!("2000-01-01")), None);
+        assert_eq!(c(json!("10:30"), json!("2000-01-01")), None);
+        let mut over = q(json!(5), "kg");
+        over["comparator"] = json!(">");
+        assert_eq!(c(over, q(json!(10), "kg")), None);
     }
 
     #[test]
