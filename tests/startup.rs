@@ -69,7 +69,9 @@ fn settled_hash(path: &std::path::Path) -> Vec<u8> {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let mut c = diesel::SqliteConnection::establish(&path.display().to_string()).unwrap();
-    c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    // A refused start's pool or checkpoint thread may still hold the file for a moment.
+    c.batch_execute("PRAGMA busy_timeout = 30000; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     drop(c);
     sha(&std::fs::read(path).unwrap())
 }
