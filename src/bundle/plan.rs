@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::process::Errors;
 use super::references::{self, Site};
 use super::{Entry, EntryError, Env, Method, Origin, Payload, Target};
+use crate::access::Action;
 use crate::fhir::{self, Id, Issue};
 use crate::search::SearchError;
 use crate::store::Condition;
@@ -219,10 +220,8 @@ fn plan_work<'e>(env: &Env, pos: usize, entry: &'e Entry) -> Result<Work<'e>, En
             "AuditEvents are written by the server only".into(),
         ));
     }
-    if !env.ctx.may_write_type(&resource_type) {
-        return Err(EntryError::Forbidden(format!(
-            "writing {resource_type} is not permitted"
-        )));
+    if let Err(denied) = env.ctx.decide(&resource_type, entry_action(entry)) {
+        return Err(EntryError::Forbidden(denied.0));
     }
     let mut body_id = None;
     if let Payload::Resource(resource) = &entry.payload {
@@ -288,4 +287,14 @@ fn plan_work<'e>(env: &Env, pos: usize, entry: &'e Entry) -> Result<Work<'e>, En
             body_id
         },
     })
+}
+
+/// The kind of access a write entry needs (SMART v2 letters).
+fn entry_action(entry: &Entry) -> Action {
+    match entry.method {
+        Method::Post => Action::Create,
+        Method::Delete => Action::Delete,
+        Method::Put | Method::Patch => Action::Update,
+        Method::Get | Method::Head => Action::Read,
+    }
 }

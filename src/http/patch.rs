@@ -16,6 +16,7 @@ use super::exchange::{read_body, Exchange, Reply};
 use super::negotiate;
 use super::resources::{if_match, writable_instance, write, write_reply};
 use super::AppState;
+use crate::access::Action;
 use crate::audit::Interaction;
 use crate::fhir::{self, Format, Issue};
 use crate::patch::{FhirPathPatch, JsonPatch, Patch, PatchError};
@@ -53,11 +54,9 @@ async fn patch_instance(
     payload: web::Payload,
 ) -> Result<Reply, ApiError> {
     let (rt, id) = writable_instance(state, ex, path)?;
-    if !ex.ctx.may_write_type(&rt) {
-        return Err(ApiError::Forbidden(format!(
-            "writing {rt} is not permitted"
-        )));
-    }
+    ex.ctx
+        .decide(&rt, Action::Update)
+        .map_err(|d| ApiError::Forbidden(d.0))?;
     let kind = patch_kind(req)?;
     let if_match = if_match(req)?;
     let bytes = read_body(state, req, payload).await?;

@@ -38,8 +38,10 @@ async fn start(state: &AppState, ex: &mut Exchange, target: String) -> Result<Re
     if target != "*" {
         ex.audit.resource_type = Some(target.clone());
     }
-    if !ex.ctx.may_write_type(&target) {
-        return Err(ApiError::Forbidden("reindexing is not permitted".into()));
+    if !ex.ctx.grant.is_operator() {
+        return Err(ApiError::Forbidden(
+            "reindexing is operator work (the admin role)".into(),
+        ));
     }
     let job = state
         .store

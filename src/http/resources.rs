@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
 use super::negotiate::{self, parse_etag};
 use super::AppState;
+use crate::access::Action;
 use crate::audit::Interaction;
 use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
@@ -161,11 +162,9 @@ pub(super) async fn read_inner(
     ex.audit.id = Some(id.to_string());
     ex.audit.version = version;
     let subset = subset(ex)?;
-    if !ex.ctx.may_read_type(&rt) {
-        return Err(ApiError::Forbidden(format!(
-            "reading {rt} is not permitted"
-        )));
-    }
+    ex.ctx
+        .decide(&rt, Action::Read)
+        .map_err(|d| ApiError::Forbidden(d.0))?;
     let stored = state
         .store
         .read_now(&ex.ctx, &rt, id.as_str(), version)
@@ -525,11 +524,9 @@ pub(super) async fn write(
     resource: Option<Value>,
     condition: Option<Condition>,
 ) -> Result<WriteResult, ApiError> {
-    if !ex.ctx.may_write_type(rt) {
-        return Err(ApiError::Forbidden(format!(
-            "writing {rt} is not permitted"
-        )));
-    }
+    ex.ctx
+        .decide(rt, action_of(kind))
+        .map_err(|d| ApiError::Forbidden(d.0))?;
     let ctx = ex.ctx.clone();
     let audit_template = ex.audit.clone();
     let writer = state.audit.clone();
@@ -585,4 +582,13 @@ pub(super) async fn write(
     // wrote nothing, not even its audit.
     ex.audit_committed = !result.unchanged;
     Ok(result)
+}
+
+/// The kind of access a write needs (SMART v2 letters).
+fn action_of(kind: WriteKind) -> Action {
+    match kind {
+        WriteKind::Create => Action::Create,
+        WriteKind::Update { .. } => Action::Update,
+        WriteKind::Delete { .. } => Action::Delete,
+    }
 }

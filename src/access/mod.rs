@@ -1,0 +1,105 @@
+//! Who is asking and what they may touch: the one place where access is decided.
+//!
+//! An [`AccessContext`] travels with every request into every store call. Its
+//! [`Grant`] answers two questions, and nothing else in fhirgate answers them:
+//! - may this caller do this kind of interaction on this type at all
+//!   ([`AccessContext::decide`]: a refusal is a 403), and
+//! - which resources of the type may it see ([`Visibility`]): everything, or the
+//!   rows that satisfy a store [`Filter`] (the patient compartment of a
+//!   `patient/` scope, the search query of a granular SMART v2 scope).
+//!
+//! The store applies a visibility inside the SQL it runs (reads, searches, chains,
+//! `_has`, includes, history, paging, conditional criteria, the rows a write
+//! replaces and the rows it leaves), so a resource outside it is never read, not
+//! filtered out afterwards. A [`Grant`] is compiled once from a list of
+//! [`Permission`]s (SMART scopes become permissions in the `auth` module) with the
+//! search engine, which knows the compartment and the search parameters.
+//!
+//! Architecture invariant: `Grant::Open` is only ever built for the command line,
+//! for `auth.enabled = false`, and for a `system/*` grant; everything else is
+//! narrowed by the rules compiled here.
+//! Architecture invariant: a wildcard (`*`) never includes AuditEvent.
+
+mod grant;
+
+pub use grant::{Action, Actions, Grant, GrantError, Level, Permission, Visibility};
+
+use crate::store::Filter;
+
+/// Who is asking, from where, and what they may touch.
+#[derive(Debug, Clone)]
+pub struct AccessContext {
+    /// The OAuth client (`client_id`), when a token was presented.
+    pub client_id: Option<String>,
+    /// The user behind the client as a FHIR reference (`fhirUser`), if any.
+    pub user: Option<String>,
+    /// The token's subject (`sub`), if any.
+    pub subject: Option<String>,
+    /// The token's id (`jti`), for the audit trail.
+    pub token_id: Option<String>,
+    /// Why the data is used, when the token says (break-glass: `BTG`, with the
+    /// reason the user gave).
+    pub purpose_of_use: Option<PurposeOfUse>,
+    /// Network address of the client.
+    pub remote_addr: Option<String>,
+    /// The request id that ties logs and AuditEvents together.
+    pub request_id: String,
+    pub grant: Grant,
+}
+
+/// A purpose of use (v3 ActReason), e.g. `BTG` for break-glass access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurposeOfUse {
+    pub code: String,
+    pub reason: Option<String>,
+}
+
+/// Why an interaction was refused (403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+impl AccessContext {
+    /// An unrestricted context (development mode, command-line tools).
+    pub fn open(request_id: impl Into<String>, remote_addr: Option<String>) -> AccessContext {
+        AccessContext {
+            client_id: None,
+            user: None,
+            subject: None,
+            token_id: None,
+            purpose_of_use: None,
+            remote_addr,
+            request_id: request_id.into(),
+            grant: Grant::Open,
+        }
+    }
+
+    /// The command-line tools act as the system itself.
+    pub fn system() -> AccessContext {
+        AccessContext::open("cli", None)
+    }
+
+    /// The same caller with another grant.
+    pub fn with_grant(mut self, grant: Grant) -> AccessContext {
+        self.grant = grant;
+        self
+    }
+
+    /// May the caller do `action` on `resource_type` at all? `Ok` carries which
+    /// resources of the type it may touch; `Err` is a refusal (403).
+    pub fn decide(&self, resource_type: &str, action: Action) -> Result<Visibility, Denied> {
+        self.grant.decide(resource_type, action)
+    }
+
+    /// Which resources of `resource_type` the caller may touch with `action`:
+    /// what the store narrows its SQL to. A refused type sees nothing.
+    pub fn visibility(&self, resource_type: &str, action: Action) -> Visibility {
+        self.decide(resource_type, action)
+            .unwrap_or(Visibility::Where(Filter::Nothing))
+    }
+
+    /// True when nothing is narrowed for this caller (no SQL restriction at all).
+    pub fn is_open(&self) -> bool {
+        matches!(self.grant, Grant::Open)
+    }
+}
