@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Denied;
 use crate::search::SearchEngine;
-use crate::store::Filter;
+use crate::store::{Filter, RefTarget};
 
 /// The kinds of interaction a permission allows: SMART v2's `c r u d s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -178,11 +178,57 @@ pub enum Grant {
     Restricted(Arc<Rules>),
 }
 
-/// Per resource type: the actions of each permission that reaches it, with the
-/// condition (None: every resource of the type) under which it applies.
+/// One permission as it applies to one type: its actions, whether it is bound to
+/// the patient compartment, and its granular search (None: no further condition).
+#[derive(Debug, Clone)]
+struct Rule {
+    actions: Actions,
+    in_compartment: bool,
+    granular: Option<Filter>,
+}
+
+/// The patient compartment of the patient in context: per type, the reference
+/// parameters (`pid`s) that place a resource in it (R4 CompartmentDefinition
+/// `patient`), and the patient's id (the Patient itself is in its compartment).
+#[derive(Debug, Clone, Default)]
+struct Compartment {
+    patient: String,
+    pids: HashMap<String, Vec<i64>>,
+}
+
+impl Compartment {
+    /// "In the compartment" for resources of `t`: Nothing for a type outside it.
+    fn filter(&self, t: &str) -> Filter {
+        let mut alternatives = Vec::new();
+        if t == "Patient" {
+            alternatives.push(Filter::Ids(vec![self.patient.clone()]));
+        }
+        if let Some(pids) = self.pids.get(t).filter(|p| !p.is_empty()) {
+            alternatives.push(self.reference(pids.clone()));
+        }
+        match alternatives.len() {
+            0 => Filter::Nothing,
+            1 => alternatives.remove(0),
+            _ => Filter::Any(alternatives),
+        }
+    }
+
+    fn reference(&self, pids: Vec<i64>) -> Filter {
+        Filter::Reference {
+            pids,
+            targets: vec![RefTarget::Local {
+                types: vec!["Patient".into()],
+                id: self.patient.clone(),
+            }],
+        }
+    }
+}
+
+/// Per resource type, the rules of the permissions that reach it.
 #[derive(Debug, Default, Clone)]
 pub struct Rules {
-    by_type: HashMap<String, Vec<(Actions, Option<Filter>)>>,
+    by_type: HashMap<String, Vec<Rule>>,
+    compartment: Option<Compartment>,
     /// May run operator work (`$reindex`, package and SearchParameter changes).
     pub operator: bool,
     /// What the grant was compiled from (for logs and introspection).
@@ -190,11 +236,30 @@ pub struct Rules {
     pub patient: Option<String>,
 }
 
+impl Rules {
+    fn condition(&self, t: &str, rule: &Rule) -> Option<Filter> {
+        let mut parts = Vec::new();
+        if rule.in_compartment {
+            parts.push(
+                self.compartment
+                    .as_ref()
+                    .map_or(Filter::Nothing, |c| c.filter(t)),
+            );
+        }
+        parts.extend(rule.granular.clone());
+        match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(Filter::All(parts)),
+        }
+    }
+}
+
 impl Grant {
     /// Compiles permissions: each type a permission names (every type but
-    /// AuditEvent for `*`) gets the permission's actions under its condition, the
-    /// patient compartment of `patient` for `patient/` permissions and the
-    /// granular search, both as store filters.
+    /// AuditEvent for `*`) gets the permission's actions under its condition: the
+    /// patient compartment of `patient` for `patient/` permissions, and the
+    /// granular search; both become store filters.
     pub fn compile(
         permissions: &[Permission],
         patient: Option<&str>,
@@ -206,6 +271,19 @@ impl Grant {
             patient: patient.map(str::to_string),
             ..Rules::default()
         };
+        if permissions.iter().any(|p| p.level == Level::Patient) {
+            let id = patient.ok_or(GrantError::NoPatient)?;
+            let mut compartment = Compartment {
+                patient: id.to_string(),
+                pids: HashMap::new(),
+            };
+            for t in engine.compartment_types("Patient") {
+                if let Ok(f) = engine.compartment_filter("Patient", id, std::slice::from_ref(&t)) {
+                    compartment.pids.insert(t, reference_pids(&f));
+                }
+            }
+            rules.compartment = Some(compartment);
+        }
         for p in permissions {
             if p.actions.is_empty() {
                 continue;
@@ -225,30 +303,22 @@ impl Grant {
                     .collect(),
             };
             for t in types {
-                let mut parts = Vec::new();
-                if p.level == Level::Patient {
-                    let id = patient.ok_or(GrantError::NoPatient)?;
-                    // A type outside the patient compartment holds nothing of the
-                    // patient's: a patient-level permission reaches none of it.
-                    parts.push(
-                        engine
-                            .compartment_filter("Patient", id, std::slice::from_ref(&t))
-                            .unwrap_or(Filter::Nothing),
-                    );
-                }
-                if let Some(q) = &p.query {
-                    parts.extend(granular_filters(engine, &t, q)?);
-                }
-                let condition = match parts.len() {
-                    0 => None,
-                    1 => parts.pop(),
-                    _ => Some(Filter::All(parts)),
+                let granular = match &p.query {
+                    Some(q) => {
+                        let mut fs = granular_filters(engine, &t, q)?;
+                        match fs.len() {
+                            0 => None,
+                            1 => fs.pop(),
+                            _ => Some(Filter::All(fs)),
+                        }
+                    }
+                    None => None,
                 };
-                rules
-                    .by_type
-                    .entry(t)
-                    .or_default()
-                    .push((p.actions, condition));
+                rules.by_type.entry(t).or_default().push(Rule {
+                    actions: p.actions,
+                    in_compartment: p.level == Level::Patient,
+                    granular,
+                });
             }
         }
         Ok(Grant::Restricted(Arc::new(rules)))
@@ -280,14 +350,14 @@ impl Grant {
             Grant::Open => return Ok(Visibility::All),
             Grant::Restricted(r) => r,
         };
-        let mut conditions: Vec<&Filter> = Vec::new();
+        let mut conditions: Vec<Filter> = Vec::new();
         let mut any = false;
-        for (actions, condition) in rules.by_type.get(resource_type).into_iter().flatten() {
-            if !actions.contains(action) {
+        for rule in rules.by_type.get(resource_type).into_iter().flatten() {
+            if !rule.actions.contains(action) {
                 continue;
             }
             any = true;
-            match condition {
+            match rules.condition(resource_type, rule) {
                 None => return Ok(Visibility::All),
                 Some(c) => conditions.push(c),
             }
@@ -298,14 +368,14 @@ impl Grant {
                 action.describe()
             )));
         }
-        Ok(Visibility::Where(match conditions.as_slice() {
-            [one] => (*one).clone(),
-            many => Filter::Any(many.iter().map(|f| (*f).clone()).collect()),
+        Ok(Visibility::Where(match conditions.len() {
+            1 => conditions.remove(0),
+            _ => Filter::Any(conditions),
         }))
     }
 
     /// The types the caller may do `action` on, each with its visibility; None
-    /// when every type is open (a system search needs no narrowing).
+    /// when every type is open.
     pub fn permitted_types(&self, action: Action) -> Option<Vec<(String, Visibility)>> {
         let rules = match self {
             Grant::Open => return None,
@@ -319,6 +389,96 @@ impl Grant {
                 .filter_map(|t| self.decide(t, action).ok().map(|v| (t.clone(), v)))
                 .collect(),
         )
+    }
+
+    /// What a query over `types` (None: every type) must add to see only what the
+    /// caller may `action`: None when nothing is narrowed, else one filter over
+    /// the resource row that names the types it admits. The compartment
+    /// conditions of many types are merged into one condition on the union of
+    /// their reference parameters (a parameter key names its type, so the union
+    /// admits each type only through its own parameters): a `patient/*.rs`
+    /// system search is one semi-join, not one per type.
+    pub fn narrowing(&self, types: Option<&[String]>, action: Action) -> Option<Filter> {
+        let rules = match self {
+            Grant::Open => return None,
+            Grant::Restricted(r) => r,
+        };
+        let mut candidates: Vec<&str> = match types {
+            Some(ts) => ts.iter().map(String::as_str).collect(),
+            None => rules.by_type.keys().map(String::as_str).collect(),
+        };
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut open: Vec<String> = Vec::new();
+        let mut merged_pids: Vec<i64> = Vec::new();
+        let mut patient_self = false;
+        let mut other: Vec<Filter> = Vec::new();
+        for t in &candidates {
+            let matching: Vec<&Rule> = rules
+                .by_type
+                .get(*t)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.actions.contains(action))
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            if matching.iter().any(|r| !r.in_compartment && r.granular.is_none()) {
+                open.push(t.to_string());
+                continue;
+            }
+            for r in matching {
+                match (&r.granular, &rules.compartment) {
+                    (None, Some(c)) => {
+                        merged_pids.extend(c.pids.get(*t).into_iter().flatten());
+                        patient_self |= *t == "Patient";
+                    }
+                    _ => {
+                        if let Some(cond) = rules.condition(t, r) {
+                            other.push(Filter::All(vec![Filter::Types(vec![t.to_string()]), cond]));
+                        }
+                    }
+                }
+            }
+        }
+        if types.is_some() && other.is_empty() && merged_pids.is_empty() && !patient_self
+            && open.len() == candidates.len()
+        {
+            return None;
+        }
+        let mut alternatives = Vec::new();
+        if !open.is_empty() {
+            alternatives.push(Filter::Types(open));
+        }
+        if let Some(c) = &rules.compartment {
+            if !merged_pids.is_empty() {
+                merged_pids.sort_unstable();
+                merged_pids.dedup();
+                alternatives.push(c.reference(merged_pids));
+            }
+            if patient_self {
+                alternatives.push(Filter::All(vec![
+                    Filter::Types(vec!["Patient".into()]),
+                    Filter::Ids(vec![c.patient.clone()]),
+                ]));
+            }
+        }
+        alternatives.extend(other);
+        Some(match alternatives.len() {
+            0 => Filter::Nothing,
+            1 => alternatives.remove(0),
+            _ => Filter::Any(alternatives),
+        })
+    }
+}
+
+/// The reference parameter keys of a compartment filter.
+fn reference_pids(f: &Filter) -> Vec<i64> {
+    match f {
+        Filter::Reference { pids, .. } => pids.clone(),
+        Filter::Any(fs) | Filter::All(fs) => fs.iter().flat_map(reference_pids).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -384,14 +544,19 @@ mod tests {
         let mut rules = Rules::default();
         rules.by_type.insert(
             "Observation".into(),
-            vec![(Actions::parse_v2("rs").unwrap(), None)],
+            vec![Rule {
+                actions: Actions::parse_v2("rs").unwrap(),
+                in_compartment: false,
+                granular: None,
+            }],
         );
         rules.by_type.insert(
             "Patient".into(),
-            vec![(
-                Actions::parse_v2("r").unwrap(),
-                Some(Filter::Ids(vec!["a".into()])),
-            )],
+            vec![Rule {
+                actions: Actions::parse_v2("r").unwrap(),
+                in_compartment: false,
+                granular: Some(Filter::Ids(vec!["a".into()])),
+            }],
         );
         let g = Grant::Restricted(Arc::new(rules));
         assert!(matches!(

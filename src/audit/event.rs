@@ -51,14 +51,14 @@ impl Interaction {
         }
     }
 
-    /// AuditEvent.action: C, R, U, D or E (execute: queries and operations).
-    pub fn action(&self) -> &'static str {
+    /// AuditEvent.action of the interaction.
+    pub fn action(&self) -> AuditAction {
         match self {
-            Interaction::Create => "C",
-            Interaction::Read | Interaction::Vread => "R",
-            Interaction::Update | Interaction::Patch => "U",
-            Interaction::Delete => "D",
-            _ => "E",
+            Interaction::Create => AuditAction::Create,
+            Interaction::Read | Interaction::Vread => AuditAction::Read,
+            Interaction::Update | Interaction::Patch => AuditAction::Update,
+            Interaction::Delete => AuditAction::Delete,
+            _ => AuditAction::Execute,
         }
     }
 
@@ -71,6 +71,30 @@ impl Interaction {
                 | Interaction::SearchType
                 | Interaction::SearchSystem
         )
+    }
+}
+
+/// AuditEvent.action (value set `audit-event-action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Create,
+    Read,
+    Update,
+    Delete,
+    /// Execute: queries and operations.
+    Execute,
+}
+
+impl AuditAction {
+    /// The code: C, R, U, D or E.
+    pub fn code(self) -> &'static str {
+        match self {
+            AuditAction::Create => "C",
+            AuditAction::Read => "R",
+            AuditAction::Update => "U",
+            AuditAction::Delete => "D",
+            AuditAction::Execute => "E",
+        }
     }
 }
 
@@ -140,12 +164,12 @@ impl AuditRecord {
             "Patient"
         };
         let name = match self.interaction.action() {
-            "C" => "Create",
-            "R" => "Read",
-            "U" => "Update",
-            "D" => "Delete",
-            _ if self.interaction.is_query() => "Query",
-            _ => return None,
+            AuditAction::Create => "Create",
+            AuditAction::Read => "Read",
+            AuditAction::Update => "Update",
+            AuditAction::Delete => "Delete",
+            AuditAction::Execute if self.interaction.is_query() => "Query",
+            AuditAction::Execute => return None,
         };
         Some(format!("{BALP}{patient}{name}"))
     }
@@ -157,8 +181,8 @@ impl AuditRecord {
         AuditRow {
             id,
             recorded: recorded_micros,
-            action: self.interaction.action().to_string(),
-            outcome: self.outcome.code().to_string(),
+            action: self.interaction.action().code(),
+            outcome: self.outcome.code(),
             body,
         }
     }
@@ -206,7 +230,7 @@ impl AuditRecord {
             w.raw("}");
         }
         w.raw(r#"],"action":"#);
-        w.string(self.interaction.action());
+        w.string(self.interaction.action().code());
         w.raw(r#","recorded":"#);
         w.string(&recorded);
         w.raw(r#","outcome":"#);
@@ -221,7 +245,7 @@ impl AuditRecord {
         // Data flows to the client on reads: the client is the destination
         // (DICOM 110152) and the server the source (110153); the other way round
         // for writes and queries (BALP 1.1.4, Read vs. Create/Query profiles).
-        let (client_role, server_role) = if self.interaction.action() == "R" {
+        let (client_role, server_role) = if self.interaction.action() == AuditAction::Read {
             (
                 ("110152", "Destination Role ID"),
                 ("110153", "Source Role ID"),

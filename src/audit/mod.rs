@@ -9,5 +9,10 @@
 mod event;
 mod writer;
 
-pub use event::{AuditRecord, Interaction, Outcome};
+pub use event::{AuditAction, AuditRecord, Interaction, Outcome};
+
+/// AuditEvents are kept in the audit log, not among resource versions: they have
+/// one version, are written only by the server, and are read through their own
+/// store calls ([`crate::store::Store::audit_event`], `audit_history`).
+pub const RESOURCE_TYPE: &str = "AuditEvent";
 pub use writer::AuditWriter;

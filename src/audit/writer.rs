@@ -11,11 +11,13 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::AuditRecord;
-use crate::store::{AuditRow, Store, StoreError};
+use std::sync::Arc;
+
+use crate::store::{AuditRow, Store, StoreError, Unavailable};
 
 struct Job {
     row: AuditRow,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
 /// Handle to the group-commit writer. Cloning shares the same writer.
@@ -83,13 +85,11 @@ impl AuditWriter {
         let row = self.row(record);
         self.tx
             .send(Job { row, done })
-            .map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+            .map_err(|_| StoreError::from(Unavailable::AuditWriterStopped))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("audit not recorded: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(
-                "the audit writer has stopped".into(),
-            )),
+            Ok(Err(e)) => Err(StoreError::from(Unavailable::AuditCommit(e))),
+            Err(_) => Err(StoreError::from(Unavailable::AuditWriterStopped)),
         }
     }
 }
@@ -115,7 +115,7 @@ fn run(
         }
         let (rows, waiters): (Vec<AuditRow>, Vec<_>) =
             batch.drain(..).map(|j| (j.row, j.done)).unzip();
-        let result = store.insert_audits(&rows).map_err(|e| e.to_string());
+        let result = store.append_audits(&rows).map_err(Arc::new);
         if let Err(e) = &result {
             tracing::error!(error = %e, events = rows.len(), "audit group commit failed");
         }

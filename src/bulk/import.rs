@@ -95,6 +95,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error("no NDJSON (.ndjson) or JSON (.json) files under the given paths")]
     NothingToImport,
+    /// A batch failed for a reason that is not one of its lines (the database).
+    #[error("{path}: {reason}")]
+    Batch { path: PathBuf, reason: String },
 }
 
 /// One unit of work: committed whole, recorded as `(unit, part)`.
@@ -499,11 +502,10 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
                     match pos {
                         Some(p) => at_fault.push(*p),
                         None => {
-                            shared.fatal(ImportError::Store(StoreError::Prepare(format!(
-                                "{}: {}",
-                                file.display(),
-                                describe_entry_error(e)
-                            ))));
+                            shared.fatal(ImportError::Batch {
+                                path: file.to_path_buf(),
+                                reason: describe_entry_error(e),
+                            });
                             return;
                         }
                     }
@@ -513,7 +515,7 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
                     .filter_map(|p| failure.audits.get(*p))
                     .map(|r| env.audit.row(r))
                     .collect();
-                if let Err(e) = env.store.insert_audits(&audits) {
+                if let Err(e) = env.store.append_audits(&audits) {
                     shared.fatal(ImportError::Store(e));
                     return;
                 }
@@ -537,7 +539,7 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
                 }
                 if entries.is_empty() {
                     // Nothing left: record the batch as done all the same.
-                    if let Err(e) = env.store.transaction(&mut |t| mark(t)) {
+                    if let Err(e) = env.store.transaction(env.ctx, &mut |t| mark(t)) {
                         shared.fatal(ImportError::Store(e));
                     }
                     return;
@@ -599,7 +601,7 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                 Ok(done) => shared.count(&done),
                 Err(failure) => {
                     let rows: Vec<_> = failure.audits.iter().map(|r| env.audit.row(r)).collect();
-                    if let Err(e) = env.store.insert_audits(&rows) {
+                    if let Err(e) = env.store.append_audits(&rows) {
                         return shared.fatal(ImportError::Store(e));
                     }
                     for (pos, e) in &failure.errors {
@@ -638,14 +640,14 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                     Ok(done) => shared.count(std::slice::from_ref(&done)),
                     Err(failed) => {
                         let (err, record) = *failed;
-                        if let Err(e) = env.store.insert_audits(&[env.audit.row(&record)]) {
+                        if let Err(e) = env.store.append_audits(&[env.audit.row(&record)]) {
                             return shared.fatal(ImportError::Store(e));
                         }
                         entry_bad(i, &err);
                     }
                 }
             }
-            if let Err(e) = env.store.transaction(&mut |t| t.mark_imported(unit, 0)) {
+            if let Err(e) = env.store.transaction(env.ctx, &mut |t| t.mark_imported(unit, 0)) {
                 shared.fatal(ImportError::Store(e));
             }
         }

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::plan::plan;
-use super::resolve::{resolve, NoLookup, Resolution};
+use super::resolve::{resolve, Action, NoLookup, Resolution};
 use super::write::{prepare, write, Prepared};
 use super::{Entry, EntryError, Env, Extra, Method, Payload, Target};
 use crate::audit::{AuditRecord, Interaction, Outcome};
@@ -158,7 +158,7 @@ fn run(
     let pre: Option<(Resolution, Vec<Option<Prepared>>)> = {
         let resolved = if needs_lookup {
             env.store
-                .lookup(&mut |l| Ok(resolve(&plan, l)))
+                .lookup(env.ctx, &mut |l| Ok(resolve(&plan, l)))
                 .unwrap_or_else(|e| Err(vec![(None, EntryError::Store(e))]))
         } else {
             resolve(&plan, &mut NoLookup)
@@ -170,16 +170,25 @@ fn run(
             Err(_) => None,
         }
     };
+    if let (Some((resolution, prepared)), None) = (&pre, extra) {
+        if let Some(done) = write_alone(env, &plan, resolution, prepared) {
+            return done.map(|d| vec![d]);
+        }
+    }
+    let keys = |exclusive: bool| -> Vec<i64> {
+        plan.lock_keys
+            .iter()
+            .filter(|(_, x)| *x == exclusive)
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let (exclusive, shared) = (keys(true), keys(false));
     let outcome = env
         .store
-        .transaction(&mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
-            for &(key, exclusive) in &plan.lock_keys {
-                if exclusive {
-                    txn.lock(key)?;
-                } else {
-                    txn.lock_shared(key)?;
-                }
-            }
+        .transaction(env.ctx, &mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
+            // Exclusive criteria first, then shared ones, each in ascending order.
+            txn.lock(&exclusive, false)?;
+            txn.lock(&shared, true)?;
             let resolution = resolve(&plan, txn.as_lookup()).map_err(Abort::Entries)?;
             let fresh;
             let prepared = match &pre {
@@ -197,9 +206,53 @@ fn run(
             Ok(done)
         });
     match outcome {
-        Ok(done) => Ok(done),
+        Ok(done) => {
+            after_commit(env, &done);
+            Ok(done)
+        }
         Err(Abort::Entries(errors)) => Err(errors),
         Err(Abort::Store(e)) => Err(vec![(None, EntryError::Store(e))]),
+    }
+}
+
+/// One new resource with a server id and nothing else to resolve (a REST create,
+/// a lone POST entry): written on its own, its rows prepared before it takes the
+/// database. None when the plan is not such a write.
+fn write_alone(
+    env: &Env,
+    plan: &super::plan::Plan,
+    resolution: &Resolution,
+    prepared: &[Option<Prepared>],
+) -> Option<Result<Done, Errors>> {
+    let ([work], [Action::Create { id, client_id: false }], [Some(p)]) =
+        (plan.works.as_slice(), resolution.actions.as_slice(), prepared)
+    else {
+        return None;
+    };
+    if plan.needs_lookup() {
+        return None;
+    }
+    Some(
+        super::write::create_one(env, work, id, p)
+            .inspect(|d| after_commit(env, std::slice::from_ref(d)))
+            .map_err(|e| vec![(Some(work.pos), e)]),
+    )
+}
+
+/// What follows a commit on this node: SearchParameters written are indexed from
+/// this node's next write on (the other nodes reload when they see the registry
+/// generation change).
+fn after_commit(env: &Env, done: &[Done]) {
+    let search_params = done.iter().any(|d| match d {
+        Done::Stored { resource_type, .. } | Done::Deleted { resource_type, .. } => {
+            env.search.write_effects(resource_type).registers_search_param
+        }
+        _ => false,
+    });
+    if search_params {
+        if let Err(e) = crate::search::reindex::reload_registry(env.store, env.search) {
+            tracing::warn!(error = %e, "the search parameters could not be reloaded after a write; the reindex worker will");
+        }
     }
 }
 
@@ -233,7 +286,7 @@ pub fn failure_record(
         if let Target::Instance { id, .. } | Target::Version { id, .. } = &e.target {
             r.id = Some(id.to_string());
         }
-        if r.interaction.action() == "E" {
+        if r.interaction.action() == crate::audit::AuditAction::Execute {
             r.query = Some(e.url.clone());
         }
     }

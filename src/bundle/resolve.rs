@@ -67,11 +67,11 @@ pub(super) struct NoLookup;
 
 impl Lookup for NoLookup {
     fn matches(&mut self, _: &Condition) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Prepare("no lookup for this plan".into()))
+        Err(StoreError::Internal("a plan without criteria asked for a lookup"))
     }
 
     fn current(&mut self, _: &str, _: &str) -> Result<Option<StoredVersion>, StoreError> {
-        Err(StoreError::Prepare("no lookup for this plan".into()))
+        Err(StoreError::Internal("a plan without criteria asked for a lookup"))
     }
 }
 

@@ -13,7 +13,9 @@ use super::resolve::{Action, Resolution};
 use super::{validate_entry, Entry, EntryError, Env, Method, Origin, Payload};
 use crate::audit::{AuditRecord, Interaction};
 use crate::fhir::{self, Issue};
-use crate::store::{IndexRows, StoreError, Txn, WriteKind, WriteRequest, WriteResult};
+use crate::store::{
+    AuditRow, IndexRows, StoreError, Txn, WriteKind, WriteMethod, WriteRequest, WriteResult,
+};
 
 /// A resource ready to write.
 pub(super) struct Prepared {
@@ -159,47 +161,79 @@ fn record(
     r
 }
 
-/// Writes one version with its AuditEvent.
-#[allow(clippy::too_many_arguments)]
-fn write_version(
-    env: &Env,
-    txn: &mut dyn Txn,
-    rt: &str,
-    id: &str,
-    kind: WriteKind,
-    method: &'static str,
-    resource: Option<&Value>,
-    index: &IndexRows,
-    audit: &AuditRecord,
-) -> Result<WriteResult, StoreError> {
-    let empty = IndexRows::default();
-    let prepare = |version: i64, ts: i64| match resource {
-        Some(r) => fhir::stored_body(r, id, version, ts).map_err(StoreError::Prepare),
-        None => Ok(Vec::new()),
-    };
-    let audit_of = |r: &WriteResult| {
-        let mut rec = audit.clone();
-        rec.version = Some(r.version);
-        if r.created && matches!(kind, WriteKind::Update { .. }) {
-            rec.interaction = Interaction::Create;
+/// One version an entry writes, as this module hands it to the store: every
+/// write of fhirgate (REST, Bundle entries, conditional interactions, import
+/// lines) becomes one of these, and [`Version::request`] is the one place where
+/// it becomes the store's [`WriteRequest`].
+pub(super) struct Version<'a> {
+    pub rt: &'a str,
+    pub id: &'a str,
+    pub kind: WriteKind,
+    pub method: WriteMethod,
+    /// The resource to store; None for a delete.
+    pub resource: Option<&'a Value>,
+    pub index: &'a IndexRows,
+    pub audit: AuditRecord,
+}
+
+/// The callbacks of one version: its stored body, and its AuditEvent once the
+/// store has given it a version.
+type PrepareFn<'a> = Box<dyn Fn(i64, i64) -> Result<Vec<u8>, StoreError> + 'a>;
+type AuditFn<'a> = Box<dyn Fn(&WriteResult) -> Result<AuditRow, StoreError> + 'a>;
+
+impl<'a> Version<'a> {
+    fn callbacks(&'a self, env: &'a Env) -> (PrepareFn<'a>, AuditFn<'a>) {
+        let (resource, id, kind) = (self.resource, self.id, self.kind);
+        let prepare: PrepareFn<'a> = Box::new(move |version: i64, ts: i64| match resource {
+            Some(r) => fhir::stored_body(r, id, version, ts).map_err(StoreError::Body),
+            None => Ok(Vec::new()),
+        });
+        let audit: AuditFn<'a> = Box::new(move |r: &WriteResult| {
+            let mut rec = self.audit.clone();
+            rec.version = Some(r.version);
+            if r.created && matches!(kind, WriteKind::Update { .. }) {
+                rec.interaction = Interaction::Create;
+            }
+            Ok(env.audit.row(&rec))
+        });
+        (prepare, audit)
+    }
+
+    /// The store's request for this version, with its callbacks.
+    fn request<'r>(
+        &'r self,
+        env: &Env,
+        callbacks: &'r (PrepareFn<'a>, AuditFn<'a>),
+    ) -> WriteRequest<'r> {
+        WriteRequest {
+            resource_type: self.rt,
+            id: self.id,
+            kind: self.kind,
+            method: self.method,
+            prepare: callbacks.0.as_ref(),
+            audit: callbacks.1.as_ref(),
+            index: self.index,
+            effects: env.search.write_effects(self.rt),
         }
-        Ok(env.audit.row(&rec))
-    };
-    let result = txn.write(&WriteRequest {
-        resource_type: rt,
-        id,
-        kind,
-        method,
-        prepare: &prepare,
-        audit: &audit_of,
-        index: if resource.is_some() { index } else { &empty },
-        condition: None,
-    })?;
+    }
+}
+
+/// Writes one version with its AuditEvent.
+fn write_version(env: &Env, txn: &mut dyn Txn, v: &Version) -> Result<WriteResult, StoreError> {
+    let callbacks = v.callbacks(env);
+    let result = txn.write(&v.request(env, &callbacks))?;
     if result.unchanged {
-        // A delete of a deleted resource writes no version, so not its audit either.
-        txn.insert_audits(&[env.audit.row(audit)])?;
+        // A delete of a deleted resource writes no version, but is audited.
+        txn.insert_audits(&[env.audit.row(&v.audit)])?;
     }
     Ok(result)
+}
+
+/// Writes one new resource with a server id on its own, outside a transaction
+/// of several entries: the store prepares every row before it takes the database.
+fn create_alone(env: &Env, v: &Version) -> Result<WriteResult, StoreError> {
+    let callbacks = v.callbacks(env);
+    env.store.create_alone(env.ctx, &v.request(env, &callbacks))
 }
 
 fn store_error(e: StoreError, rt: &str, id: &str) -> EntryError {
@@ -222,6 +256,24 @@ pub(super) fn write(
     txn: &mut dyn Txn,
 ) -> Result<Vec<Done>, (usize, EntryError)> {
     let mut done: Vec<Option<Done>> = (0..plan.len).map(|_| None).collect();
+    // Every existing resource this transaction changes, locked up front in one
+    // order: two transactions that change the same resources cannot deadlock.
+    let changed: Vec<(&str, &str)> = plan
+        .works
+        .iter()
+        .zip(&res.actions)
+        .filter_map(|(w, a)| match a {
+            Action::Create {
+                client_id: false, ..
+            }
+            | Action::Matched { .. }
+            | Action::NoMatch => None,
+            other => other.identity().map(|id| (w.resource_type.as_str(), id)),
+        })
+        .collect();
+    if let Err(e) = txn.lock_resources(&changed) {
+        return Err((plan.works.first().map_or(0, |w| w.pos), EntryError::Store(e)));
+    }
     // Creates are written together, in multi-row statements: those with server ids
     // (the POST step) and updates of ids that do not exist yet (update as create, as
     // an NDJSON import does). Everything else one entry at a time, in processing order.
@@ -281,31 +333,24 @@ pub(super) fn write(
                 patch(env, plan, res, w, txn, id, *if_match).map_err(fail)?
             }
             Action::Delete { id, if_match } => {
-                let audit = record(
-                    env,
-                    Interaction::Delete,
+                let patients = if rt == "Patient" {
+                    vec![format!("Patient/{id}")]
+                } else {
+                    Vec::new()
+                };
+                let version = Version {
                     rt,
                     id,
-                    if rt == "Patient" {
-                        vec![format!("Patient/{id}")]
-                    } else {
-                        Vec::new()
-                    },
-                );
-                let r = write_version(
-                    env,
-                    txn,
-                    rt,
-                    id,
-                    WriteKind::Delete {
+                    kind: WriteKind::Delete {
                         if_match: *if_match,
                     },
-                    "DELETE",
-                    None,
-                    &IndexRows::default(),
-                    &audit,
-                )
-                .map_err(|e| fail(store_error(e, rt, id)))?;
+                    method: WriteMethod::Delete,
+                    resource: None,
+                    index: &IndexRows::default(),
+                    audit: record(env, Interaction::Delete, rt, id, patients),
+                };
+                let r = write_version(env, txn, &version)
+                    .map_err(|e| fail(store_error(e, rt, id)))?;
                 Done::Deleted {
                     resource_type: rt.to_string(),
                     id: id.clone(),
@@ -393,8 +438,6 @@ fn absent_ids<'p>(
     Ok(absent)
 }
 
-type PrepareFn<'a> = Box<dyn Fn(i64, i64) -> Result<Vec<u8>, StoreError> + 'a>;
-type AuditFn<'a> = Box<dyn Fn(&WriteResult) -> Result<crate::store::AuditRow, StoreError> + 'a>;
 
 /// New resources with server ids, with their AuditEvents, in one go.
 fn create_all(
@@ -405,46 +448,28 @@ fn create_all(
     let Some(first) = creates.first().map(|(w, _, _)| w.pos) else {
         return Ok(Vec::new());
     };
-    let prepares: Vec<PrepareFn> = creates
+    let versions: Vec<Version> = creates
         .iter()
-        .map(|&(_, id, p)| -> PrepareFn {
-            Box::new(move |version, ts| {
-                fhir::stored_body(&p.resource, id, version, ts).map_err(StoreError::Prepare)
-            })
-        })
-        .collect();
-    let audits: Vec<AuditFn> = creates
-        .iter()
-        .map(|&(w, id, p)| -> AuditFn {
-            let mut rec = record(
-                env,
-                Interaction::Create,
-                &w.resource_type,
-                id,
-                p.patients.clone(),
-            );
+        .map(|&(w, id, p)| {
+            let mut audit = record(env, Interaction::Create, &w.resource_type, id, p.patients.clone());
             // Every create is version 1.
-            rec.version = Some(1);
-            Box::new(move |_: &WriteResult| Ok(env.audit.row(&rec)))
+            audit.version = Some(1);
+            Version {
+                rt: &w.resource_type,
+                id,
+                kind: WriteKind::Create,
+                method: method_of(w),
+                resource: Some(&p.resource),
+                index: &p.index,
+                audit,
+            }
         })
         .collect();
-    let reqs: Vec<WriteRequest> = creates
+    let callbacks: Vec<_> = versions.iter().map(|v| v.callbacks(env)).collect();
+    let reqs: Vec<WriteRequest> = versions
         .iter()
-        .zip(prepares.iter().zip(&audits))
-        .map(|(&(w, id, p), (prepare, audit))| WriteRequest {
-            resource_type: &w.resource_type,
-            id,
-            kind: WriteKind::Create,
-            method: if w.entry.method == Method::Post {
-                "POST"
-            } else {
-                "PUT"
-            },
-            prepare: prepare.as_ref(),
-            audit: audit.as_ref(),
-            index: &p.index,
-            condition: None,
-        })
+        .zip(&callbacks)
+        .map(|(v, c)| v.request(env, c))
         .collect();
     let results = txn
         .create_many(&reqs)
@@ -468,6 +493,46 @@ fn create_all(
         .collect())
 }
 
+/// One new resource with a server id, written on its own (see `process`).
+pub(super) fn create_one(
+    env: &Env,
+    w: &Work,
+    id: &str,
+    p: &Prepared,
+) -> Result<Done, EntryError> {
+    let rt = w.resource_type.as_str();
+    let mut audit = record(env, Interaction::Create, rt, id, p.patients.clone());
+    audit.version = Some(1);
+    let version = Version {
+        rt,
+        id,
+        kind: WriteKind::Create,
+        method: method_of(w),
+        resource: Some(&p.resource),
+        index: &p.index,
+        audit,
+    };
+    let r = create_alone(env, &version).map_err(|e| store_error(e, rt, id))?;
+    Ok(Done::Stored {
+        resource_type: rt.to_string(),
+        id: id.to_string(),
+        version: r.version,
+        last_updated: r.last_updated,
+        created: true,
+        body: env.return_bodies.then_some(r.body),
+    })
+}
+
+/// How an entry's version is recorded in history.
+fn method_of(w: &Work) -> WriteMethod {
+    match w.entry.method {
+        Method::Post => WriteMethod::Post,
+        Method::Patch => WriteMethod::Patch,
+        Method::Delete => WriteMethod::Delete,
+        _ => WriteMethod::Put,
+    }
+}
+
 /// Writes a prepared resource (create or update) with its AuditEvent.
 fn store_prepared(
     env: &Env,
@@ -482,24 +547,16 @@ fn store_prepared(
     let p = prepared.as_ref().ok_or_else(|| {
         EntryError::NotImplemented("an entry without its prepared resource".into())
     })?;
-    let method = if w.entry.method == Method::Post {
-        "POST"
-    } else {
-        "PUT"
-    };
-    let audit = record(env, interaction, rt, id, p.patients.clone());
-    let r = write_version(
-        env,
-        txn,
+    let version = Version {
         rt,
         id,
         kind,
-        method,
-        Some(&p.resource),
-        &p.index,
-        &audit,
-    )
-    .map_err(|e| store_error(e, rt, id))?;
+        method: method_of(w),
+        resource: Some(&p.resource),
+        index: &p.index,
+        audit: record(env, interaction, rt, id, p.patients.clone()),
+    };
+    let r = write_version(env, txn, &version).map_err(|e| store_error(e, rt, id))?;
     Ok(Done::Stored {
         resource_type: rt.to_string(),
         id: id.to_string(),
@@ -543,11 +600,8 @@ fn patch(
             current.version
         )));
     }
-    let resource: Value = serde_json::from_slice(&current.body).map_err(|e| {
-        EntryError::Store(StoreError::Prepare(format!(
-            "stored {rt}/{id} is not JSON: {e}"
-        )))
-    })?;
+    let resource: Value = serde_json::from_slice(&current.body)
+        .map_err(|_| EntryError::Store(StoreError::Internal("a stored body is not JSON")))?;
     let location = w.entry.origin.resource_location(rt);
     let mut patched = doc.apply(env.model, &resource).map_err(|e| {
         let i = Issue::error(
@@ -583,20 +637,18 @@ fn patch(
     rewrite(env, plan, w.entry, &res.identities, &mut patched, &location)?;
     let index = env.search.index_rows(&patched);
     let patients = env.compartment.patients_of(rt, Some(id), Some(&patched));
-    let audit = record(env, Interaction::Patch, rt, id, patients);
-    let written = write_version(
-        env,
-        txn,
+    let version = Version {
         rt,
         id,
-        WriteKind::Update {
+        kind: WriteKind::Update {
             if_match: Some(current.version),
         },
-        "PATCH",
-        Some(&patched),
-        &index,
-        &audit,
-    );
+        method: WriteMethod::Patch,
+        resource: Some(&patched),
+        index: &index,
+        audit: record(env, Interaction::Patch, rt, id, patients),
+    };
+    let written = write_version(env, txn, &version);
     let r = match written {
         Ok(r) => r,
         // Another writer committed between the read and the write: without an

@@ -6,20 +6,16 @@
 //! transaction under an advisory lock on the criteria, so two nodes racing with the
 //! same criteria cannot both create. The AuditEvent commits with the write.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
-use super::exchange::{read_body, Body, Exchange, Reply};
+use super::exchange::{read_body, Exchange};
 use super::patch::{parse_patch, patch_kind};
-use super::resources::{
-    deleted_reply, if_match, informational, parse_body, prefer_return, resource_type, write_reply,
-    Return,
-};
+use super::resources::{if_match, parse_body, resource_type};
+use super::write;
 use super::AppState;
 use crate::audit::Interaction;
-use crate::bundle::{self, Done, Entry, Method, Origin, Payload, Target};
-use crate::store::WriteResult;
+use crate::bundle::{Entry, Method, Payload, Target};
 
 pub async fn update(
     req: HttpRequest,
@@ -81,48 +77,12 @@ async fn conditional(
             (Some(bytes), None) => Payload::Resource(parse_body(&state, &req, &bytes, &rt)?),
             (None, _) => Payload::None,
         };
-        let entry = entry(&req, method, &rt, content, if_match);
-        match run(&state, &req, &mut ex, entry).await? {
-            Done::Stored {
-                resource_type,
-                id,
-                version,
-                last_updated,
-                created,
-                body,
-            } => Ok(write_reply(
-                &state,
-                &req,
-                &resource_type,
-                &id,
-                WriteResult {
-                    rid: 0,
-                    version,
-                    last_updated,
-                    created,
-                    unchanged: false,
-                    body: body.unwrap_or_default(),
-                    existing: None,
-                },
-            )),
-            Done::Deleted {
-                resource_type,
-                id,
-                version,
-            } => Ok(deleted_reply(&resource_type, &id, version)),
-            // R4 3.1.0.7.1: no match is "an ordinary delete" of nothing: 200, and the
-            // outcome says so.
-            Done::NoMatch { resource_type } => Ok(Reply::new(
-                StatusCode::OK,
-                Body::Resource(informational(&format!(
-                    "no {resource_type} matched the criteria; nothing was deleted"
-                ))),
-            )),
-            other => Err(ApiError::Internal(format!(
-                "a conditional {} ended as {other:?}",
-                method.as_str()
-            ))),
+        if let Payload::Resource(resource) = &content {
+            super::validate::check_write(&state, &rt, resource)?;
         }
+        let entry = entry(&req, method, &rt, content, if_match);
+        let done = write::run(&state, &req, &mut ex, entry).await?;
+        write::reply(&state, &req, done)
     }
     .await;
     ex.finish(&state, result).await
@@ -133,7 +93,7 @@ fn target_type(state: &AppState, ex: &mut Exchange, path: &str) -> Result<String
     ex.precondition()?;
     let rt = resource_type(state, path)?;
     ex.audit.resource_type = Some(rt.clone());
-    if rt == "AuditEvent" {
+    if rt == crate::audit::RESOURCE_TYPE {
         return Err(ApiError::MethodNotAllowed(
             "AuditEvents are read-only".into(),
         ));
@@ -155,65 +115,15 @@ fn entry(
                 .filter(|(k, _)| k != "_format" && k != "_pretty"),
         )
         .finish();
-    Entry {
-        origin: Origin::Request,
-        full_url: None,
+    write::entry(
         method,
-        url: format!("{rt}?{query}"),
-        target: Target::Search {
+        Target::Search {
             resource_type: rt.to_string(),
-            query,
+            query: query.clone(),
         },
+        format!("{rt}?{query}"),
         payload,
         if_match,
-        if_none_exist: None,
-        if_none_match: None,
-        if_modified_since: None,
-    }
-}
-
-/// Runs the entry on the blocking pool; its AuditEvent commits with the write (a
-/// failure is audited by the exchange).
-async fn run(
-    state: &web::Data<AppState>,
-    req: &HttpRequest,
-    ex: &mut Exchange,
-    entry: Entry,
-) -> Result<Done, ApiError> {
-    let st = state.clone();
-    let ctx = ex.ctx.clone();
-    let return_bodies = prefer_return(req) == Return::Representation;
-    let outcome = state
-        .store
-        .call(move |_| {
-            Ok(bundle::process_entry(
-                &st.bundle_env(&ctx, return_bodies),
-                &entry,
-                None,
-            ))
-        })
-        .await?;
-    match outcome {
-        Ok(done) => {
-            ex.audit_committed = true;
-            match &done {
-                Done::Stored { id, version, .. } => {
-                    ex.audit.id = Some(id.clone());
-                    ex.audit.version = Some(*version);
-                }
-                Done::Deleted { id, version, .. } => {
-                    ex.audit.id = Some(id.clone());
-                    ex.audit.version = *version;
-                }
-                _ => {}
-            }
-            Ok(done)
-        }
-        Err(failed) => {
-            let (e, record) = *failed;
-            ex.audit.id = record.id;
-            ex.audit.patients = record.patients;
-            Err(ApiError::from(e))
-        }
-    }
+        None,
+    )
 }

@@ -12,7 +12,8 @@ use super::resources::{resource_id, resource_type};
 use super::AppState;
 use crate::audit::Interaction;
 use crate::fhir::instant;
-use crate::store::HistoryScope;
+use crate::access::Action;
+use crate::store::{HistoryScope, WriteMethod};
 
 pub async fn system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::HistorySystem);
@@ -89,6 +90,13 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
             )
         }
     };
+    // An instance's history is a read of it; a type's a search (SMART `r`, `s`).
+    match &store_scope {
+        HistoryScope::Instance(t, _) => ex.ctx.decide(t, Action::Read),
+        HistoryScope::Type(t) => ex.ctx.decide(t, Action::Search),
+        HistoryScope::System => Ok(crate::access::Visibility::All),
+    }
+    .map_err(|d| ApiError::Forbidden(d.0))?;
     let settings = &state.settings.server;
     let count = match ex.query.get("_count") {
         None => settings.default_page_size,
@@ -125,12 +133,25 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
             ));
         }
     }
+    // AuditEvents are kept in the audit log, with their own history.
+    let audit_scope = match &store_scope {
+        HistoryScope::Type(t) if t == crate::audit::RESOURCE_TYPE => Some(None),
+        HistoryScope::Instance(t, id) if t == crate::audit::RESOURCE_TYPE => Some(Some(id.clone())),
+        _ => None,
+    };
     if let HistoryScope::Instance(t, id) = &store_scope {
         let ctx = ex.ctx.clone();
         let (t2, id2) = (t.clone(), id.clone());
+        let audit = audit_scope.is_some();
         let exists = state
             .store
-            .call(move |s| s.read(&ctx, &t2, &id2, None))
+            .call(move |s| {
+                if audit {
+                    s.audit_event(&id2)
+                } else {
+                    s.read(&ctx, &t2, &id2, None)
+                }
+            })
             .await?;
         if exists.is_none() {
             return Err(ApiError::NotFound(format!("{t}/{id} does not exist")));
@@ -141,7 +162,10 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
     // One more than a page tells whether there is a next page.
     let rows = state
         .store
-        .call(move |s| s.history(&ctx, &scope2, since, cursor, count + 1))
+        .call(move |s| match audit_scope {
+            Some(only_id) => s.audit_history(only_id.as_deref(), since, cursor, count + 1),
+            None => s.history(&ctx, &scope2, since, cursor, count + 1),
+        })
         .await?;
     let has_next = rows.len() > count;
     let base = &state.base_url;
@@ -156,14 +180,17 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
                 serde_json::from_slice(&v.body).map_err(|e| ApiError::Internal(e.to_string()))?;
             entry.insert("resource".into(), r);
         }
-        let url = match row.method.as_str() {
-            "POST" => v.resource_type.clone(),
+        let url = match row.method {
+            WriteMethod::Post => v.resource_type.clone(),
             _ => format!("{}/{}", v.resource_type, v.id),
         };
-        entry.insert("request".into(), json!({"method": row.method, "url": url}));
-        let status = match (row.method.as_str(), v.deleted) {
+        entry.insert(
+            "request".into(),
+            json!({"method": row.method.as_str(), "url": url}),
+        );
+        let status = match (row.method, v.deleted) {
             (_, true) => "204 No Content",
-            ("POST", _) => "201 Created",
+            (WriteMethod::Post, _) => "201 Created",
             _ if v.version == 1 => "201 Created",
             _ => "200 OK",
         };

@@ -19,6 +19,7 @@ pub mod reindex;
 pub mod resources;
 pub mod search;
 pub mod validate;
+pub mod write;
 
 use std::sync::Arc;
 

@@ -1,30 +1,27 @@
 //! `PATCH /fhir/[type]/[id]` (FHIR R4 http 3.1.0.7): a JSON Patch
 //! (`application/json-patch+json`) or a FHIRPath Patch (a Parameters resource as
 //! `application/fhir+json` or `application/fhir+xml`) applied to the current version. The
-//! result is judged like any written resource and stored through the same write as update,
-//! in one transaction with its AuditEvent, history method `PATCH`. The read-modify-write is
-//! race-safe: the store must still find the version that was patched, and when another write
-//! got there first the patch is applied again to the newer version (or, with `If-Match`,
-//! answered 412), so no update is lost.
+//! request is one PATCH entry of the `bundle` module, the same code as a PATCH entry of a
+//! transaction: inside the write transaction the current version is read, patched, judged
+//! like any written resource and stored as the next version with its AuditEvent, history
+//! method `PATCH`. The read-modify-write is race-safe: the store must still find the
+//! version that was patched, and when another write got there first the transaction runs
+//! again on the newer version (or, with `If-Match`, answers 412), so no update is lost.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::Value;
 
 use super::error::ApiError;
 use super::exchange::{read_body, Exchange, Reply};
 use super::negotiate;
-use super::resources::{if_match, writable_instance, write, write_reply};
+use super::resources::{if_match, writable_instance};
+use super::write;
 use super::AppState;
 use crate::access::Action;
 use crate::audit::Interaction;
+use crate::bundle::{Method, Payload};
 use crate::fhir::{self, Format, Issue};
 use crate::patch::{FhirPathPatch, JsonPatch, Patch, PatchError};
-use crate::store::WriteKind;
-
-/// How often a patch is applied again after losing a race to another write of the same
-/// resource before the client is told to retry (409).
-const PATCH_ATTEMPTS: usize = 5;
 
 const JSON_PATCH: &str = "application/json-patch+json";
 
@@ -47,7 +44,7 @@ pub async fn patch(
 }
 
 async fn patch_instance(
-    state: &AppState,
+    state: &web::Data<AppState>,
     req: &HttpRequest,
     ex: &mut Exchange,
     path: &(String, String),
@@ -61,76 +58,10 @@ async fn patch_instance(
     let if_match = if_match(req)?;
     let bytes = read_body(state, req, payload).await?;
     let patch = parse_patch(state, kind, &bytes)?;
-    for attempt in 0..PATCH_ATTEMPTS {
-        let current = state
-            .store
-            .read_now(&ex.ctx, &rt, id.as_str(), None)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} does not exist")))?;
-        ex.audit.version = Some(current.version);
-        if current.deleted {
-            return Err(ApiError::Gone(format!(
-                "{rt}/{id} was deleted (version {})",
-                current.version
-            )));
-        }
-        if let Some(expected) = if_match.filter(|v| *v != current.version) {
-            return Err(ApiError::PreconditionFailed(format!(
-                "If-Match names version {expected}, but the current version is {}",
-                current.version
-            )));
-        }
-        let resource: Value = serde_json::from_slice(&current.body)
-            .map_err(|e| ApiError::Internal(format!("stored {rt}/{id} is not JSON: {e}")))?;
-        // A failed patch is audited against the patient whose record it tried to change.
-        ex.audit.patients = state
-            .compartment
-            .patients_of(&rt, Some(id.as_str()), Some(&resource));
-        let patched = patch
-            .apply(&state.model, &resource)
-            .map_err(|e| patch_error(&e, kind))?;
-        keeps_identity(&rt, id.as_str(), &patched)?;
-        validate_patched(state, &patched)?;
-        ex.audit.patients = state
-            .compartment
-            .patients_of(&rt, Some(id.as_str()), Some(&patched));
-        // The version patched is the version the store must still find.
-        let written = write(
-            state,
-            ex,
-            &rt,
-            id.as_str(),
-            WriteKind::Update {
-                if_match: Some(current.version),
-            },
-            "PATCH",
-            Some(patched),
-            None,
-        )
-        .await;
-        match written {
-            Ok(result) => return Ok(write_reply(state, req, &rt, id.as_str(), result)),
-            // Another write committed after the read: with `If-Match` the client asked for
-            // the version it named, which is gone; without, patch the newer version.
-            // (An update with an expected version fails with 412 only for that reason.)
-            Err(ApiError::PreconditionFailed(_)) if if_match.is_none() => {
-                tracing::debug!(
-                    attempt,
-                    resource.type = rt.as_str(),
-                    "patch raced with another write; applying it to the newer version"
-                );
-            }
-            Err(ApiError::PreconditionFailed(_)) => {
-                return Err(ApiError::PreconditionFailed(format!(
-                    "{rt}/{id} changed while the patch was applied; If-Match no longer names the current version"
-                )))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ApiError::Conflict(format!(
-        "{rt}/{id} kept changing while the patch was applied ({PATCH_ATTEMPTS} attempts); try again"
-    )))
+    let (target, url) = write::instance(&rt, &id);
+    let entry = write::entry(Method::Patch, target, url, Payload::Patch(patch), if_match, None);
+    let done = write::run(state, req, ex, entry).await?;
+    write::reply(state, req, done)
 }
 
 /// JSON Patch by its own media type; FHIRPath Patch is a Parameters resource in a FHIR
@@ -210,33 +141,3 @@ fn patch_error(e: &PatchError, kind: PatchKind) -> ApiError {
     }
 }
 
-/// A patch may change everything but what names the resource: its type and id.
-fn keeps_identity(rt: &str, id: &str, patched: &Value) -> Result<(), ApiError> {
-    match crate::bundle::identity_change(rt, id, patched) {
-        Some(issue) => Err(ApiError::Unprocessable(vec![issue])),
-        None => Ok(()),
-    }
-}
-
-/// The one place where a patched resource is judged before it is stored: nothing is stored
-/// and the answer is 422 when it fails: the strict structural check, then the same gate
-/// create and update pass (`validate::check_write`).
-fn validate_patched(state: &AppState, patched: &Value) -> Result<(), ApiError> {
-    let issues = fhir::json::check_resource(&state.model, patched);
-    if fhir::outcome::has_errors(&issues) {
-        return Err(ApiError::Unprocessable(
-            issues
-                .into_iter()
-                .map(|mut i| {
-                    i.diagnostics = format!("the patched resource is invalid: {}", i.diagnostics);
-                    i
-                })
-                .collect(),
-        ));
-    }
-    let rt = patched
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    super::validate::check_write(state, rt, patched)
-}

@@ -14,7 +14,9 @@ use crate::audit::Interaction;
 use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{self, Id, Issue, VersionId};
-use crate::store::{Condition, StoreError, StoredVersion, WriteKind, WriteRequest, WriteResult};
+use crate::bundle::{Done, Method, Payload, Target};
+use crate::store::StoredVersion;
+use super::write::{self, version_headers};
 
 /// A resource type named in the URL, checked against the loaded model.
 pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
@@ -33,16 +35,11 @@ pub fn resource_id(id: &str) -> Result<Id, ApiError> {
     Id::parse(id).map_err(|m| ApiError::bad_request("value", m))
 }
 
-fn http_date(micros: i64) -> String {
+pub(super) fn http_date(micros: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
     httpdate::fmt_http_date(t)
 }
 
-fn version_headers(reply: Reply, version: i64, last_updated: i64) -> Reply {
-    reply
-        .header(header::ETAG, format!("W/\"{version}\""))
-        .header(header::LAST_MODIFIED, http_date(last_updated))
-}
 
 fn subset(ex: &Exchange) -> Result<Subset, ApiError> {
     Subset::from_query(ex.query.get("_summary"), ex.query.get("_elements"))
@@ -165,11 +162,20 @@ pub(super) async fn read_inner(
     ex.ctx
         .decide(&rt, Action::Read)
         .map_err(|d| ApiError::Forbidden(d.0))?;
-    let stored = state
-        .store
-        .read_now(&ex.ctx, &rt, id.as_str(), version)
-        .await?
-        .ok_or_else(|| match version {
+    let stored = if rt == crate::audit::RESOURCE_TYPE {
+        // AuditEvents have one version, kept in the audit log.
+        let id = id.to_string();
+        match version {
+            Some(v) if v != 1 => None,
+            _ => state.store.call(move |s| s.audit_event(&id)).await?,
+        }
+    } else {
+        state
+            .store
+            .read_now(&ex.ctx, &rt, id.as_str(), version)
+            .await?
+    };
+    let stored = stored.ok_or_else(|| match version {
             Some(v) => ApiError::NotFound(format!("{rt}/{id} has no version {v}")),
             None => ApiError::NotFound(format!("{rt}/{id} does not exist")),
         })?;
@@ -250,40 +256,6 @@ pub(super) fn parse_body(
     Ok(value)
 }
 
-pub(super) fn write_reply(
-    state: &AppState,
-    req: &HttpRequest,
-    rt: &str,
-    id: &str,
-    result: WriteResult,
-) -> Reply {
-    let status = if result.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let location = format!("{}/{rt}/{id}/_history/{}", state.base_url, result.version);
-    let body = match prefer_return(req) {
-        Return::Minimal => Body::Empty,
-        Return::Representation => Body::Stored(result.body),
-        Return::Outcome => Body::Resource(informational(&format!(
-            "{rt}/{id} version {} stored",
-            result.version
-        ))),
-    };
-    let mut reply = version_headers(
-        Reply::new(status, body),
-        result.version,
-        result.last_updated,
-    );
-    reply = if result.created {
-        reply.header(header::LOCATION, location)
-    } else {
-        reply.header(header::CONTENT_LOCATION, location)
-    };
-    reply
-}
-
 pub async fn create(
     req: HttpRequest,
     path: web::Path<String>,
@@ -295,54 +267,38 @@ pub async fn create(
         ex.precondition()?;
         let rt = resource_type(&state, &path)?;
         ex.audit.resource_type = Some(rt.clone());
-        if rt == "AuditEvent" {
+        if rt == crate::audit::RESOURCE_TYPE {
             return Err(ApiError::MethodNotAllowed(
                 "AuditEvents are written by the server only".into(),
             ));
         }
-        let condition = match req.headers().get("if-none-exist") {
+        let if_none_exist = match req.headers().get("if-none-exist") {
             None => None,
-            Some(h) => {
-                let criteria = h.to_str().map_err(|_| {
-                    ApiError::bad_request("value", "If-None-Exist must be a query string")
-                })?;
-                let criteria = criteria.to_string();
-                let search = state.search.clone();
-                let rt_owned = rt.clone();
-                Some(
-                    state
-                        .store
-                        .call(move |_| Ok(search.condition(&rt_owned, &criteria)))
-                        .await?
-                        .map_err(ApiError::from)?,
-                )
-            }
+            Some(h) => Some(
+                h.to_str()
+                    .map_err(|_| {
+                        ApiError::bad_request("value", "If-None-Exist must be a query string")
+                    })?
+                    .to_string(),
+            ),
         };
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
         super::validate::check_write(&state, &rt, &resource)?;
-        let id = Id::generate();
-        ex.audit.id = Some(id.to_string());
-        ex.audit.patients = state
-            .compartment
-            .patients_of(&rt, Some(id.as_str()), Some(&resource));
-        let result = write(
-            &state,
-            &mut ex,
-            &rt,
-            id.as_str(),
-            WriteKind::Create,
-            "POST",
-            Some(resource),
-            condition,
-        )
-        .await?;
-        if let Some(existing) = result.existing {
-            // R4 3.1.0.8.1: one match -> the create is ignored and 200 OK returned.
-            ex.audit.id = Some(existing.clone());
-            return existing_reply(&state, &req, &mut ex, &rt, &existing).await;
+        ex.audit.patients = state.compartment.patients_of(&rt, None, Some(&resource));
+        let entry = write::entry(
+            Method::Post,
+            Target::Type(rt.clone()),
+            rt.clone(),
+            Payload::Resource(resource),
+            None,
+            if_none_exist,
+        );
+        let done = write::run(&state, &req, &mut ex, entry).await?;
+        if matches!(done, Done::Matched { .. }) {
+            ex.audit.interaction = Interaction::Read;
         }
-        Ok(write_reply(&state, &req, &rt, id.as_str(), result))
+        write::reply(&state, &req, done)
     }
     .await;
     ex.finish(&state, result).await
@@ -380,6 +336,7 @@ pub async fn update(
         let if_match = if_match(&req)?;
         let bytes = read_body(&state, &req, payload).await?;
         let resource = parse_body(&state, &req, &bytes, &rt)?;
+        // R4 3.1.0.4: the body carries the id of the URL.
         match resource.get("id").and_then(|i| i.as_str()) {
             Some(body_id) if body_id == id.as_str() => {}
             Some(body_id) => {
@@ -401,18 +358,17 @@ pub async fn update(
         ex.audit.patients = state
             .compartment
             .patients_of(&rt, Some(id.as_str()), Some(&resource));
-        let result = write(
-            &state,
-            &mut ex,
-            &rt,
-            id.as_str(),
-            WriteKind::Update { if_match },
-            "PUT",
-            Some(resource),
+        let (target, url) = write::instance(&rt, &id);
+        let entry = write::entry(
+            Method::Put,
+            target,
+            url,
+            Payload::Resource(resource),
+            if_match,
             None,
-        )
-        .await?;
-        Ok(write_reply(&state, &req, &rt, id.as_str(), result))
+        );
+        let done = write::run(&state, &req, &mut ex, entry).await?;
+        write::reply(&state, &req, done)
     }
     .await;
     ex.finish(&state, result).await
@@ -430,39 +386,13 @@ pub async fn delete(
         if rt == "Patient" {
             ex.audit.patients = vec![format!("Patient/{id}")];
         }
-        let result = write(
-            &state,
-            &mut ex,
-            &rt,
-            id.as_str(),
-            WriteKind::Delete { if_match },
-            "DELETE",
-            None,
-            None,
-        )
-        .await?;
-        Ok(deleted_reply(
-            &rt,
-            id.as_str(),
-            (!result.unchanged).then_some(result.version),
-        ))
+        let (target, url) = write::instance(&rt, &id);
+        let entry = write::entry(Method::Delete, target, url, Payload::None, if_match, None);
+        let done = write::run(&state, &req, &mut ex, entry).await?;
+        write::reply(&state, &req, done)
     }
     .await;
     ex.finish(&state, result).await
-}
-
-/// The answer to a delete: 200 with an OperationOutcome, and the ETag of the deleted
-/// version (None: the resource was deleted already).
-pub(super) fn deleted_reply(rt: &str, id: &str, version: Option<i64>) -> Reply {
-    let msg = match version {
-        None => format!("{rt}/{id} was already deleted"),
-        Some(v) => format!("{rt}/{id} deleted (version {v})"),
-    };
-    let reply = Reply::new(StatusCode::OK, Body::Resource(informational(&msg)));
-    match version {
-        Some(v) => reply.header(header::ETAG, format!("W/\"{v}\"")),
-        None => reply,
-    }
 }
 
 /// An OperationOutcome with one informational issue.
@@ -482,113 +412,3 @@ pub(super) fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// The answer to a conditional create that found its one match: that resource.
-async fn existing_reply(
-    state: &AppState,
-    req: &HttpRequest,
-    ex: &mut Exchange,
-    rt: &str,
-    id: &str,
-) -> Result<Reply, ApiError> {
-    ex.audit.interaction = Interaction::Read;
-    let ctx = ex.ctx.clone();
-    let (t, i) = (rt.to_string(), id.to_string());
-    let stored = state
-        .store
-        .call(move |s| s.read(&ctx, &t, &i, None))
-        .await?
-        .ok_or_else(|| ApiError::Conflict(format!("{rt}/{id} matched the criteria but is gone")))?;
-    ex.audit.version = Some(stored.version);
-    let (v, lu) = (stored.version, stored.last_updated);
-    let body = match prefer_return(req) {
-        Return::Minimal => Body::Empty,
-        _ => Body::Stored(stored.body),
-    };
-    Ok(
-        version_headers(Reply::new(StatusCode::OK, body), v, lu).header(
-            header::CONTENT_LOCATION,
-            format!("{}/{rt}/{id}/_history/{v}", state.base_url),
-        ),
-    )
-}
-
-/// Runs a write in one transaction with its AuditEvent.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn write(
-    state: &AppState,
-    ex: &mut Exchange,
-    rt: &str,
-    id: &str,
-    kind: WriteKind,
-    method: &'static str,
-    resource: Option<Value>,
-    condition: Option<Condition>,
-) -> Result<WriteResult, ApiError> {
-    ex.ctx
-        .decide(rt, action_of(kind))
-        .map_err(|d| ApiError::Forbidden(d.0))?;
-    let ctx = ex.ctx.clone();
-    let audit_template = ex.audit.clone();
-    let writer = state.audit.clone();
-    let (rt_owned, id_owned) = (rt.to_string(), id.to_string());
-    let search = state.search.clone();
-    let result = state
-        .store
-        .call(move |s| {
-            let index = match &resource {
-                Some(r) => search.index_rows(r),
-                None => Default::default(),
-            };
-            let prepare = |version: i64, ts: i64| match &resource {
-                Some(r) => {
-                    fhir::stored_body(r, &id_owned, version, ts).map_err(StoreError::Prepare)
-                }
-                None => Ok(Vec::new()),
-            };
-            let audit = |r: &WriteResult| {
-                let mut record = audit_template.clone();
-                record.version = Some(r.version);
-                if r.created && matches!(kind, WriteKind::Update { .. }) {
-                    record.interaction = Interaction::Create;
-                }
-                Ok(writer.row(&record))
-            };
-            s.write(
-                &ctx,
-                WriteRequest {
-                    resource_type: &rt_owned,
-                    id: &id_owned,
-                    kind,
-                    method,
-                    prepare: &prepare,
-                    audit: &audit,
-                    index: &index,
-                    condition: condition.as_ref(),
-                },
-            )
-        })
-        .await?;
-    ex.audit.version = Some(result.version);
-    if rt == "SearchParameter" && !result.unchanged {
-        // This node indexes the new parameter from its next write on; the other
-        // nodes reload when they see the registry generation change.
-        let search = state.search.clone();
-        state
-            .store
-            .call(move |s| crate::search::reindex::reload_registry(s, &search))
-            .await?;
-    }
-    // A delete of a deleted resource, or a conditional create that found its match,
-    // wrote nothing, not even its audit.
-    ex.audit_committed = !result.unchanged;
-    Ok(result)
-}
-
-/// The kind of access a write needs (SMART v2 letters).
-fn action_of(kind: WriteKind) -> Action {
-    match kind {
-        WriteKind::Create => Action::Create,
-        WriteKind::Update { .. } => Action::Update,
-        WriteKind::Delete { .. } => Action::Delete,
-    }
-}

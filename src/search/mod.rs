@@ -151,6 +151,15 @@ impl SearchEngine {
         self.extractor().rows(&params, resource)
     }
 
+    /// What a write of `resource_type` changes in the database besides its
+    /// version: a SearchParameter created through the API is pending until
+    /// reindexed, and every node reloads its registry.
+    pub fn write_effects(&self, resource_type: &str) -> crate::store::Effects {
+        crate::store::Effects {
+            registers_search_param: resource_type == "SearchParameter",
+        }
+    }
+
     /// Parses a search on `types` (one for a type search; several or all for a
     /// system search).
     pub fn parse(

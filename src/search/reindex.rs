@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::params::CustomParam;
 use super::SearchEngine;
-use crate::store::{ReindexJob, Store, StoreError, WeakStore};
+use crate::store::{ReindexJob, Reindexed, Store, StoreError, WeakStore};
 
 /// Resources reindexed per transaction.
 const BATCH: usize = 200;
@@ -97,13 +97,14 @@ fn run_job(
             activate_ready(store, engine)?;
             return Ok(());
         };
-        let rows: Vec<_> = batch
+        let rows: Vec<Reindexed> = batch
             .iter()
-            .map(|h| {
-                let rows = serde_json::from_slice::<Value>(&h.version.body)
+            .map(|h| Reindexed {
+                rid: h.rid,
+                version: h.version.version,
+                rows: serde_json::from_slice::<Value>(&h.version.body)
                     .map(|v| engine.index_rows(&v))
-                    .unwrap_or_default();
-                (h.rid, rows)
+                    .unwrap_or_default(),
             })
             .collect();
         if !store.reindex_commit(&job, owner, LEASE_MS, &rows, last)? {

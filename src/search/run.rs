@@ -258,7 +258,7 @@ impl Runner<'_> {
     pub fn explain(&self, req: &SearchRequest) -> Result<String, SearchError> {
         let sorts = self.sorts(req);
         let q = self.page_query(req, &sorts, None, req.controls.count.max(1));
-        Ok(self.store.explain(&q)?)
+        Ok(self.store.explain(self.ctx, &q)?)
     }
 
     fn page_in_database(

@@ -10,10 +10,8 @@
 //! the order of each table's key, so consecutive rows land on the same index pages
 //! (measured with benches/bundle/run.sh, docs/benchmarks.md).
 
-use diesel::prelude::*;
-
+use super::conn::AnyConn;
 use super::pool::Backend;
-use super::schema::{search_blind, search_date, search_number, search_reference, search_uri};
 use super::sql::{Bind, Sql};
 use super::StoreError;
 use crate::crypto::Keyring;
@@ -83,9 +81,61 @@ pub fn blind_key(ring: &Keyring, value: &str) -> Result<i64, StoreError> {
     Ok(if h == 0 { 1 } else { h })
 }
 
-/// The rows of many resources, blinded and sorted by each table's index key.
+/// The index rows of one resource as stored: strings, tokens and unit keys
+/// blinded with the index key (computed before a write takes the writer's turn),
+/// the rest as given. The resource's `rid` is joined in when the rows are written.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Blinded {
+    /// (pid, h)
+    blind: Vec<(i64, i64)>,
+    /// (pid, lo, hi)
+    dates: Vec<(i64, i64, i64)>,
+    /// (pid, k, lo, hi)
+    numbers: Vec<(i64, i64, f64, f64)>,
+    references: Vec<(i64, RefValue)>,
+    uris: Vec<(i64, String)>,
+}
+
+impl Blinded {
+    pub fn is_empty(&self) -> bool {
+        self.blind.is_empty()
+            && self.dates.is_empty()
+            && self.numbers.is_empty()
+            && self.references.is_empty()
+            && self.uris.is_empty()
+    }
+}
+
+/// Blinds the strings, tokens and unit keys of a resource's index rows.
+pub(crate) fn blind(ring: &Keyring, rows: &IndexRows) -> Result<Blinded, StoreError> {
+    let mut b = Blinded {
+        blind: Vec::with_capacity(rows.blind.len()),
+        dates: rows.dates.clone(),
+        numbers: Vec::with_capacity(rows.numbers.len()),
+        references: rows.references.clone(),
+        uris: rows.uris.clone(),
+    };
+    let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
+    for (pid, value) in &rows.blind {
+        let h = blind_key(ring, value)?;
+        // Two values may blind alike only by collision; the key must stay unique.
+        if seen.insert((*pid, h)) {
+            b.blind.push((*pid, h));
+        }
+    }
+    for (pid, key, lo, hi) in &rows.numbers {
+        let k = match key {
+            Some(k) => blind_key(ring, k)?,
+            None => 0,
+        };
+        b.numbers.push((*pid, k, *lo, *hi));
+    }
+    Ok(b)
+}
+
+/// The rows of many resources, each table's rows sorted by its index key.
 #[derive(Default)]
-struct Prepared {
+struct Table {
     /// (pid, h, rid)
     blind: Vec<(i64, i64, i64)>,
     /// (pid, lo, rid, hi)
@@ -98,26 +148,18 @@ struct Prepared {
     uris: Vec<(i64, String, i64)>,
 }
 
-fn prepare(ring: &Keyring, of: &[(i64, &IndexRows)]) -> Result<Prepared, StoreError> {
-    let mut p = Prepared::default();
+fn tables(of: &[(i64, &Blinded)]) -> Table {
+    let mut p = Table::default();
     for &(rid, rows) in of {
-        let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
-        for (pid, value) in &rows.blind {
-            let h = blind_key(ring, value)?;
-            // Two values may blind alike only by collision; the key must stay unique.
-            if seen.insert((*pid, h)) {
-                p.blind.push((*pid, h, rid));
-            }
-        }
+        p.blind
+            .extend(rows.blind.iter().map(|(pid, h)| (*pid, *h, rid)));
         p.dates
             .extend(rows.dates.iter().map(|(pid, lo, hi)| (*pid, *lo, rid, *hi)));
-        for (pid, key, lo, hi) in &rows.numbers {
-            let k = match key {
-                Some(k) => blind_key(ring, k)?,
-                None => 0,
-            };
-            p.numbers.push((*pid, k, *lo, rid, *hi));
-        }
+        p.numbers.extend(
+            rows.numbers
+                .iter()
+                .map(|(pid, k, lo, hi)| (*pid, *k, *lo, rid, *hi)),
+        );
         p.references.extend(rows.references.iter().map(|(pid, r)| {
             (
                 *pid,
@@ -136,153 +178,132 @@ fn prepare(ring: &Keyring, of: &[(i64, &IndexRows)]) -> Result<Prepared, StoreEr
         .sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
     p.references.sort_unstable();
     p.uris.sort_unstable();
-    Ok(p)
+    p
 }
 
-/// A connection inside a write transaction that maintains index rows.
-pub(crate) trait IndexConn {
-    /// Removes every index row of a resource.
-    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError>;
-
-    /// Inserts the rows of resources (each deduplicated first: [`IndexRows::dedup`]).
-    fn insert_index_many(
-        &mut self,
-        ring: &Keyring,
-        of: &[(i64, &IndexRows)],
-    ) -> Result<(), StoreError>;
-
-    fn insert_index(
-        &mut self,
-        ring: &Keyring,
-        rid: i64,
-        rows: &IndexRows,
-    ) -> Result<(), StoreError> {
-        self.insert_index_many(ring, &[(rid, rows)])
-    }
-}
-
-impl IndexConn for diesel::SqliteConnection {
-    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        let c = self;
-        diesel::delete(search_blind::table.filter(search_blind::rid.eq(rid))).execute(c)?;
-        diesel::delete(search_date::table.filter(search_date::rid.eq(rid))).execute(c)?;
-        diesel::delete(search_number::table.filter(search_number::rid.eq(rid))).execute(c)?;
-        diesel::delete(search_reference::table.filter(search_reference::rid.eq(rid))).execute(c)?;
-        diesel::delete(search_uri::table.filter(search_uri::rid.eq(rid))).execute(c)?;
-        Ok(())
-    }
-
-    fn insert_index_many(
-        &mut self,
-        ring: &Keyring,
-        of: &[(i64, &IndexRows)],
-    ) -> Result<(), StoreError> {
-        let p = prepare(ring, of)?;
-        // `INSERT INTO t (cols) SELECT json_extract(value, '$[i]')... FROM json_each(?)`
-        let mut run =
-            |table: &str, cols: &[&str], data: serde_json::Value| -> Result<(), StoreError> {
-                let mut sql = Sql::new(Backend::Sqlite);
-                sql.push(&format!(
-                    "INSERT INTO {table} ({}) SELECT ",
-                    cols.join(", ")
-                ));
-                for i in 0..cols.len() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.push(&format!("json_extract(value, '$[{i}]')"));
-                }
-                let text =
-                    serde_json::to_string(&data).map_err(|e| StoreError::Prepare(e.to_string()))?;
-                sql.push(" FROM json_each(").text(&text).push(")");
-                sql.finish().execute(&mut *self)?;
-                Ok(())
-            };
-        use serde_json::json;
-        if !p.blind.is_empty() {
-            let v: Vec<_> = p
-                .blind
-                .iter()
-                .map(|(pid, h, rid)| json!([pid, h, rid]))
-                .collect();
-            run("search_blind", &["pid", "h", "rid"], json!(v))?;
+/// Removes every index row of a resource.
+pub(crate) fn delete(c: &mut AnyConn, rid: i64) -> Result<(), StoreError> {
+    match c.backend() {
+        Backend::Postgres => {
+            // One statement, one round trip.
+            let mut sql = c.sql();
+            sql.push("WITH b AS (DELETE FROM search_blind WHERE rid = ")
+                .i64(rid);
+            sql.push("), d AS (DELETE FROM search_date WHERE rid = ")
+                .i64(rid);
+            sql.push("), n AS (DELETE FROM search_number WHERE rid = ")
+                .i64(rid);
+            sql.push("), r AS (DELETE FROM search_reference WHERE rid = ")
+                .i64(rid);
+            sql.push(") DELETE FROM search_uri WHERE rid = ").i64(rid);
+            c.execute(sql)?;
         }
-        if !p.dates.is_empty() {
-            let v: Vec<_> = p
-                .dates
-                .iter()
-                .map(|(pid, lo, rid, hi)| json!([pid, lo, rid, hi]))
-                .collect();
-            run("search_date", &["pid", "lo", "rid", "hi"], json!(v))?;
-        }
-        if !p.numbers.is_empty() {
-            let v: Vec<_> = p
-                .numbers
-                .iter()
-                .map(|(pid, k, lo, rid, hi)| json!([pid, k, lo, rid, hi]))
-                .collect();
-            run("search_number", &["pid", "k", "lo", "rid", "hi"], json!(v))?;
-        }
-        if !p.references.is_empty() {
-            let v: Vec<_> = p
-                .references
-                .iter()
-                .map(|(pid, ti, tt, rid, url)| json!([pid, ti, tt, rid, url]))
-                .collect();
-            run(
+        Backend::Sqlite => {
+            for table in [
+                "search_blind",
+                "search_date",
+                "search_number",
                 "search_reference",
-                &["pid", "target_id", "target_type", "rid", "url"],
-                json!(v),
-            )?;
+                "search_uri",
+            ] {
+                let mut sql = c.sql();
+                sql.push(&format!("DELETE FROM {table} WHERE rid = ")).i64(rid);
+                c.execute(sql)?;
+            }
         }
-        if !p.uris.is_empty() {
-            let v: Vec<_> = p
-                .uris
-                .iter()
-                .map(|(pid, u, rid)| json!([pid, u, rid]))
-                .collect();
-            run("search_uri", &["pid", "uri", "rid"], json!(v))?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
-impl IndexConn for diesel::PgConnection {
-    fn delete_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        let mut sql = Sql::new(Backend::Postgres);
-        sql.push("WITH b AS (DELETE FROM search_blind WHERE rid = ")
-            .i64(rid);
-        sql.push("), d AS (DELETE FROM search_date WHERE rid = ")
-            .i64(rid);
-        sql.push("), n AS (DELETE FROM search_number WHERE rid = ")
-            .i64(rid);
-        sql.push("), r AS (DELETE FROM search_reference WHERE rid = ")
-            .i64(rid);
-        sql.push(") DELETE FROM search_uri WHERE rid = ").i64(rid);
-        sql.finish().execute(self)?;
-        Ok(())
+/// Inserts the index rows of resources: one statement per table on SQLite (the
+/// rows as one JSON array unpacked by `json_each`), one statement for every table
+/// on PostgreSQL (array parameters unpacked by `unnest`).
+pub(crate) fn insert(c: &mut AnyConn, of: &[(i64, &Blinded)]) -> Result<(), StoreError> {
+    if of.iter().all(|(_, b)| b.is_empty()) {
+        return Ok(());
     }
+    let p = tables(of);
+    match c.backend() {
+        Backend::Postgres => {
+            let mut sql = c.sql();
+            sql.push("WITH ");
+            pg_index_ctes(&mut sql, p, None);
+            sql.push(" SELECT 1");
+            c.execute(sql)?;
+        }
+        Backend::Sqlite => sqlite_insert(c, p)?,
+    }
+    Ok(())
+}
 
-    fn insert_index_many(
-        &mut self,
-        ring: &Keyring,
-        of: &[(i64, &IndexRows)],
-    ) -> Result<(), StoreError> {
-        let p = prepare(ring, of)?;
-        let mut sql = Sql::new(Backend::Postgres);
-        sql.push("WITH ");
-        pg_index_ctes(&mut sql, p, None);
-        sql.push(" SELECT 1");
-        sql.finish().execute(self)?;
+fn sqlite_insert(c: &mut AnyConn, p: Table) -> Result<(), StoreError> {
+    use serde_json::json;
+    // `INSERT INTO t (cols) SELECT json_extract(value, '$[i]')... FROM json_each(?)`
+    let mut run = |table: &str, cols: &[&str], data: Vec<serde_json::Value>| -> Result<(), StoreError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut sql = c.sql();
+        sql.push(&format!("INSERT INTO {table} ({}) SELECT ", cols.join(", ")));
+        for i in 0..cols.len() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push(&format!("json_extract(value, '$[{i}]')"));
+        }
+        let text = serde_json::Value::Array(data).to_string();
+        sql.push(" FROM json_each(").text(&text).push(")");
+        c.execute(sql)?;
         Ok(())
-    }
+    };
+    run(
+        "search_blind",
+        &["pid", "h", "rid"],
+        p.blind
+            .iter()
+            .map(|(pid, h, rid)| json!([pid, h, rid]))
+            .collect(),
+    )?;
+    run(
+        "search_date",
+        &["pid", "lo", "rid", "hi"],
+        p.dates
+            .iter()
+            .map(|(pid, lo, rid, hi)| json!([pid, lo, rid, hi]))
+            .collect(),
+    )?;
+    run(
+        "search_number",
+        &["pid", "k", "lo", "rid", "hi"],
+        p.numbers
+            .iter()
+            .map(|(pid, k, lo, rid, hi)| json!([pid, k, lo, rid, hi]))
+            .collect(),
+    )?;
+    run(
+        "search_reference",
+        &["pid", "target_id", "target_type", "rid", "url"],
+        p.references
+            .iter()
+            .map(|(pid, ti, tt, rid, url)| json!([pid, ti, tt, rid, url]))
+            .collect(),
+    )?;
+    run(
+        "search_uri",
+        &["pid", "uri", "rid"],
+        p.uris
+            .iter()
+            .map(|(pid, u, rid)| json!([pid, u, rid]))
+            .collect(),
+    )?;
+    Ok(())
 }
 
 /// The data-modifying CTEs (`b AS (...), d AS (...), ...`, no `WITH`) inserting
 /// prepared rows with `unnest` over array parameters. With `rid_of` = Some(cte),
 /// the rows belong to the one resource inserted by that CTE of the same statement
 /// (its `rid` column), whatever rid they were prepared with.
-fn pg_index_ctes(sql: &mut Sql, p: Prepared, rid_of: Option<&str>) {
+fn pg_index_ctes(sql: &mut Sql, p: Table, rid_of: Option<&str>) {
     let rid = |sql: &mut Sql| {
         sql.push(&match rid_of {
             Some(c) => format!("{c}.rid"),
@@ -396,15 +417,8 @@ fn pg_index_ctes(sql: &mut Sql, p: Prepared, rid_of: Option<&str>) {
 
 /// The index CTEs of one resource whose row another CTE of the statement inserts
 /// (the one-statement create on PostgreSQL).
-pub(crate) fn pg_index_ctes_of(
-    sql: &mut Sql,
-    ring: &Keyring,
-    cte: &str,
-    rows: &IndexRows,
-) -> Result<(), StoreError> {
-    let p = prepare(ring, &[(0, rows)])?;
-    pg_index_ctes(sql, p, Some(cte));
-    Ok(())
+pub(crate) fn pg_index_ctes_of(sql: &mut Sql, cte: &str, rows: &Blinded) {
+    pg_index_ctes(sql, tables(&[(0, rows)]), Some(cte));
 }
 
 fn unzip3(it: impl Iterator<Item = (i64, i64, i64)>) -> (Vec<i64>, Vec<i64>, Vec<i64>) {

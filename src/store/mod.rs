@@ -6,45 +6,89 @@
 //! content; a resource body is never written unencrypted; every diesel call,
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
+mod audit_log;
+mod conn;
 mod index;
 mod jobs;
+mod keys;
 pub(crate) mod pool;
 mod query;
+mod read;
 mod render;
-mod repo;
-mod schema;
 mod sql;
 mod txn;
+mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use crate::access::{AccessContext, Action};
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
+pub use audit_log::AuditRow;
 pub use index::{IndexRows, RefValue};
-pub use jobs::{CustomParamRow, ReindexJob};
+pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
 pub use pool::Backend;
 use pool::DbPool;
 pub use query::{
     Bound, Filter, Hit, IndexTable, Position, Query, Ranges, RefTarget, Sort, SortKey, SortValue,
     UriMatch, MAX_SQL_SORT_KEYS,
 };
-pub use repo::{
-    AuditRow, Condition, HistoryRow, HistoryScope, StoredVersion, Verify, WriteKind, WriteRequest,
-    WriteResult,
-};
+pub use read::{HistoryRow, HistoryScope, StoredVersion, WriteMethod};
 pub use txn::{Lookup, Txn, TxnError};
+pub use write::{AuditOf, Effects, Prepare, WriteKind, WriteRequest, WriteResult};
+
+/// Checks a candidate found by a conditional query after decryption (criteria the
+/// blind index can only approximate, such as long string prefixes).
+pub type Verify = dyn Fn(&StoredVersion) -> bool + Send + Sync;
+
+/// The criteria of a conditional interaction (`If-None-Exist`, conditional update
+/// and delete), evaluated inside the write transaction.
+pub struct Condition {
+    /// The search (its type and filters; sort and paging are ignored).
+    pub query: Query,
+    /// Serialises conditional writes with the same criteria across nodes.
+    pub lock_key: i64,
+    pub verify: Option<Arc<Verify>>,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("query", &self.query)
+            .field("lock_key", &self.lock_key)
+            .finish()
+    }
+}
+
+/// Why the database cannot serve a request now (503): the state of the
+/// database or of this node's connections, not the request.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("every database connection of this node is busy")]
+    PoolExhausted,
+    #[error("the database cannot be reached")]
+    Unreachable(#[source] diesel::r2d2::PoolError),
+    #[error("the connection to the database was lost")]
+    ConnectionLost(#[source] diesel::result::Error),
+    #[error("a database worker thread failed")]
+    Worker(#[source] tokio::task::JoinError),
+    #[error("the audit writer has stopped")]
+    AuditWriterStopped,
+    #[error("the audit group commit failed")]
+    AuditCommit(#[source] Arc<StoreError>),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] Unavailable),
     #[error("`{0}` is not a database URL fhirgate knows (sqlite://FILE or postgres://...)")]
     BadUrl(String),
-    #[error("database migration failed: {0}")]
-    Migration(String),
+    #[error("database migration failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the resource was changed by someone else (current version {current})")]
     VersionConflict { current: i64 },
     #[error("the resource does not exist")]
@@ -55,35 +99,37 @@ pub enum StoreError {
     MultipleMatches(usize),
     #[error("too many concurrent writes to the same resource; try again")]
     Contention,
+    /// A write would leave a resource outside what the caller may write.
+    #[error("{0}")]
+    Forbidden(crate::access::Denied),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("this database holds data but no master key was configured")]
     MissingKey,
-    #[error("database error: {0}")]
-    Database(diesel::result::Error),
-    #[error("{0}")]
-    Prepare(String),
+    #[error("database error")]
+    Database(#[source] diesel::result::Error),
+    /// The caller's body could not be stamped for storage (version, lastUpdated).
+    #[error("the resource could not be prepared for storage: {0}")]
+    Body(String),
+    /// A broken promise between fhirgate's own parts (a bug, not the request).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-                StoreError::Unavailable(info.message().to_string())
-            }
-            Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, info) => {
-                StoreError::Unavailable(info.message().to_string())
-            }
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-            | Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
-                StoreError::Contention
-            }
-            // Two PostgreSQL transactions that update the same rows in opposite order
-            // (transaction Bundles): the database aborts one; it runs again.
-            Error::DatabaseError(_, ref info) if info.message().contains("deadlock detected") => {
-                StoreError::Contention
-            }
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => StoreError::Unavailable(Unavailable::ConnectionLost(e)),
+            // A lost race: another writer inserted the same row first, or PostgreSQL
+            // could not serialise the two. The transaction runs again.
+            Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+                _,
+            ) => StoreError::Contention,
             other => StoreError::Database(other),
         }
     }
@@ -92,16 +138,7 @@ impl From<diesel::result::Error> for StoreError {
 impl StoreError {
     /// True for failures that are the database's state, not the request's.
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            StoreError::Unavailable(_) => true,
-            StoreError::Database(diesel::result::Error::DatabaseError(_, info)) => {
-                let m = info.message();
-                m.contains("database is locked")
-                    || m.contains("terminating connection")
-                    || m.contains("connection")
-            }
-            _ => false,
-        }
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 
@@ -176,7 +213,7 @@ impl Store {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| f(&store)))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("worker failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(Unavailable::Worker(e)))?
     }
 
     /// Starts the background work a backend needs: on SQLite, a thread that
@@ -193,8 +230,10 @@ impl Store {
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(50));
                 let Some(pool) = pool.upgrade() else { return };
-                if let Err(e) = repo::checkpoint(&pool) {
-                    tracing::debug!(error = %e, "WAL checkpoint skipped");
+                if let Some(mut conn) = pool.try_get_local() {
+                    if let Err(e) = conn.any().batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::debug!(error = %e, "WAL checkpoint skipped");
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -204,20 +243,20 @@ impl Store {
 
     /// A round trip to the database (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
-        repo::ping(&self.pool)
+        self.pool.read(|c| c.batch("SELECT 1"))
     }
 
     /// Opens the data keys with the master key. A new database gets its key check
     /// and first data key; a database with data refuses a different key.
     pub fn unlock(&self, master: &MasterKey) -> Result<(), StoreError> {
-        let ring = repo::unlock(&self.pool, master)?;
+        let ring = keys::unlock(&self.pool, master)?;
         *self.keyring.write() = Some(Arc::new(ring));
         Ok(())
     }
 
     /// True when the database holds a key check (was initialised with a master key).
     pub fn has_keys(&self) -> Result<bool, StoreError> {
-        repo::has_keys(&self.pool)
+        keys::has_keys(&self.pool)
     }
 
     /// Adds a new data key for future writes and, with `new_master`, re-wraps
@@ -227,7 +266,7 @@ impl Store {
         master: &MasterKey,
         new_master: Option<&MasterKey>,
     ) -> Result<i64, StoreError> {
-        let (ring, id) = repo::rotate(&self.pool, master, new_master)?;
+        let (ring, id) = keys::rotate(&self.pool, master, new_master)?;
         *self.keyring.write() = Some(Arc::new(ring));
         Ok(id)
     }
@@ -239,15 +278,18 @@ impl Store {
             .ok_or(StoreError::Keys(KeyError::UnknownDataKey(0)))
     }
 
+    /// The current version of a resource, or one version, if the caller may read
+    /// it (a resource outside its grant is None, as if it did not exist).
     pub fn read(
         &self,
-        ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         id: &str,
         version: Option<i64>,
     ) -> Result<Option<StoredVersion>, StoreError> {
         let ring = self.keyring()?;
-        repo::read(&self.pool, &ring, ctx, resource_type, id, version)
+        self.pool
+            .read(|c| read::version(c, &ring, ctx, Action::Read, resource_type, id, version))
     }
 
     /// Reads a resource from an async context. On SQLite, when a connection is idle,
@@ -256,121 +298,139 @@ impl Store {
     /// cost more than the read (measured: benches/load). Otherwise as [`Store::call`].
     pub async fn read_now(
         &self,
-        ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         id: &str,
         version: Option<i64>,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        if let Some(conn) = self.pool.try_get_local() {
+        if let Some(mut conn) = self.pool.try_get_local() {
             let ring = self.keyring()?;
-            return repo::read_on(conn, &ring, ctx, resource_type, id, version);
+            return read::version(
+                &mut conn.any(),
+                &ring,
+                ctx,
+                Action::Read,
+                resource_type,
+                id,
+                version,
+            );
         }
         let (ctx, t, i) = (ctx.clone(), resource_type.to_string(), id.to_string());
         self.call(move |s| s.read(&ctx, &t, &i, version)).await
     }
 
-    pub fn write(
-        &self,
-        ctx: &crate::access::AccessContext,
-        req: WriteRequest<'_>,
-    ) -> Result<WriteResult, StoreError> {
+    /// One AuditEvent by id (AuditEvents live in the audit log, not among versions).
+    pub fn audit_event(&self, id: &str) -> Result<Option<StoredVersion>, StoreError> {
         let ring = self.keyring()?;
-        repo::write(&self.pool, &ring, ctx, req)
+        self.pool.read(|c| audit_log::read(c, &ring, id))
     }
 
+    /// The history of resources the caller may see, newest first.
     pub fn history(
         &self,
-        ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         scope: &HistoryScope,
         since: Option<i64>,
         before_seq: Option<i64>,
         count: usize,
     ) -> Result<Vec<HistoryRow>, StoreError> {
         let ring = self.keyring()?;
-        repo::history(&self.pool, &ring, ctx, scope, since, before_seq, count)
+        let limit = count.min(1_000_000) as i64;
+        self.pool
+            .read(|c| read::history(c, &ring, ctx, scope, since, before_seq, limit))
     }
 
-    /// A page of current versions that satisfy a search query.
-    pub fn search_page(
+    /// AuditEvents newest first (one id: its history), as history rows.
+    pub fn audit_history(
         &self,
-        _ctx: &crate::access::AccessContext,
-        q: &Query,
-    ) -> Result<Vec<Hit>, StoreError> {
+        only_id: Option<&str>,
+        since: Option<i64>,
+        before_seq: Option<i64>,
+        count: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
         let ring = self.keyring()?;
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_page(c, &ring, q))
+        let limit = count.min(1_000_000) as i64;
+        let rows = self
+            .pool
+            .read(|c| audit_log::history(c, &ring, only_id, since, before_seq, limit))?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, version)| HistoryRow {
+                seq,
+                method: WriteMethod::Post,
+                version,
+            })
+            .collect())
     }
 
-    /// How many current resources satisfy a search query.
-    pub fn search_count(
-        &self,
-        _ctx: &crate::access::AccessContext,
-        q: &Query,
-    ) -> Result<i64, StoreError> {
+    /// A page of current versions that satisfy a search query, narrowed to what
+    /// the caller may search.
+    pub fn search_page(&self, ctx: &AccessContext, q: &Query) -> Result<Vec<Hit>, StoreError> {
         let ring = self.keyring()?;
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_count(c, &ring, q))
+        self.pool.read(|c| query::run_page(c, &ring, ctx, q))
+    }
+
+    /// How many current resources the caller may search satisfy a query.
+    pub fn search_count(&self, ctx: &AccessContext, q: &Query) -> Result<i64, StoreError> {
+        let ring = self.keyring()?;
+        self.pool.read(|c| query::run_count(c, &ring, ctx, q))
     }
 
     /// The (rid, id) of current resources that satisfy a query, in rid order.
     pub fn search_ids(
         &self,
-        _ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         q: &Query,
     ) -> Result<Vec<(i64, String)>, StoreError> {
         let ring = self.keyring()?;
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_ids(c, &ring, q))
+        self.pool.read(|c| query::run_ids(c, &ring, ctx, q))
     }
 
-    /// Current versions by surrogate key (deleted ones are left out).
-    pub fn read_rids(
-        &self,
-        _ctx: &crate::access::AccessContext,
-        rids: &[i64],
-    ) -> Result<Vec<Hit>, StoreError> {
+    /// Current versions by surrogate key, those the caller may read (deleted ones
+    /// are left out).
+    pub fn read_rids(&self, ctx: &AccessContext, rids: &[i64]) -> Result<Vec<Hit>, StoreError> {
         let ring = self.keyring()?;
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_by_rids(c, &ring, rids))
+        self.pool.read(|c| query::run_by_rids(c, &ring, ctx, rids))
     }
 
     /// `_include`: the rids of live resources that the reference parameters `pids`
-    /// of the resources `rids` point at (only of `types`, when given).
+    /// of the resources `rids` point at (only of `types`, when given), that the
+    /// caller may read.
     pub fn include_targets(
         &self,
-        _ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         rids: &[i64],
         pids: &[i64],
         types: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_include_targets(
-            c, rids, pids, types, limit
-        ))
+        let ring = self.keyring()?;
+        self.pool.read(|c| {
+            query::run_include_targets(c, &ring, ctx, rids, pids, types, limit)
+        })
     }
 
     /// `_revinclude`: the rids of live resources whose reference parameters `pids`
-    /// point at one of `targets` (type, id) (only sources of `types`, when given).
+    /// point at one of `targets` (type, id) (only sources of `types`, when given),
+    /// that the caller may read.
     pub fn revinclude_sources(
         &self,
-        _ctx: &crate::access::AccessContext,
+        ctx: &AccessContext,
         targets: &[(String, String)],
         pids: &[i64],
         types: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.pool.get()?;
-        pool::with_conn!(conn, |c| query::run_revinclude_sources(
-            c, targets, pids, types, limit
-        ))
+        let ring = self.keyring()?;
+        self.pool.read(|c| {
+            query::run_revinclude_sources(c, &ring, ctx, targets, pids, types, limit)
+        })
     }
 
     /// The SQL of a search query and the database's plan for it.
-    pub fn explain(&self, q: &Query) -> Result<String, StoreError> {
+    pub fn explain(&self, ctx: &AccessContext, q: &Query) -> Result<String, StoreError> {
         let ring = self.keyring()?;
-        let mut conn = self.pool.get()?;
-        query::explain(&mut conn, self.backend, &ring, q)
+        self.pool.read(|c| query::explain(c, &ring, ctx, q))
     }
 
     /// Seals a page cursor with a key derived from the index key (every node of a
@@ -409,17 +469,18 @@ impl Store {
         jobs::next_batch(&self.pool, &ring, job, size)
     }
 
-    /// Rewrites a batch's index rows and moves the job on; false if the lease was lost.
+    /// Rewrites a batch's index rows (of the resources still at the version read)
+    /// and moves the job on; false if the lease was lost.
     pub fn reindex_commit(
         &self,
         job: &ReindexJob,
         owner: &str,
         lease_ms: i64,
-        rows: &[(i64, IndexRows)],
+        batch: &[Reindexed],
         last_rid: i64,
     ) -> Result<bool, StoreError> {
         let ring = self.keyring()?;
-        jobs::commit_batch(&self.pool, &ring, job, owner, lease_ms, rows, last_rid)
+        jobs::commit_batch(&self.pool, &ring, job, owner, lease_ms, batch, last_rid)
     }
 
     pub fn reindex_finish(&self, job: &ReindexJob, error: Option<&str>) -> Result<(), StoreError> {
@@ -446,33 +507,81 @@ impl Store {
         jobs::activate(&self.pool, ids)
     }
 
-    /// Runs `body` in one write transaction (see [`Txn`]); a lost race runs it again
-    /// from the start, so `body` must not keep effects outside the transaction.
+    /// Runs `body` in one write transaction for `ctx` (see [`Txn`]); a lost race
+    /// runs it again from the start, so `body` must not keep effects outside the
+    /// transaction.
     pub fn transaction<R, E: TxnError>(
         &self,
+        ctx: &AccessContext,
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<R, E>,
     ) -> Result<R, E> {
         let ring = self.keyring()?;
-        txn::transaction(&self.pool, &ring, body)
+        txn::transaction(&self.pool, &ring, ctx, body)
     }
 
-    /// Runs `body` on a connection outside any transaction (reads only).
+    /// Runs `body` on a connection outside any transaction (reads only), for `ctx`.
     pub fn lookup<R>(
         &self,
+        ctx: &AccessContext,
         body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let ring = self.keyring()?;
-        txn::lookup(&self.pool, &ring, body)
+        txn::lookup(&self.pool, &ring, ctx, body)
+    }
+
+    /// One new resource with a server-assigned id, written on its own: its rows
+    /// (sealed body, blinded index rows, sealed AuditEvent) are made before the
+    /// write takes the database (SQLite: the writer's turn); on PostgreSQL, for a
+    /// caller whose writes need no check afterwards, in one statement. The same
+    /// rows a [`Txn`] would write.
+    pub fn create_alone(
+        &self,
+        ctx: &AccessContext,
+        req: &WriteRequest<'_>,
+    ) -> Result<WriteResult, StoreError> {
+        let ring = self.keyring()?;
+        let rows = match write::rows_of(&ring, req, None, crate::fhir::now_micros())? {
+            write::Planned::Write(rows) => *rows,
+            write::Planned::Unchanged(r) => return Ok(r),
+        };
+        if self.backend == Backend::Postgres && write::alone_is_possible(ctx, &rows) {
+            return self.pool.read(|c| write::apply_alone(c, rows));
+        }
+        let mut rows = Some(rows);
+        let mut written = self.pool.write(|c| {
+            let rows = rows.take().ok_or(StoreError::Internal("a create ran twice"))?;
+            write::apply(c, &ring, ctx, vec![rows])
+        })?;
+        written.pop().ok_or(StoreError::Internal("a create wrote nothing"))
     }
 
     /// The parts of an import unit that are already stored (`fhirgate import` resumes).
     pub fn imported_parts(&self, unit: &str) -> Result<Vec<i64>, StoreError> {
-        txn::imported_parts(&self.pool, unit)
+        #[derive(diesel::QueryableByName)]
+        struct Part {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            part: i64,
+        }
+        self.pool.read(|c| {
+            let mut sql = c.sql();
+            sql.push("SELECT part FROM import_progress WHERE unit = ")
+                .text(unit)
+                .push(" ORDER BY part");
+            Ok(c.load::<Part>(sql)?.into_iter().map(|p| p.part).collect())
+        })
     }
 
-    /// Commits a group of AuditEvents in one transaction.
-    pub fn insert_audits(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+    /// Commits AuditEvents in one transaction through the audit sink (the group
+    /// commit of reads).
+    pub fn append_audits(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let ring = self.keyring()?;
-        repo::insert_audits(&self.pool, &ring, rows)
+        let sealed = rows
+            .iter()
+            .map(|r| audit_log::seal(&ring, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.pool.write(|c| audit_log::append(c, &sealed))
     }
 }

@@ -8,7 +8,8 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::{PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::StoreError;
+use super::conn::AnyConn;
+use super::{StoreError, Unavailable};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -34,67 +35,43 @@ pub enum DbPool {
 }
 
 pub enum DbConn {
-    Sqlite(
-        PooledConnection<ConnectionManager<SqliteConnection>>,
-        WriterQueue,
-    ),
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
     Pg(PooledConnection<ConnectionManager<PgConnection>>),
 }
 
-/// Runs `$body` with `$c` bound to the backend's connection (`&mut SqliteConnection`
-/// or `&mut PgConnection`); the body is compiled once per backend.
-macro_rules! with_conn {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            $crate::store::pool::DbConn::Sqlite(ref mut pooled, _) => {
-                let $c: &mut diesel::SqliteConnection = &mut *pooled;
-                $body
+
+
+impl DbConn {
+    /// The connection as the store's backend-neutral [`AnyConn`].
+    pub fn any(&mut self) -> AnyConn<'_> {
+        match self {
+            DbConn::Sqlite(c) => AnyConn::Sqlite(&mut *c),
+            DbConn::Pg(c) => AnyConn::Pg(&mut *c),
+        }
+    }
+
+    /// Runs `body` in a write transaction on this connection; the caller holds the
+    /// SQLite writer's turn ([`DbPool::write`] takes it). SQLite begins IMMEDIATE:
+    /// a deferred transaction that reads, then writes, fails with
+    /// SQLITE_BUSY_SNAPSHOT under concurrency instead of waiting.
+    fn transaction<R, E>(&mut self, body: impl FnOnce(&mut AnyConn) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<diesel::result::Error>,
+    {
+        match self {
+            DbConn::Sqlite(c) => {
+                let conn: &mut SqliteConnection = &mut *c;
+                conn.immediate_transaction(|c| body(&mut AnyConn::Sqlite(c)))
             }
-            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
-                let $c: &mut diesel::PgConnection = &mut *pooled;
-                $body
+            DbConn::Pg(c) => {
+                let conn: &mut PgConnection = &mut *c;
+                diesel::Connection::transaction(conn, |c| body(&mut AnyConn::Pg(c)))
             }
         }
-    };
+    }
 }
 
-/// Like `with_conn!`, inside a write transaction. SQLite takes the write lock at
-/// BEGIN (IMMEDIATE): a deferred transaction that reads, then writes, fails with
-/// SQLITE_BUSY_SNAPSHOT under concurrency instead of waiting.
-macro_rules! write_txn {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            $crate::store::pool::DbConn::Sqlite(ref mut pooled, ref queue) => {
-                let _turn = queue.lock();
-                let conn: &mut diesel::SqliteConnection = &mut *pooled;
-                conn.immediate_transaction(|$c| $body)
-            }
-            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
-                let conn: &mut diesel::PgConnection = &mut *pooled;
-                diesel::Connection::transaction(conn, |$c| $body)
-            }
-        }
-    };
-}
 
-/// `write_txn!` for a connection from [`DbPool::get_for_write`], whose SQLite
-/// writer turn is already held.
-macro_rules! write_txn_held {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            $crate::store::pool::DbConn::Sqlite(ref mut pooled, _) => {
-                let conn: &mut diesel::SqliteConnection = &mut *pooled;
-                conn.immediate_transaction(|$c| $body)
-            }
-            $crate::store::pool::DbConn::Pg(ref mut pooled) => {
-                let conn: &mut diesel::PgConnection = &mut *pooled;
-                diesel::Connection::transaction(conn, |$c| $body)
-            }
-        }
-    };
-}
-
-pub(crate) use {with_conn, write_txn, write_txn_held};
 
 #[derive(Debug)]
 struct SqlitePragmas;
@@ -156,7 +133,7 @@ impl DbPool {
                 .test_on_check_out(false)
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(path))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::Unavailable(Unavailable::Unreachable(e)))?;
             Ok((
                 DbPool::Sqlite(pool, WriterQueue::default()),
                 Backend::Sqlite,
@@ -182,38 +159,55 @@ impl DbPool {
 
     pub fn get(&self) -> Result<DbConn, StoreError> {
         match self {
-            DbPool::Sqlite(p, q) => p
+            DbPool::Sqlite(p, _) => p
                 .get()
-                .map(|c| DbConn::Sqlite(c, q.clone()))
-                .map_err(|e| StoreError::Unavailable(e.to_string())),
+                .map(DbConn::Sqlite)
+                .map_err(|e| unavailable(e, p.state(), p.max_size())),
             DbPool::Pg(p) => p
                 .get()
                 .map(DbConn::Pg)
-                .map_err(|e| StoreError::Unavailable(e.to_string())),
+                .map_err(|e| unavailable(e, p.state(), p.max_size())),
         }
     }
 
-    /// A connection for a long write transaction (a transaction Bundle). On SQLite
-    /// the writer's turn is taken first and held by the guard: writers waiting for
-    /// their turn hold no pooled connection, so reads and the audit writer still get
-    /// one while a long transaction runs. Use it with `write_txn_held!`.
-    pub fn get_for_write(
-        &self,
-    ) -> Result<(Option<parking_lot::MutexGuard<'_, ()>>, DbConn), StoreError> {
+    /// Runs `body` in one write transaction. On SQLite the writer's turn is taken
+    /// first, before a pooled connection: writers waiting for their turn hold no
+    /// connection, so reads and the audit writer still get one while a long
+    /// transaction runs. Everything a write can compute without the database
+    /// (sealing, blinding, AuditEvent JSON) is computed before this is called.
+    pub fn write<R, E>(&self, body: impl FnOnce(&mut AnyConn) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<diesel::result::Error> + From<StoreError>,
+    {
+        let _turn = match self {
+            DbPool::Sqlite(_, q) => Some(q.lock()),
+            DbPool::Pg(_) => None,
+        };
+        let mut conn = self.get()?;
+        conn.transaction(body)
+    }
+
+    pub fn backend(&self) -> Backend {
         match self {
-            DbPool::Sqlite(_, q) => {
-                let turn = q.lock();
-                Ok((Some(turn), self.get()?))
-            }
-            DbPool::Pg(_) => Ok((None, self.get()?)),
+            DbPool::Sqlite(..) => Backend::Sqlite,
+            DbPool::Pg(_) => Backend::Postgres,
         }
+    }
+
+    /// Runs `body` on a pooled connection outside any transaction.
+    pub fn read<R>(
+        &self,
+        body: impl FnOnce(&mut AnyConn) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self.get()?;
+        body(&mut conn.any())
     }
 
     /// An idle SQLite connection, without waiting; None for PostgreSQL (its queries
     /// wait on the network and belong on the blocking pool).
     pub fn try_get_local(&self) -> Option<DbConn> {
         match self {
-            DbPool::Sqlite(p, q) => p.try_get().map(|c| DbConn::Sqlite(c, q.clone())),
+            DbPool::Sqlite(p, _) => p.try_get().map(DbConn::Sqlite),
             DbPool::Pg(_) => None,
         }
     }
@@ -222,14 +216,14 @@ impl DbPool {
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.get()?;
         let applied = match &mut conn {
-            DbConn::Sqlite(c, _) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
             DbConn::Pg(c) => {
                 // Several nodes may start at once on one database: one migrates,
                 // the others wait for it and then find nothing pending.
                 let conn: &mut PgConnection = c;
                 diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                     .execute(conn)
-                    .map_err(|e| StoreError::Migration(e.to_string()))?;
+                    .map_err(|e| StoreError::Migration(Box::new(e)))?;
                 let r = conn
                     .run_pending_migrations(POSTGRES_MIGRATIONS)
                     .map(|v| v.len());
@@ -238,6 +232,17 @@ impl DbPool {
                 r
             }
         };
-        applied.map_err(|e| StoreError::Migration(e.to_string()))
+        applied.map_err(StoreError::Migration)
+    }
+}
+
+/// Why no connection came from the pool in time: every connection of the pool
+/// exists and is busy (the node is saturated), or connections could not be made
+/// (the database is away).
+fn unavailable(e: diesel::r2d2::PoolError, state: diesel::r2d2::State, max: u32) -> StoreError {
+    if state.connections >= max && state.idle_connections == 0 {
+        StoreError::Unavailable(Unavailable::PoolExhausted)
+    } else {
+        StoreError::Unavailable(Unavailable::Unreachable(e))
     }
 }

@@ -9,15 +9,14 @@
 //! a position (keyset paging): a page never shifts when resources are added.
 
 use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text};
-use diesel::{QueryableByName, RunQueryDsl};
+use diesel::QueryableByName;
 
-use diesel::pg::Pg;
-use diesel::sqlite::Sqlite;
-
-use super::pool::{Backend, DbConn};
+use super::conn::AnyConn;
+use super::pool::Backend;
 use super::render::Renderer;
 use super::sql::Sql;
 use super::{StoreError, StoredVersion};
+use crate::access::{AccessContext, Action};
 use crate::crypto::Keyring;
 
 /// One comparison on the range columns (`lo`, `hi`) of an index row.
@@ -133,6 +132,8 @@ pub enum Filter {
     Not(Box<Filter>),
     Any(Vec<Filter>),
     All(Vec<Filter>),
+    /// The resource is of one of these types.
+    Types(Vec<String>),
     /// Never true (a criterion that can match nothing, e.g. an unknown target).
     Nothing,
 }
@@ -278,43 +279,16 @@ fn hit(ring: &Keyring, row: HitRow) -> Result<Hit, StoreError> {
     })
 }
 
-/// A connection of either backend that runs the search statements.
-pub(crate) trait SearchConn {
-    const BACKEND: Backend;
-    fn load_rows<R>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError>
-    where
-        R: diesel::QueryableByName<Sqlite> + diesel::QueryableByName<Pg> + 'static;
-}
-
-impl SearchConn for diesel::SqliteConnection {
-    const BACKEND: Backend = Backend::Sqlite;
-    fn load_rows<R>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError>
-    where
-        R: diesel::QueryableByName<Sqlite> + diesel::QueryableByName<Pg> + 'static,
-    {
-        Ok(sql.load::<R>(self)?)
-    }
-}
-
-impl SearchConn for diesel::PgConnection {
-    const BACKEND: Backend = Backend::Postgres;
-    fn load_rows<R>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError>
-    where
-        R: diesel::QueryableByName<Sqlite> + diesel::QueryableByName<Pg> + 'static,
-    {
-        Ok(sql.load::<R>(self)?)
-    }
-}
-
 /// Runs the page query of `q` on a connection.
-pub(crate) fn run_page<C: SearchConn>(
-    c: &mut C,
+pub(crate) fn run_page(
+    c: &mut AnyConn,
     ring: &Keyring,
+    ctx: &AccessContext,
     q: &Query,
 ) -> Result<Vec<Hit>, StoreError> {
-    let mut r = Renderer::new(C::BACKEND, ring);
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Search);
     r.page(q)?;
-    let rows: Vec<HitRow> = c.load_rows(r.sql.finish())?;
+    let rows: Vec<HitRow> = c.load(r.sql)?;
     let n = q.sort.len();
     let mut hits = rows
         .into_iter()
@@ -329,50 +303,55 @@ pub(crate) fn run_page<C: SearchConn>(
     Ok(hits)
 }
 
-pub(crate) fn run_count<C: SearchConn>(
-    c: &mut C,
+pub(crate) fn run_count(
+    c: &mut AnyConn,
     ring: &Keyring,
+    ctx: &AccessContext,
     q: &Query,
 ) -> Result<i64, StoreError> {
-    let mut r = Renderer::new(C::BACKEND, ring);
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Search);
     r.count(q)?;
-    let rows: Vec<CountRow> = c.load_rows(r.sql.finish())?;
+    let rows: Vec<CountRow> = c.load(r.sql)?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
 
 /// The (rid, id) of resources that satisfy the query (conditional interactions).
-pub(crate) fn run_ids<C: SearchConn>(
-    c: &mut C,
+pub(crate) fn run_ids(
+    c: &mut AnyConn,
     ring: &Keyring,
+    ctx: &AccessContext,
     q: &Query,
 ) -> Result<Vec<(i64, String)>, StoreError> {
-    let mut r = Renderer::new(C::BACKEND, ring);
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Search);
     r.ids(q)?;
-    let rows: Vec<IdRow> = c.load_rows(r.sql.finish())?;
+    let rows: Vec<IdRow> = c.load(r.sql)?;
     Ok(rows.into_iter().map(|r| (r.rid, r.resource_id)).collect())
 }
 
-/// Current versions of the given rids (includes, sorting after decryption).
-pub(crate) fn run_by_rids<C: SearchConn>(
-    c: &mut C,
+/// Current versions of the given rids (includes), those the caller may read.
+pub(crate) fn run_by_rids(
+    c: &mut AnyConn,
     ring: &Keyring,
+    ctx: &AccessContext,
     rids: &[i64],
 ) -> Result<Vec<Hit>, StoreError> {
     if rids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new(C::BACKEND);
-    let f = sql.false_literal();
-    sql.push(
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Read);
+    let f = r.sql.false_literal();
+    r.sql.push(
         "SELECT rc.rid, rv.resource_type, rv.resource_id, rv.version_id, rv.last_updated, \
          rv.key_id, rv.body, NULL AS k0i, NULL AS k0f, NULL AS k0t, NULL AS k1i, NULL AS k1f, \
          NULL AS k1t, NULL AS k2i, NULL AS k2f, NULL AS k2t \
          FROM resources_current rc JOIN resource_versions rv ON rv.resource_type = rc.resource_type \
          AND rv.resource_id = rc.resource_id AND rv.version_id = rc.version_id WHERE ",
     );
-    sql.in_i64s("rc.rid", rids);
-    sql.push(&format!(" AND rc.deleted = {f} ORDER BY rc.rid"));
-    let rows: Vec<HitRow> = c.load_rows(typed_nulls(sql).finish())?;
+    r.sql.in_i64s("rc.rid", rids);
+    r.sql.push(&format!(" AND rc.deleted = {f}"));
+    r.narrow("rc", None)?;
+    r.sql.push(" ORDER BY rc.rid");
+    let rows: Vec<HitRow> = c.load(typed_nulls(r.sql))?;
     rows.into_iter().map(|row| hit(ring, row)).collect()
 }
 
@@ -395,9 +374,12 @@ fn typed_nulls(sql: Sql) -> Sql {
 }
 
 /// The rids of resources that the references `pids` of the resources `rids` point
-/// at (`_include`), optionally only targets of `types`.
-pub(crate) fn run_include_targets<C: SearchConn>(
-    c: &mut C,
+/// at (`_include`), optionally only targets of `types`; only targets the caller
+/// may read.
+pub(crate) fn run_include_targets(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    ctx: &AccessContext,
     rids: &[i64],
     pids: &[i64],
     types: Option<&[String]>,
@@ -406,29 +388,34 @@ pub(crate) fn run_include_targets<C: SearchConn>(
     if rids.is_empty() || pids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new(C::BACKEND);
-    let f = sql.false_literal();
-    sql.push(
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Read);
+    let f = r.sql.false_literal();
+    r.sql.push(
         "SELECT DISTINCT t.rid AS rid, t.resource_id AS resource_id FROM search_reference r \
          JOIN resources_current t ON t.resource_type = r.target_type AND t.resource_id = r.target_id WHERE ",
     );
-    sql.in_i64s("r.rid", rids);
-    sql.push(" AND ");
-    sql.in_i64s("r.pid", pids);
+    r.sql.in_i64s("r.rid", rids);
+    r.sql.push(" AND ");
+    r.sql.in_i64s("r.pid", pids);
     if let Some(types) = types {
-        sql.push(" AND ");
-        sql.in_texts("r.target_type", types);
+        r.sql.push(" AND ");
+        r.sql.in_texts("r.target_type", types);
     }
-    sql.push(&format!(" AND t.deleted = {f} ORDER BY t.rid LIMIT "))
-        .i64(limit as i64);
-    let rows: Vec<IdRow> = c.load_rows(sql.finish())?;
+    r.sql.push(&format!(" AND t.deleted = {f}"));
+    r.narrow("t", types)?;
+    r.sql.push(" ORDER BY t.rid LIMIT ").i64(limit as i64);
+    let rows: Vec<IdRow> = c.load(r.sql)?;
     Ok(rows.into_iter().map(|r| r.rid).collect())
 }
 
 /// The rids of resources whose references `pids` point at one of `targets`
-/// (`_revinclude`), optionally only sources of `types`.
-pub(crate) fn run_revinclude_sources<C: SearchConn>(
-    c: &mut C,
+/// (`_revinclude`), optionally only sources of `types`; only sources the caller
+/// may read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_revinclude_sources(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    ctx: &AccessContext,
     targets: &[(String, String)],
     pids: &[i64],
     types: Option<&[String]>,
@@ -441,42 +428,44 @@ pub(crate) fn run_revinclude_sources<C: SearchConn>(
     for (t, id) in targets {
         by_type.entry(t.as_str()).or_default().push(id.clone());
     }
-    let mut sql = Sql::new(C::BACKEND);
-    let f = sql.false_literal();
-    sql.push(
+    let mut r = Renderer::new(c.backend(), ring, ctx, Action::Read);
+    let f = r.sql.false_literal();
+    r.sql.push(
         "SELECT DISTINCT s.rid AS rid, s.resource_id AS resource_id FROM search_reference r \
          JOIN resources_current s ON s.rid = r.rid WHERE ",
     );
-    sql.in_i64s("r.pid", pids);
-    sql.push(" AND (");
+    r.sql.in_i64s("r.pid", pids);
+    r.sql.push(" AND (");
     for (i, (t, ids)) in by_type.iter().enumerate() {
         if i > 0 {
-            sql.push(" OR ");
+            r.sql.push(" OR ");
         }
-        sql.push("(r.target_type = ").text(t).push(" AND ");
-        sql.in_texts("r.target_id", ids);
-        sql.push(")");
+        r.sql.push("(r.target_type = ").text(t).push(" AND ");
+        r.sql.in_texts("r.target_id", ids);
+        r.sql.push(")");
     }
-    sql.push(")");
+    r.sql.push(")");
     if let Some(types) = types {
-        sql.push(" AND ");
-        sql.in_texts("s.resource_type", types);
+        r.sql.push(" AND ");
+        r.sql.in_texts("s.resource_type", types);
     }
-    sql.push(&format!(" AND s.deleted = {f} ORDER BY s.rid LIMIT "))
-        .i64(limit as i64);
-    let rows: Vec<IdRow> = c.load_rows(sql.finish())?;
+    r.sql.push(&format!(" AND s.deleted = {f}"));
+    r.narrow("s", types)?;
+    r.sql.push(" ORDER BY s.rid LIMIT ").i64(limit as i64);
+    let rows: Vec<IdRow> = c.load(r.sql)?;
     Ok(rows.into_iter().map(|r| r.rid).collect())
 }
 
 /// The page query's text and the database's plan for it (`EXPLAIN`), for the plan
 /// tests and operators.
 pub(crate) fn explain(
-    conn: &mut DbConn,
-    backend: Backend,
+    c: &mut AnyConn,
     ring: &Keyring,
+    ctx: &AccessContext,
     q: &Query,
 ) -> Result<String, StoreError> {
-    let mut r = Renderer::new(backend, ring);
+    let backend = c.backend();
+    let mut r = Renderer::new(backend, ring, ctx, Action::Search);
     r.page(q)?;
     let text = r.sql.display();
     let mut sql = Sql::new(backend);
@@ -485,32 +474,27 @@ pub(crate) fn explain(
         Backend::Sqlite => "EXPLAIN QUERY PLAN ",
     });
     sql.append(&r.sql);
-    let sql = sql.finish();
-    let plan: Vec<String> = match conn {
-        DbConn::Pg(c) => {
-            #[derive(QueryableByName)]
-            struct PlanLine {
-                #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-                line: String,
-            }
-            let c: &mut diesel::PgConnection = &mut *c;
-            sql.load::<PlanLine>(c)?
-                .into_iter()
-                .map(|l| l.line)
-                .collect()
-        }
-        DbConn::Sqlite(c, _) => {
-            #[derive(QueryableByName)]
-            struct PlanLine {
-                #[diesel(sql_type = Text)]
-                detail: String,
-            }
-            let c: &mut diesel::SqliteConnection = &mut *c;
-            sql.load::<PlanLine>(c)?
-                .into_iter()
-                .map(|l| l.detail)
-                .collect()
-        }
+    #[derive(QueryableByName)]
+    struct PgPlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    #[derive(QueryableByName)]
+    struct SqlitePlanLine {
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+    let plan: Vec<String> = match backend {
+        Backend::Postgres => c
+            .load::<PgPlanLine>(sql)?
+            .into_iter()
+            .map(|l| l.line)
+            .collect(),
+        Backend::Sqlite => c
+            .load::<SqlitePlanLine>(sql)?
+            .into_iter()
+            .map(|l| l.detail)
+            .collect(),
     };
     Ok(format!("{text}\n{}", plan.join("\n")))
 }

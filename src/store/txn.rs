@@ -1,24 +1,41 @@
 //! Several writes in one database transaction, for callers that must land many
-//! resources whole or not at all (a transaction Bundle, a batch of an import):
-//! [`Txn`] is the open transaction as the caller sees it, with no diesel type in
-//! sight. Conditional criteria are evaluated inside it under advisory locks
-//! (PostgreSQL; SQLite's `BEGIN IMMEDIATE` already serialises writers), versions
-//! are written with their index rows and AuditEvents, and the whole transaction
-//! is run again when it lost a race to another writer.
+//! resources whole or not at all (a transaction Bundle, a batch of an import, a
+//! single REST write): [`Txn`] is the open transaction as the caller sees it,
+//! with no diesel type in sight, acting for one caller ([`AccessContext`]):
+//! everything it reads is narrowed to what the caller may see, and everything it
+//! writes is checked against what the caller may write. Conditional criteria are
+//! evaluated inside it under advisory locks (PostgreSQL; SQLite's
+//! `BEGIN IMMEDIATE` already serialises writers), versions are written with their
+//! index rows and AuditEvents by the one write path ([`super::write`]), and the
+//! whole transaction is run again when it lost a race to another writer.
+//!
+//! Retry contract: a body may run several times (after a unique violation or a
+//! serialization failure); it must not keep effects outside the transaction.
+//! Deadlocks cannot happen between fhirgate's own transactions: every lock a
+//! transaction takes on more than one resource is taken up front in ascending
+//! key order ([`Txn::lock`], [`Txn::lock_resources`]).
 
-use super::pool::{with_conn, write_txn_held, DbPool};
-use super::repo::{condition_matches, WriteConn, WRITE_RETRIES};
-use super::{AuditRow, Condition, StoreError, StoredVersion, WriteRequest, WriteResult};
+use super::audit_log::{self, AuditRow};
+use super::conn::AnyConn;
+use super::pool::DbPool;
+use super::read::{condition_matches, version};
+use super::write::{apply, current_row, rows_of, Planned, WriteKind};
+use super::{Condition, StoreError, StoredVersion, WriteRequest, WriteResult};
+use crate::access::{AccessContext, Action};
 use crate::crypto::Keyring;
+
+/// How many times a transaction runs when concurrent writers got there first.
+pub(super) const WRITE_RETRIES: usize = 8;
 
 /// Reads that a caller needs to decide what to write: inside a write
 /// transaction, or on a plain connection to prepare one.
 pub trait Lookup {
-    /// The ids of current, live resources that satisfy the criteria (at most two:
-    /// callers tell none, one and several apart).
+    /// The ids of current, live resources that satisfy the criteria and that the
+    /// caller may search (at most two: callers tell none, one and several apart).
     fn matches(&mut self, cond: &Condition) -> Result<Vec<String>, StoreError>;
 
-    /// The current version of a resource (a deleted one too).
+    /// The current version of a resource (a deleted one too), if the caller may
+    /// read it.
     fn current(
         &mut self,
         resource_type: &str,
@@ -32,21 +49,22 @@ pub trait Txn: Lookup {
     /// This transaction as a [`Lookup`] (for code that reads inside or outside one).
     fn as_lookup(&mut self) -> &mut dyn Lookup;
 
-    /// Serialises this transaction with every other that takes the same key, until
-    /// commit (PostgreSQL `pg_advisory_xact_lock`; nothing to do on SQLite). Take
-    /// several keys in ascending order, so two transactions cannot deadlock.
-    fn lock(&mut self, key: i64) -> Result<(), StoreError>;
+    /// Serialises this transaction with every other that takes one of the same
+    /// keys, until commit (PostgreSQL advisory locks, taken in ascending order;
+    /// nothing to do on SQLite). `shared`: holders do not wait for each other,
+    /// only for an exclusive holder (readers of conditional references).
+    fn lock(&mut self, keys: &[i64], shared: bool) -> Result<(), StoreError>;
 
-    /// The shared form of [`Txn::lock`], for readers of criteria (a conditional
-    /// reference): they wait for a transaction that creates under the same criteria,
-    /// not for each other.
-    fn lock_shared(&mut self, key: i64) -> Result<(), StoreError>;
+    /// Locks the resources a transaction is about to change, in one ascending
+    /// order, before it changes any: two transactions that change the same
+    /// resources in different orders wait for each other instead of deadlocking.
+    fn lock_resources(&mut self, identities: &[(&str, &str)]) -> Result<(), StoreError>;
 
     /// Writes one version with its index rows and AuditEvent.
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError>;
 
-    /// Writes new resources with server-assigned ids (`WriteKind::Create`, no
-    /// condition), each with its index rows and AuditEvent, in multi-row statements.
+    /// Writes new resources with server-assigned ids (`WriteKind::Create`), each
+    /// with its index rows and AuditEvent, in multi-row statements.
     fn create_many(&mut self, reqs: &[WriteRequest<'_>]) -> Result<Vec<WriteResult>, StoreError>;
 
     /// Which of `ids` of `resource_type` have a current row (deleted ones included).
@@ -76,15 +94,16 @@ impl TxnError for StoreError {
     }
 }
 
-/// A connection of either backend with the keyring, as a [`Txn`].
-struct On<'a, C> {
-    c: &'a mut C,
+/// A connection of either backend with the keyring and the caller, as a [`Txn`].
+struct On<'a, 'c> {
+    c: &'a mut AnyConn<'c>,
     ring: &'a Keyring,
+    ctx: &'a AccessContext,
 }
 
-impl<C: WriteConn> Lookup for On<'_, C> {
+impl Lookup for On<'_, '_> {
     fn matches(&mut self, cond: &Condition) -> Result<Vec<String>, StoreError> {
-        condition_matches(self.c, self.ring, cond)
+        condition_matches(self.c, self.ring, self.ctx, cond)
     }
 
     fn current(
@@ -92,32 +111,69 @@ impl<C: WriteConn> Lookup for On<'_, C> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        self.c.current_version(self.ring, resource_type, id)
+        version(self.c, self.ring, self.ctx, Action::Read, resource_type, id, None)
     }
 }
 
-impl<C: WriteConn> Txn for On<'_, C> {
+/// The advisory-lock key of a resource identity.
+fn identity_key(resource_type: &str, id: &str) -> i64 {
+    let digest = openssl::sha::sha256(format!("resource:{resource_type}/{id}").as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+impl Txn for On<'_, '_> {
     fn as_lookup(&mut self) -> &mut dyn Lookup {
         self
     }
 
-    fn lock(&mut self, key: i64) -> Result<(), StoreError> {
-        self.c.advisory_xact_lock(key)
+    fn lock(&mut self, keys: &[i64], shared: bool) -> Result<(), StoreError> {
+        self.c.lock(keys, shared)
     }
 
-    fn lock_shared(&mut self, key: i64) -> Result<(), StoreError> {
-        self.c.advisory_xact_lock_shared(key)
+    fn lock_resources(&mut self, identities: &[(&str, &str)]) -> Result<(), StoreError> {
+        let keys: Vec<i64> = identities
+            .iter()
+            .map(|(t, id)| identity_key(t, id))
+            .collect();
+        self.c.lock(&keys, false)
     }
 
     fn write(&mut self, req: &WriteRequest<'_>) -> Result<WriteResult, StoreError> {
-        self.c.write_version(self.ring, req)
+        let action = match req.kind {
+            WriteKind::Create => Action::Create,
+            WriteKind::Update { .. } => Action::Update,
+            WriteKind::Delete { .. } => Action::Delete,
+        };
+        // A create with a server-assigned id has no current version to look up
+        // (the unique index on resources_current catches the impossible clash).
+        let current = match req.kind {
+            WriteKind::Create => None,
+            _ => current_row(self.c, self.ring, self.ctx, action, req.resource_type, req.id)?,
+        };
+        match rows_of(self.ring, req, current, crate::fhir::now_micros())? {
+            Planned::Unchanged(r) => Ok(r),
+            Planned::Write(rows) => {
+                let mut written = apply(self.c, self.ring, self.ctx, vec![*rows])?;
+                written.pop().ok_or(StoreError::Contention)
+            }
+        }
     }
 
     fn create_many(&mut self, reqs: &[WriteRequest<'_>]) -> Result<Vec<WriteResult>, StoreError> {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
-        self.c.create_many(self.ring, reqs)
+        let ts = crate::fhir::now_micros();
+        let mut rows = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match rows_of(self.ring, req, None, ts)? {
+                Planned::Write(r) => rows.push(*r),
+                Planned::Unchanged(_) => return Err(StoreError::Contention),
+            }
+        }
+        apply(self.c, self.ring, self.ctx, rows)
     }
 
     fn existing(
@@ -125,18 +181,48 @@ impl<C: WriteConn> Txn for On<'_, C> {
         resource_type: &str,
         ids: &[&str],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.c.existing_ids(resource_type, ids)
+        #[derive(diesel::QueryableByName)]
+        struct IdLine {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            resource_id: String,
+        }
+        let mut out = std::collections::HashSet::new();
+        for chunk in ids.chunks(500) {
+            let owned: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+            let mut sql = self.c.sql();
+            sql.push("SELECT resource_id FROM resources_current WHERE resource_type = ")
+                .text(resource_type)
+                .push(" AND ");
+            sql.in_texts("resource_id", &owned);
+            out.extend(
+                self.c
+                    .load::<IdLine>(sql)?
+                    .into_iter()
+                    .map(|l| l.resource_id),
+            );
+        }
+        Ok(out)
     }
 
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.c.insert_audits(self.ring, rows)
+        let sealed = rows
+            .iter()
+            .map(|r| audit_log::seal(self.ring, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        audit_log::append(self.c, &sealed)
     }
 
     fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError> {
-        self.c.mark_imported(unit, part)
+        let mut sql = self.c.sql();
+        sql.push("INSERT INTO import_progress (unit, part, done_at) VALUES (")
+            .text(unit)
+            .push(", ")
+            .i64(part)
+            .push(", ")
+            .i64(crate::fhir::now_micros())
+            .push(")");
+        self.c.execute(sql)?;
+        Ok(())
     }
 }
 
@@ -152,23 +238,27 @@ impl<E> From<diesel::result::Error> for Stop<E> {
     }
 }
 
-/// Runs `body` in one write transaction, again (from the start, on a fresh
-/// transaction) when it lost a race, at most [`WRITE_RETRIES`] times. An error
-/// from `body` rolls back everything it did.
+impl<E> From<StoreError> for Stop<E> {
+    fn from(e: StoreError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+/// Runs `body` in one write transaction for `ctx`, again (from the start, on a
+/// fresh transaction) when it lost a race, at most [`WRITE_RETRIES`] times. An
+/// error from `body` rolls back everything it did.
 pub(super) fn transaction<R, E: TxnError>(
     pool: &DbPool,
     ring: &Keyring,
+    ctx: &AccessContext,
     body: &mut dyn FnMut(&mut dyn Txn) -> Result<R, E>,
 ) -> Result<R, E> {
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
-        let (turn, mut conn) = pool.get_for_write()?;
-        let outcome: Result<R, Stop<E>> = write_txn_held!(conn, |c| {
-            let mut t = On { c, ring };
+        let outcome: Result<R, Stop<E>> = pool.write(|c| {
+            let mut t = On { c, ring, ctx };
             body(&mut t).map_err(Stop::Caller)
         });
-        drop(conn);
-        drop(turn);
         match outcome {
             Ok(r) => return Ok(r),
             Err(Stop::Caller(e)) if !e.is_contention() => return Err(e),
@@ -183,27 +273,16 @@ pub(super) fn transaction<R, E: TxnError>(
     Err(E::from(last))
 }
 
-/// Runs `body` on a plain connection (no transaction): reads to prepare a write.
+/// Runs `body` on a plain connection (no transaction) for `ctx`: reads to prepare
+/// a write.
 pub(super) fn lookup<R>(
     pool: &DbPool,
     ring: &Keyring,
+    ctx: &AccessContext,
     body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    let mut conn = pool.get()?;
-    with_conn!(conn, |c| {
-        let mut t = On { c, ring };
+    pool.read(|c| {
+        let mut t = On { c, ring, ctx };
         body(&mut t)
     })
-}
-
-/// The parts of an import unit already committed.
-pub(super) fn imported_parts(pool: &DbPool, unit: &str) -> Result<Vec<i64>, StoreError> {
-    use super::schema::import_progress as ip;
-    use diesel::prelude::*;
-    let mut conn = pool.get()?;
-    Ok(with_conn!(conn, |c| ip::table
-        .filter(ip::unit.eq(unit))
-        .select(ip::part)
-        .order(ip::part.asc())
-        .load::<i64>(c))?)
 }
