@@ -424,7 +424,10 @@ impl Grant {
             if matching.is_empty() {
                 continue;
             }
-            if matching.iter().any(|r| !r.in_compartment && r.granular.is_none()) {
+            if matching
+                .iter()
+                .any(|r| !r.in_compartment && r.granular.is_none())
+            {
                 open.push(t.to_string());
                 continue;
             }
@@ -442,7 +445,10 @@ impl Grant {
                 }
             }
         }
-        if types.is_some() && other.is_empty() && merged_pids.is_empty() && !patient_self
+        if types.is_some()
+            && other.is_empty()
+            && merged_pids.is_empty()
+            && !patient_self
             && open.len() == candidates.len()
         {
             return None;

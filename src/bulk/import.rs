@@ -647,7 +647,10 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                     }
                 }
             }
-            if let Err(e) = env.store.transaction(env.ctx, &mut |t| t.mark_imported(unit, 0)) {
+            if let Err(e) = env
+                .store
+                .transaction(env.ctx, &mut |t| t.mark_imported(unit, 0))
+            {
                 shared.fatal(ImportError::Store(e));
             }
         }

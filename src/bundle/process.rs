@@ -183,9 +183,9 @@ fn run(
             .collect()
     };
     let (exclusive, shared) = (keys(true), keys(false));
-    let outcome = env
-        .store
-        .transaction(env.ctx, &mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
+    let outcome = env.store.transaction(
+        env.ctx,
+        &mut |txn: &mut dyn Txn| -> Result<Vec<Done>, Abort> {
             // Exclusive criteria first, then shared ones, each in ascending order.
             txn.lock(&exclusive, false)?;
             txn.lock(&shared, true)?;
@@ -204,7 +204,8 @@ fn run(
                 extra(txn)?;
             }
             Ok(done)
-        });
+        },
+    );
     match outcome {
         Ok(done) => {
             after_commit(env, &done);
@@ -224,8 +225,18 @@ fn write_alone(
     resolution: &Resolution,
     prepared: &[Option<Prepared>],
 ) -> Option<Result<Done, Errors>> {
-    let ([work], [Action::Create { id, client_id: false }], [Some(p)]) =
-        (plan.works.as_slice(), resolution.actions.as_slice(), prepared)
+    let (
+        [work],
+        [Action::Create {
+            id,
+            client_id: false,
+        }],
+        [Some(p)],
+    ) = (
+        plan.works.as_slice(),
+        resolution.actions.as_slice(),
+        prepared,
+    )
     else {
         return None;
     };
@@ -245,7 +256,9 @@ fn write_alone(
 fn after_commit(env: &Env, done: &[Done]) {
     let search_params = done.iter().any(|d| match d {
         Done::Stored { resource_type, .. } | Done::Deleted { resource_type, .. } => {
-            env.search.write_effects(resource_type).registers_search_param
+            env.search
+                .write_effects(resource_type)
+                .registers_search_param
         }
         _ => false,
     });

@@ -67,11 +67,15 @@ pub(super) struct NoLookup;
 
 impl Lookup for NoLookup {
     fn matches(&mut self, _: &Condition) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Internal("a plan without criteria asked for a lookup"))
+        Err(StoreError::Internal(
+            "a plan without criteria asked for a lookup",
+        ))
     }
 
     fn current(&mut self, _: &str, _: &str) -> Result<Option<StoredVersion>, StoreError> {
-        Err(StoreError::Internal("a plan without criteria asked for a lookup"))
+        Err(StoreError::Internal(
+            "a plan without criteria asked for a lookup",
+        ))
     }
 }
 

@@ -272,7 +272,10 @@ pub(super) fn write(
         })
         .collect();
     if let Err(e) = txn.lock_resources(&changed) {
-        return Err((plan.works.first().map_or(0, |w| w.pos), EntryError::Store(e)));
+        return Err((
+            plan.works.first().map_or(0, |w| w.pos),
+            EntryError::Store(e),
+        ));
     }
     // Creates are written together, in multi-row statements: those with server ids
     // (the POST step) and updates of ids that do not exist yet (update as create, as
@@ -349,8 +352,8 @@ pub(super) fn write(
                     index: &IndexRows::default(),
                     audit: record(env, Interaction::Delete, rt, id, patients),
                 };
-                let r = write_version(env, txn, &version)
-                    .map_err(|e| fail(store_error(e, rt, id)))?;
+                let r =
+                    write_version(env, txn, &version).map_err(|e| fail(store_error(e, rt, id)))?;
                 Done::Deleted {
                     resource_type: rt.to_string(),
                     id: id.clone(),
@@ -438,7 +441,6 @@ fn absent_ids<'p>(
     Ok(absent)
 }
 
-
 /// New resources with server ids, with their AuditEvents, in one go.
 fn create_all(
     env: &Env,
@@ -451,7 +453,13 @@ fn create_all(
     let versions: Vec<Version> = creates
         .iter()
         .map(|&(w, id, p)| {
-            let mut audit = record(env, Interaction::Create, &w.resource_type, id, p.patients.clone());
+            let mut audit = record(
+                env,
+                Interaction::Create,
+                &w.resource_type,
+                id,
+                p.patients.clone(),
+            );
             // Every create is version 1.
             audit.version = Some(1);
             Version {
@@ -494,12 +502,7 @@ fn create_all(
 }
 
 /// One new resource with a server id, written on its own (see `process`).
-pub(super) fn create_one(
-    env: &Env,
-    w: &Work,
-    id: &str,
-    p: &Prepared,
-) -> Result<Done, EntryError> {
+pub(super) fn create_one(env: &Env, w: &Work, id: &str, p: &Prepared) -> Result<Done, EntryError> {
     let rt = w.resource_type.as_str();
     let mut audit = record(env, Interaction::Create, rt, id, p.patients.clone());
     audit.version = Some(1);
@@ -612,7 +615,14 @@ fn patch(
             },
             e.describe(),
         )
-        .at(location.clone());
+        // A FHIRPath Patch's failing operation is a parameter of the Parameters sent.
+        .at(match (doc, e.operation()) {
+            (crate::patch::Patch::FhirPath(_), Some(op)) => format!(
+                "{}.parameter[{op}]",
+                w.entry.origin.resource_location("Parameters")
+            ),
+            _ => location.clone(),
+        });
         if e.is_malformed() {
             EntryError::Invalid(vec![i])
         } else {

@@ -71,7 +71,9 @@ impl Exchange {
         let remote = req.peer_addr().map(|a| a.ip().to_string());
         let ctx = AccessContext::open(request_id, remote);
         let mut audit = AuditRecord::new(interaction, &ctx);
-        if audit.interaction.action() == crate::audit::AuditAction::Execute && audit.interaction.code() != "operation" {
+        if audit.interaction.action() == crate::audit::AuditAction::Execute
+            && audit.interaction.code() != "operation"
+        {
             audit.query = Some(match req.query_string() {
                 "" => req.path().to_string(),
                 q => format!("{}?{q}", req.path()),

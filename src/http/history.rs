@@ -10,9 +10,9 @@ use super::error::ApiError;
 use super::exchange::{Body, Exchange, Reply};
 use super::resources::{resource_id, resource_type};
 use super::AppState;
+use crate::access::Action;
 use crate::audit::Interaction;
 use crate::fhir::instant;
-use crate::access::Action;
 use crate::store::{HistoryScope, WriteMethod};
 
 pub async fn system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

@@ -59,7 +59,14 @@ async fn patch_instance(
     let bytes = read_body(state, req, payload).await?;
     let patch = parse_patch(state, kind, &bytes)?;
     let (target, url) = write::instance(&rt, &id);
-    let entry = write::entry(Method::Patch, target, url, Payload::Patch(patch), if_match, None);
+    let entry = write::entry(
+        Method::Patch,
+        target,
+        url,
+        Payload::Patch(patch),
+        if_match,
+        None,
+    );
     let done = write::run(state, req, ex, entry).await?;
     write::reply(state, req, done)
 }
@@ -140,4 +147,3 @@ fn patch_error(e: &PatchError, kind: PatchKind) -> ApiError {
         ApiError::Unprocessable(vec![issue])
     }
 }
-

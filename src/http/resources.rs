@@ -8,15 +8,15 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
 use super::negotiate::{self, parse_etag};
+use super::write::{self, version_headers};
 use super::AppState;
 use crate::access::Action;
 use crate::audit::Interaction;
+use crate::bundle::{Done, Method, Payload, Target};
 use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{self, Id, Issue, VersionId};
-use crate::bundle::{Done, Method, Payload, Target};
 use crate::store::StoredVersion;
-use super::write::{self, version_headers};
 
 /// A resource type named in the URL, checked against the loaded model.
 pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
@@ -39,7 +39,6 @@ pub(super) fn http_date(micros: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
     httpdate::fmt_http_date(t)
 }
-
 
 fn subset(ex: &Exchange) -> Result<Subset, ApiError> {
     Subset::from_query(ex.query.get("_summary"), ex.query.get("_elements"))
@@ -176,9 +175,9 @@ pub(super) async fn read_inner(
             .await?
     };
     let stored = stored.ok_or_else(|| match version {
-            Some(v) => ApiError::NotFound(format!("{rt}/{id} has no version {v}")),
-            None => ApiError::NotFound(format!("{rt}/{id} does not exist")),
-        })?;
+        Some(v) => ApiError::NotFound(format!("{rt}/{id} has no version {v}")),
+        None => ApiError::NotFound(format!("{rt}/{id} does not exist")),
+    })?;
     ex.audit.version = Some(stored.version);
     if stored.deleted {
         return Err(ApiError::Gone(format!(
@@ -411,4 +410,3 @@ pub(super) fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
         }
     }
 }
-

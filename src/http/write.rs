@@ -148,10 +148,7 @@ pub(super) fn reply(state: &AppState, req: &HttpRequest, done: Done) -> Result<R
             Ok(
                 version_headers(Reply::new(StatusCode::OK, body), version, last_updated).header(
                     header::CONTENT_LOCATION,
-                    format!(
-                        "{}/{resource_type}/{id}/_history/{version}",
-                        state.base_url
-                    ),
+                    format!("{}/{resource_type}/{id}/_history/{version}", state.base_url),
                 ),
             )
         }

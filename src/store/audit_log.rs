@@ -68,7 +68,9 @@ pub(crate) fn seal(ring: &Keyring, row: &AuditRow) -> Result<SealedAudit, StoreE
 pub(crate) fn append(c: &mut AnyConn, rows: &[SealedAudit]) -> Result<(), StoreError> {
     for chunk in rows.chunks(256) {
         let mut sql = c.sql();
-        sql.push("INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES ");
+        sql.push(
+            "INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES ",
+        );
         for (i, a) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");

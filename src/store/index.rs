@@ -207,7 +207,8 @@ pub(crate) fn delete(c: &mut AnyConn, rid: i64) -> Result<(), StoreError> {
                 "search_uri",
             ] {
                 let mut sql = c.sql();
-                sql.push(&format!("DELETE FROM {table} WHERE rid = ")).i64(rid);
+                sql.push(&format!("DELETE FROM {table} WHERE rid = "))
+                    .i64(rid);
                 c.execute(sql)?;
             }
         }
@@ -239,23 +240,27 @@ pub(crate) fn insert(c: &mut AnyConn, of: &[(i64, &Blinded)]) -> Result<(), Stor
 fn sqlite_insert(c: &mut AnyConn, p: Table) -> Result<(), StoreError> {
     use serde_json::json;
     // `INSERT INTO t (cols) SELECT json_extract(value, '$[i]')... FROM json_each(?)`
-    let mut run = |table: &str, cols: &[&str], data: Vec<serde_json::Value>| -> Result<(), StoreError> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut sql = c.sql();
-        sql.push(&format!("INSERT INTO {table} ({}) SELECT ", cols.join(", ")));
-        for i in 0..cols.len() {
-            if i > 0 {
-                sql.push(", ");
+    let mut run =
+        |table: &str, cols: &[&str], data: Vec<serde_json::Value>| -> Result<(), StoreError> {
+            if data.is_empty() {
+                return Ok(());
             }
-            sql.push(&format!("json_extract(value, '$[{i}]')"));
-        }
-        let text = serde_json::Value::Array(data).to_string();
-        sql.push(" FROM json_each(").text(&text).push(")");
-        c.execute(sql)?;
-        Ok(())
-    };
+            let mut sql = c.sql();
+            sql.push(&format!(
+                "INSERT INTO {table} ({}) SELECT ",
+                cols.join(", ")
+            ));
+            for i in 0..cols.len() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push(&format!("json_extract(value, '$[{i}]')"));
+            }
+            let text = serde_json::Value::Array(data).to_string();
+            sql.push(" FROM json_each(").text(&text).push(")");
+            c.execute(sql)?;
+            Ok(())
+        };
     run(
         "search_blind",
         &["pid", "h", "rid"],

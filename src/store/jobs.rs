@@ -87,17 +87,19 @@ pub fn enqueue(
         };
         let total = query::run_count(c, ring, &system, &q)?;
         let mut sql = c.sql();
-        sql.push(&format!("INSERT INTO reindex_jobs ({JOB_COLUMNS}) VALUES ("))
-            .text(&id)
-            .push(", ")
-            .text(resource_type)
-            .push(", 'queued', 0, 0, ")
-            .i64(total)
-            .push(", ")
-            .i64(now)
-            .push(", ")
-            .i64(now)
-            .push(", NULL, 0, NULL)");
+        sql.push(&format!(
+            "INSERT INTO reindex_jobs ({JOB_COLUMNS}) VALUES ("
+        ))
+        .text(&id)
+        .push(", ")
+        .text(resource_type)
+        .push(", 'queued', 0, 0, ")
+        .i64(total)
+        .push(", ")
+        .i64(now)
+        .push(", ")
+        .i64(now)
+        .push(", NULL, 0, NULL)");
         c.execute(sql)?;
         Ok::<(), StoreError>(())
     })?;
@@ -107,8 +109,10 @@ pub fn enqueue(
 pub fn job(pool: &DbPool, id: &str) -> Result<Option<ReindexJob>, StoreError> {
     pool.read(|c| {
         let mut sql = c.sql();
-        sql.push(&format!("SELECT {JOB_COLUMNS} FROM reindex_jobs WHERE job_id = "))
-            .text(id);
+        sql.push(&format!(
+            "SELECT {JOB_COLUMNS} FROM reindex_jobs WHERE job_id = "
+        ))
+        .text(id);
         Ok(c.load::<ReindexJob>(sql)?.into_iter().next())
     })
 }
@@ -120,7 +124,9 @@ pub fn claim(pool: &DbPool, owner: &str, lease_ms: i64) -> Result<Option<Reindex
     // Idle nodes poll: look first, take the write lock only when there is work.
     let open = pool.read(|c| {
         let mut sql = c.sql();
-        sql.push(&format!("SELECT COUNT(*) AS n FROM reindex_jobs WHERE {unfinished}"));
+        sql.push(&format!(
+            "SELECT COUNT(*) AS n FROM reindex_jobs WHERE {unfinished}"
+        ));
         Ok(c.load::<Count>(sql)?.first().map_or(0, |r| r.n))
     })?;
     if open == 0 {
@@ -314,7 +320,9 @@ pub fn custom_params(
     let system = AccessContext::system();
     pool.read(|c| {
         let mut sql = c.sql();
-        sql.push("SELECT resource_id, active, updated FROM search_param_status ORDER BY resource_id");
+        sql.push(
+            "SELECT resource_id, active, updated FROM search_param_status ORDER BY resource_id",
+        );
         let rows = c.load::<ParamStatus>(sql)?;
         let mut out = Vec::new();
         for p in rows {
@@ -354,9 +362,11 @@ pub fn activate(pool: &DbPool, resource_ids: &[String]) -> Result<(), StoreError
     };
     pool.write(|c| {
         let mut sql = c.sql();
-        sql.push(&format!("UPDATE search_param_status SET active = {t}, updated = "))
-            .i64(now)
-            .push(" WHERE ");
+        sql.push(&format!(
+            "UPDATE search_param_status SET active = {t}, updated = "
+        ))
+        .i64(now)
+        .push(" WHERE ");
         sql.in_texts("resource_id", resource_ids);
         c.execute(sql)?;
         bump_generation(c)?;
@@ -386,13 +396,15 @@ pub(crate) fn register_search_param(
     if !deleted {
         let f = c.sql().false_literal();
         let mut sql = c.sql();
-        sql.push("INSERT INTO search_param_status (resource_id, version_id, active, updated) VALUES (")
-            .text(id)
-            .push(", ")
-            .i64(version)
-            .push(&format!(", {f}, "))
-            .i64(now_micros())
-            .push(")");
+        sql.push(
+            "INSERT INTO search_param_status (resource_id, version_id, active, updated) VALUES (",
+        )
+        .text(id)
+        .push(", ")
+        .i64(version)
+        .push(&format!(", {f}, "))
+        .i64(now_micros())
+        .push(")");
         c.execute(sql)?;
     }
     bump_generation(c)

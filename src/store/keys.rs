@@ -57,7 +57,11 @@ fn load_keys(c: &mut AnyConn, purpose: Purpose) -> Result<Vec<WrappedKey>, Store
 }
 
 /// Stores a new wrapped key of a purpose under the next free id.
-fn add_key(c: &mut AnyConn, master: &MasterKey, purpose: Purpose) -> Result<WrappedKey, StoreError> {
+fn add_key(
+    c: &mut AnyConn,
+    master: &MasterKey,
+    purpose: Purpose,
+) -> Result<WrappedKey, StoreError> {
     let mut sql = c.sql();
     sql.push("SELECT COALESCE(MAX(key_id), 0) AS n FROM data_keys");
     let max = c.load::<Count>(sql)?.first().map_or(0, |r| r.n);

@@ -405,9 +405,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
         let ring = self.keyring()?;
-        self.pool.read(|c| {
-            query::run_include_targets(c, &ring, ctx, rids, pids, types, limit)
-        })
+        self.pool
+            .read(|c| query::run_include_targets(c, &ring, ctx, rids, pids, types, limit))
     }
 
     /// `_revinclude`: the rids of live resources whose reference parameters `pids`
@@ -422,9 +421,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
         let ring = self.keyring()?;
-        self.pool.read(|c| {
-            query::run_revinclude_sources(c, &ring, ctx, targets, pids, types, limit)
-        })
+        self.pool
+            .read(|c| query::run_revinclude_sources(c, &ring, ctx, targets, pids, types, limit))
     }
 
     /// The SQL of a search query and the database's plan for it.
@@ -549,10 +547,14 @@ impl Store {
         }
         let mut rows = Some(rows);
         let mut written = self.pool.write(|c| {
-            let rows = rows.take().ok_or(StoreError::Internal("a create ran twice"))?;
+            let rows = rows
+                .take()
+                .ok_or(StoreError::Internal("a create ran twice"))?;
             write::apply(c, &ring, ctx, vec![rows])
         })?;
-        written.pop().ok_or(StoreError::Internal("a create wrote nothing"))
+        written
+            .pop()
+            .ok_or(StoreError::Internal("a create wrote nothing"))
     }
 
     /// The parts of an import unit that are already stored (`fhirgate import` resumes).

@@ -39,8 +39,6 @@ pub enum DbConn {
     Pg(PooledConnection<ConnectionManager<PgConnection>>),
 }
 
-
-
 impl DbConn {
     /// The connection as the store's backend-neutral [`AnyConn`].
     pub fn any(&mut self) -> AnyConn<'_> {
@@ -70,8 +68,6 @@ impl DbConn {
         }
     }
 }
-
-
 
 #[derive(Debug)]
 struct SqlitePragmas;

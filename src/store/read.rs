@@ -139,7 +139,9 @@ pub(crate) fn version(
         // every execution (measured: 11% of a read); the keys are unique.
         (None, Some(v)) => {
             r.sql
-                .push(&format!("SELECT {VERSION_COLUMNS} FROM resource_versions rv WHERE rv.resource_type = "))
+                .push(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM resource_versions rv WHERE rv.resource_type = "
+                ))
                 .text(resource_type)
                 .push(" AND rv.resource_id = ")
                 .text(id)
@@ -304,8 +306,7 @@ pub(crate) fn count_visible(
     r.sql.in_i64s("rc.rid", rids);
     r.sql.push(" AND ");
     r.filter(&f, "rc")?;
-    Ok(c
-        .load::<super::conn::Count>(r.sql)?
+    Ok(c.load::<super::conn::Count>(r.sql)?
         .first()
         .map_or(0, |n| n.n))
 }

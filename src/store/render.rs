@@ -546,7 +546,9 @@ impl<'a> Renderer<'a> {
     /// A page of current versions: sorted, after the position, at most `limit`.
     pub fn page(&mut self, q: &Query) -> Result<(), StoreError> {
         if q.sort.len() > MAX_SQL_SORT_KEYS {
-            return Err(StoreError::Internal("more sort keys than the database sorts by"));
+            return Err(StoreError::Internal(
+                "more sort keys than the database sorts by",
+            ));
         }
         let mut exprs = Vec::new();
         for s in &q.sort {

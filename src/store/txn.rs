@@ -111,7 +111,15 @@ impl Lookup for On<'_, '_> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        version(self.c, self.ring, self.ctx, Action::Read, resource_type, id, None)
+        version(
+            self.c,
+            self.ring,
+            self.ctx,
+            Action::Read,
+            resource_type,
+            id,
+            None,
+        )
     }
 }
 
@@ -150,7 +158,14 @@ impl Txn for On<'_, '_> {
         // (the unique index on resources_current catches the impossible clash).
         let current = match req.kind {
             WriteKind::Create => None,
-            _ => current_row(self.c, self.ring, self.ctx, action, req.resource_type, req.id)?,
+            _ => current_row(
+                self.c,
+                self.ring,
+                self.ctx,
+                action,
+                req.resource_type,
+                req.id,
+            )?,
         };
         match rows_of(self.ring, req, current, crate::fhir::now_micros())? {
             Planned::Unchanged(r) => Ok(r),

@@ -242,7 +242,14 @@ pub(crate) fn current_row(
         deleted: line.deleted,
     };
     if !row.deleted
-        && count_visible(c, ring, ctx, action, &[resource_type.to_string()], &[row.rid])? == 0
+        && count_visible(
+            c,
+            ring,
+            ctx,
+            action,
+            &[resource_type.to_string()],
+            &[row.rid],
+        )? == 0
     {
         return Err(StoreError::NotFound);
     }
@@ -302,7 +309,9 @@ pub(crate) fn apply(
         c.execute(sql)?;
     }
     // New current rows, with their surrogate keys.
-    let fresh: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].replaces.is_none()).collect();
+    let fresh: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].replaces.is_none())
+        .collect();
     for chunk in fresh.chunks(1000) {
         let mut sql = c.sql();
         sql.push("INSERT INTO resources_current (resource_type, resource_id, version_id, last_updated, deleted) VALUES ");
@@ -343,7 +352,10 @@ pub(crate) fn apply(
             .i64(v.result.version)
             .push(", last_updated = ")
             .i64(v.result.last_updated)
-            .push(&format!(", deleted = {} WHERE rid = ", if v.deleted { t } else { f }))
+            .push(&format!(
+                ", deleted = {} WHERE rid = ",
+                if v.deleted { t } else { f }
+            ))
             .i64(was.rid)
             .push(" AND version_id = ")
             .i64(was.version);
@@ -411,10 +423,7 @@ fn check_written(
 /// callers whose grant needs no check of what they write (the check of a
 /// narrowed grant needs the rows in a transaction) and writes without side
 /// effects.
-pub(crate) fn apply_alone(
-    c: &mut AnyConn,
-    rows: VersionRows,
-) -> Result<WriteResult, StoreError> {
+pub(crate) fn apply_alone(c: &mut AnyConn, rows: VersionRows) -> Result<WriteResult, StoreError> {
     let mut sql = c.sql();
     sql.push(
         "WITH c AS (INSERT INTO resources_current (resource_type, resource_id, version_id, last_updated, deleted) VALUES (",

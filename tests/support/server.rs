@@ -10,9 +10,8 @@ use std::time::Duration;
 use awc::http::{Method, StatusCode};
 use base64::Engine as _;
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use fhirgate::access::AccessContext;
 use fhirgate::config::Settings;
-use fhirgate::store::{HistoryScope, Store};
+use fhirgate::store::Store;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,13 +373,7 @@ impl TestApp {
     pub async fn audits_by_request(&self) -> HashMap<String, Vec<Value>> {
         let store = self.store.clone();
         let rows = actix_web::rt::task::spawn_blocking(move || {
-            store.history(
-                &AccessContext::system(),
-                &HistoryScope::Type("AuditEvent".into()),
-                None,
-                None,
-                usize::MAX / 2,
-            )
+            store.audit_history(None, None, None, usize::MAX / 2)
         })
         .await
         .unwrap()
