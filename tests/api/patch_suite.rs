@@ -8,8 +8,6 @@
 // A specification suite reports every case by name (STYLE), so this test prints.
 #![allow(clippy::disallowed_macros)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -17,6 +15,8 @@ use fhirgate::fhir::{self, Model};
 use fhirgate::patch::{apply_fhirpath_patch, apply_json_patch};
 use quick_xml::events::Event;
 use serde_json::Value;
+
+use crate::support;
 
 fn patch_dir() -> PathBuf {
     support::shared().join("testdata/patch")

@@ -3,10 +3,10 @@
 //! (literal regular expressions included); constraint expressions also pass the static type
 //! check against their element's type. Any that do not are listed with the reason.
 
-mod support;
-
 use fhirgate::fhirpath::{self, ModelInfo};
 use serde_json::Value;
+
+use crate::support;
 
 /// The type a constraint on `element` is evaluated against.
 fn element_type(model: &dyn ModelInfo, sd_type: &str, element: &Value) -> String {

@@ -2,10 +2,10 @@
 //! choice types), resolve() over contained resources and Bundles, UCUM quantity comparison,
 //! decimal precision, narrative checks, external constants and the JSON output function.
 
-mod support;
-
 use fhirgate::fhirpath::{self, EvalContext, Item};
 use serde_json::{json, Value};
+
+use crate::support;
 
 fn model() -> &'static support::PackageModel {
     support::path_model()

@@ -2,12 +2,12 @@
 //! in-flight gauge says so) lets every one of them finish and answer, then the
 //! process exits 0; after a restart every resource they wrote is there.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::server::{Backend, Database};
+
+use crate::support;
+use crate::support::server::{Backend, Database};
 
 const CLIENTS: usize = 3;
 const ENTRIES: usize = 300;

@@ -1,10 +1,10 @@
 //! The resource model against the specification's own material: every R4
 //! example passes the strict JSON reader and survives JSON -> XML -> JSON.
 
-mod support;
-
 use fhirgate::fhir::{self, json, xml, Format};
 use serde_json::json;
+
+use crate::support;
 
 #[test]
 fn all_r4_examples_are_read() {

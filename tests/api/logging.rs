@@ -2,9 +2,9 @@
 //! a patient created, read, updated and refused; the captured log is searched for
 //! the patient's name, identifier and phone.
 
-mod support;
-
 use serde_json::json;
+
+use crate::support;
 
 #[actix_rt::test]
 async fn the_log_never_holds_patient_data() {

@@ -3,15 +3,15 @@
 //! PostgreSQL); a server killed with SIGKILL in the middle of a transaction load
 //! leaves every transaction whole or absent after the restart (both backends).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use awc::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend, Database};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_app, Backend, Database};
 
 const ROUNDS: usize = 4;
 const RACERS: usize = 8;

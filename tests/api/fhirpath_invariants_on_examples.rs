@@ -3,10 +3,10 @@
 //! applies to, so false negatives of the engine (wrong navigation, narrative checks, date
 //! handling) show up as violated invariants.
 
-mod support;
-
 use fhirgate::fhirpath::{self, EvalContext, Item};
 use serde_json::Value;
+
+use crate::support;
 
 #[test]
 fn core_invariants_hold_on_the_suite_examples() {

@@ -2,12 +2,12 @@
 //! If-Match, exactly one wins, on both backends and across two server processes
 //! sharing one PostgreSQL database.
 
-mod support;
-
 use awc::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_app, Backend};
 
 const ROUNDS: usize = 10;
 const RACERS: usize = 6;

@@ -2,11 +2,11 @@
 //! fails a required profile answers 422, stores nothing and is audited; `$validate` answers
 //! 200 with the issues; `fhirgate validate` exits 0 or 1.
 
-mod support;
-
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_with, Backend, Database};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database};
 
 const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
 

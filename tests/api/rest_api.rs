@@ -1,11 +1,10 @@
 //! The REST interactions against a real server, on SQLite and PostgreSQL. Each
 //! test ends by checking that every request left exactly one AuditEvent.
 
-mod support;
-
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_app, spawn_with, Backend, Database};
+
+use crate::support::server::{on_both_backends, spawn_app, spawn_with, Backend, Database};
 
 fn patient(family: &str) -> Value {
     json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Peter", "James"]}], "gender": "male", "birthDate": "1974-12-25", "active": true})

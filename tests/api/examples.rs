@@ -2,15 +2,15 @@
 //! back as JSON and as XML, then check that a dump of the database shows none of
 //! the patients' names, identifiers or phone numbers.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
 use awc::http::{Method, StatusCode};
 use fhirgate::fhir::{self, Format};
 use serde_json::Value;
-use support::server::{spawn_with, Backend, Database, TestApp};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database, TestApp};
 
 /// The resource without the server-assigned `meta.versionId`/`meta.lastUpdated`.
 fn without_server_meta(v: &Value) -> Value {

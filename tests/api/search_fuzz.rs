@@ -2,12 +2,12 @@
 //! parameters assembled from real names, modifiers, chains, prefixes and value
 //! shapes, are either planned or refused with an error a client can read.
 
-mod support;
-
 use std::sync::{Arc, OnceLock};
 
 use fhirgate::search::{SearchEngine, SearchError};
 use proptest::prelude::*;
+
+use crate::support;
 
 fn engine() -> &'static SearchEngine {
     static ENGINE: OnceLock<SearchEngine> = OnceLock::new();

@@ -4,13 +4,12 @@
 //! system search, lenient and strict handling, and malformed values. Every
 //! request is audited.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend, TestApp};
+
+use crate::support::server::{on_both_backends, spawn_app, Backend, TestApp};
 
 const MRN: &str = "http://hospital.example.org/mrn";
 const LOINC: &str = "http://loinc.org";

@@ -4,12 +4,11 @@
 //! patches lose no update. Each test ends by checking that every request left exactly one
 //! AuditEvent.
 
-mod support;
-
 use awc::http::{Method, StatusCode};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend, Reply, TestApp};
+
+use crate::support::server::{on_both_backends, spawn_app, Backend, Reply, TestApp};
 
 const JSON_PATCH: (&str, &str) = ("Content-Type", "application/json-patch+json");
 const FHIR_JSON: (&str, &str) = ("Content-Type", "application/fhir+json");

@@ -21,8 +21,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs an async test body once per backend.
-#[macro_export]
+/// Runs an async test body once per backend: `on_both_backends!(name)` makes the tests
+/// `name::sqlite` and `name::postgres` (CI counts the latter to know PostgreSQL ran).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         $(
@@ -39,6 +39,7 @@ macro_rules! on_both_backends {
         )*
     };
 }
+pub(crate) use on_both_backends;
 
 /// The PostgreSQL server the tests use (`FHIRGATE_TEST_PG_URL`).
 pub fn pg_admin_url() -> String {

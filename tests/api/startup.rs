@@ -1,8 +1,6 @@
 //! Start-up and operations: master keys (missing, wrong, development, rotation),
 //! the package registry path, readiness while the database is away and back.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,7 +9,9 @@ use fhirgate::crypto::MasterKey;
 use fhirgate::packages::{PackageCache, PackageRef, PackageSet};
 use fhirgate::startup::{self, StartupError};
 use serde_json::json;
-use support::server::{spawn_with, Backend, Database};
+
+use crate::support;
+use crate::support::server::{spawn_with, Backend, Database};
 
 fn sha(bytes: &[u8]) -> Vec<u8> {
     openssl::sha::sha256(bytes).to_vec()

@@ -4,15 +4,15 @@
 //! that resumes without storing anything twice. What was imported is checked through
 //! the API of a server on the same database, and in its tables.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
-use support::server::{spawn_with, Backend, Database};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database};
 
 fn import_command(db: &Database, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhirgate"));

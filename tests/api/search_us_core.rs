@@ -4,13 +4,13 @@
 //! the SHALL combinations give the right resources on data made for them,
 //! including the US Core parameters that search extensions (race, ethnicity).
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_with, Backend, Database, TestApp};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database, TestApp};
 
 const US_CORE: &str = "hl7.fhir.us.core#6.1.0";
 const RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";

@@ -18,14 +18,14 @@
 // binary may be chosen by the environment.
 #![allow(clippy::disallowed_macros, clippy::disallowed_methods)]
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
 
 use fhirgate::fhirpath::{self, EvalContext, Item, ModelInfo};
 use serde_json::{json, Value};
+
+use crate::support;
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fhirpath_differential")

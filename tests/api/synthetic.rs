@@ -9,13 +9,12 @@
 //! on both backends, and every reference in the stored data resolves to a stored
 //! resource.
 
-mod support;
-
 use std::collections::{BTreeSet, HashSet};
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend};
+
+use crate::support::server::{on_both_backends, spawn_app, Backend};
 
 const SYNTHEA: &str = "https://github.com/synthetichealth/synthea";
 const NPI: &str = "http://hl7.org/fhir/sid/us-npi";

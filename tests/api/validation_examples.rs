@@ -3,13 +3,13 @@
 //! without a linkId) carry errors; every other example has none. Failures are listed by
 //! file name with their issues.
 
-mod support;
-
 use std::sync::Arc;
 
 use fhirgate::fhir::{Issue, Severity};
 use fhirgate::terminology::Terminology;
 use fhirgate::validation::{Validator, ValidatorOptions};
+
+use crate::support;
 
 fn errors(issues: &[Issue]) -> Vec<String> {
     issues

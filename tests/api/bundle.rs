@@ -7,11 +7,12 @@
 //! (413), Bundle types that belong to `/fhir/Bundle` (400). Every test ends by
 //! checking that each request and each entry left its AuditEvent.
 
-mod support;
-
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_app, spawn_with, Backend, Database, Reply, TestApp};
+
+use crate::support::server::{
+    on_both_backends, spawn_app, spawn_with, Backend, Database, Reply, TestApp,
+};
 
 const FHIR_JSON: (&str, &str) = ("Content-Type", "application/fhir+json");
 

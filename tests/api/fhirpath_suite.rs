@@ -7,14 +7,14 @@
 // data-driven tests that report every case by name"), so this test prints.
 #![allow(clippy::disallowed_macros)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use fhirgate::fhirpath::{self, EvalContext, Item, ModelInfo};
 use quick_xml::events::Event;
 use serde_json::Value;
+
+use crate::support;
 
 #[derive(Debug, Default, Clone)]
 struct Case {

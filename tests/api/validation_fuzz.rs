@@ -3,14 +3,14 @@
 //! resource), validated in full against its type and, as a profile with slicing, against
 //! the core vital-signs profile.
 
-mod support;
-
 use std::sync::{Arc, OnceLock};
 
 use fhirgate::terminology::Terminology;
 use fhirgate::validation::{Validator, ValidatorOptions};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+
+use crate::support;
 
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();

@@ -1,10 +1,10 @@
 //! The resource readers never panic: arbitrary bytes, and R4 examples with bytes
 //! cut, flipped or spliced, are either read or refused with issues.
 
-mod support;
-
 use fhirgate::fhir::{self, Format};
 use proptest::prelude::*;
+
+use crate::support;
 
 fn example_texts() -> &'static [(String, String)] {
     static TEXTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();

@@ -5,8 +5,6 @@
 //! (`profile`, `exists`) and fixed/pattern rules come from a small test package written
 //! into a temporary package cache beside the core package.
 
-mod support;
-
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -15,6 +13,8 @@ use fhirgate::packages::{PackageCache, PackageRef, PackageSet};
 use fhirgate::terminology::{Membership, Terminology};
 use fhirgate::validation::{Validator, ValidatorOptions};
 use serde_json::{json, Value};
+
+use crate::support;
 
 const TEST_PATIENT: &str = "http://fhirgate.test/StructureDefinition/test-patient";
 const TEST_OBSERVATION: &str = "http://fhirgate.test/StructureDefinition/test-observation";

@@ -3,13 +3,13 @@
 //! plans PostgreSQL picks for them on analysed data: every filter is answered from
 //! an index, never by scanning an index table.
 
-mod support;
-
 use std::path::PathBuf;
 
 use fhirgate::access::AccessContext;
 use serde_json::json;
-use support::server::{spawn_app, Backend, TestApp};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_app, Backend, TestApp};
 
 const MRN: &str = "http://hospital.example.org/mrn";
 

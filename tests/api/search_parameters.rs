@@ -3,13 +3,13 @@
 //! for old and new resources alike; the registry follows on a second node. The
 //! reindex job itself is in the database, so its status is visible from any node.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::server::{spawn_app, Backend, TestApp};
+
+use crate::support;
+use crate::support::server::{on_both_backends, spawn_app, Backend, TestApp};
 
 const COLOUR: &str = "http://example.org/fhir/StructureDefinition/favourite-colour";
 
