@@ -48,7 +48,7 @@ const KNOWN_UPSTREAM_ERRORS: [(&str, &str); 2] = [
 #[test]
 fn all_core_constraints_and_search_parameters_compile() {
     let model = support::path_model();
-    let packages = support::shared().join("fhir-packages");
+    let packages = support::shared_dir().join("fhir-packages");
     let core = support::package_resources(&packages.join("hl7.fhir.r4.core-4.0.1.tgz"));
     let us_core = support::package_resources(&packages.join("hl7.fhir.us.core-6.1.0.tgz"));
     let mut failures = Vec::new();

@@ -12,9 +12,9 @@ use crate::support;
 fn core_invariants_hold_on_the_suite_examples() {
     let model = support::path_model();
     let core = support::package_resources(
-        &support::shared().join("fhir-packages/hl7.fhir.r4.core-4.0.1.tgz"),
+        &support::shared_dir().join("fhir-packages/hl7.fhir.r4.core-4.0.1.tgz"),
     );
-    let dir = support::shared().join("testdata/fhirpath/input");
+    let dir = support::shared_dir().join("testdata/fhirpath/input");
     let mut violations = Vec::new();
     let mut evaluated = 0;
     // codesystem-example has duplicate codes on purpose (the suite's testCombine1 expects

@@ -30,7 +30,7 @@ struct Case {
 }
 
 fn suite_dir() -> PathBuf {
-    support::shared().join("testdata/fhirpath")
+    support::shared_dir().join("testdata/fhirpath")
 }
 
 fn known_failures_file() -> PathBuf {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::support;
 
 fn patch_dir() -> PathBuf {
-    support::shared().join("testdata/patch")
+    support::shared_dir().join("testdata/patch")
 }
 
 fn known_failures_file() -> PathBuf {

@@ -709,7 +709,8 @@ fn every_us_core_and_balp_profile_compiles() {
     let mut compiled = 0;
     let mut failed = Vec::new();
     for tgz in ["hl7.fhir.us.core-6.1.0.tgz", "ihe.iti.balp-1.1.4.tgz"] {
-        for r in support::package_resources(&support::shared().join("fhir-packages").join(tgz)) {
+        for r in support::package_resources(&support::shared_dir().join("fhir-packages").join(tgz))
+        {
             if r["resourceType"] != "StructureDefinition" {
                 continue;
             }
@@ -729,9 +730,9 @@ fn balp_examples_meet_the_profiles_they_claim() {
     let v = validator();
     let mut checked = 0;
     let mut failures = Vec::new();
-    for r in
-        support::package_resources(&support::shared().join("fhir-packages/ihe.iti.balp-1.1.4.tgz"))
-    {
+    for r in support::package_resources(
+        &support::shared_dir().join("fhir-packages/ihe.iti.balp-1.1.4.tgz"),
+    ) {
         let claims = r
             .pointer("/meta/profile")
             .and_then(Value::as_array)

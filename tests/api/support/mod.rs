@@ -1,6 +1,9 @@
 //! Shared test support: the FHIR package cache built from `../shared`, the R4
 //! examples, and (in `server`) a real fhirgate server on 127.0.0.1:0.
-#![allow(dead_code, clippy::disallowed_methods)]
+//!
+//! The `FHIRGATE_TEST_*` and `FHIRGATE_REGENERATE_GOLDEN` variables configure the tests, not
+//! a server, so they are read here with `std::env` (allowed function by function) rather
+//! than through `config::Settings`.
 
 pub mod process;
 pub mod server;
@@ -14,6 +17,7 @@ use fhirgate::packages::{PackageCache, PackageRef, PackageSet};
 use serde_json::Value;
 
 /// `../shared` beside the checkout (or `FHIRGATE_TEST_SHARED`).
+#[allow(clippy::disallowed_methods)]
 pub fn shared_dir() -> PathBuf {
     match std::env::var_os("FHIRGATE_TEST_SHARED") {
         Some(p) => PathBuf::from(p),
@@ -23,6 +27,7 @@ pub fn shared_dir() -> PathBuf {
 
 /// A package cache holding the packages of `../shared/fhir-packages`, installed
 /// through the same code path a user's `fhirgate packages install FILE` takes.
+#[allow(clippy::disallowed_methods)]
 pub fn package_cache() -> PathBuf {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
     CACHE
@@ -67,10 +72,6 @@ pub fn path_model() -> &'static PackageModel {
 }
 
 pub use fhirgate::fhir::path_model::PathModel as PackageModel;
-
-pub fn shared() -> PathBuf {
-    shared_dir()
-}
 
 /// Every `package/*.json` resource of an npm-layout `.tgz` package.
 pub fn package_resources(tgz: &std::path::Path) -> Vec<Value> {
@@ -183,6 +184,7 @@ pub fn r4_examples() -> &'static [(String, Value)] {
 }
 
 /// True when golden files are to be rewritten (`FHIRGATE_REGENERATE_GOLDEN=1`).
+#[allow(clippy::disallowed_methods)]
 pub fn regenerate_golden() -> bool {
     std::env::var_os("FHIRGATE_REGENERATE_GOLDEN").is_some()
 }

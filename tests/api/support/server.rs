@@ -42,6 +42,7 @@ macro_rules! on_both_backends {
 pub(crate) use on_both_backends;
 
 /// The PostgreSQL server the tests use (`FHIRGATE_TEST_PG_URL`).
+#[allow(clippy::disallowed_methods)]
 pub fn pg_admin_url() -> String {
     std::env::var("FHIRGATE_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
