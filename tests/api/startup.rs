@@ -247,24 +247,36 @@ async fn missing_packages_are_downloaded_from_the_registry_and_indexed() {
 }
 
 /// A TCP relay to PostgreSQL on its own threads, that the test can cut and restore.
+///
+/// It keeps its port for its whole life: while cut, it closes each connection it accepts
+/// (and it has closed the ones it was relaying). Giving the port up and binding it again
+/// to restore would race with every other test of the binary binding ports.
 struct Relay {
     port: u16,
+    /// Relaying (true) or cut (false).
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the relay is dropped: its accepting thread ends.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Relay {
-    fn start(port: u16) -> Relay {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    fn start() -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop2, streams2) = (stop.clone(), streams.clone());
+        let up = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, stop2, streams2) = (up.clone(), stop.clone(), streams.clone());
         std::thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
+                    Ok((inbound, _)) if !up2.load(Ordering::SeqCst) => {
+                        let _ = inbound.shutdown(std::net::Shutdown::Both);
+                    }
                     Ok((inbound, _)) => {
                         inbound.set_nonblocking(false).unwrap();
                         let Ok(outbound) = std::net::TcpStream::connect("127.0.0.1:5432") else {
@@ -289,24 +301,36 @@ impl Relay {
         });
         Relay {
             port,
+            up,
             stop,
             streams,
         }
     }
 
     fn cut(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
         for s in self.streams.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn restore(&mut self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
     }
 }
 
 #[actix_rt::test]
 async fn readiness_follows_the_database_and_the_server_recovers_by_itself() {
     let pg = support::server::PgDatabase::create();
-    let mut relay = Relay::start(0);
+    let mut relay = Relay::start();
     let relayed = pg
         .url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", relay.port));
@@ -354,7 +378,7 @@ async fn readiness_follows_the_database_and_the_server_recovers_by_itself() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    let _relay = Relay::start(relay_port(&app));
+    relay.restore();
     let mut recovered = false;
     for _ in 0..50 {
         if app.get(&format!("{}/health/ready", app.root)).await.status == StatusCode::OK {
@@ -369,14 +393,4 @@ async fn readiness_follows_the_database_and_the_server_recovers_by_itself() {
         StatusCode::OK
     );
     drop(pg);
-}
-
-fn relay_port(app: &support::server::TestApp) -> u16 {
-    app.db
-        .url
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap()
 }
