@@ -1,5 +1,6 @@
 //! What reviewers forget: every source file says what it is for, lower layers
-//! never reach up into HTTP, and no test is silently ignored.
+//! never reach up into HTTP, no test is silently ignored, and the integration tests stay
+//! one binary.
 
 use std::path::{Path, PathBuf};
 
@@ -125,4 +126,39 @@ fn no_test_is_ignored_or_expects_a_panic_without_a_reason() {
         }
     }
     assert!(offenders.is_empty(), "{offenders:?}");
+}
+
+/// The integration tests are one binary, `tests/api/main.rs`. A test binary of its own
+/// (`tests/NAME.rs`, `tests/NAME/main.rs`) is for a test that needs its process alone, and
+/// docs/testing.md names it with the reason; test code hides nothing behind
+/// `allow(dead_code)`.
+#[test]
+fn tests_are_one_binary_unless_docs_say_why() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/testing.md")).unwrap();
+    let mut unexplained = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap().flatten() {
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        let binary = if p.is_dir() {
+            (name != "api" && p.join("main.rs").is_file()).then(|| format!("tests/{name}/"))
+        } else {
+            name.ends_with(".rs").then(|| format!("tests/{name}"))
+        };
+        if let Some(binary) = binary {
+            if !docs.contains(&format!("`{binary}`")) {
+                unexplained.push(binary);
+            }
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "test binaries docs/testing.md does not explain: {unexplained:?}"
+    );
+    let hiding: Vec<String> = sources("tests")
+        .into_iter()
+        .filter(|(p, text)| !p.ends_with("tidy.rs") && text.contains("allow(dead_code"))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(hiding.is_empty(), "allow(dead_code) in {hiding:?}");
 }
