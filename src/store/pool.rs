@@ -96,7 +96,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 /// are few shapes executed very often, and PostgreSQL's default keeps planning
 /// them per execution (measured: 1.2 ms of planning against 0.15 ms of execution
 /// for an identifier search; docs/benchmarks.md). The generic plans were checked
-/// with EXPLAIN for the common searches (tests/search_plans.rs).
+/// with EXPLAIN for the common searches (tests/api/search_plans.rs).
 #[derive(Debug)]
 struct PgSession;
 

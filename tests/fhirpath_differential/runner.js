@@ -1,5 +1,5 @@
 // Evaluates FHIRPath expressions with the reference JavaScript engine (fhirpath.js, R4 model)
-// for tests/fhirpath_differential.rs.
+// for tests/api/fhirpath_differential.rs.
 //
 // Usage: node runner.js CASES.json
 //   CASES.json: {"resources": {"<file name>": <resource>, ...},
