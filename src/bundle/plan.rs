@@ -151,9 +151,12 @@ fn collect_conditional_refs(
     out: &mut Vec<CondRef>,
     errors: &mut Errors,
 ) {
+    // A Bundle being stored keeps its references as they are (`write::rewrite`).
     // Most resources hold no conditional reference: a quick look for a `reference`
     // with a `?` spares them the typed walk, which takes a mutable tree (a copy).
-    if !has_query_reference(resource) {
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+        || !has_query_reference(resource)
+    {
         return;
     }
     let mut found: Vec<(String, String)> = Vec::new();

@@ -79,6 +79,12 @@ pub(super) fn prepare(
 }
 
 /// Rewrites the references of one resource to the identities of the Bundle.
+///
+/// Two kinds of resource keep their references as they are: a Bundle being
+/// stored (a document or collection: its `urn:uuid:` references name its own
+/// entries, not the entries of the transaction that carries it), and a resource
+/// written by a plain REST request, where a `urn:uuid:` reference names nothing
+/// fhirgate could resolve (its conditional references are still resolved).
 fn rewrite(
     env: &Env,
     plan: &Plan,
@@ -87,6 +93,10 @@ fn rewrite(
     resource: &mut Value,
     location: &str,
 ) -> Result<(), EntryError> {
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        return Ok(());
+    }
+    let keep_placeholders = entry.origin == Origin::Request;
     let entry_base = entry
         .full_url
         .as_deref()
@@ -102,6 +112,7 @@ fn rewrite(
             Site::Uri => identities.rewrite_uri(value, env.base_url),
             Site::Reference => match identities.rewrite_reference(env.model, value, &entry_base) {
                 Ok(new) => new,
+                Err(Unresolved::Placeholder(_)) if keep_placeholders => None,
                 Err(Unresolved::Placeholder(p)) => {
                     let why = if plan.independent
                         && plan.len == 1
