@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 pub use model::Model;
 pub use outcome::{operation_outcome, Issue, Severity};
-pub use types::{Id, VersionId};
+pub use types::{Id, ResourceType, VersionId};
 
 /// The two wire formats of FHIR resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

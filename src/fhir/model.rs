@@ -183,6 +183,12 @@ impl Model {
         self.resource_types.contains(name)
     }
 
+    /// `name` as a checked resource type, if the model defines it.
+    pub fn resource_type(&self, name: &str) -> Option<super::types::ResourceType> {
+        self.is_resource_type(name)
+            .then(|| super::types::ResourceType::known(name))
+    }
+
     pub fn has_type(&self, name: &str) -> bool {
         self.definitions.contains_key(name)
     }

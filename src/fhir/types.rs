@@ -1,7 +1,50 @@
-//! Vocabulary types that cannot be wrong once built: resource ids and version ids.
-//! (Resource type names are checked against the loaded model by [`super::Model`].)
+//! Vocabulary types that cannot be wrong once built: resource types (checked
+//! against the loaded model by [`super::Model::resource_type`]), resource ids and
+//! version ids.
 
 use std::fmt;
+
+/// A resource type the loaded model defines (what may appear as `resourceType`):
+/// only [`super::Model::resource_type`] makes one, so code that holds one need not
+/// check it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceType(String);
+
+impl ResourceType {
+    /// For the model only: `name` is one of its resource types.
+    pub(super) fn known(name: &str) -> ResourceType {
+        ResourceType(name.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ResourceType {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for ResourceType {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ResourceType {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
 
 /// A logical id: 1 to 64 of `[A-Za-z0-9.-]` (FHIR R4 datatypes, `id`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

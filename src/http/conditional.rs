@@ -16,6 +16,7 @@ use super::write;
 use super::AppState;
 use crate::audit::Interaction;
 use crate::bundle::{Entry, Method, Payload, Target};
+use crate::fhir::ResourceType;
 
 pub async fn update(
     req: HttpRequest,
@@ -89,10 +90,10 @@ async fn conditional(
 }
 
 /// The checked type of the URL; AuditEvents are read-only (405).
-fn target_type(state: &AppState, ex: &mut Exchange, path: &str) -> Result<String, ApiError> {
+fn target_type(state: &AppState, ex: &mut Exchange, path: &str) -> Result<ResourceType, ApiError> {
     ex.precondition()?;
     let rt = resource_type(state, path)?;
-    ex.audit.resource_type = Some(rt.clone());
+    ex.audit.resource_type = Some(rt.to_string());
     if rt == crate::audit::RESOURCE_TYPE {
         return Err(ApiError::MethodNotAllowed(
             "AuditEvents are read-only".into(),

@@ -73,19 +73,19 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
         Scope::System => (HistoryScope::System, String::new()),
         Scope::Type(t) => {
             let t = resource_type(state, t)?;
-            ex.audit.resource_type = Some(t.clone());
-            (HistoryScope::Type(t.clone()), format!("/{t}"))
+            ex.audit.resource_type = Some(t.to_string());
+            (HistoryScope::Type(t.to_string()), format!("/{t}"))
         }
         Scope::Instance(t, id) => {
             let t = resource_type(state, t)?;
             let id = resource_id(id)?;
-            ex.audit.resource_type = Some(t.clone());
+            ex.audit.resource_type = Some(t.to_string());
             ex.audit.id = Some(id.to_string());
             if t == "Patient" {
                 ex.audit.patients = vec![format!("Patient/{id}")];
             }
             (
-                HistoryScope::Instance(t.clone(), id.to_string()),
+                HistoryScope::Instance(t.to_string(), id.to_string()),
                 format!("/{t}/{id}"),
             )
         }

@@ -76,7 +76,7 @@ pub async fn of_type(
                 "AuditEvents are not in the search index",
             ));
         }
-        start(&state, &mut ex, t).await
+        start(&state, &mut ex, t.to_string()).await
     }
     .await;
     ex.finish(&state, result).await

@@ -15,19 +15,17 @@ use crate::audit::Interaction;
 use crate::bundle::{Done, Method, Payload, Target};
 use crate::config::ValidationMode;
 use crate::fhir::summary::{self, Subset};
-use crate::fhir::{self, Id, Issue, VersionId};
+use crate::fhir::{self, Id, Issue, ResourceType, VersionId};
 use crate::store::StoredVersion;
 
 /// A resource type named in the URL, checked against the loaded model.
-pub fn resource_type(state: &AppState, name: &str) -> Result<String, ApiError> {
-    if state.model.is_resource_type(name) {
-        Ok(name.to_string())
-    } else {
-        Err(ApiError::NotFound(format!(
+pub fn resource_type(state: &AppState, name: &str) -> Result<ResourceType, ApiError> {
+    state.model.resource_type(name).ok_or_else(|| {
+        ApiError::NotFound(format!(
             "`{}` is not a resource type this server knows",
             fhir::types::truncate(name, 80)
-        )))
-    }
+        ))
+    })
 }
 
 /// A logical id from the URL.
@@ -154,7 +152,7 @@ pub(super) async fn read_inner(
     ex.precondition()?;
     let rt = resource_type(state, rt)?;
     let id = resource_id(id)?;
-    ex.audit.resource_type = Some(rt.clone());
+    ex.audit.resource_type = Some(rt.to_string());
     ex.audit.id = Some(id.to_string());
     ex.audit.version = version;
     let subset = subset(ex)?;
@@ -265,7 +263,7 @@ pub async fn create(
     let result = async {
         ex.precondition()?;
         let rt = resource_type(&state, &path)?;
-        ex.audit.resource_type = Some(rt.clone());
+        ex.audit.resource_type = Some(rt.to_string());
         if rt == crate::audit::RESOURCE_TYPE {
             return Err(ApiError::MethodNotAllowed(
                 "AuditEvents are written by the server only".into(),
@@ -287,8 +285,8 @@ pub async fn create(
         ex.audit.patients = state.compartment.patients_of(&rt, None, Some(&resource));
         let entry = write::entry(
             Method::Post,
-            Target::Type(rt.clone()),
-            rt.clone(),
+            Target::Type(rt.to_string()),
+            rt.to_string(),
             Payload::Resource(resource),
             None,
             if_none_exist,
@@ -309,11 +307,11 @@ pub(super) fn writable_instance(
     state: &AppState,
     ex: &mut Exchange,
     path: &(String, String),
-) -> Result<(String, Id), ApiError> {
+) -> Result<(ResourceType, Id), ApiError> {
     ex.precondition()?;
     let rt = resource_type(state, &path.0)?;
     let id = resource_id(&path.1)?;
-    ex.audit.resource_type = Some(rt.clone());
+    ex.audit.resource_type = Some(rt.to_string());
     ex.audit.id = Some(id.to_string());
     if rt == "AuditEvent" {
         return Err(ApiError::MethodNotAllowed(

@@ -244,8 +244,8 @@ async fn run(
     let (types, path, compartment_filter) = match &scope {
         Scope::Type(t) => {
             let t = resource_type(state, t)?;
-            ex.audit.resource_type = Some(t.clone());
-            (vec![t.clone()], format!("/{t}"), None)
+            ex.audit.resource_type = Some(t.to_string());
+            (vec![t.to_string()], format!("/{t}"), None)
         }
         Scope::System => {
             let types: Vec<String> = match pairs.iter().find(|(k, _)| k == "_type") {
@@ -253,6 +253,7 @@ async fn run(
                     .split(',')
                     .filter(|t| !t.is_empty())
                     .map(|t| resource_type(state, t))
+                    .map(|r| r.map(|t| t.to_string()))
                     .collect::<Result<_, _>>()
                     .map_err(|e| match e {
                         ApiError::NotFound(m) => ApiError::bad_request("value", m),
@@ -278,7 +279,7 @@ async fn run(
                 t.retain(|t| t != "AuditEvent");
                 t
             } else {
-                vec![resource_type(state, target)?]
+                vec![resource_type(state, target)?.to_string()]
             };
             if let [one] = types.as_slice() {
                 ex.audit.resource_type = Some(one.clone());

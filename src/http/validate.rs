@@ -70,7 +70,7 @@ async fn operation(
         ex.precondition()?;
         let rt = resource_type(state, rt)?;
         let id = id.map(resource_id).transpose()?;
-        ex.audit.resource_type = Some(rt.clone());
+        ex.audit.resource_type = Some(rt.to_string());
         ex.audit.id = id.as_ref().map(Id::to_string);
         validate(state, req, &ex, &rt, id, payload).await
     }

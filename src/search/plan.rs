@@ -13,7 +13,7 @@ use super::syntax::{
     keyed_query_form, number_bounds, quantity_value, range_bounds, split_prefix, to_f64_bound,
     token_query_form,
 };
-pub use super::syntax::{split_escaped, Prefix};
+pub use super::syntax::{split_escaped, Modifier, Prefix};
 use super::values::{self, tag, RefParts, PREFIX_CAP};
 use super::SearchError;
 use crate::store::{Filter, IndexTable, Ranges, RefTarget, UriMatch};
@@ -137,9 +137,10 @@ impl Planner<'_> {
             return self.chain(types, name, head, chained, value, depth);
         }
         let (code, modifier) = match name.split_once(':') {
-            Some((c, m)) => (c, Some(m)),
+            Some((c, m)) => (c, Some(Modifier::parse(m))),
             None => (name, None),
         };
+        let modifier = modifier.as_ref();
         match code {
             "_id" => return self.ids(name, modifier, value),
             "_lastUpdated" => return self.last_updated(name, modifier, value),
@@ -153,7 +154,7 @@ impl Planner<'_> {
             _ => {}
         }
         let r = self.resolve(types, code)?;
-        if modifier == Some("missing") {
+        if modifier == Some(&Modifier::Missing) {
             return self.missing(name, &r, value);
         }
         let alternatives = split_escaped(value, ',');
@@ -212,7 +213,12 @@ impl Planner<'_> {
         }
     }
 
-    fn ids(&self, name: &str, modifier: Option<&str>, value: &str) -> Result<Planned, SearchError> {
+    fn ids(
+        &self,
+        name: &str,
+        modifier: Option<&Modifier>,
+        value: &str,
+    ) -> Result<Planned, SearchError> {
         let ids: Vec<String> = split_escaped(value, ',')
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -225,8 +231,8 @@ impl Planner<'_> {
         }
         match modifier {
             None => Ok(planned(Filter::Ids(ids))),
-            Some("not") => Ok(planned(Filter::Not(Box::new(Filter::Ids(ids))))),
-            Some("missing") => Ok(planned(if value == "true" {
+            Some(Modifier::Not) => Ok(planned(Filter::Not(Box::new(Filter::Ids(ids))))),
+            Some(Modifier::Missing) => Ok(planned(if value == "true" {
                 Filter::Nothing
             } else {
                 Filter::All(Vec::new())
@@ -238,7 +244,7 @@ impl Planner<'_> {
     fn last_updated(
         &self,
         name: &str,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         value: &str,
     ) -> Result<Planned, SearchError> {
         no_modifier(name, modifier)?;
@@ -256,7 +262,7 @@ impl Planner<'_> {
     fn list(
         &self,
         name: &str,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         value: &str,
     ) -> Result<Planned, SearchError> {
         no_modifier(name, modifier)?;
@@ -321,7 +327,7 @@ impl Planner<'_> {
         &self,
         name: &str,
         r: &Resolved,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         alternatives: &[String],
     ) -> Result<Planned, SearchError> {
         let pids = r.pids();
@@ -344,8 +350,8 @@ impl Planner<'_> {
                     blind.push(format!("{}{capped}", tag::PREFIX));
                     tests.push(StringTest::Prefix(f.clone()));
                 }
-                Some("exact") => blind.push(format!("{}{v}", tag::EXACT)),
-                Some("contains") => {
+                Some(Modifier::Exact) => blind.push(format!("{}{v}", tag::EXACT)),
+                Some(Modifier::Contains) => {
                     let f = values::fold(v);
                     if f.is_empty() {
                         return Err(bad(name, v, "a non-empty string"));
@@ -405,7 +411,7 @@ impl Planner<'_> {
         &self,
         name: &str,
         r: &Resolved,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         alternatives: &[String],
     ) -> Result<Planned, SearchError> {
         let pids = r.pids();
@@ -413,8 +419,8 @@ impl Planner<'_> {
         let mut tests = Vec::new();
         for v in alternatives {
             match modifier {
-                None | Some("not") => forms.push(token_query_form(v)),
-                Some("text") => {
+                None | Some(Modifier::Not) => forms.push(token_query_form(v)),
+                Some(Modifier::Text) => {
                     let f = values::fold(v);
                     if f.is_empty() {
                         return Err(bad(name, v, "a non-empty text"));
@@ -428,7 +434,7 @@ impl Planner<'_> {
                         tests.push(StringTest::TextPrefix(f));
                     }
                 }
-                Some("of-type") => {
+                Some(Modifier::OfType) => {
                     let parts = split_escaped(v, '|');
                     if parts.len() != 3 || parts[2].is_empty() {
                         return Err(bad(name, v, "type-system|type-code|value"));
@@ -441,9 +447,11 @@ impl Planner<'_> {
                         parts[2]
                     ));
                 }
-                Some("in" | "not-in") => forms.extend(self.value_set_forms(name, v)?),
-                Some(m @ ("above" | "below")) => {
-                    forms.extend(self.hierarchy_forms(name, v, m == "above")?);
+                Some(Modifier::In | Modifier::NotIn) => {
+                    forms.extend(self.value_set_forms(name, v)?)
+                }
+                Some(m @ (Modifier::Above | Modifier::Below)) => {
+                    forms.extend(self.hierarchy_forms(name, v, *m == Modifier::Above)?);
                 }
                 Some(m) => return Err(bad_modifier(name, m)),
             }
@@ -452,7 +460,7 @@ impl Planner<'_> {
             pids,
             values: forms,
         };
-        let filter = if matches!(modifier, Some("not" | "not-in")) {
+        let filter = if matches!(modifier, Some(Modifier::Not | Modifier::NotIn)) {
             Filter::Not(Box::new(filter))
         } else {
             filter
@@ -561,12 +569,12 @@ impl Planner<'_> {
         &self,
         name: &str,
         r: &Resolved,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         alternatives: &[String],
     ) -> Result<Planned, SearchError> {
         let pids = r.pids();
         let model = self.registry.model();
-        if modifier == Some("identifier") {
+        if modifier == Some(&Modifier::Identifier) {
             let forms = alternatives
                 .iter()
                 .map(|v| format!("{}{}", tag::REF_IDENTIFIER, token_query_form(v)))
@@ -578,8 +586,8 @@ impl Planner<'_> {
         }
         let type_modifier = match modifier {
             None => None,
-            Some(t) if model.is_resource_type(t) => Some(t.to_string()),
-            Some("above" | "below") => {
+            Some(Modifier::Type(t)) if model.is_resource_type(t) => Some(t.clone()),
+            Some(Modifier::Above | Modifier::Below) => {
                 return Err(SearchError::Unsupported {
                     name: name.to_string(),
                     reason: "the :above and :below modifiers on references are not supported"
@@ -639,7 +647,7 @@ impl Planner<'_> {
         &self,
         name: &str,
         r: &Resolved,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         alternatives: &[String],
     ) -> Result<Planned, SearchError> {
         let mut matches = Vec::new();
@@ -649,8 +657,8 @@ impl Planner<'_> {
             }
             matches.push(match modifier {
                 None => UriMatch::Exact(v.clone()),
-                Some("below") => UriMatch::Below(v.clone()),
-                Some("above") => {
+                Some(Modifier::Below) => UriMatch::Below(v.clone()),
+                Some(Modifier::Above) => {
                     // The value and every ancestor path of it.
                     let mut ancestors = vec![v.clone()];
                     let mut cur = v.as_str();
@@ -676,7 +684,7 @@ impl Planner<'_> {
         &self,
         name: &str,
         r: &Resolved,
-        modifier: Option<&str>,
+        modifier: Option<&Modifier>,
         alternatives: &[String],
     ) -> Result<Planned, SearchError> {
         no_modifier(name, modifier)?;
@@ -775,7 +783,7 @@ impl Planner<'_> {
         let model = self.registry.model();
         let mut targets: Vec<String> = match type_modifier {
             Some(t) if model.is_resource_type(t) => vec![t.to_string()],
-            Some(t) => return Err(bad_modifier(name, t)),
+            Some(t) => return Err(bad_modifier(name, &Modifier::parse(t))),
             None => {
                 let mut t: Vec<String> = r.params.iter().flat_map(|p| p.targets.clone()).collect();
                 t.sort();
@@ -891,14 +899,14 @@ pub(crate) fn bad(name: &str, value: &str, expected: &str) -> SearchError {
     }
 }
 
-fn bad_modifier(name: &str, modifier: &str) -> SearchError {
+fn bad_modifier(name: &str, modifier: &Modifier) -> SearchError {
     SearchError::BadModifier {
         name: name.to_string(),
-        modifier: modifier.to_string(),
+        modifier: modifier.as_str().to_string(),
     }
 }
 
-fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), SearchError> {
+fn no_modifier(name: &str, modifier: Option<&Modifier>) -> Result<(), SearchError> {
     match modifier {
         None => Ok(()),
         Some(m) => Err(bad_modifier(name, m)),

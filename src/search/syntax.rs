@@ -21,6 +21,61 @@ pub enum Prefix {
     Ap,
 }
 
+/// A search parameter's modifier (R4 3.1.1.5: `name:modifier=value`), parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    Missing,
+    Exact,
+    Contains,
+    Text,
+    Not,
+    Above,
+    Below,
+    In,
+    NotIn,
+    OfType,
+    Identifier,
+    /// `:[type]` on a reference (a resource type, checked by the planner).
+    Type(String),
+}
+
+impl Modifier {
+    pub fn parse(text: &str) -> Modifier {
+        match text {
+            "missing" => Modifier::Missing,
+            "exact" => Modifier::Exact,
+            "contains" => Modifier::Contains,
+            "text" => Modifier::Text,
+            "not" => Modifier::Not,
+            "above" => Modifier::Above,
+            "below" => Modifier::Below,
+            "in" => Modifier::In,
+            "not-in" => Modifier::NotIn,
+            "of-type" => Modifier::OfType,
+            "identifier" => Modifier::Identifier,
+            other => Modifier::Type(other.to_string()),
+        }
+    }
+
+    /// As written in a request.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Modifier::Missing => "missing",
+            Modifier::Exact => "exact",
+            Modifier::Contains => "contains",
+            Modifier::Text => "text",
+            Modifier::Not => "not",
+            Modifier::Above => "above",
+            Modifier::Below => "below",
+            Modifier::In => "in",
+            Modifier::NotIn => "not-in",
+            Modifier::OfType => "of-type",
+            Modifier::Identifier => "identifier",
+            Modifier::Type(t) => t,
+        }
+    }
+}
+
 /// Splits a value's prefix off; `eq` when none is written.
 pub fn split_prefix(v: &str) -> (Prefix, &str) {
     let p = match v.get(..2) {
