@@ -128,7 +128,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let state = startup::build_state(&settings, !no_migrate)?;
             let system = actix_rt::System::new();
             system.block_on(async move {
-                let (server, port) = startup::build_server(&settings, state, None)?;
+                let (server, port) = startup::build_server(&settings, actix_web::web::Data::new(state), None)?;
                 tracing::info!(listen = %settings.server.listen, port, base_url = %settings.base_url(), "fhirgate serving");
                 server.await.context("server")?;
                 tracing::info!("fhirgate stopped");

@@ -224,9 +224,10 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
 }
 
 /// Binds the listener (or takes a bound one) and builds the server; it runs when awaited.
+/// The state is shared: the caller may keep a handle on it (the tests do).
 pub fn build_server(
     settings: &Settings,
-    state: AppState,
+    state: web::Data<AppState>,
     listener: Option<TcpListener>,
 ) -> Result<(Server, u16), StartupError> {
     let listener = match listener {
@@ -239,7 +240,6 @@ pub fn build_server(
         }
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let state = web::Data::new(state);
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod access;
 mod bundle;
 mod bundle_concurrency;
 mod concurrency;

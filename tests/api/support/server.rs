@@ -232,6 +232,8 @@ pub struct TestApp {
     pub base: String,
     pub db: Database,
     pub store: Store,
+    /// What the server's handlers share (for tests that drive the library directly).
+    pub state: actix_web::web::Data<fhirgate::http::AppState>,
     client: awc::Client,
     handle: actix_web::dev::ServerHandle,
     requests: Mutex<Vec<Sent>>,
@@ -258,10 +260,12 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     settings.server.base_url = Some(format!("http://127.0.0.1:{port}/fhir"));
-    let state = fhirgate::startup::build_state(&settings, true).expect("start fhirgate");
+    let state = actix_web::web::Data::new(
+        fhirgate::startup::build_state(&settings, true).expect("start fhirgate"),
+    );
     let store = state.store.clone();
-    let (server, _) =
-        fhirgate::startup::build_server(&settings, state, Some(listener)).expect("server");
+    let (server, _) = fhirgate::startup::build_server(&settings, state.clone(), Some(listener))
+        .expect("server");
     let handle = server.handle();
     actix_rt::spawn(server);
     let client = awc::Client::builder()
@@ -272,6 +276,7 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
         base: format!("http://127.0.0.1:{port}/fhir"),
         db,
         store,
+        state,
         client,
         handle,
         requests: Mutex::new(Vec::new()),
