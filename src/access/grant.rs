@@ -298,7 +298,7 @@ impl Grant {
                 None => model
                     .resource_types()
                     .iter()
-                    .filter(|t| t.as_str() != "AuditEvent")
+                    .filter(|t| t.as_str() != crate::audit::RESOURCE_TYPE)
                     .cloned()
                     .collect(),
             };

@@ -54,6 +54,13 @@ pub struct PurposeOfUse {
     pub reason: Option<String>,
 }
 
+/// Types no client may write, whatever its grant (405): AuditEvents are written
+/// by the server only (DESIGN section 12). The reason, or None when writable.
+pub fn read_only(resource_type: &str) -> Option<&'static str> {
+    (resource_type == crate::audit::RESOURCE_TYPE)
+        .then_some("AuditEvents are read-only: they are written by the server only")
+}
+
 /// Why an interaction was refused (403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

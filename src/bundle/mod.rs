@@ -247,6 +247,7 @@ impl EntryError {
             EntryError::Store(e) => !matches!(
                 e,
                 StoreError::NotFound
+                    | StoreError::Forbidden(_)
                     | StoreError::AlreadyExists
                     | StoreError::VersionConflict { .. }
                     | StoreError::MultipleMatches(_)

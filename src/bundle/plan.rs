@@ -218,10 +218,8 @@ fn plan_work<'e>(env: &Env, pos: usize, entry: &'e Entry) -> Result<Work<'e>, En
         ) => (resource_type.clone(), Some(query.clone())),
         _ => return Err(unsupported()),
     };
-    if resource_type == "AuditEvent" {
-        return Err(EntryError::MethodNotAllowed(
-            "AuditEvents are written by the server only".into(),
-        ));
+    if let Some(why) = crate::access::read_only(&resource_type) {
+        return Err(EntryError::MethodNotAllowed(why.into()));
     }
     if let Err(denied) = env.ctx.decide(&resource_type, entry_action(entry)) {
         return Err(EntryError::Forbidden(denied.0));

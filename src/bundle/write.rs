@@ -254,6 +254,7 @@ fn store_error(e: StoreError, rt: &str, id: &str) -> EntryError {
             "ifMatch does not name the current version of {rt}/{id} (it is {current})"
         )),
         StoreError::AlreadyExists => EntryError::Conflict(format!("{rt}/{id} already exists")),
+        StoreError::Forbidden(denied) => EntryError::Forbidden(denied.0),
         other => EntryError::Store(other),
     }
 }

@@ -94,10 +94,8 @@ fn target_type(state: &AppState, ex: &mut Exchange, path: &str) -> Result<Resour
     ex.precondition()?;
     let rt = resource_type(state, path)?;
     ex.audit.resource_type = Some(rt.to_string());
-    if rt == crate::audit::RESOURCE_TYPE {
-        return Err(ApiError::MethodNotAllowed(
-            "AuditEvents are read-only".into(),
-        ));
+    if let Some(why) = crate::access::read_only(&rt) {
+        return Err(ApiError::MethodNotAllowed(why.into()));
     }
     Ok(rt)
 }

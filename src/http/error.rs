@@ -173,6 +173,7 @@ impl From<StoreError> for ApiError {
             StoreError::Contention => ApiError::Conflict(
                 "the resource is being changed by another request; try again".into(),
             ),
+            StoreError::Forbidden(denied) => ApiError::Forbidden(denied.0),
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::Unavailable("the database is unavailable; try again later".into())

@@ -264,10 +264,8 @@ pub async fn create(
         ex.precondition()?;
         let rt = resource_type(&state, &path)?;
         ex.audit.resource_type = Some(rt.to_string());
-        if rt == crate::audit::RESOURCE_TYPE {
-            return Err(ApiError::MethodNotAllowed(
-                "AuditEvents are written by the server only".into(),
-            ));
+        if let Some(why) = crate::access::read_only(&rt) {
+            return Err(ApiError::MethodNotAllowed(why.into()));
         }
         let if_none_exist = match req.headers().get("if-none-exist") {
             None => None,
@@ -313,10 +311,8 @@ pub(super) fn writable_instance(
     let id = resource_id(&path.1)?;
     ex.audit.resource_type = Some(rt.to_string());
     ex.audit.id = Some(id.to_string());
-    if rt == "AuditEvent" {
-        return Err(ApiError::MethodNotAllowed(
-            "AuditEvents are read-only".into(),
-        ));
+    if let Some(why) = crate::access::read_only(&rt) {
+        return Err(ApiError::MethodNotAllowed(why.into()));
     }
     Ok((rt, id))
 }

@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Loads the SearchParameters of the database into the registry.
 pub fn reload_registry(store: &Store, engine: &SearchEngine) -> Result<(), StoreError> {
-    let rows = store.custom_search_params()?;
+    let rows = store.custom_search_params("SearchParameter")?;
     let custom = rows
         .into_iter()
         .filter_map(|(row, v)| {
@@ -121,7 +121,7 @@ fn run_job(
 fn activate_ready(store: &Store, engine: &SearchEngine) -> Result<(), StoreError> {
     let done = store.reindex_done()?;
     let mut ready = Vec::new();
-    for (row, v) in store.custom_search_params()? {
+    for (row, v) in store.custom_search_params("SearchParameter")? {
         if row.active {
             continue;
         }

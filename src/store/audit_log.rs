@@ -94,10 +94,13 @@ pub(crate) fn append(c: &mut AnyConn, rows: &[SealedAudit]) -> Result<(), StoreE
     Ok(())
 }
 
-/// The values of the `audit_log` columns of one row, for the PostgreSQL
-/// one-statement create (a data-modifying CTE of the same statement).
-pub(crate) fn values(sql: &mut super::sql::Sql, a: &SealedAudit) {
-    sql.push("(")
+/// The AuditEvent of the PostgreSQL one-statement create, as the data-modifying
+/// CTE `name AS (INSERT INTO audit_log ...)` of that statement (the same row
+/// [`append`] would insert).
+pub(crate) fn pg_insert_cte(sql: &mut super::sql::Sql, name: &str, a: &SealedAudit) {
+    sql.push(&format!(
+        "{name} AS (INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES ("
+    ))
         .text(&a.id)
         .push(", ")
         .i64(a.recorded)
@@ -109,7 +112,7 @@ pub(crate) fn values(sql: &mut super::sql::Sql, a: &SealedAudit) {
         .i64(a.key_id)
         .push(", ")
         .bind(Bind::Bytes(a.sealed.clone()))
-        .push(")");
+        .push("))");
 }
 
 #[derive(QueryableByName)]

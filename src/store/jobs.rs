@@ -312,10 +312,13 @@ struct ParamStatus {
     updated: i64,
 }
 
-/// The SearchParameters of the database with their status and current version.
+/// The resources registered by writes that declared `registers_search_param`
+/// (the search module's SearchParameters, of type `resource_type`), with their
+/// status and current version.
 pub fn custom_params(
     pool: &DbPool,
     ring: &Keyring,
+    resource_type: &str,
 ) -> Result<Vec<(CustomParamRow, StoredVersion)>, StoreError> {
     let system = AccessContext::system();
     pool.read(|c| {
@@ -331,7 +334,7 @@ pub fn custom_params(
                 ring,
                 &system,
                 crate::access::Action::Read,
-                "SearchParameter",
+                resource_type,
                 &p.resource_id,
                 None,
             )?;

@@ -495,10 +495,14 @@ impl Store {
         jobs::registry_generation(&self.pool)
     }
 
-    /// The SearchParameters of the database, with their status.
-    pub fn custom_search_params(&self) -> Result<Vec<(CustomParamRow, StoredVersion)>, StoreError> {
+    /// The resources of `resource_type` registered as search parameters (by
+    /// writes that declared [`Effects::registers_search_param`]), with their status.
+    pub fn custom_search_params(
+        &self,
+        resource_type: &str,
+    ) -> Result<Vec<(CustomParamRow, StoredVersion)>, StoreError> {
         let ring = self.keyring()?;
-        jobs::custom_params(&self.pool, &ring)
+        jobs::custom_params(&self.pool, &ring, resource_type)
     }
 
     pub fn activate_search_params(&self, ids: &[String]) -> Result<(), StoreError> {

@@ -445,9 +445,9 @@ pub(crate) fn apply_alone(c: &mut AnyConn, rows: VersionRows) -> Result<WriteRes
         .i64(rows.key_id)
         .push(", ");
     sql.bind(Bind::Bytes(rows.sealed));
-    sql.push(")), a AS (INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES ");
-    audit_log::values(&mut sql, &rows.audit);
-    sql.push("), ");
+    sql.push(")), ");
+    audit_log::pg_insert_cte(&mut sql, "a", &rows.audit);
+    sql.push(", ");
     index::pg_index_ctes_of(&mut sql, "c", &rows.index);
     sql.push(" SELECT rid FROM c");
     #[derive(QueryableByName)]

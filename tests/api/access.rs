@@ -60,14 +60,26 @@ async fn load(app: &TestApp) {
     }
     for (path, body) in &puts {
         let r = app.put_json(path, body).await;
-        assert!(r.status.is_success(), "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert!(
+            r.status.is_success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     let mut again = observation("oa-lab", "pa", "laboratory", "718-7");
     again["status"] = json!("amended");
-    assert!(app.put_json("/Observation/oa-lab", &again).await.status.is_success());
+    assert!(app
+        .put_json("/Observation/oa-lab", &again)
+        .await
+        .status
+        .is_success());
     let mut again = observation("ob-lab", "pb", "laboratory", "718-7");
     again["status"] = json!("amended");
-    assert!(app.put_json("/Observation/ob-lab", &again).await.status.is_success());
+    assert!(app
+        .put_json("/Observation/ob-lab", &again)
+        .await
+        .status
+        .is_success());
 }
 
 fn permission(level: Level, t: Option<&str>, actions: &str, query: Option<&str>) -> Permission {
@@ -86,7 +98,11 @@ fn context(state: &AppState, permissions: &[Permission], patient: Option<&str>) 
 
 /// `patient/*.rs` for Patient pa.
 fn patient_a(state: &AppState) -> AccessContext {
-    context(state, &[permission(Level::Patient, None, "rs", None)], Some("pa"))
+    context(
+        state,
+        &[permission(Level::Patient, None, "rs", None)],
+        Some("pa"),
+    )
 }
 
 /// Laboratory Observations and every Patient (SMART v2 granular scope).
@@ -104,7 +120,11 @@ fn lab_only(state: &AppState) -> AccessContext {
 
 /// Patients only.
 fn patients_only(state: &AppState) -> AccessContext {
-    context(state, &[permission(Level::User, Some("Patient"), "rs", None)], None)
+    context(
+        state,
+        &[permission(Level::User, Some("Patient"), "rs", None)],
+        None,
+    )
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -130,7 +150,11 @@ async fn search(app: &TestApp, ctx: &AccessContext, t: &str, q: &str) -> SearchR
         let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        let types = if t.is_empty() { Vec::new() } else { vec![t.clone()] };
+        let types = if t.is_empty() {
+            Vec::new()
+        } else {
+            vec![t.clone()]
+        };
         let req = state.search.parse(types, &pairs, true).expect("parse");
         state
             .search
@@ -169,7 +193,12 @@ async fn all_pages(app: &TestApp, ctx: &AccessContext, t: &str, q: &str) -> Vec<
 }
 
 async fn read(app: &TestApp, ctx: &AccessContext, t: &str, id: &str, v: Option<i64>) -> bool {
-    let (store, ctx, t, id) = (app.store.clone(), ctx.clone(), t.to_string(), id.to_string());
+    let (store, ctx, t, id) = (
+        app.store.clone(),
+        ctx.clone(),
+        t.to_string(),
+        id.to_string(),
+    );
     blocking(move || store.read(&ctx, &t, &id, v).expect("read").is_some()).await
 }
 
@@ -207,7 +236,10 @@ async fn reads_searches_includes_and_history_are_narrowed_in_the_data_layer(back
     assert!(!read(&app, &a, "Observation", "ob-vital", None).await);
     assert!(read(&app, &a, "Observation", "oa-lab", Some(1)).await);
     assert!(!read(&app, &a, "Observation", "ob-lab", Some(1)).await);
-    assert!(!read(&app, &a, "Practitioner", "pr1", None).await, "outside the compartment");
+    assert!(
+        !read(&app, &a, "Practitioner", "pr1", None).await,
+        "outside the compartment"
+    );
     assert!(read(&app, &lab, "Observation", "ob-lab", None).await);
     assert!(!read(&app, &lab, "Observation", "ob-vital", None).await);
     assert!(!read(&app, &patients, "Observation", "oa-lab", None).await);
@@ -215,14 +247,23 @@ async fn reads_searches_includes_and_history_are_narrowed_in_the_data_layer(back
     // A type outside the grant is refused before the store is asked.
     assert!(patients.decide("Observation", Action::Read).is_err());
     assert!(a.decide("Observation", Action::Create).is_err());
-    assert!(a.decide("AuditEvent", Action::Search).is_err(), "a wildcard never includes AuditEvent");
+    assert!(
+        a.decide("AuditEvent", Action::Search).is_err(),
+        "a wildcard never includes AuditEvent"
+    );
 
     // Searches, their totals, and a system search.
     let r = search(&app, &a, "Observation", "").await;
-    assert_eq!(ids(&r, false), set(&["Observation/oa-lab", "Observation/oa-vital"]));
+    assert_eq!(
+        ids(&r, false),
+        set(&["Observation/oa-lab", "Observation/oa-vital"])
+    );
     assert_eq!(r.total, Some(2));
     let r = search(&app, &lab, "Observation", "_total=accurate").await;
-    assert_eq!(ids(&r, false), set(&["Observation/oa-lab", "Observation/ob-lab"]));
+    assert_eq!(
+        ids(&r, false),
+        set(&["Observation/oa-lab", "Observation/ob-lab"])
+    );
     assert_eq!(r.total, Some(2));
     let r = search(&app, &a, "", "_type=Patient,Observation,Practitioner").await;
     assert_eq!(
@@ -239,20 +280,51 @@ async fn reads_searches_includes_and_history_are_narrowed_in_the_data_layer(back
     // Chains and _has only see what the caller may search.
     let r = search(&app, &a, "Observation", "subject:Patient.family=Beta").await;
     assert!(r.matches.is_empty(), "{:?}", ids(&r, false));
-    let r = search(&app, &lab, "Patient", "_has:Observation:subject:code=8867-4").await;
-    assert!(r.matches.is_empty(), "the vital signs are outside the lab-only grant");
+    let r = search(
+        &app,
+        &lab,
+        "Patient",
+        "_has:Observation:subject:code=8867-4",
+    )
+    .await;
+    assert!(
+        r.matches.is_empty(),
+        "the vital signs are outside the lab-only grant"
+    );
     let r = search(&app, &lab, "Patient", "_has:Observation:subject:code=718-7").await;
     assert_eq!(ids(&r, false), set(&["Patient/pa", "Patient/pb"]));
 
     // _include and _revinclude add only what the caller may read.
-    let r = search(&app, &lab, "Observation", "_include=Observation:subject&_include=Observation:performer").await;
-    assert_eq!(ids(&r, true), set(&["Patient/pa", "Patient/pb"]), "no Practitioner");
+    let r = search(
+        &app,
+        &lab,
+        "Observation",
+        "_include=Observation:subject&_include=Observation:performer",
+    )
+    .await;
+    assert_eq!(
+        ids(&r, true),
+        set(&["Patient/pa", "Patient/pb"]),
+        "no Practitioner"
+    );
     let r = search(&app, &a, "Patient", "_revinclude=Observation:subject").await;
     assert_eq!(ids(&r, false), set(&["Patient/pa"]));
-    assert_eq!(ids(&r, true), set(&["Observation/oa-lab", "Observation/oa-vital"]));
+    assert_eq!(
+        ids(&r, true),
+        set(&["Observation/oa-lab", "Observation/oa-vital"])
+    );
     let r = search(&app, &lab, "Patient", "_revinclude=Observation:subject").await;
-    assert_eq!(ids(&r, true), set(&["Observation/oa-lab", "Observation/ob-lab"]));
-    let r = search(&app, &patients, "Patient", "_revinclude=Observation:subject").await;
+    assert_eq!(
+        ids(&r, true),
+        set(&["Observation/oa-lab", "Observation/ob-lab"])
+    );
+    let r = search(
+        &app,
+        &patients,
+        "Patient",
+        "_revinclude=Observation:subject",
+    )
+    .await;
     assert!(r.included.is_empty());
 
     // Paging: every page of a narrowed search holds only what the caller may see.
@@ -263,21 +335,36 @@ async fn reads_searches_includes_and_history_are_narrowed_in_the_data_layer(back
     assert!(pages.iter().all(|id| id.ends_with("-lab")), "{pages:?}");
 
     // History at every level.
-    let h = history(&app, &a, HistoryScope::Instance("Observation".into(), "ob-lab".into())).await;
+    let h = history(
+        &app,
+        &a,
+        HistoryScope::Instance("Observation".into(), "ob-lab".into()),
+    )
+    .await;
     assert!(h.is_empty(), "{h:?}");
-    let h = history(&app, &a, HistoryScope::Instance("Observation".into(), "oa-lab".into())).await;
+    let h = history(
+        &app,
+        &a,
+        HistoryScope::Instance("Observation".into(), "oa-lab".into()),
+    )
+    .await;
     assert_eq!(h, vec!["Observation/oa-lab/2", "Observation/oa-lab/1"]);
     let h = history(&app, &a, HistoryScope::Type("Observation".into())).await;
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h.iter().all(|e| e.starts_with("Observation/oa-")), "{h:?}");
     let h = history(&app, &lab, HistoryScope::System).await;
     assert!(
-        h.iter().all(|e| e.starts_with("Patient/") || e.contains("-lab/")),
+        h.iter()
+            .all(|e| e.starts_with("Patient/") || e.contains("-lab/")),
         "{h:?}"
     );
     assert_eq!(h.iter().filter(|e| e.contains("-lab/")).count(), 4, "{h:?}");
     let h = history(&app, &a, HistoryScope::System).await;
-    assert!(h.iter().all(|e| e.starts_with("Patient/pa/") || e.starts_with("Observation/oa-")), "{h:?}");
+    assert!(
+        h.iter()
+            .all(|e| e.starts_with("Patient/pa/") || e.starts_with("Observation/oa-")),
+        "{h:?}"
+    );
 
     app.stop().await;
 }
@@ -333,37 +420,63 @@ async fn writes_stay_within_the_grant(backend: Backend) {
     load(&app).await;
     let writer = context(
         &app.state,
-        &[permission(Level::Patient, Some("Observation"), "cruds", None)],
+        &[permission(
+            Level::Patient,
+            Some("Observation"),
+            "cruds",
+            None,
+        )],
         Some("pa"),
     );
     // Within the compartment: created and updated.
     let mut mine = observation("new-a", "pa", "laboratory", "718-7");
     mine.as_object_mut().unwrap().remove("id");
-    assert!(matches!(write(&app, &writer, post(mine)).await, Ok(Done::Stored { created: true, .. })));
+    assert!(matches!(
+        write(&app, &writer, post(mine)).await,
+        Ok(Done::Stored { created: true, .. })
+    ));
     let mut update = observation("oa-vital", "pa", "vital-signs", "8867-4");
     update["status"] = json!("amended");
     assert!(write(&app, &writer, put(update)).await.is_ok());
     // Into another patient's compartment: refused, nothing written.
     let mut theirs = observation("new-b", "pb", "laboratory", "718-7");
     theirs.as_object_mut().unwrap().remove("id");
-    let e = write(&app, &writer, post(theirs)).await.expect_err("another patient's record");
+    let e = write(&app, &writer, post(theirs))
+        .await
+        .expect_err("another patient's record");
     assert!(e.contains("outside"), "{e}");
     let moved = observation("oa-lab", "pb", "laboratory", "718-7");
-    assert!(write(&app, &writer, put(moved)).await.is_err(), "moving a resource out");
+    assert!(
+        write(&app, &writer, put(moved)).await.is_err(),
+        "moving a resource out"
+    );
     // Another patient's resource is not found for the caller (its existence is not revealed).
     let mut other = observation("ob-vital", "pb", "vital-signs", "8867-4");
     other["status"] = json!("amended");
-    let e = write(&app, &writer, put(other)).await.expect_err("another patient's resource");
+    let e = write(&app, &writer, put(other))
+        .await
+        .expect_err("another patient's resource");
     assert!(e.contains("does not exist"), "{e}");
     let open = AccessContext::system();
     assert!(read(&app, &open, "Observation", "ob-vital", Some(1)).await);
-    assert!(!read(&app, &open, "Observation", "ob-vital", Some(2)).await, "nothing written");
+    assert!(
+        !read(&app, &open, "Observation", "ob-vital", Some(2)).await,
+        "nothing written"
+    );
     assert_eq!(
-        search(&app, &open, "Observation", "subject=Patient/pb").await.matches.len(),
+        search(&app, &open, "Observation", "subject=Patient/pb")
+            .await
+            .matches
+            .len(),
         2,
         "the refused create left nothing"
     );
-    let h = history(&app, &open, HistoryScope::Instance("Observation".into(), "oa-lab".into())).await;
+    let h = history(
+        &app,
+        &open,
+        HistoryScope::Instance("Observation".into(), "oa-lab".into()),
+    )
+    .await;
     assert_eq!(h.len(), 2, "the refused move left no version: {h:?}");
     app.stop().await;
 }
@@ -382,11 +495,36 @@ async fn narrowed_searches_show_the_restriction_in_their_sql(backend: Backend) {
     let app = spawn_app(backend).await;
     load(&app).await;
     let cases = [
-        ("patient/*.rs for Patient pa", patient_a(&app.state), "Observation", "code=http://loinc.org|718-7"),
-        ("patient/*.rs for Patient pa", patient_a(&app.state), "", "_type=Patient,Observation"),
-        ("laboratory Observations only", lab_only(&app.state), "Observation", "_count=10"),
-        ("laboratory Observations only", lab_only(&app.state), "Patient", "_has:Observation:subject:code=718-7"),
-        ("unrestricted", AccessContext::system(), "Observation", "code=http://loinc.org|718-7"),
+        (
+            "patient/*.rs for Patient pa",
+            patient_a(&app.state),
+            "Observation",
+            "code=http://loinc.org|718-7",
+        ),
+        (
+            "patient/*.rs for Patient pa",
+            patient_a(&app.state),
+            "",
+            "_type=Patient,Observation",
+        ),
+        (
+            "laboratory Observations only",
+            lab_only(&app.state),
+            "Observation",
+            "_count=10",
+        ),
+        (
+            "laboratory Observations only",
+            lab_only(&app.state),
+            "Patient",
+            "_has:Observation:subject:code=718-7",
+        ),
+        (
+            "unrestricted",
+            AccessContext::system(),
+            "Observation",
+            "code=http://loinc.org|718-7",
+        ),
     ];
     let mut rendered = String::new();
     for (who, ctx, t, q) in cases {
@@ -398,7 +536,10 @@ async fn narrowed_searches_show_the_restriction_in_their_sql(backend: Backend) {
                 .collect();
             let types = if t2.is_empty() { Vec::new() } else { vec![t2] };
             let req = state.search.parse(types, &pairs, true).expect("parse");
-            state.search.explain(&state.store, &ctx, &req).expect("explain")
+            state
+                .search
+                .explain(&state.store, &ctx, &req)
+                .expect("explain")
         })
         .await;
         let sql = text.split_once('\n').map_or(text.as_str(), |(s, _)| s);
@@ -412,9 +553,15 @@ async fn narrowed_searches_show_the_restriction_in_their_sql(backend: Backend) {
         std::fs::write(&path, &rendered).unwrap();
     }
     let golden = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("{} is missing; run with FHIRGATE_REGENERATE_GOLDEN=1", path.display())
+        panic!(
+            "{} is missing; run with FHIRGATE_REGENERATE_GOLDEN=1",
+            path.display()
+        )
     });
-    assert_eq!(rendered, golden, "the narrowed SQL changed; regenerate the golden file if that is intended");
+    assert_eq!(
+        rendered, golden,
+        "the narrowed SQL changed; regenerate the golden file if that is intended"
+    );
     app.stop().await;
 }
 

@@ -27,6 +27,7 @@ mod logging;
 mod parser_fuzz;
 mod patch_api;
 mod patch_suite;
+mod reindex_race;
 mod rest_api;
 mod search;
 mod search_fuzz;

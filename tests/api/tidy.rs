@@ -56,6 +56,8 @@ fn lower_layers_never_use_the_http_layer() {
         "patch",
         "bundle",
         "bulk",
+        "search",
+        "access",
     ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src")
@@ -73,6 +75,37 @@ fn lower_layers_never_use_the_http_layer() {
         offenders.is_empty(),
         "these files reach up into HTTP: {offenders:?}"
     );
+}
+
+/// The store's core paths are functions (no `macro_rules!` with hidden returns),
+/// AuditEvent rows enter the database through the audit sink only, and the store
+/// never decides by a resource type's name.
+#[test]
+fn the_store_writes_through_one_path_and_one_audit_sink() {
+    for (p, text) in sources("src/store") {
+        let name = p.display().to_string();
+        assert!(!text.contains("macro_rules!"), "{name} defines a macro");
+        if !name.ends_with("audit_log.rs") {
+            assert!(
+                !text.contains("INTO audit_log"),
+                "{name} writes AuditEvent rows outside the audit sink"
+            );
+        }
+        for type_name in ["\"AuditEvent\"", "\"SearchParameter\"", "\"Patient\""] {
+            let code: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if name.ends_with("audit_log.rs") && type_name == "\"AuditEvent\"" {
+                continue;
+            }
+            assert!(
+                !code.contains(type_name),
+                "{name} branches on the type name {type_name}"
+            );
+        }
+    }
 }
 
 #[test]

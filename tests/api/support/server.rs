@@ -264,8 +264,8 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
         fhirgate::startup::build_state(&settings, true).expect("start fhirgate"),
     );
     let store = state.store.clone();
-    let (server, _) = fhirgate::startup::build_server(&settings, state.clone(), Some(listener))
-        .expect("server");
+    let (server, _) =
+        fhirgate::startup::build_server(&settings, state.clone(), Some(listener)).expect("server");
     let handle = server.handle();
     actix_rt::spawn(server);
     let client = awc::Client::builder()
