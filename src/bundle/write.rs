@@ -464,26 +464,7 @@ fn create_all(
     };
     let versions: Vec<Version> = creates
         .iter()
-        .map(|&(w, id, p)| {
-            let mut audit = record(
-                env,
-                Interaction::Create,
-                &w.resource_type,
-                id,
-                p.patients.clone(),
-            );
-            // Every create is version 1.
-            audit.version = Some(1);
-            Version {
-                rt: &w.resource_type,
-                id,
-                kind: WriteKind::Create,
-                method: method_of(w),
-                resource: Some(&p.resource),
-                index: &p.index,
-                audit,
-            }
-        })
+        .map(|&(w, id, p)| create_version(env, w, id, p))
         .collect();
     let callbacks: Vec<_> = versions.iter().map(|v| v.callbacks(env)).collect();
     let reqs: Vec<WriteRequest> = versions
@@ -497,45 +478,48 @@ fn create_all(
     Ok(creates
         .iter()
         .zip(results)
-        .map(|(&(w, id, _), r)| {
-            (
-                w.pos,
-                Done::Stored {
-                    resource_type: w.resource_type.clone(),
-                    id: id.to_string(),
-                    version: r.version,
-                    last_updated: r.last_updated,
-                    created: true,
-                    body: env.return_bodies.then_some(r.body),
-                },
-            )
-        })
+        .map(|(&(w, id, _), r)| (w.pos, stored(env, &w.resource_type, id, r)))
         .collect())
 }
 
-/// One new resource with a server id, written on its own (see `process`).
-pub(super) fn create_one(env: &Env, w: &Work, id: &str, p: &Prepared) -> Result<Done, EntryError> {
-    let rt = w.resource_type.as_str();
-    let mut audit = record(env, Interaction::Create, rt, id, p.patients.clone());
+/// The version of a new resource with a server id (always version 1).
+fn create_version<'a>(env: &Env, w: &'a Work, id: &'a str, p: &'a Prepared) -> Version<'a> {
+    let mut audit = record(
+        env,
+        Interaction::Create,
+        &w.resource_type,
+        id,
+        p.patients.clone(),
+    );
     audit.version = Some(1);
-    let version = Version {
-        rt,
+    Version {
+        rt: &w.resource_type,
         id,
         kind: WriteKind::Create,
         method: method_of(w),
         resource: Some(&p.resource),
         index: &p.index,
         audit,
-    };
-    let r = create_alone(env, &version).map_err(|e| store_error(e, rt, id))?;
-    Ok(Done::Stored {
+    }
+}
+
+/// What an entry that stored a version did.
+fn stored(env: &Env, rt: &str, id: &str, r: WriteResult) -> Done {
+    Done::Stored {
         resource_type: rt.to_string(),
         id: id.to_string(),
         version: r.version,
         last_updated: r.last_updated,
-        created: true,
+        created: r.created,
         body: env.return_bodies.then_some(r.body),
-    })
+    }
+}
+
+/// One new resource with a server id, written on its own (see `process`).
+pub(super) fn create_one(env: &Env, w: &Work, id: &str, p: &Prepared) -> Result<Done, EntryError> {
+    let version = create_version(env, w, id, p);
+    let r = create_alone(env, &version).map_err(|e| store_error(e, &w.resource_type, id))?;
+    Ok(stored(env, &w.resource_type, id, r))
 }
 
 /// How an entry's version is recorded in history.

@@ -58,15 +58,7 @@ async fn patch_instance(
     let if_match = if_match(req)?;
     let bytes = read_body(state, req, payload).await?;
     let patch = parse_patch(state, kind, &bytes)?;
-    let (target, url) = write::instance(&rt, &id);
-    let entry = write::entry(
-        Method::Patch,
-        target,
-        url,
-        Payload::Patch(patch),
-        if_match,
-        None,
-    );
+    let entry = write::instance_entry(Method::Patch, &rt, &id, Payload::Patch(patch), if_match);
     let done = write::run(state, req, ex, entry).await?;
     write::reply(state, req, done)
 }

@@ -351,15 +351,8 @@ pub async fn update(
         ex.audit.patients = state
             .compartment
             .patients_of(&rt, Some(id.as_str()), Some(&resource));
-        let (target, url) = write::instance(&rt, &id);
-        let entry = write::entry(
-            Method::Put,
-            target,
-            url,
-            Payload::Resource(resource),
-            if_match,
-            None,
-        );
+        let entry =
+            write::instance_entry(Method::Put, &rt, &id, Payload::Resource(resource), if_match);
         let done = write::run(&state, &req, &mut ex, entry).await?;
         write::reply(&state, &req, done)
     }
@@ -379,8 +372,7 @@ pub async fn delete(
         if rt == "Patient" {
             ex.audit.patients = vec![format!("Patient/{id}")];
         }
-        let (target, url) = write::instance(&rt, &id);
-        let entry = write::entry(Method::Delete, target, url, Payload::None, if_match, None);
+        let entry = write::instance_entry(Method::Delete, &rt, &id, Payload::None, if_match);
         let done = write::run(&state, &req, &mut ex, entry).await?;
         write::reply(&state, &req, done)
     }

@@ -40,14 +40,24 @@ pub(super) fn entry(
     }
 }
 
-/// The target `[type]/[id]` of an instance write.
-pub(super) fn instance(resource_type: &str, id: &Id) -> (Target, String) {
-    (
+/// A write of one instance (`[type]/[id]`) as one entry.
+pub(super) fn instance_entry(
+    method: Method,
+    resource_type: &str,
+    id: &Id,
+    payload: Payload,
+    if_match: Option<i64>,
+) -> Entry {
+    entry(
+        method,
         Target::Instance {
             resource_type: resource_type.to_string(),
             id: id.clone(),
         },
         format!("{resource_type}/{id}"),
+        payload,
+        if_match,
+        None,
     )
 }
 

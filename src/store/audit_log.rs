@@ -75,19 +75,7 @@ pub(crate) fn append(c: &mut AnyConn, rows: &[SealedAudit]) -> Result<(), StoreE
             if i > 0 {
                 sql.push(", ");
             }
-            sql.push("(")
-                .text(&a.id)
-                .push(", ")
-                .i64(a.recorded)
-                .push(", ")
-                .text(a.action)
-                .push(", ")
-                .text(a.outcome)
-                .push(", ")
-                .i64(a.key_id)
-                .push(", ")
-                .bind(Bind::Bytes(a.sealed.clone()))
-                .push(")");
+            row_values(&mut sql, a);
         }
         c.execute(sql)?;
     }
@@ -99,8 +87,17 @@ pub(crate) fn append(c: &mut AnyConn, rows: &[SealedAudit]) -> Result<(), StoreE
 /// [`append`] would insert).
 pub(crate) fn pg_insert_cte(sql: &mut super::sql::Sql, name: &str, a: &SealedAudit) {
     sql.push(&format!(
-        "{name} AS (INSERT INTO audit_log (audit_id, recorded, action, outcome, key_id, body) VALUES ("
-    ))
+        "{name} AS (INSERT INTO audit_log ({COLUMNS}) VALUES "
+    ));
+    row_values(sql, a);
+    sql.push(")");
+}
+
+const COLUMNS: &str = "audit_id, recorded, action, outcome, key_id, body";
+
+/// `(id, recorded, action, outcome, key, sealed body)` of one row.
+fn row_values(sql: &mut super::sql::Sql, a: &SealedAudit) {
+    sql.push("(")
         .text(&a.id)
         .push(", ")
         .i64(a.recorded)
@@ -112,9 +109,8 @@ pub(crate) fn pg_insert_cte(sql: &mut super::sql::Sql, name: &str, a: &SealedAud
         .i64(a.key_id)
         .push(", ")
         .bind(Bind::Bytes(a.sealed.clone()))
-        .push("))");
+        .push(")");
 }
-
 #[derive(QueryableByName)]
 struct AuditLine {
     #[diesel(sql_type = diesel::sql_types::BigInt)]

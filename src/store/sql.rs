@@ -158,6 +158,17 @@ impl Sql {
         }
     }
 
+    /// A boolean literal of the backend.
+    pub fn boolean(&mut self, value: bool) -> &mut Sql {
+        let text = match (self.backend, value) {
+            (Backend::Postgres, true) => "true",
+            (Backend::Postgres, false) => "false",
+            (Backend::Sqlite, true) => "1",
+            (Backend::Sqlite, false) => "0",
+        };
+        self.push(text)
+    }
+
     /// Marks the statement prepared-statement cacheable if its shape is known or the
     /// process has room for another shape.
     pub fn finish(mut self) -> Sql {

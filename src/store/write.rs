@@ -109,7 +109,43 @@ pub(crate) struct VersionRows {
     effects: Effects,
 }
 
+const VERSION_COLUMNS: &str =
+    "resource_type, resource_id, version_id, last_updated, deleted, method, key_id, body";
+const CURRENT_COLUMNS: &str = "resource_type, resource_id, version_id, last_updated, deleted";
+
 impl VersionRows {
+    /// `(type, id, version, last updated, deleted)`: the values of the current row.
+    fn current_values(&self, sql: &mut super::sql::Sql) {
+        sql.push("(");
+        self.identity_values(sql);
+        sql.push(")");
+    }
+
+    /// The values of the version row; its sealed body moves into the statement.
+    fn version_values(&mut self, sql: &mut super::sql::Sql) {
+        sql.push("(");
+        self.identity_values(sql);
+        sql.push(", ")
+            .text(self.method.as_str())
+            .push(", ")
+            .i64(self.key_id)
+            .push(", ")
+            .bind(Bind::Bytes(std::mem::take(&mut self.sealed)))
+            .push(")");
+    }
+
+    fn identity_values(&self, sql: &mut super::sql::Sql) {
+        sql.text(&self.resource_type)
+            .push(", ")
+            .text(&self.id)
+            .push(", ")
+            .i64(self.result.version)
+            .push(", ")
+            .i64(self.result.last_updated)
+            .push(", ")
+            .boolean(self.deleted);
+    }
+
     /// The access a caller needs for what this version leaves behind.
     fn action(&self) -> Action {
         if self.result.created {
@@ -280,31 +316,17 @@ pub(crate) fn apply(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let f = c.sql().false_literal();
-    let t = if f == "0" { "1" } else { "true" };
     // Bodies are a few kB each: chunks keep a statement to a few MB.
     for chunk in rows.chunks_mut(200) {
         let mut sql = c.sql();
-        sql.push("INSERT INTO resource_versions (resource_type, resource_id, version_id, last_updated, deleted, method, key_id, body) VALUES ");
+        sql.push(&format!(
+            "INSERT INTO resource_versions ({VERSION_COLUMNS}) VALUES "
+        ));
         for (i, v) in chunk.iter_mut().enumerate() {
             if i > 0 {
                 sql.push(", ");
             }
-            sql.push("(")
-                .text(&v.resource_type)
-                .push(", ")
-                .text(&v.id)
-                .push(", ")
-                .i64(v.result.version)
-                .push(", ")
-                .i64(v.result.last_updated)
-                .push(&format!(", {}, ", if v.deleted { t } else { f }))
-                .text(v.method.as_str())
-                .push(", ")
-                .i64(v.key_id)
-                .push(", ")
-                .bind(Bind::Bytes(std::mem::take(&mut v.sealed)))
-                .push(")");
+            v.version_values(&mut sql);
         }
         c.execute(sql)?;
     }
@@ -314,21 +336,14 @@ pub(crate) fn apply(
         .collect();
     for chunk in fresh.chunks(1000) {
         let mut sql = c.sql();
-        sql.push("INSERT INTO resources_current (resource_type, resource_id, version_id, last_updated, deleted) VALUES ");
+        sql.push(&format!(
+            "INSERT INTO resources_current ({CURRENT_COLUMNS}) VALUES "
+        ));
         for (n, &i) in chunk.iter().enumerate() {
-            let v = &rows[i];
             if n > 0 {
                 sql.push(", ");
             }
-            sql.push("(")
-                .text(&v.resource_type)
-                .push(", ")
-                .text(&v.id)
-                .push(", ")
-                .i64(v.result.version)
-                .push(", ")
-                .i64(v.result.last_updated)
-                .push(&format!(", {})", if v.deleted { t } else { f }));
+            rows[i].current_values(&mut sql);
         }
         sql.push(" RETURNING rid, resource_type, resource_id");
         let got = c.load::<NewRid>(sql)?;
@@ -352,10 +367,9 @@ pub(crate) fn apply(
             .i64(v.result.version)
             .push(", last_updated = ")
             .i64(v.result.last_updated)
-            .push(&format!(
-                ", deleted = {} WHERE rid = ",
-                if v.deleted { t } else { f }
-            ))
+            .push(", deleted = ")
+            .boolean(v.deleted)
+            .push(" WHERE rid = ")
             .i64(was.rid)
             .push(" AND version_id = ")
             .i64(was.version);
@@ -424,28 +438,17 @@ fn check_written(
 /// narrowed grant needs the rows in a transaction) and writes without side
 /// effects.
 pub(crate) fn apply_alone(c: &mut AnyConn, rows: VersionRows) -> Result<WriteResult, StoreError> {
+    let mut rows = rows;
     let mut sql = c.sql();
-    sql.push(
-        "WITH c AS (INSERT INTO resources_current (resource_type, resource_id, version_id, last_updated, deleted) VALUES (",
-    );
-    sql.text(&rows.resource_type)
-        .push(", ")
-        .text(&rows.id)
-        .push(", 1, ")
-        .i64(rows.result.last_updated);
-    sql.push(", false) RETURNING rid), v AS (INSERT INTO resource_versions (resource_type, resource_id, version_id, last_updated, deleted, method, key_id, body) VALUES (");
-    sql.text(&rows.resource_type)
-        .push(", ")
-        .text(&rows.id)
-        .push(", 1, ")
-        .i64(rows.result.last_updated);
-    sql.push(", false, ")
-        .text(rows.method.as_str())
-        .push(", ")
-        .i64(rows.key_id)
-        .push(", ");
-    sql.bind(Bind::Bytes(rows.sealed));
-    sql.push(")), ");
+    sql.push(&format!(
+        "WITH c AS (INSERT INTO resources_current ({CURRENT_COLUMNS}) VALUES "
+    ));
+    rows.current_values(&mut sql);
+    sql.push(&format!(
+        " RETURNING rid), v AS (INSERT INTO resource_versions ({VERSION_COLUMNS}) VALUES "
+    ));
+    rows.version_values(&mut sql);
+    sql.push("), ");
     audit_log::pg_insert_cte(&mut sql, "a", &rows.audit);
     sql.push(", ");
     index::pg_index_ctes_of(&mut sql, "c", &rows.index);
