@@ -6,13 +6,19 @@
 #     answered 200, and (CHECK=1) every stored reference must resolve.
 #  2. `fhirgate import` of target/bench-data/ndjson into a fresh database: resources/s.
 # Usage: benches/bundle/run.sh sqlite|postgres [clients]
+# FHIRGATE_BIN=path runs that binary instead of target/release/fhirgate (a relative path is
+# taken from the repository root; benches/ab.sh uses it to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
 CLIENTS="${2:-8}"
 DATA=target/bench-data
 [ -d "$DATA/synthea/fhir" ] || { echo "run benches/bundle/generate.sh first" >&2; exit 1; }
-[ -x target/release/fhirgate ] || cargo build --release
+BIN="${FHIRGATE_BIN:-target/release/fhirgate}"
+if [ ! -x "$BIN" ]; then
+  [ -z "${FHIRGATE_BIN:-}" ] || { echo "FHIRGATE_BIN=$BIN is not an executable" >&2; exit 1; }
+  cargo build --release
+fi
 WORK="$(mktemp -d)"
 PORT=18182
 NAMES=()
@@ -37,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
 if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
-  target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
+  "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
 fi
 export FHIRGATE_AUTH__ENABLED=false FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
 echo "machine: $(nproc) cores; load before: $(uptime | sed 's/.*load average: //')"
@@ -46,7 +52,7 @@ FILES=$(find "$DATA/synthea/fhir" -name '*.json' | sort)
 BUNDLES=$(echo "$FILES" | wc -l)
 ENTRIES=$(echo "$FILES" | tr '\n' '\0' | xargs -0 jq '.entry | length' | paste -sd+ | bc)
 FHIRGATE_DATABASE__URL="$(fresh_db api)" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" \
-  target/release/fhirgate serve > "$WORK/server.log" 2>&1 &
+  "$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
 BASE="http://127.0.0.1:$PORT/fhir"
@@ -65,4 +71,4 @@ kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
 
 LINES=$(cat "$DATA"/ndjson/*.ndjson | wc -l)
 echo "--- fhirgate import of $LINES NDJSON resources, $BACKEND"
-FHIRGATE_DATABASE__URL="$(fresh_db import)" target/release/fhirgate import --quiet "$DATA/ndjson"
+FHIRGATE_DATABASE__URL="$(fresh_db import)" "$BIN" import --quiet "$DATA/ndjson"

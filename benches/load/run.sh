@@ -2,6 +2,8 @@
 # Load benchmark of the REST API (issue: foundation): GET Patient/{id} over 1,000 patients and
 # POST Patient, with audit and encryption on, against the release build, with wrk on the same
 # machine. Usage: benches/load/run.sh sqlite|postgres [duration_s] [connections]
+# FHIRGATE_BIN=path runs that binary instead of target/release/fhirgate (a relative path is
+# taken from the repository root; benches/ab.sh uses it to compare two builds).
 # Validation: FHIRGATE_VALIDATION__MODE=off|structure|full (default full) passes through;
 # US_CORE=1 also loads US Core 6.1.0 and requires US Core Patient of every Patient written.
 set -euo pipefail
@@ -10,7 +12,11 @@ BACKEND="${1:-sqlite}"
 DURATION="${2:-20}"
 CONNS="${3:-32}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-[ -x target/release/fhirgate ] || cargo build --release
+BIN="${FHIRGATE_BIN:-target/release/fhirgate}"
+if [ ! -x "$BIN" ]; then
+  [ -z "${FHIRGATE_BIN:-}" ] || { echo "FHIRGATE_BIN=$BIN is not an executable" >&2; exit 1; }
+  cargo build --release
+fi
 WORK="$(mktemp -d)"
 PORT=18181
 case "$BACKEND" in
@@ -29,11 +35,11 @@ cleanup() {
 trap cleanup EXIT
 export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
 if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
-  target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
+  "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
 fi
 if [ "${US_CORE:-0}" = 1 ]; then
   if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.us.core#6.1.0" ] && [ -d ../shared/fhir-packages ]; then
-    target/release/fhirgate packages install ../shared/fhir-packages/hl7.fhir.us.core-6.1.0.tgz
+    "$BIN" packages install ../shared/fhir-packages/hl7.fhir.us.core-6.1.0.tgz
   fi
   export FHIRGATE_PACKAGES__LOAD='["hl7.fhir.r4.core#4.0.1", "hl7.fhir.us.core#6.1.0"]'
   export FHIRGATE_VALIDATION__REQUIRED_PROFILES__PATIENT='["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]'
@@ -41,7 +47,7 @@ fi
 echo "validation.mode=${FHIRGATE_VALIDATION__MODE:-full} US_CORE=${US_CORE:-0}"
 export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=false \
   FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
-target/release/fhirgate serve > "$WORK/server.log" 2>&1 &
+"$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
 BASE="http://127.0.0.1:$PORT/fhir"
