@@ -174,9 +174,9 @@ impl From<StoreError> for ApiError {
                 "the resource is being changed by another request; try again".into(),
             ),
             StoreError::Forbidden(denied) => ApiError::Forbidden(denied.0),
-            e if e.is_unavailable() => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unavailable; try again later".into())
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "database unavailable");
+                ApiError::Unavailable(format!("{why}; try again later"))
             }
             other => {
                 tracing::error!(error = %other, "store failure");

@@ -154,9 +154,9 @@ impl Exchange {
         }
         state.audit.record(&self.audit).await.map_err(|e| {
             tracing::error!(error = %e, "the AuditEvent could not be recorded; the response is withheld");
-            ApiError::Unavailable(
-                "the audit trail is unavailable, so the request cannot be answered; try again later".into(),
-            )
+            ApiError::Unavailable(format!(
+                "the AuditEvent of this request could not be recorded ({e}), so it is not answered; try again later"
+            ))
         })
     }
 

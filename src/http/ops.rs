@@ -104,10 +104,17 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match state.store.call(|s| s.ping()).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "up"})),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: database unreachable");
+            // A saturated pool is not a database that is down: say which.
+            let database = match &e {
+                crate::store::StoreError::Unavailable(crate::store::Unavailable::PoolExhausted) => {
+                    "up; every connection of this node is busy"
+                }
+                _ => "down",
+            };
+            tracing::warn!(error = %e, "not ready");
             HttpResponse::ServiceUnavailable()
                 .insert_header(("Retry-After", "5"))
-                .json(serde_json::json!({"status": "not ready", "database": "down"}))
+                .json(serde_json::json!({"status": "not ready", "database": database}))
         }
     }
 }

@@ -288,6 +288,19 @@ async fn run(
             (types, format!("/{c}/{id}/{target}"), Some(filter))
         }
     };
+    // Types the request names must be searchable for the caller (403); a
+    // compartment's `*` and a system search without `_type` are narrowed instead.
+    let named = match &scope {
+        Scope::Compartment { target, .. } => target != "*",
+        _ => true,
+    };
+    if named {
+        for t in &types {
+            ex.ctx
+                .decide(t, crate::access::Action::Search)
+                .map_err(|d| ApiError::Forbidden(d.0))?;
+        }
+    }
     if types.iter().any(|t| t == "AuditEvent") {
         return Err(ApiError::NotImplemented(
             "searching AuditEvents is not implemented yet; read them by id or through AuditEvent/_history".into(),
