@@ -268,7 +268,11 @@ pub async fn spawn_with(db: Database, tweak: impl FnOnce(&mut Settings)) -> Test
         fhirgate::startup::build_server(&settings, state.clone(), Some(listener)).expect("server");
     let handle = server.handle();
     actix_rt::spawn(server);
+    // The client keeps an idle connection for less time than the server does (actix:
+    // 5 s), so it never sends on a connection the server is closing (awc then reports
+    // "connector has been disconnected"; seen after a test's pause of several seconds).
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(2)))
         .timeout(Duration::from_secs(120))
         .finish();
     TestApp {
