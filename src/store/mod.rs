@@ -16,6 +16,7 @@ mod query;
 mod read;
 mod render;
 mod sql;
+mod tables;
 mod txn;
 mod write;
 

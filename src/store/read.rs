@@ -3,7 +3,7 @@
 //! SQL to what the caller may see (a resource outside the caller's compartment
 //! or granular scope is not read, so it is "not found").
 
-use diesel::QueryableByName;
+use diesel::{Queryable, QueryableByName};
 
 use super::conn::AnyConn;
 use super::query;
@@ -67,8 +67,9 @@ pub enum HistoryScope {
     Instance(String, String),
 }
 
-/// The columns of a stored version, decoded by name.
-#[derive(QueryableByName)]
+/// The columns of a stored version, decoded by name (dynamic statements) or by
+/// position (the typed read by id).
+#[derive(QueryableByName, Queryable)]
 pub(crate) struct VersionLine {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub seq: i64,
@@ -133,57 +134,91 @@ pub(crate) fn version(
     version: Option<i64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
     let visibility = ctx.visibility(resource_type, action);
+    let Some(f) = visibility.filter() else {
+        let line = read_by_id(c, resource_type, id, version)?;
+        return Ok(line.map(|l| l.open(ring)).transpose()?.map(|h| h.version));
+    };
+    // Narrowed: the resource as it is now must be visible (index rows exist for
+    // live current versions only, so a deleted resource is not).
+    let f = f.clone();
     let mut r = Renderer::new(c.backend(), ring, ctx, action);
-    match (visibility.filter(), version) {
-        // No `LIMIT`: it makes SQLite (built with STAT4) re-prepare the statement on
-        // every execution (measured: 11% of a read); the keys are unique.
-        (None, Some(v)) => {
-            r.sql
-                .push(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM resource_versions rv WHERE rv.resource_type = "
-                ))
-                .text(resource_type)
-                .push(" AND rv.resource_id = ")
-                .text(id)
-                .push(" AND rv.version_id = ")
-                .i64(v);
+    r.sql.push(&format!(
+        "SELECT {VERSION_COLUMNS} FROM resources_current rc JOIN resource_versions rv \
+         ON rv.resource_type = rc.resource_type AND rv.resource_id = rc.resource_id \
+         AND rv.version_id = "
+    ));
+    match version {
+        Some(v) => {
+            r.sql.i64(v);
         }
-        (None, None) => {
-            r.sql
-                .push(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM resources_current rc JOIN resource_versions rv \
-                     ON rv.resource_type = rc.resource_type AND rv.resource_id = rc.resource_id \
-                     AND rv.version_id = rc.version_id WHERE rc.resource_type = "
-                ))
-                .text(resource_type)
-                .push(" AND rc.resource_id = ")
-                .text(id);
-        }
-        // Narrowed: the resource as it is now must be visible (index rows exist for
-        // live current versions only, so a deleted resource is not).
-        (Some(f), v) => {
-            let f = f.clone();
-            r.sql
-                .push(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM resources_current rc JOIN resource_versions rv \
-                     ON rv.resource_type = rc.resource_type AND rv.resource_id = rc.resource_id \
-                     AND rv.version_id = "
-                ))
-                .push(if v.is_some() { "" } else { "rc.version_id" });
-            if let Some(v) = v {
-                r.sql.i64(v);
-            }
-            r.sql
-                .push(" WHERE rc.resource_type = ")
-                .text(resource_type)
-                .push(" AND rc.resource_id = ")
-                .text(id)
-                .push(" AND ");
-            r.filter(&f, "rc")?;
+        None => {
+            r.sql.push("rc.version_id");
         }
     }
+    r.sql
+        .push(" WHERE rc.resource_type = ")
+        .text(resource_type)
+        .push(" AND rc.resource_id = ")
+        .text(id)
+        .push(" AND ");
+    r.filter(&f, "rc")?;
     let line = c.load::<VersionLine>(r.sql)?.into_iter().next();
     Ok(line.map(|l| l.open(ring)).transpose()?.map(|h| h.version))
+}
+
+/// The current version, or one version, by primary key, with diesel's typed
+/// query builder (see `tables`). No `LIMIT`: it makes SQLite (built with STAT4)
+/// re-prepare the statement on every execution (measured: 11% of a read); the keys
+/// are unique.
+fn read_by_id(
+    c: &mut AnyConn,
+    resource_type: &str,
+    id: &str,
+    version: Option<i64>,
+) -> Result<Option<VersionLine>, StoreError> {
+    use super::tables::{resource_versions as rv, resources_current as rc};
+    use diesel::prelude::*;
+    let columns = (
+        rv::seq,
+        rv::method,
+        rv::resource_type,
+        rv::resource_id,
+        rv::version_id,
+        rv::last_updated,
+        rv::deleted,
+        rv::key_id,
+        rv::body,
+    );
+    let lines: Vec<VersionLine> = match version {
+        Some(v) => {
+            let q = rv::table
+                .filter(rv::resource_type.eq(resource_type))
+                .filter(rv::resource_id.eq(id))
+                .filter(rv::version_id.eq(v))
+                .select(columns);
+            match c {
+                AnyConn::Sqlite(c) => q.load(*c)?,
+                AnyConn::Pg(c) => q.load(*c)?,
+            }
+        }
+        None => {
+            let q = rc::table
+                .inner_join(
+                    rv::table.on(rv::resource_type
+                        .eq(rc::resource_type)
+                        .and(rv::resource_id.eq(rc::resource_id))
+                        .and(rv::version_id.eq(rc::version_id))),
+                )
+                .filter(rc::resource_type.eq(resource_type))
+                .filter(rc::resource_id.eq(id))
+                .select(columns);
+            match c {
+                AnyConn::Sqlite(c) => q.load(*c)?,
+                AnyConn::Pg(c) => q.load(*c)?,
+            }
+        }
+    };
+    Ok(lines.into_iter().next())
 }
 
 /// Versions newest first: of one resource, one type or every type (AuditEvents
