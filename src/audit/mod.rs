@@ -9,5 +9,5 @@
 mod event;
 mod writer;
 
-pub use event::{AuditRecord, Interaction, Outcome};
+pub use event::{AuditRecord, AuthEvent, Interaction, Outcome};
 pub use writer::AuditWriter;

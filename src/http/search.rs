@@ -287,6 +287,14 @@ async fn run(
             (types, format!("/{c}/{id}/{target}"), Some(filter))
         }
     };
+    // A type outside the caller's scopes is refused (403); which of its
+    // resources the caller sees is the store's narrowing. A system search over
+    // every type is narrowed by the store alone.
+    for t in &types {
+        ex.ctx
+            .decide(t, crate::access::Action::Search)
+            .map_err(|d| ApiError::Forbidden(d.0))?;
+    }
     if types.iter().any(|t| t == "AuditEvent") {
         return Err(ApiError::NotImplemented(
             "searching AuditEvents is not implemented yet; read them by id or through AuditEvent/_history".into(),

@@ -6,6 +6,7 @@
 //! content; a resource body is never written unencrypted; every diesel call,
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
+mod auth;
 mod index;
 mod jobs;
 pub(crate) mod pool;
@@ -23,6 +24,10 @@ use parking_lot::RwLock;
 
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
+pub use auth::{
+    ClientRow, CodeRow, LaunchRow, LoginFailures, Redeemed, RefreshRow, RevokedRow, SigningKeyRow,
+    UserRow,
+};
 pub use index::{IndexRows, RefValue};
 pub use jobs::{CustomParamRow, ReindexJob};
 pub use pool::Backend;

@@ -143,3 +143,97 @@ diesel::table! {
         done_at -> BigInt,
     }
 }
+
+// SMART authorization (src/store/auth.rs).
+
+diesel::table! {
+    auth_clients (client_id) {
+        client_id -> Text,
+        name -> Text,
+        auth_method -> Text,
+        secret_hash -> Nullable<Binary>,
+        jwks -> Nullable<Text>,
+        jwks_uri -> Nullable<Text>,
+        redirect_uris -> Text,
+        scope -> Nullable<Text>,
+        grant_types -> Text,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_users (username) {
+        username -> Text,
+        password_hash -> Text,
+        fhir_user -> Text,
+        role -> Text,
+        break_glass -> Bool,
+        failed_logins -> BigInt,
+        locked_until -> BigInt,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_launches (launch_hash) {
+        launch_hash -> Binary,
+        patient -> Text,
+        encounter -> Nullable<Text>,
+        username -> Nullable<Text>,
+        expires -> BigInt,
+        used -> Bool,
+    }
+}
+
+diesel::table! {
+    auth_codes (code_hash) {
+        code_hash -> Binary,
+        client_id -> Text,
+        redirect_uri -> Text,
+        code_challenge -> Text,
+        grant_id -> Text,
+        details -> Text,
+        expires -> BigInt,
+        used -> Bool,
+    }
+}
+
+diesel::table! {
+    auth_refresh_tokens (token_hash) {
+        token_hash -> Binary,
+        grant_id -> Text,
+        client_id -> Text,
+        details -> Text,
+        expires -> BigInt,
+        used -> Bool,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_revoked (seq) {
+        seq -> BigInt,
+        token_id -> Text,
+        expires -> BigInt,
+        revoked_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_jti (client_id, jti) {
+        client_id -> Text,
+        jti -> Text,
+        expires -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_signing_keys (kid) {
+        kid -> Text,
+        alg -> Text,
+        key_id -> BigInt,
+        sealed -> Binary,
+        public_jwk -> Text,
+        created -> BigInt,
+    }
+}
