@@ -65,6 +65,7 @@ pub async fn secure_headers(
     let mut res = next.call(req).await?.map_into_boxed_body();
     let h = res.headers_mut();
     if let Some(o) = allowed {
+        let o = if is_public(&path) { "*".to_string() } else { o };
         if let Ok(v) = HeaderValue::from_str(&o) {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
             h.insert(header::VARY, HeaderValue::from_static("Origin"));

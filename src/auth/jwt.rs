@@ -290,7 +290,13 @@ pub fn new_key(store: &Store) -> Result<String, JwtError> {
         "kid": kid, "alg": ALG, "use": "sig",
     });
     let pkcs8 = PKey::from_ec_key(ec)?.private_key_to_pkcs8()?;
-    store.auth_add_signing_key(&kid, ALG, &pkcs8, &jwk.to_string(), super::now())?;
+    store.auth_add_signing_key(
+        &kid,
+        ALG,
+        &pkcs8,
+        &jwk.to_string(),
+        chrono::Utc::now().timestamp_micros(),
+    )?;
     Ok(kid)
 }
 
@@ -298,6 +304,9 @@ pub fn new_key(store: &Store) -> Result<String, JwtError> {
 /// may have signed (`keep_secs`) are dropped, the two newest always kept.
 pub fn rotate(store: &Store, keep_secs: i64) -> Result<String, JwtError> {
     let kid = new_key(store)?;
-    store.auth_prune_signing_keys(super::now() - keep_secs, 2)?;
+    store.auth_prune_signing_keys(
+        chrono::Utc::now().timestamp_micros() - keep_secs * 1_000_000,
+        2,
+    )?;
     Ok(kid)
 }

@@ -662,7 +662,8 @@ impl Store {
         })
     }
 
-    /// Stores a signing key, its private half sealed under the active data key.
+    /// Stores a signing key, its private half sealed under the active data key;
+    /// `now` in Unix microseconds.
     pub fn auth_add_signing_key(
         &self,
         kid: &str,
@@ -716,8 +717,8 @@ impl Store {
             .collect()
     }
 
-    /// Removes signing keys created before `before` except the newest `keep`
-    /// (their tokens have expired).
+    /// Removes signing keys created before `before` (Unix microseconds) except
+    /// the newest `keep` (their tokens have expired).
     pub fn auth_prune_signing_keys(&self, before: i64, keep: usize) -> Result<usize, StoreError> {
         let keys = self.auth_signing_keys()?;
         let old: Vec<String> = keys

@@ -84,7 +84,8 @@ CREATE TABLE auth_jti (
     PRIMARY KEY (client_id, jti)
 );
 
--- fhirgate's token signing keys (ES256); the newest unretired one signs.
+-- fhirgate's token signing keys (ES256); the newest signs. `created` is in Unix
+-- microseconds, so that keys made within one second still have an order.
 CREATE TABLE auth_signing_keys (
     kid TEXT PRIMARY KEY NOT NULL,
     alg TEXT NOT NULL,
