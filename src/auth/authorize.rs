@@ -197,7 +197,7 @@ impl AuthService {
         let redirect_uri = field(fields, "redirect_uri")
             .ok_or_else(|| page("redirect_uri is missing"))?
             .to_string();
-        if !client.row.redirect_uris.iter().any(|u| *u == redirect_uri) {
+        if !client.row.redirect_uris.contains(&redirect_uri) {
             return Err(page(
                 "the redirect_uri is not one the client registered (it must match exactly)",
             ));

@@ -25,6 +25,8 @@ const MAX_JWKS_BYTES: u64 = 512 * 1024;
 struct Cached {
     set: Arc<JwkSet>,
     fetched: Instant,
+    /// The last fetch asked for by an unknown `kid`.
+    forced: Option<Instant>,
 }
 
 /// Key sets by URI.
@@ -34,15 +36,26 @@ pub struct KeySets {
 }
 
 impl KeySets {
-    /// The key set at `uri`: cached, or fetched (again, when `refresh` and the
-    /// last fetch is older than [`REFRESH_EVERY`]).
+    /// The key set at `uri`: cached, or fetched. `refresh` (an unknown `kid`)
+    /// fetches it again, at most once per [`REFRESH_EVERY`], so tokens with made-up
+    /// key ids cannot make fhirgate hammer the key server.
     pub async fn get(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, String> {
+        let mut forced = None;
         {
-            let cache = self.cache.lock();
-            if let Some(c) = cache.get(uri) {
-                let age = c.fetched.elapsed();
-                if (!refresh && age < FRESH_FOR) || (refresh && age < REFRESH_EVERY) {
+            let mut cache = self.cache.lock();
+            if let Some(c) = cache.get_mut(uri) {
+                forced = c.forced;
+                let stale = c.fetched.elapsed() >= FRESH_FOR;
+                if !refresh && !stale {
                     return Ok(c.set.clone());
+                }
+                if refresh {
+                    if c.forced.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                        return Ok(c.set.clone());
+                    }
+                    // Claimed now, so concurrent requests do not fetch too.
+                    c.forced = Some(Instant::now());
+                    forced = c.forced;
                 }
             }
         }
@@ -59,6 +72,11 @@ impl KeySets {
                     Cached {
                         set: set.clone(),
                         fetched: Instant::now(),
+                        forced: if refresh {
+                            Some(Instant::now())
+                        } else {
+                            forced
+                        },
                     },
                 );
                 Ok(set)

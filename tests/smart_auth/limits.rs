@@ -143,14 +143,9 @@ async fn discovery_cors_and_cache_headers(backend: Backend) {
     .await
     .json();
     assert_eq!(oidc["issuer"], app.base.as_str());
-    let jwks = raw(
-        Method::GET,
-        &oidc["jwks_uri"].as_str().unwrap().to_string(),
-        &[],
-        None,
-    )
-    .await
-    .json();
+    let jwks = raw(Method::GET, oidc["jwks_uri"].as_str().unwrap(), &[], None)
+        .await
+        .json();
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
     assert!(jwks["keys"][0].get("d").is_none(), "no private part");
 

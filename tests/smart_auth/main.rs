@@ -11,6 +11,7 @@ mod support;
 mod attacks;
 mod backend;
 mod code_flow;
+mod issuers;
 mod limits;
 mod nodes;
 mod storage;

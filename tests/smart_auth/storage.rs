@@ -136,7 +136,7 @@ async fn authorization_state_is_single_use_and_sealed(backend: Backend) {
         s.auth_login_failed("u", now, 3, 60).unwrap().locked_until,
         Some(now + 60)
     );
-    assert_eq!(s.auth_purge_expired(now + 10_000, 0).unwrap() > 0, true);
+    assert!(s.auth_purge_expired(now + 10_000, 0).unwrap() > 0);
     app.stop().await;
 }
 
