@@ -73,6 +73,10 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
         Scope::Type(t) => {
             let t = resource_type(state, t)?;
             ex.audit.resource_type = Some(t.clone());
+            // Type history lists the type's resources, like a search (403 outside the scopes).
+            ex.ctx
+                .decide(&t, crate::access::Action::Search)
+                .map_err(|d| ApiError::Forbidden(d.0))?;
             (HistoryScope::Type(t.clone()), format!("/{t}"))
         }
         Scope::Instance(t, id) => {
@@ -83,6 +87,10 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
             if t == "Patient" {
                 ex.audit.patients = vec![format!("Patient/{id}")];
             }
+            // Instance history reads one resource's versions (403 outside the scopes).
+            ex.ctx
+                .decide(&t, crate::access::Action::Read)
+                .map_err(|d| ApiError::Forbidden(d.0))?;
             (
                 HistoryScope::Instance(t.clone(), id.to_string()),
                 format!("/{t}/{id}"),

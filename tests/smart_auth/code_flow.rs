@@ -320,6 +320,24 @@ async fn standalone_patient_launch_with_refresh_rotation_and_code_reuse(backend:
         StatusCode::FORBIDDEN,
         "wildcards never include AuditEvent"
     );
+    let history = fhir(
+        &app,
+        Method::GET,
+        "/AuditEvent/_history",
+        Some(&access),
+        None,
+    )
+    .await;
+    assert_eq!(history.status, StatusCode::FORBIDDEN, "nor their history");
+    let own = fhir(
+        &app,
+        Method::GET,
+        &format!("/Patient/{me}/_history"),
+        Some(&access),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
 
     // Refresh: rotated on every use.
     let r1 = post_form(
