@@ -333,6 +333,11 @@ impl AuthService {
             ));
         }
         if let Some((id, secret)) = basic {
+            if field(form, "client_id").is_some_and(|f| f != id) {
+                return Err(OAuthError::request(
+                    "client_id differs from the client of the Authorization header",
+                ));
+            }
             return self.by_secret(&id, &secret, true).await;
         }
         if let Some(secret) = post_secret {

@@ -123,10 +123,10 @@ pub struct IdClaims {
     pub name: Option<String>,
 }
 
-/// One signing key, ready to sign and verify.
+/// One signing key, ready to verify (and to sign, where this node can open it).
 struct SigningKey {
     kid: String,
-    encoding: EncodingKey,
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     public_jwk: serde_json::Value,
 }
@@ -173,14 +173,16 @@ impl Signer {
             };
             keys.push(Arc::new(SigningKey {
                 kid: row.kid.clone(),
-                encoding: EncodingKey::from_ec_der(&row.private_pkcs8),
+                encoding: row.private_pkcs8.as_deref().map(EncodingKey::from_ec_der),
                 decoding: DecodingKey::from_ec_components(x, y)
                     .map_err(|e| JwtError::NoKey(e.to_string()))?,
                 public_jwk: jwk,
             }));
         }
-        if keys.is_empty() {
-            return Err(JwtError::NoKey("the database holds no ES256 key".into()));
+        if !keys.iter().any(|k| k.encoding.is_some()) {
+            return Err(JwtError::NoKey(
+                "no ES256 signing key this node can open (restart it after `keys rotate`)".into(),
+            ));
         }
         *self.keys.write() = keys;
         *self.last_reload.lock() = Some(Instant::now());
@@ -216,19 +218,24 @@ impl Signer {
         serde_json::json!({ "keys": keys })
     }
 
-    /// Signs claims with the newest key.
+    /// Signs claims with the newest key this node can open (a key made by
+    /// `keys rotate` under a data key newer than this node's start signs after
+    /// its restart; until then its public half still verifies).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
         let key = self
             .keys
             .read()
-            .first()
+            .iter()
+            .find(|k| k.encoding.is_some())
             .cloned()
             .ok_or_else(|| JwtError::NoKey("no signing key loaded".into()))?;
+        let Some(encoding) = &key.encoding else {
+            return Err(JwtError::NoKey("no signing key loaded".into()));
+        };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
         header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|e| JwtError::NoKey(e.to_string()))
+        jsonwebtoken::encode(&header, claims, encoding).map_err(|e| JwtError::NoKey(e.to_string()))
     }
 
     /// Verifies one of fhirgate's access tokens: ES256 with a known key, `iss`

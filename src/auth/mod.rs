@@ -189,18 +189,40 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/auth")
-            .route("/authorize", web::get().to(authorize::get))
-            .route("/authorize", web::post().to(authorize::post))
-            .route("/token", web::post().to(token::post))
-            .route("/introspect", web::post().to(introspect::introspect))
-            .route("/revoke", web::post().to(introspect::revoke))
-            .route("/jwks", web::get().to(discovery::jwks))
+            .service(
+                web::resource("/authorize")
+                    .route(web::get().to(authorize::get))
+                    .route(web::post().to(authorize::post))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(endpoint("/token", web::post().to(token::post)))
+            .service(endpoint(
+                "/introspect",
+                web::post().to(introspect::introspect),
+            ))
+            .service(endpoint("/revoke", web::post().to(introspect::revoke)))
+            .service(endpoint("/jwks", web::get().to(discovery::jwks)))
             .default_service(web::to(not_found)),
     );
 }
 
+/// One endpoint whose other methods get an OAuth error, not a bare 405.
+fn endpoint(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
 async fn not_found() -> actix_web::HttpResponse {
-    OAuthError::request("no such endpoint of the authorization server").response()
+    let mut r = OAuthError::request("no such endpoint of the authorization server").response();
+    *r.status_mut() = actix_web::http::StatusCode::NOT_FOUND;
+    r
+}
+
+async fn method_not_allowed() -> actix_web::HttpResponse {
+    let mut r = OAuthError::request("this endpoint does not take this HTTP method").response();
+    *r.status_mut() = actix_web::http::StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 /// Now, in Unix seconds.

@@ -113,8 +113,9 @@ pub enum Redeemed<T> {
 pub struct SigningKeyRow {
     pub kid: String,
     pub alg: String,
-    /// PKCS#8 DER of the private key.
-    pub private_pkcs8: Vec<u8>,
+    /// PKCS#8 DER of the private key; None when it is sealed under a data key
+    /// this node does not hold yet (made by `keys rotate` after it started).
+    pub private_pkcs8: Option<Vec<u8>>,
     /// The public key as a JWK (JSON).
     pub public_jwk: String,
     pub created: i64,
@@ -687,7 +688,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every signing key, opened, newest first.
+    /// Every signing key, newest first, opened where this node holds the data key.
     pub fn auth_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
         let ring = self.keyring()?;
         let mut conn = self.pool.get()?;
@@ -705,7 +706,11 @@ impl Store {
                 .load(c))?;
         rows.into_iter()
             .map(|(kid, alg, key_id, sealed, public_jwk, created)| {
-                let private_pkcs8 = ring.open_box(key_id, &sealed, &signing_aad(&kid))?;
+                let private_pkcs8 = match ring.open_box(key_id, &sealed, &signing_aad(&kid)) {
+                    Ok(p) => Some(p),
+                    Err(crate::crypto::KeyError::UnknownDataKey(_)) => None,
+                    Err(e) => return Err(StoreError::Keys(e)),
+                };
                 Ok(SigningKeyRow {
                     kid,
                     alg,

@@ -31,7 +31,12 @@ fn server_signed(app: &TestApp, claims: &Value) -> String {
     let key = app.store.auth_signing_keys().unwrap().remove(0);
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(&key.private_pkcs8)).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &EncodingKey::from_ec_der(key.private_pkcs8.as_deref().unwrap()),
+    )
+    .unwrap()
 }
 
 async fn forged_and_stale_tokens_are_refused_with_401(backend: Backend) {
@@ -93,8 +98,12 @@ async fn forged_and_stale_tokens_are_refused_with_401(backend: Backend) {
             let key = app.store.auth_signing_keys().unwrap().remove(0);
             let mut hd = Header::new(Algorithm::ES256);
             hd.kid = Some("not-a-key".into());
-            jsonwebtoken::encode(&hd, &payload, &EncodingKey::from_ec_der(&key.private_pkcs8))
-                .unwrap()
+            jsonwebtoken::encode(
+                &hd,
+                &payload,
+                &EncodingKey::from_ec_der(key.private_pkcs8.as_deref().unwrap()),
+            )
+            .unwrap()
         }),
         (
             "wrong aud",
@@ -264,6 +273,17 @@ async fn forged_client_assertions_get_invalid_client(backend: Backend) {
         );
         assert!(r.json()["error"].is_string());
     }
+    let get = raw(Method::GET, &format!("{}/auth/token", app.root), &[], None).await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.json()["error"], "invalid_request");
+    let nowhere = raw(
+        Method::GET,
+        &format!("{}/auth/nowhere", app.root),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     let events = auth_events(&app).await;
     assert!(
         events

@@ -549,7 +549,41 @@ async fn the_cli_registers_clients_users_and_launches(backend: Backend) {
         .status
         .success());
 
-    assert!(cli(&app.db, &["users", "remove", "alice"]).status.success());
+    // Key rotation: a second signing key; both are kept for the tokens they signed.
+    let rotate = cli(&app.db, &["keys", "rotate"]);
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rotate.stdout).contains("signing key"));
+    assert_eq!(app.store.auth_signing_keys().unwrap().len(), 2);
+    // The running node (which does not hold the new data key yet) still issues
+    // and accepts tokens.
+    let r = post_form(
+        &app,
+        "/auth/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.*"),
+        ],
+        &[("Authorization", &basic(&id, &secret))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        fhir(&app, Method::GET, "/Patient", Some(&t), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let removed = cli(&app.db, &["users", "remove", "alice"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     assert!(cli(&app.db, &["clients", "remove", &id]).status.success());
     assert!(!cli(&app.db, &["clients", "remove", &id]).status.success());
     let r = post_form(

@@ -486,18 +486,22 @@ async fn standalone_patient_launch_with_refresh_rotation_and_code_reuse(backend:
             "no {code} event with outcome {outcome}"
         );
     }
-    let issued = events
-        .iter()
-        .find(|e| e["subtype"][0]["code"] == "token-issued")
-        .unwrap();
-    let agents = issued["agent"].as_array().unwrap();
-    assert!(agents.iter().any(
-        |a| a["who"]["identifier"]["system"] == "urn:fhirgate:client"
-            && a["who"]["identifier"]["value"] == client_id.as_str()
-    ));
-    assert!(agents
-        .iter()
-        .any(|a| a["who"]["reference"] == format!("Patient/{me}")));
+    // The token issued to the app names the client and the user.
+    let issued_to_app = events.iter().any(|e| {
+        let agents = e["agent"].as_array().cloned().unwrap_or_default();
+        e["subtype"][0]["code"] == "token-issued"
+            && agents.iter().any(|a| {
+                a["who"]["identifier"]["system"] == "urn:fhirgate:client"
+                    && a["who"]["identifier"]["value"] == client_id.as_str()
+            })
+            && agents
+                .iter()
+                .any(|a| a["who"]["reference"] == format!("Patient/{me}"))
+    });
+    assert!(
+        issued_to_app,
+        "no token-issued event names the app and the user"
+    );
     let text = serde_json::to_string(&events).unwrap();
     assert!(
         !text.contains(&refresh) && !text.contains(&code) && !text.contains("pat-password"),

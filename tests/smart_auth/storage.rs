@@ -103,7 +103,7 @@ async fn authorization_state_is_single_use_and_sealed(backend: Backend) {
     if let Some(path) = app.db.sqlite_path() {
         let bytes = std::fs::read(&path).unwrap();
         let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
-        let pkcs8 = &keys[0].private_pkcs8;
+        let pkcs8 = keys[0].private_pkcs8.as_deref().unwrap();
         let needle = &pkcs8[pkcs8.len() - 32..];
         assert!(
             !bytes.windows(32).any(|w| w == needle) && !wal.windows(32).any(|w| w == needle),
