@@ -228,7 +228,7 @@ impl Scopes {
     pub fn parse_lenient(text: &str) -> (Scopes, Vec<ScopeError>) {
         let mut out = Scopes::default();
         let mut unknown = Vec::new();
-        for s in text.split([' ', '+']).filter(|s| !s.is_empty()) {
+        for s in text.split(' ').filter(|s| !s.is_empty()) {
             match s.parse::<Scope>() {
                 Ok(sc) => out.push(sc),
                 Err(e) => unknown.push(e),
