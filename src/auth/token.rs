@@ -128,6 +128,15 @@ pub async fn post(
     }
 }
 
+/// Does the request say which client sends it (any client authentication or a
+/// `client_id`)?
+fn names_a_client(req: &HttpRequest, form: &[(String, String)]) -> bool {
+    req.headers().contains_key(header::AUTHORIZATION)
+        || ["client_id", "client_secret", "client_assertion"]
+            .iter()
+            .any(|f| field(form, f).is_some())
+}
+
 /// PKCE S256: base64url(SHA-256(verifier)) = challenge (RFC 7636 4.6).
 fn pkce_holds(verifier: &str, challenge: &str) -> bool {
     let valid = (43..=128).contains(&verifier.len())
@@ -162,7 +171,13 @@ impl AuthService {
             ));
         }
         let public_ok = grant_type != "client_credentials";
-        let client = self.authenticate_client(req, form, public_ok).await;
+        let client = if grant_type == "refresh_token" && !names_a_client(req, form) {
+            // RFC 6749 6 asks a public client for no client_id on refresh (the
+            // SMART JavaScript client sends none): its refresh token names it.
+            self.refresh_token_client(form).await
+        } else {
+            self.authenticate_client(req, form, public_ok).await
+        };
         if let Some(id) = field(form, "client_id") {
             who.client_id = Some(crate::fhir::types::truncate(id, 200));
         }
@@ -179,6 +194,26 @@ impl AuthService {
             "refresh_token" => self.refresh_grant(&client, form, who).await,
             _ => self.client_credentials(&client, form),
         }
+    }
+
+    /// The public client a refresh token was issued to (a confidential one must
+    /// authenticate).
+    async fn refresh_token_client(&self, form: &[(String, String)]) -> Result<Client, OAuthError> {
+        let token = field(form, "refresh_token")
+            .ok_or_else(|| OAuthError::request("refresh_token is missing"))?;
+        let hash = digest(token);
+        let row = self
+            .store
+            .call(move |s| s.auth_refresh(&hash))
+            .await?
+            .ok_or_else(|| OAuthError::grant("the refresh token is not known"))?;
+        let client = self.load_client(&row.client_id).await?;
+        if !client.public {
+            return Err(OAuthError::client(
+                "this client must authenticate (client secret or signed assertion)",
+            ));
+        }
+        Ok(client)
     }
 
     async fn code_grant(
