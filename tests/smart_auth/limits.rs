@@ -149,6 +149,15 @@ async fn discovery_cors_and_cache_headers(backend: Backend) {
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
     assert!(jwks["keys"][0].get("d").is_none(), "no private part");
 
+    // Clients that read the endpoints from the CapabilityStatement (Python fhirclient).
+    let cs = app.get("/metadata").await.json();
+    let security = &cs["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = security["extension"][0]["extension"].as_array().unwrap();
+    for (name, path) in [("authorize", "/auth/authorize"), ("token", "/auth/token")] {
+        let uri = uris.iter().find(|u| u["url"] == name).unwrap();
+        assert_eq!(uri["valueUri"], format!("{}{path}", app.root));
+    }
     let token = system_token(&app, "system/*.rs").await;
     let auth = bearer(&token);
     let allowed = app
