@@ -25,6 +25,7 @@ pub struct Settings {
     pub search: SearchSettings,
     pub validation: ValidationSettings,
     pub bundle: BundleSettings,
+    pub ratelimit: RateLimitSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct ServerSettings {
     pub max_page_size: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Origins whose browser scripts may call the FHIR API and the token endpoint
+    /// (CORS); none by default, `*` for any. The SMART discovery documents allow
+    /// any origin whatever this says.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -56,6 +61,7 @@ impl Default for ServerSettings {
             default_page_size: 50,
             max_page_size: 1000,
             shutdown_timeout_secs: 30,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -131,11 +137,64 @@ pub struct CryptoSettings {
 pub struct AuthSettings {
     /// `false` is a development mode, refused unless the server listens on loopback.
     pub enabled: bool,
+    /// External identity providers whose JWTs are accepted as access tokens.
+    pub issuers: Vec<IssuerSettings>,
+    /// Lifetime of every access token fhirgate issues (backend-services tokens:
+    /// never above 300 s; break-glass tokens: never above 3600 s).
+    pub access_token_secs: u64,
+    /// Lifetime of a refresh token (`offline_access`, `online_access`).
+    pub refresh_token_secs: u64,
+    /// Failed logins in a row that lock an account (0: never locked).
+    pub max_failed_logins: u32,
+    /// How long a locked account stays locked.
+    pub lockout_secs: u64,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        AuthSettings { enabled: true }
+        AuthSettings {
+            enabled: true,
+            issuers: Vec::new(),
+            access_token_secs: 3600,
+            refresh_token_secs: 30 * 24 * 3600,
+            max_failed_logins: 5,
+            lockout_secs: 900,
+        }
+    }
+}
+
+/// An external identity provider (`auth.issuers`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Where its signing keys are published.
+    pub jwks_uri: String,
+    /// The `aud` its tokens must carry for fhirgate.
+    pub audience: String,
+}
+
+/// Request rates (DESIGN section 11): per client on the FHIR API, per client
+/// address on the token and login endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// FHIR requests per second of one client (0: unlimited).
+    pub per_client_per_sec: u32,
+    /// Requests a client may send at once above its rate.
+    pub burst: u32,
+    /// Token and login requests per minute from one address (0: unlimited).
+    pub auth_per_addr_per_min: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_client_per_sec: 1000,
+            burst: 2000,
+            auth_per_addr_per_min: 120,
+        }
     }
 }
 
@@ -298,6 +357,21 @@ impl Settings {
             Some(b) => b.trim_end_matches('/').to_string(),
             None => format!("http://{}/fhir", self.server.listen),
         }
+    }
+
+    /// Where the authorization server's endpoints live: the base URL without its
+    /// `/fhir` (so `/auth/token` sits beside `/fhir`).
+    pub fn auth_base(&self) -> String {
+        let base = self.base_url();
+        match base.strip_suffix("/fhir") {
+            Some(root) => root.to_string(),
+            None => base,
+        }
+    }
+
+    /// True when the server speaks TLS (or says its public base is https).
+    pub fn uses_tls(&self) -> bool {
+        self.tls.cert.is_some() || self.base_url().starts_with("https://")
     }
 
     /// True when the listen address is a loopback address.

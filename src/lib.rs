@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod auth;
 pub mod bulk;
 pub mod bundle;
 pub mod config;

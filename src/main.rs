@@ -80,6 +80,89 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// OAuth clients of the SMART authorization server.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Users of the authorization server's login page.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Prints an opaque EHR launch id (single use, 5 minutes) for the `launch`
+    /// parameter of an authorization request.
+    Launch {
+        /// The patient in context: Patient/ID.
+        #[arg(long)]
+        patient: String,
+        /// The encounter in context: Encounter/ID.
+        #[arg(long)]
+        encounter: Option<String>,
+        /// The only user who may use the launch.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Registers a client; prints {"client_id": ..., "client_secret": ...} (the
+    /// secret only with --secret, shown once).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// An exact redirect URI; repeatable.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// No secret (browser and native apps; PKCE protects the codes).
+        #[arg(long, group = "kind")]
+        public: bool,
+        /// A generated client secret.
+        #[arg(long, group = "kind")]
+        secret: bool,
+        /// A JWK Set file with the public keys of the client's assertions.
+        #[arg(long, group = "kind")]
+        jwks_file: Option<PathBuf>,
+        /// Where the client publishes its JWK Set.
+        #[arg(long, group = "kind")]
+        jwks_uri: Option<String>,
+        /// The most the client may ever get (default: every scope).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Comma-separated: authorization_code, refresh_token, client_credentials.
+        #[arg(long, value_delimiter = ',')]
+        grant_types: Option<Vec<String>>,
+    },
+    /// One JSON object per client, no secrets.
+    List,
+    /// Removes a client.
+    Remove { client_id: String },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Registers a user (the password is hashed with argon2).
+    Add {
+        #[arg(long)]
+        username: String,
+        /// A file holding the password (trailing line breaks are removed).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Patient/ID, Practitioner/ID or RelatedPerson/ID.
+        #[arg(long)]
+        fhir_user: String,
+        /// patient, clinician, compliance or admin.
+        #[arg(long)]
+        role: String,
+        /// The clinician may use emergency access (break the glass).
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// One JSON object per user, no password hashes.
+    List,
+    /// Removes a user.
+    Remove { username: String },
 }
 
 #[derive(Subcommand)]
@@ -301,6 +384,23 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Clients { command } => clients(&settings, command),
+        Command::Users { command } => users(&settings, command),
+        Command::Launch {
+            patient,
+            encounter,
+            user,
+        } => {
+            let store = auth_store(&settings)?;
+            let id = fhirgate::auth::new_launch(
+                &store,
+                &patient,
+                encounter.as_deref(),
+                user.as_deref(),
+            )?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys {
             command: KeysCommand::Rotate {
                 new_master_key_file,
@@ -323,6 +423,15 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             };
             let id = store.rotate_keys(&master, new_master.as_ref())?;
             println!("new data key {id} is active for new writes");
+            // Signing keys: a new one signs from the next start; old ones stay
+            // published until every token they signed has expired.
+            store.migrate()?;
+            let keep = settings
+                .auth
+                .access_token_secs
+                .max(fhirgate::auth::jwt::MIN_KEY_LIFETIME_SECS) as i64;
+            let kid = fhirgate::auth::jwt::rotate(&store, keep)?;
+            println!("new token signing key {kid} signs new tokens within a minute on every running node");
             if let Some(f) = new_master_key_file {
                 println!(
                     "every data key is now wrapped by the master key in {}; point crypto.master_key_file at it before the next start",
@@ -332,6 +441,97 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The store for the authorization commands (migrated, keys open).
+fn auth_store(settings: &Settings) -> anyhow::Result<fhirgate::store::Store> {
+    Ok(startup::open_store(settings, true)?)
+}
+
+fn clients(settings: &Settings, command: ClientsCommand) -> anyhow::Result<ExitCode> {
+    use fhirgate::auth::clients::{self, ClientKind, ClientSpec};
+    let store = auth_store(settings)?;
+    match command {
+        ClientsCommand::Add {
+            name,
+            redirect_uris,
+            public: _,
+            secret,
+            jwks_file,
+            jwks_uri,
+            scope,
+            grant_types,
+        } => {
+            let kind = match (secret, jwks_file, jwks_uri) {
+                (true, _, _) => ClientKind::Secret,
+                (_, Some(f), _) => ClientKind::JwksFile(f),
+                (_, _, Some(u)) => ClientKind::JwksUri(u),
+                _ => ClientKind::Public,
+            };
+            let registered = clients::register(
+                &store,
+                &ClientSpec {
+                    name,
+                    redirect_uris,
+                    kind,
+                    scope,
+                    grant_types,
+                },
+            )?;
+            println!("{}", serde_json::to_string(&registered)?);
+        }
+        ClientsCommand::List => {
+            for c in clients::list(&store)? {
+                println!("{c}");
+            }
+        }
+        ClientsCommand::Remove { client_id } => {
+            if !clients::remove(&store, &client_id)? {
+                eprintln!("fhirgate: no client {client_id}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    use fhirgate::auth::users::{self, UserSpec};
+    let store = auth_store(settings)?;
+    match command {
+        UsersCommand::Add {
+            username,
+            password_file,
+            fhir_user,
+            role,
+            break_glass,
+        } => {
+            let role = role.parse().map_err(anyhow::Error::msg)?;
+            let password = users::read_password_file(&password_file)?;
+            users::register(
+                &store,
+                &UserSpec {
+                    username,
+                    password,
+                    fhir_user,
+                    role,
+                    break_glass,
+                },
+            )?;
+        }
+        UsersCommand::List => {
+            for u in users::list(&store)? {
+                println!("{u}");
+            }
+        }
+        UsersCommand::Remove { username } => {
+            if !users::remove(&store, &username)? {
+                eprintln!("fhirgate: no user {username}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// XML when the first non-blank byte is `<`, else JSON.

@@ -60,6 +60,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Import(#[from] crate::bulk::ImportError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthStartError),
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -205,7 +207,10 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     ));
     crate::search::reindex::reload_registry(&store, &search)?;
     crate::search::reindex::start(&store, &search);
+    let auth =
+        crate::auth::AuthService::start(settings, store.clone(), search.clone(), audit.clone())?;
     Ok(AppState {
+        auth,
         settings: settings.clone(),
         base_url,
         compartment: Arc::new(PatientCompartment::new(model.clone())),
@@ -247,6 +252,8 @@ pub fn build_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(crate::auth::authenticate))
+            .wrap(from_fn(crate::auth::secure_headers))
             .wrap(from_fn(http::ops::observe))
             .configure(http::configure)
     })

@@ -6,6 +6,8 @@
 # taken from the repository root; benches/ab.sh uses it to compare two builds).
 # Validation: FHIRGATE_VALIDATION__MODE=off|structure|full (default full) passes through;
 # US_CORE=1 also loads US Core 6.1.0 and requires US Core Patient of every Patient written.
+# AUTH=1 runs with SMART authorization on: a client registered with the CLI, every request
+# with its client_credentials token (system/*.*; per-client rate limit off).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -44,16 +46,30 @@ if [ "${US_CORE:-0}" = 1 ]; then
   export FHIRGATE_PACKAGES__LOAD='["hl7.fhir.r4.core#4.0.1", "hl7.fhir.us.core#6.1.0"]'
   export FHIRGATE_VALIDATION__REQUIRED_PROFILES__PATIENT='["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]'
 fi
-echo "validation.mode=${FHIRGATE_VALIDATION__MODE:-full} US_CORE=${US_CORE:-0}"
-export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=false \
-  FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
+AUTH="${AUTH:-0}"
+echo "validation.mode=${FHIRGATE_VALIDATION__MODE:-full} US_CORE=${US_CORE:-0} AUTH=$AUTH"
+AUTH_ENABLED=false
+[ "$AUTH" = 1 ] && AUTH_ENABLED=true
+export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=$AUTH_ENABLED \
+  FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn FHIRGATE_RATELIMIT__PER_CLIENT_PER_SEC=0
 "$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
 BASE="http://127.0.0.1:$PORT/fhir"
+export BENCH_TOKEN=""
+if [ "$AUTH" = 1 ]; then
+  REG=$("$BIN" clients add --name bench --secret --scope 'system/*.*')
+  CID=$(echo "$REG" | sed -n 's/.*"client_id":"\([^"]*\)".*/\1/p')
+  SECRET=$(echo "$REG" | sed -n 's/.*"client_secret":"\([^"]*\)".*/\1/p')
+  BENCH_TOKEN=$(curl -s -u "$CID:$SECRET" -d grant_type=client_credentials -d 'scope=system/*.*' \
+    "http://127.0.0.1:$PORT/auth/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+  [ -n "$BENCH_TOKEN" ] || { echo "no token" >&2; exit 1; }
+fi
+AUTH_HEADER=(-H "Authorization: Bearer $BENCH_TOKEN")
+[ "$AUTH" = 1 ] || AUTH_HEADER=()
 echo "seeding 1000 patients ($BACKEND)"
 for i in $(seq 1 1000); do
-  curl -s -o /dev/null -D - -X POST "$BASE/Patient" -H 'Content-Type: application/fhir+json' -H 'Prefer: return=minimal' \
+  curl -s -o /dev/null -D - -X POST "$BASE/Patient" "${AUTH_HEADER[@]}" -H 'Content-Type: application/fhir+json' -H 'Prefer: return=minimal' \
     -d "{\"resourceType\":\"Patient\",\"identifier\":[{\"system\":\"urn:mrn\",\"value\":\"MRN$i\"}],\"name\":[{\"family\":\"Family$i\",\"given\":[\"Given$i\"]}],\"gender\":\"female\",\"birthDate\":\"1970-01-01\",\"telecom\":[{\"system\":\"phone\",\"value\":\"555-01$i\"}],\"address\":[{\"line\":[\"$i Main St\"],\"city\":\"Springfield\",\"postalCode\":\"12345\"}]}" \
     | tr -d '\r' | sed -n 's#^location: .*/Patient/\([^/]*\)/_history.*#\1#p'
 done > "$WORK/ids.txt"

@@ -28,6 +28,54 @@ pub enum Interaction {
     Transaction,
     Batch,
     Operation(String),
+    /// An authentication or authorization event of the SMART authorization
+    /// server or of the token check (not a RESTful interaction).
+    Auth(AuthEvent),
+}
+
+/// Authentication and authorization events (DESIGN sections 6 and 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthEvent {
+    TokenIssued,
+    /// A token request refused, or a presented token not accepted.
+    TokenRefused,
+    TokenRevoked,
+    TokenIntrospected,
+    LoginSucceeded,
+    LoginFailed,
+    AccountLocked,
+    ConsentGiven,
+    ConsentRefused,
+    RateLimited,
+}
+
+impl AuthEvent {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthEvent::TokenIssued => "token-issued",
+            AuthEvent::TokenRefused => "token-refused",
+            AuthEvent::TokenRevoked => "token-revoked",
+            AuthEvent::TokenIntrospected => "token-introspected",
+            AuthEvent::LoginSucceeded => "login",
+            AuthEvent::LoginFailed => "login-failed",
+            AuthEvent::AccountLocked => "account-locked",
+            AuthEvent::ConsentGiven => "consent-given",
+            AuthEvent::ConsentRefused => "consent-refused",
+            AuthEvent::RateLimited => "rate-limited",
+        }
+    }
+
+    /// AuditEvent.type (DICOM): 110114 User Authentication for logins; the token,
+    /// consent and throttling events take 110113 Security Alert, the closest code
+    /// DICOM has (the audit issue refines their BALP shape).
+    fn dicom_type(self) -> (&'static str, &'static str) {
+        match self {
+            AuthEvent::LoginSucceeded | AuthEvent::LoginFailed | AuthEvent::AccountLocked => {
+                ("110114", "User Authentication")
+            }
+            _ => ("110113", "Security Alert"),
+        }
+    }
 }
 
 impl Interaction {
@@ -48,6 +96,7 @@ impl Interaction {
             Interaction::Transaction => "transaction",
             Interaction::Batch => "batch",
             Interaction::Operation(_) => "operation",
+            Interaction::Auth(e) => e.code(),
         }
     }
 
@@ -219,11 +268,24 @@ impl AuditRecord {
             w.string(&p);
             w.raw("]");
         }
-        w.raw(r#"},"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-event-type","code":"rest","display":"Restful Operation"},"subtype":[{"system":"http://hl7.org/fhir/restful-interaction","code":"#);
-        w.string(self.interaction.code());
-        w.raw(r#","display":"#);
-        w.string(self.interaction.code());
-        w.raw("}");
+        if let Interaction::Auth(event) = &self.interaction {
+            let (code, display) = event.dicom_type();
+            w.raw(r#"},"type":{"system":"#);
+            w.string(DCM);
+            w.raw(r#","code":"#);
+            w.string(code);
+            w.raw(r#","display":"#);
+            w.string(display);
+            w.raw(r#"},"subtype":[{"system":"urn:fhirgate:auth-event","code":"#);
+            w.string(event.code());
+            w.raw("}");
+        } else {
+            w.raw(r#"},"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-event-type","code":"rest","display":"Restful Operation"},"subtype":[{"system":"http://hl7.org/fhir/restful-interaction","code":"#);
+            w.string(self.interaction.code());
+            w.raw(r#","display":"#);
+            w.string(self.interaction.code());
+            w.raw("}");
+        }
         if let Interaction::Operation(name) = &self.interaction {
             w.raw(r#",{"system":"urn:fhirgate:operation","code":"#);
             w.string(name);
@@ -241,6 +303,16 @@ impl AuditRecord {
                 w.string(d);
             }
             _ => {}
+        }
+        if let Some(p) = &self.ctx.purpose_of_use {
+            w.raw(r#","purposeOfEvent":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActReason","code":"#);
+            w.string(&p.code);
+            w.raw("}]");
+            if let Some(reason) = &p.reason {
+                w.raw(r#","text":"#);
+                w.string(reason);
+            }
+            w.raw("}]");
         }
         // Data flows to the client on reads: the client is the destination
         // (DICOM 110152) and the server the source (110153); the other way round
@@ -266,7 +338,7 @@ impl AuditRecord {
         w.raw(r#"}]},"who":"#);
         match &self.ctx.client_id {
             Some(c) => {
-                w.raw(r#"{"identifier":{"value":"#);
+                w.raw(r#"{"identifier":{"system":"urn:fhirgate:client","value":"#);
                 w.string(c);
                 w.raw("}}");
             }

@@ -9,7 +9,7 @@
 mod event;
 mod writer;
 
-pub use event::{AuditAction, AuditRecord, Interaction, Outcome};
+pub use event::{AuditAction, AuditRecord, AuthEvent, Interaction, Outcome};
 
 /// AuditEvents are kept in the audit log, not among resource versions: they have
 /// one version, are written only by the server, and are read through their own

@@ -80,8 +80,25 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
         }]
     });
     if auth_enabled {
+        // SMART App Launch 2.0 section 2.0.5 (and clients that predate the
+        // discovery documents, e.g. Python fhirclient): the OAuth endpoints as
+        // the `oauth-uris` extension.
+        let auth = settings.auth_base();
         rest["security"] = json!({
-            "description": "Authorization is required; this build does not issue tokens yet, so only the CapabilityStatement is served without one."
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": "authorize", "valueUri": format!("{auth}/auth/authorize")},
+                    {"url": "token", "valueUri": format!("{auth}/auth/token")},
+                    {"url": "introspect", "valueUri": format!("{auth}/auth/introspect")},
+                    {"url": "revoke", "valueUri": format!("{auth}/auth/revoke")}
+                ]
+            }],
+            "service": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }]}],
+            "description": "SMART App Launch 2.0 and SMART Backend Services: every request but this CapabilityStatement needs a bearer token; discovery at .well-known/smart-configuration."
         });
     }
     json!({

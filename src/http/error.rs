@@ -34,6 +34,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: well-formed but not acceptable by the rules (profiles, business rules).
     Unprocessable(Vec<Issue>),
+    /// 429: rate limited; the client may try again after this many seconds.
+    TooManyRequests { message: String, retry_after: u64 },
     /// 501: a FHIR interaction this server does not implement.
     NotImplemented(String),
     /// 503: the database is unreachable or overloaded.
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,6 +109,7 @@ impl ApiError {
                 one("not-supported", m)
             }
             ApiError::NotImplemented(m) => one("not-supported", m),
+            ApiError::TooManyRequests { message, .. } => one("throttled", message),
             ApiError::Conflict(m) | ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
             ApiError::PayloadTooLarge(m) => one("too-costly", m),

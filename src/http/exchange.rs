@@ -69,7 +69,38 @@ impl Exchange {
             .map(|r| r.0.clone())
             .unwrap_or_default();
         let remote = req.peer_addr().map(|a| a.ip().to_string());
-        let ctx = AccessContext::open(request_id, remote);
+        let mut ctx = AccessContext::open(request_id, remote);
+        // The token check ran in the middleware (`auth::authenticate`); without
+        // `auth.enabled` the context stays open (development mode, loopback only).
+        let mut auth_error = None;
+        if state.settings.auth.enabled {
+            match req.extensions().get::<crate::auth::Authentication>() {
+                Some(crate::auth::Authentication(Ok(p))) => {
+                    ctx.client_id = p.client_id.clone();
+                    ctx.user = p.user.clone();
+                    ctx.subject = p.subject.clone();
+                    ctx.token_id = p.token_id.clone();
+                    ctx.purpose_of_use = p.purpose_of_use.clone();
+                    ctx.grant = p.grant.clone();
+                }
+                Some(crate::auth::Authentication(Err(f))) => {
+                    ctx.grant = crate::access::Grant::Restricted(Default::default());
+                    auth_error = Some(match f {
+                        crate::auth::AuthFailure::RateLimited(s) => ApiError::TooManyRequests {
+                            message: f.describe(),
+                            retry_after: *s,
+                        },
+                        other => ApiError::Unauthorized(other.describe()),
+                    });
+                }
+                None => {
+                    ctx.grant = crate::access::Grant::Restricted(Default::default());
+                    auth_error = Some(ApiError::Unauthorized(
+                        crate::auth::AuthFailure::Missing.describe(),
+                    ));
+                }
+            }
+        }
         let mut audit = AuditRecord::new(interaction, &ctx);
         if audit.interaction.action() == crate::audit::AuditAction::Execute
             && audit.interaction.code() != "operation"
@@ -89,13 +120,9 @@ impl Exchange {
             audit,
             audit_committed: false,
         };
-        if ex.format_error.is_none()
-            && state.settings.auth.enabled
-            && ex.audit.interaction != Interaction::Capabilities
-        {
-            ex.format_error = Some(ApiError::Unauthorized(
-                "authorization is required, and this build has no SMART authorization server yet; run with auth.enabled = false on a loopback address for development".into(),
-            ));
+        // `metadata` is answered without a token (SMART clients read it first).
+        if ex.format_error.is_none() && ex.audit.interaction != Interaction::Capabilities {
+            ex.format_error = auth_error;
         }
         ex
     }
@@ -183,6 +210,9 @@ impl Exchange {
         }
         if matches!(e, ApiError::Unavailable(_)) {
             reply = reply.header(header::RETRY_AFTER, "5");
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = e {
+            reply = reply.header(header::RETRY_AFTER, retry_after.to_string());
         }
         self.response(state, reply)
     }

@@ -55,6 +55,8 @@ pub struct AppState {
     pub validator: Arc<crate::validation::Validator>,
     /// The validation of every written resource (`validation.*` settings).
     pub gate: Arc<crate::validation::WriteGate>,
+    /// The SMART authorization server and the token check.
+    pub auth: Arc<crate::auth::AuthService>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
 
 /// Routes of the FHIR API and the operations endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    crate::auth::configure(cfg);
     cfg.route("/health/live", web::get().to(ops::live))
         .route("/health/ready", web::get().to(ops::ready))
         .route("/metrics", web::get().to(ops::metrics))

@@ -7,6 +7,7 @@
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
 mod audit_log;
+mod auth;
 mod conn;
 mod index;
 mod jobs;
@@ -29,6 +30,10 @@ use crate::access::{AccessContext, Action};
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
 pub use audit_log::AuditRow;
+pub use auth::{
+    ClientRow, CodeRow, LaunchRow, LoginFailures, Redeemed, RefreshRow, RevokedRow, SigningKeyRow,
+    UserRow,
+};
 pub use index::{IndexRows, RefValue};
 pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
 pub use pool::Backend;

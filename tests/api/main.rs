@@ -35,6 +35,7 @@ mod search_parameters;
 mod search_plans;
 mod search_us_core;
 mod shutdown;
+mod smart_auth;
 mod startup;
 mod synthetic;
 mod tidy;

@@ -1,0 +1,107 @@
+//! The HTML pages of the authorization endpoint, rendered with `minijinja`
+//! (HTML auto-escaping for `.html` templates): login, patient picker, consent,
+//! and the error page shown when nothing may be sent back to the client. Plain
+//! forms (`<form method="post">`) with every value the next step needs in an
+//! `<input type="hidden">`, so a script can fill them (DESIGN section 11).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::HttpResponse;
+use minijinja::Environment;
+use serde::Serialize;
+
+/// A hidden input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hidden {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatientChoice {
+    pub reference: String,
+    pub label: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScopeChoice {
+    pub scope: String,
+    pub label: String,
+}
+
+pub struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    pub fn new() -> Result<Pages, String> {
+        let mut env = Environment::new();
+        for (name, src) in [
+            ("layout.html", include_str!("templates/layout.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("patient.html", include_str!("templates/patient.html")),
+            ("consent.html", include_str!("templates/consent.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            env.add_template(name, src).map_err(|e| e.to_string())?;
+        }
+        Ok(Pages { env })
+    }
+
+    /// A rendered page; a template failure is a plain 500 page (a bug, logged).
+    pub fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> HttpResponse {
+        match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => HttpResponse::build(status)
+                .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header(("X-Frame-Options", "DENY"))
+                .insert_header((
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                ))
+                .body(html),
+            Err(e) => {
+                tracing::error!(error = %e, template = name, "an authorization page failed to render");
+                HttpResponse::InternalServerError()
+                    .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
+                    .body("the page could not be shown")
+            }
+        }
+    }
+
+    /// The error page: nothing goes back to the client's redirect URI.
+    pub fn error(&self, status: StatusCode, message: &str) -> HttpResponse {
+        self.render(
+            status,
+            "error.html",
+            minijinja::context! { message => message },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped_in_the_html() {
+        let pages = Pages::new().unwrap();
+        let r = pages
+            .env
+            .get_template("login.html")
+            .unwrap()
+            .render(minijinja::context! {
+                client_name => "<script>x</script>",
+                action => "/auth/authorize",
+                hidden => vec![Hidden { name: "state".into(), value: "\"><b>".into() }],
+                error => None::<String>,
+            })
+            .unwrap();
+        assert!(!r.contains("<script>x"));
+        assert!(r.contains("&lt;script&gt;"));
+        assert!(
+            r.contains(r#"name="state" value="&quot;&gt;&lt;b&gt;""#),
+            "{r}"
+        );
+        assert!(r.contains(r#"name="username""#) && r.contains(r#"name="password""#));
+    }
+}
