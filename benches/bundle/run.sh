@@ -8,6 +8,8 @@
 # Usage: benches/bundle/run.sh sqlite|postgres [clients]
 # FHIRGATE_BIN=path runs that binary instead of target/release/fhirgate (a relative path is
 # taken from the repository root; benches/ab.sh uses it to compare two builds).
+# SERVER_LOG=path keeps a copy of the server's log there (it is deleted with the work dir).
+# BENCH_PORT=port listens there instead of 18182.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -20,7 +22,7 @@ if [ ! -x "$BIN" ]; then
   cargo build --release
 fi
 WORK="$(mktemp -d)"
-PORT=18182
+PORT="${BENCH_PORT:-18182}"
 NAMES=()
 fresh_db() {
   case "$BACKEND" in
@@ -38,6 +40,7 @@ cleanup() {
   for n in "${NAMES[@]:-}"; do
     [ -n "$n" ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $n WITH (FORCE)" >/dev/null || true
   done
+  if [ -n "${SERVER_LOG:-}" ] && [ -f "$WORK/server.log" ]; then cp "$WORK/server.log" "$SERVER_LOG" || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -55,6 +58,7 @@ FHIRGATE_DATABASE__URL="$(fresh_db api)" FHIRGATE_SERVER__LISTEN="127.0.0.1:$POR
   "$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:" >&2; cat "$WORK/server.log" >&2; exit 1; }
 BASE="http://127.0.0.1:$PORT/fhir"
 echo "--- $BUNDLES transaction Bundles, $ENTRIES entries, $CLIENTS clients, $BACKEND"
 START=$(date +%s.%N)

@@ -4,6 +4,8 @@
 # machine. Usage: benches/load/run.sh sqlite|postgres [duration_s] [connections]
 # FHIRGATE_BIN=path runs that binary instead of target/release/fhirgate (a relative path is
 # taken from the repository root; benches/ab.sh uses it to compare two builds).
+# SERVER_LOG=path keeps a copy of the server's log there (it is deleted with the work dir).
+# BENCH_PORT=port listens there instead of 18181.
 # Validation: FHIRGATE_VALIDATION__MODE=off|structure|full (default full) passes through;
 # US_CORE=1 also loads US Core 6.1.0 and requires US Core Patient of every Patient written.
 # AUTH=1 runs with SMART authorization on: a client registered with the CLI, every request
@@ -20,7 +22,7 @@ if [ ! -x "$BIN" ]; then
   cargo build --release
 fi
 WORK="$(mktemp -d)"
-PORT=18181
+PORT="${BENCH_PORT:-18181}"
 case "$BACKEND" in
   sqlite) DB="sqlite://$WORK/bench.db" ;;
   postgres)
@@ -32,6 +34,7 @@ esac
 cleanup() {
   [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
   [ "$BACKEND" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null || true
+  if [ -n "${SERVER_LOG:-}" ] && [ -f "$WORK/server.log" ]; then cp "$WORK/server.log" "$SERVER_LOG" || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -55,6 +58,7 @@ export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FH
 "$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
+kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:" >&2; cat "$WORK/server.log" >&2; exit 1; }
 BASE="http://127.0.0.1:$PORT/fhir"
 export BENCH_TOKEN=""
 if [ "$AUTH" = 1 ]; then
