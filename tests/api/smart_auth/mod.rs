@@ -6,6 +6,7 @@
 
 mod attacks;
 mod backend;
+mod bola;
 mod code_flow;
 mod issuers;
 mod limits;
