@@ -212,6 +212,10 @@ pub struct AuditSettings {
     pub observer: String,
     /// Most audit records committed in one group commit.
     pub max_batch: usize,
+    /// Milliseconds between the rounds of the background audit indexer, which
+    /// puts committed AuditEvents into the search index (0: no background
+    /// rounds; every AuditEvent search still indexes what it needs first).
+    pub index_interval_ms: u64,
 }
 
 impl Default for AuditSettings {
@@ -219,6 +223,7 @@ impl Default for AuditSettings {
         AuditSettings {
             observer: "fhirgate".into(),
             max_batch: 512,
+            index_interval_ms: 1000,
         }
     }
 }

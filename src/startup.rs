@@ -207,6 +207,11 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     ));
     crate::search::reindex::reload_registry(&store, &search)?;
     crate::search::reindex::start(&store, &search);
+    crate::search::audit_index::start(
+        &store,
+        &search,
+        Duration::from_millis(settings.audit.index_interval_ms),
+    );
     let auth =
         crate::auth::AuthService::start(settings, store.clone(), search.clone(), audit.clone())?;
     Ok(AppState {

@@ -130,9 +130,6 @@ pub fn with_search(mut cs: Value, search: &SearchEngine) -> Value {
         let Some(t) = r.get("type").and_then(Value::as_str).map(str::to_string) else {
             continue;
         };
-        if t == "AuditEvent" {
-            continue; // not in the search index yet
-        }
         if let Some(i) = r.get_mut("interaction").and_then(Value::as_array_mut) {
             i.push(json!({"code": "search-type"}));
         }
@@ -145,6 +142,9 @@ pub fn with_search(mut cs: Value, search: &SearchEngine) -> Value {
         includes.insert(0, "*".into());
         let revincludes: Vec<String> = reverse
             .iter()
+            // AuditEvents are searched on their own rows: a search of another
+            // type does not reach them through `_revinclude`.
+            .filter(|(source, _, _)| source != crate::audit::RESOURCE_TYPE)
             .filter(|(_, _, targets)| targets.is_empty() || targets.contains(&t))
             .map(|(source, code, _)| format!("{source}:{code}"))
             .collect();

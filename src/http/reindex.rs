@@ -73,7 +73,7 @@ pub async fn of_type(
         if t == "AuditEvent" {
             return Err(ApiError::bad_request(
                 "not-supported",
-                "AuditEvents are not in the search index",
+                "AuditEvents are indexed by the audit indexer as they are written, not by $reindex",
             ));
         }
         start(&state, &mut ex, t.to_string()).await

@@ -274,7 +274,8 @@ async fn run(
                 ex.audit.patients = vec![format!("Patient/{id}")];
             }
             let types = if target == "*" {
-                // AuditEvents are not searchable yet (they are not in the index).
+                // AuditEvents are searched on their own rows (the audit log), so
+                // `*` means the compartment's resources; `.../AuditEvent` finds them.
                 let mut t = state.search.compartment_types(&c);
                 t.retain(|t| t != "AuditEvent");
                 t
@@ -300,11 +301,6 @@ async fn run(
                 .decide(t, crate::access::Action::Search)
                 .map_err(|d| ApiError::Forbidden(d.0))?;
         }
-    }
-    if types.iter().any(|t| t == "AuditEvent") {
-        return Err(ApiError::NotImplemented(
-            "searching AuditEvents is not implemented yet; read them by id or through AuditEvent/_history".into(),
-        ));
     }
     // A page link carries the search it continues.
     let cursor = match pairs.iter().find(|(k, _)| k == "_cursor") {

@@ -9,6 +9,7 @@
 //! values and the store blinds strings and tokens with the index key, so no clear
 //! text of a string or token parameter reaches the database.
 
+pub mod audit_index;
 pub mod extract;
 pub mod params;
 pub mod plan;
@@ -87,6 +88,9 @@ pub struct SearchEngine {
     stubs: extract::TypeStubs,
     base_url: String,
     pub settings: SearchSettings,
+    /// This node's audit indexer runs one round at a time (the background round
+    /// and the catch-up of a search wait for each other instead of racing).
+    audit_indexing: parking_lot::Mutex<()>,
 }
 
 impl std::fmt::Debug for SearchEngine {
@@ -110,6 +114,7 @@ impl SearchEngine {
             terminology,
             base_url,
             settings,
+            audit_indexing: parking_lot::Mutex::new(()),
         }
     }
 
@@ -242,8 +247,38 @@ impl SearchEngine {
             engine: self,
             store,
             ctx,
+            rows: self.rows(store, &req.types, cursor)?,
         }
         .execute(req, cursor)
+    }
+
+    /// The rows a search of `types` reads: resources, or, for AuditEvents (which
+    /// live in the audit log and are searched on their own), the audit log up to
+    /// the position a page link carries or, for a first page, up to where the
+    /// audit indexer stands after catching up: every AuditEvent committed before
+    /// the search is found, and the search's own, committed after, is not.
+    fn rows(
+        &self,
+        store: &crate::store::Store,
+        types: &[String],
+        cursor: Option<&run::Cursor>,
+    ) -> Result<crate::store::Rows, SearchError> {
+        use crate::store::Rows;
+        let audit = crate::audit::RESOURCE_TYPE;
+        if !types.iter().any(|t| t == audit) {
+            return Ok(Rows::Resources);
+        }
+        if types.len() > 1 {
+            return Err(SearchError::Unsupported {
+                name: "_type".into(),
+                reason: "AuditEvents are searched on their own (AuditEvent?..., or _type=AuditEvent alone)".into(),
+            });
+        }
+        if let Some(rows @ Rows::AuditLog { .. }) = cursor.map(|c| c.rows) {
+            return Ok(rows);
+        }
+        let through = audit_index::catch_up(self, store)?;
+        Ok(Rows::AuditLog { through })
     }
 }
 
@@ -260,6 +295,7 @@ impl SearchEngine {
             engine: self,
             store,
             ctx,
+            rows: self.rows(store, &req.types, None)?,
         }
         .explain(req)
     }

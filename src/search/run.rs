@@ -15,7 +15,9 @@ use super::params::ParamType;
 use super::request::{Include, Limits, SearchRequest, Total};
 use super::{verify, SearchEngine, SearchError};
 use crate::access::AccessContext;
-use crate::store::{Hit, Position, Query, Sort, SortKey, SortValue, Store, MAX_SQL_SORT_KEYS};
+use crate::store::{
+    Hit, Position, Query, Rows, Sort, SortKey, SortValue, Store, MAX_SQL_SORT_KEYS,
+};
 
 /// `_include:iterate` rounds at most (R4 leaves the depth to the server).
 const MAX_INCLUDE_ROUNDS: usize = 4;
@@ -64,6 +66,10 @@ pub struct Cursor {
     pub position: Position,
     /// A previous-page cursor: the page ends before `position`.
     pub backwards: bool,
+    /// The rows searched (AuditEvents: up to the audit log position the first
+    /// page saw, so every page of the search sees the same set).
+    #[serde(default)]
+    pub rows: Rows,
 }
 
 impl Cursor {
@@ -99,6 +105,7 @@ pub(super) struct Runner<'a> {
     pub engine: &'a SearchEngine,
     pub store: &'a Store,
     pub ctx: &'a AccessContext,
+    pub rows: Rows,
 }
 
 /// A sort key: by the database, or computed after decryption.
@@ -116,6 +123,7 @@ impl Runner<'_> {
                 Some(req.types.clone())
             },
             filters: req.filters.clone(),
+            rows: self.rows,
             ..Query::default()
         }
     }
@@ -207,6 +215,7 @@ impl Runner<'_> {
                 rid: h.rid,
             },
             backwards,
+            rows: self.rows,
         };
         let has_next = if backwards { !page.is_empty() } else { more };
         let has_previous = if backwards { more } else { cursor.is_some() };

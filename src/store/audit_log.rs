@@ -16,7 +16,7 @@
 use diesel::QueryableByName;
 
 use super::conn::AnyConn;
-use super::sql::Bind;
+use super::sql::{Bind, Sql};
 use super::{StoreError, StoredVersion};
 use crate::crypto::Keyring;
 
@@ -156,6 +156,56 @@ pub(crate) fn read(
         .next()
         .map(|l| l.open(ring).map(|(_, v)| v))
         .transpose()
+}
+
+/// The AuditEvents up to position `through` as the search renderer's rows,
+/// `(SELECT ...) alias`: the columns of `resources_current` (`rid` = -`seq`, so
+/// they never meet a resource's rid and sort newest first by rid; one version;
+/// never deleted).
+pub(crate) fn search_rows(sql: &mut Sql, alias: &str, through: i64) {
+    let f = sql.false_literal();
+    sql.push(&format!(
+        "(SELECT -a.seq AS rid, CAST('AuditEvent' AS TEXT) AS resource_type, \
+         a.audit_id AS resource_id, CAST(1 AS BIGINT) AS version_id, \
+         a.recorded AS last_updated, {f} AS deleted FROM audit_log a WHERE a.seq <= "
+    ))
+    .i64(through)
+    .push(&format!(") {alias}"));
+}
+
+/// The join of a page `page` (with `rid`) to its AuditEvents' sealed bodies,
+/// `(SELECT ...) alias ON ...`, with the columns of `resource_versions` the page
+/// query reads.
+pub(crate) fn page_bodies(sql: &mut Sql, alias: &str, page: &str) {
+    sql.push(&format!(
+        "(SELECT b.seq, CAST('AuditEvent' AS TEXT) AS resource_type, b.audit_id AS resource_id, \
+         CAST(1 AS BIGINT) AS version_id, b.recorded AS last_updated, b.key_id, b.body \
+         FROM audit_log b) {alias} ON {alias}.seq = -{page}.rid"
+    ));
+}
+
+/// AuditEvents in `seq` order after position `after`, at most `limit`, and those
+/// at the positions `also` (the audit indexer's gaps): (seq, the AuditEvent).
+pub(crate) fn after(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    after: i64,
+    also: &[i64],
+    limit: i64,
+) -> Result<Vec<(i64, StoredVersion)>, StoreError> {
+    let mut sql = c.sql();
+    sql.push("SELECT seq, audit_id, recorded, key_id, body FROM audit_log WHERE seq > ")
+        .i64(after)
+        .push(" ORDER BY seq LIMIT ")
+        .i64(limit);
+    let mut lines = c.load::<AuditLine>(sql)?;
+    if !also.is_empty() {
+        let mut sql = c.sql();
+        sql.push("SELECT seq, audit_id, recorded, key_id, body FROM audit_log WHERE ");
+        sql.in_i64s("seq", also);
+        lines.extend(c.load::<AuditLine>(sql)?);
+    }
+    lines.into_iter().map(|l| l.open(ring)).collect()
 }
 
 /// AuditEvents newest first (type history; one id: instance history), from

@@ -6,6 +6,7 @@
 //! content; a resource body is never written unencrypted; every diesel call,
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
+mod audit_index;
 mod audit_log;
 mod auth;
 mod conn;
@@ -29,6 +30,7 @@ use parking_lot::RwLock;
 use crate::access::{AccessContext, Action};
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
+pub use audit_index::{AuditIndexState, IndexedAudit, GAP_PATIENCE_MICROS};
 pub use audit_log::AuditRow;
 pub use auth::{
     ClientRow, CodeRow, LaunchRow, LoginFailures, Redeemed, RefreshRow, RevokedRow, SigningKeyRow,
@@ -39,8 +41,8 @@ pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
 pub use pool::Backend;
 use pool::DbPool;
 pub use query::{
-    Bound, Filter, Hit, IndexTable, Position, Query, Ranges, RefTarget, Sort, SortKey, SortValue,
-    UriMatch, MAX_SQL_SORT_KEYS,
+    Bound, Filter, Hit, IndexTable, Position, Query, Ranges, RefTarget, Rows, Sort, SortKey,
+    SortValue, UriMatch, MAX_SQL_SORT_KEYS,
 };
 pub use read::{HistoryRow, HistoryScope, StoredVersion, WriteMethod};
 pub use txn::{Lookup, Txn, TxnError};
@@ -329,6 +331,36 @@ impl Store {
     pub fn audit_event(&self, id: &str) -> Result<Option<StoredVersion>, StoreError> {
         let ring = self.keyring()?;
         self.pool.read(|c| audit_log::read(c, &ring, id))
+    }
+
+    /// Where the audit indexer stands (see [`AuditIndexState`]).
+    pub fn audit_index_state(&self) -> Result<AuditIndexState, StoreError> {
+        audit_index::state(&self.pool)
+    }
+
+    /// The AuditEvents the audit indexer has not indexed yet, from `state`: the
+    /// next `limit` in `seq` order and those of its gaps now visible, as
+    /// (seq, AuditEvent).
+    pub fn audit_unindexed(
+        &self,
+        state: &AuditIndexState,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredVersion)>, StoreError> {
+        let ring = self.keyring()?;
+        audit_index::unindexed(&self.pool, &ring, state, limit)
+    }
+
+    /// Writes the index rows of a batch of AuditEvents read from `read` and moves
+    /// the indexer past `through`; false (nothing written) when another indexer
+    /// committed meanwhile.
+    pub fn audit_index_commit(
+        &self,
+        read: &AuditIndexState,
+        batch: &[IndexedAudit],
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        let ring = self.keyring()?;
+        audit_index::commit(&self.pool, &ring, read, batch, through)
     }
 
     /// The history of resources the caller may see, newest first.

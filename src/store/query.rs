@@ -176,10 +176,25 @@ pub struct Position {
 /// At most this many database sort keys (more are sorted after decryption).
 pub const MAX_SQL_SORT_KEYS: usize = 3;
 
+/// Where the rows a query searches come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Rows {
+    /// The current versions of resources (`resources_current`, bodies in
+    /// `resource_versions`).
+    #[default]
+    Resources,
+    /// The AuditEvents of the audit log up to position `through` (`rid` = -`seq`,
+    /// bodies in `audit_log`): what the audit indexer had indexed when the search
+    /// began, so the pages of one search see one set and the search's own
+    /// AuditEvent, committed after it, is never among its results.
+    AuditLog { through: i64 },
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     /// The resource types searched; None for every type (system search).
     pub types: Option<Vec<String>>,
+    pub rows: Rows,
     pub filters: Vec<Filter>,
     pub sort: Vec<Sort>,
     pub limit: usize,

@@ -7,7 +7,7 @@
 
 use super::pool::Backend;
 use super::query::{
-    Bound, Filter, Position, Query, RefTarget, Sort, SortKey, SortValue, UriMatch,
+    Bound, Filter, Position, Query, RefTarget, Rows, Sort, SortKey, SortValue, UriMatch,
     MAX_SQL_SORT_KEYS,
 };
 use super::sql::Sql;
@@ -588,7 +588,7 @@ impl<'a> Renderer<'a> {
                 self.sql.push(&format!(" AS k{j}{suffix}"));
             }
         }
-        self.sql.push(" FROM resources_current rc");
+        self.from_rows(q.rows);
         self.scope(q)?;
         if let Some(pos) = &q.after {
             self.keyset(&exprs, pos, q.backwards);
@@ -621,10 +621,19 @@ impl<'a> Renderer<'a> {
         self.sql.push(" ORDER BY ");
         self.sql.push(&order(q.backwards, ""));
         self.sql.push(" LIMIT ").i64(q.limit.min(1_000_000) as i64);
-        self.sql.push(
-            ") q JOIN resource_versions rv ON rv.resource_type = q.resource_type \
-             AND rv.resource_id = q.resource_id AND rv.version_id = q.version_id ORDER BY ",
-        );
+        match q.rows {
+            Rows::Resources => {
+                self.sql.push(
+                    ") q JOIN resource_versions rv ON rv.resource_type = q.resource_type \
+                     AND rv.resource_id = q.resource_id AND rv.version_id = q.version_id",
+                );
+            }
+            Rows::AuditLog { .. } => {
+                self.sql.push(") q JOIN ");
+                super::audit_log::page_bodies(&mut self.sql, "rv", "q");
+            }
+        }
+        self.sql.push(" ORDER BY ");
         self.sql.push(&order(q.backwards, "q."));
         Ok(())
     }
@@ -636,20 +645,40 @@ impl<'a> Renderer<'a> {
             .grant
             .narrowing(q.types.as_deref(), self.action)
             .is_some();
-        if let (false, [Filter::Blind { pids, values }]) = (narrowed, q.filters.as_slice()) {
+        let resources = q.rows == Rows::Resources;
+        if let (true, false, [Filter::Blind { pids, values }]) =
+            (resources, narrowed, q.filters.as_slice())
+        {
             // One string or token condition (`family=Smi`, `identifier=...`): its index rows
             // belong to live current versions only, so they are counted without visiting
             // resources_current (at 100,000 Patients a prefix matching 1,500 of them counts
             // in well under a millisecond instead of 10 ms of probes). A caller whose
             // access is narrowed is counted on resources_current, with the narrowing.
+            // AuditEvents are counted on their rows: only those up to the search's
+            // position in the audit log count.
             self.sql.push("SELECT COUNT(DISTINCT x.rid) AS n FROM (");
             self.blind_rows(pids, values)?;
             self.sql.push(") x");
             return Ok(());
         }
-        self.sql
-            .push("SELECT COUNT(*) AS n FROM resources_current rc");
+        self.sql.push("SELECT COUNT(*) AS n");
+        self.from_rows(q.rows);
         self.scope(q)
+    }
+
+    /// ` FROM <the rows searched> rc`: resources' current versions, or the
+    /// AuditEvents of the audit log (with the same columns, so every filter, sort
+    /// key, page position and narrowing applies to them unchanged).
+    fn from_rows(&mut self, rows: Rows) {
+        match rows {
+            Rows::Resources => {
+                self.sql.push(" FROM resources_current rc");
+            }
+            Rows::AuditLog { through } => {
+                self.sql.push(" FROM ");
+                super::audit_log::search_rows(&mut self.sql, "rc", through);
+            }
+        }
     }
 
     /// The rids of the blind index rows of `pids` with one of `values`.
@@ -669,8 +698,8 @@ impl<'a> Renderer<'a> {
 
     /// The ids (and rids) that satisfy the query, in rid order, at most `limit`.
     pub fn ids(&mut self, q: &Query) -> Result<(), StoreError> {
-        self.sql
-            .push("SELECT rc.rid, rc.resource_id FROM resources_current rc");
+        self.sql.push("SELECT rc.rid, rc.resource_id");
+        self.from_rows(q.rows);
         self.scope(q)?;
         self.sql
             .push(" ORDER BY rc.rid LIMIT ")

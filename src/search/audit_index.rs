@@ -1,0 +1,89 @@
+//! The audit indexer: AuditEvents get their search index rows after they commit,
+//! not in the transaction that writes them, so the hot paths (the group commit of
+//! read AuditEvents, write transactions) do no extraction and write no index rows
+//! for them. The indexer tails the audit log by position (`seq`) from the state
+//! the store keeps (`store::AuditIndexState`), in batches: each AuditEvent opened,
+//! its index rows extracted by the same code and parameters as every resource's
+//! (the loaded packages' AuditEvent SearchParameters), blinded by the store, and
+//! written with the indexer's new position in one transaction.
+//!
+//! It runs in a background thread of every node, and synchronously before every
+//! AuditEvent search ([`catch_up`]), so a search finds every AuditEvent committed
+//! before it began. Rounds of one node take turns; rounds of several nodes are
+//! kept apart by the store (a batch commits only over the state it was read from).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::SearchEngine;
+use crate::store::{IndexedAudit, Store, StoreError, WeakStore};
+
+/// AuditEvents read, extracted and committed per round.
+const BATCH: usize = 1000;
+
+/// Indexes every AuditEvent visible now and returns the position the index has
+/// reached: every AuditEvent up to it that is visible is indexed (a position in
+/// a gap turns up later, then the next round indexes it).
+///
+/// It stops once a round has read the end of the log, so a search waits for
+/// what was committed before it, not for the writes that keep arriving.
+pub fn catch_up(engine: &SearchEngine, store: &Store) -> Result<i64, StoreError> {
+    let _turn = engine.audit_indexing.lock();
+    loop {
+        let state = store.audit_index_state()?;
+        let found = store.audit_unindexed(&state, BATCH)?;
+        let tail = found.iter().filter(|(s, _)| *s > state.after_seq).count();
+        if found.is_empty() {
+            return Ok(state.after_seq);
+        }
+        let through = found
+            .iter()
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap_or(state.after_seq)
+            .max(state.after_seq);
+        let batch: Vec<IndexedAudit> = found
+            .iter()
+            .map(|(seq, v)| IndexedAudit {
+                seq: *seq,
+                rows: serde_json::from_slice::<Value>(&v.body)
+                    .map(|r| engine.index_rows(&r))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        // Lost to another indexer: it moved the state; read it again.
+        if store.audit_index_commit(&state, &batch, through)? && tail < BATCH {
+            return Ok(through);
+        }
+    }
+}
+
+/// Starts the background indexer of this node (`interval` between rounds; zero:
+/// none, searches still catch up). The thread ends with the server's store.
+pub fn start(store: &Store, engine: &Arc<SearchEngine>, interval: Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    let weak_store = store.downgrade();
+    let weak_engine = Arc::downgrade(engine);
+    let spawned = std::thread::Builder::new()
+        .name("audit-indexer".into())
+        .spawn(move || worker(weak_store, weak_engine, interval));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the audit indexer; AuditEvents are indexed when searched");
+    }
+}
+
+fn worker(store: WeakStore, engine: Weak<SearchEngine>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let (Some(store), Some(engine)) = (store.upgrade(), engine.upgrade()) else {
+            return;
+        };
+        if let Err(e) = catch_up(&engine, &store) {
+            tracing::warn!(error = %e, "audit indexing round failed; the next round resumes");
+        }
+    }
+}
