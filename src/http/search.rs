@@ -374,6 +374,13 @@ fn audit_patients(state: &AppState, ex: &mut Exchange, result: &SearchResult) {
         .take(AUDITED_PATIENTS)
     {
         let v = &h.version;
+        // AuditEvents hold references, not patient data: a search of the audit
+        // trail names no patient for what it returned (its query entity says what
+        // was asked). Otherwise each audit search for patient X would add an
+        // event about X, found again by the next one.
+        if v.resource_type == crate::audit::RESOURCE_TYPE {
+            continue;
+        }
         if v.resource_type == "Patient" {
             patients.push(format!("Patient/{}", v.id));
             continue;

@@ -7,7 +7,7 @@
 mod attacks;
 mod backend;
 mod bola;
-mod code_flow;
+pub(crate) mod code_flow;
 mod issuers;
 mod limits;
 mod nodes;

@@ -1,0 +1,942 @@
+//! AuditEvent search over HTTP, on both backends, with authorization on: a known
+//! set of requests (creates, a read, an update, a search, a denied read, a delete)
+//! made with a backend client's token, then searched by every parameter family
+//! (patient, agent, date with prefixes, action, outcome, entity, entity-type,
+//! entity-role, subtype, type, site, address, `_id`, `_sort` both ways, paging
+//! with `_count`, `_total`, `Patient/{id}/AuditEvent`) by a `system/AuditEvent.rs`
+//! client and a compliance user, each answer compared with the exact set of
+//! requests it must find. The parameters the server's own events leave empty
+//! (agent-name, agent-role, altid, policy, entity-name, source) are checked on an
+//! AuditEvent committed through the audit sink with those elements. A search never
+//! finds its own AuditEvent but finds every one committed before it (the
+//! background indexer is off: only the search's catch-up indexes); a granular
+//! `system/AuditEvent.rs?outcome=4` token sees only failures; a patient's token
+//! is refused.
+
+use std::collections::BTreeSet;
+
+use awc::http::{Method, StatusCode};
+use fhirgate::auth::scopes::Role;
+use serde_json::{json, Value};
+
+use crate::smart_auth::code_flow::{code_of, exchange, public_client, run_flow, user, Choices};
+use crate::smart_auth::{basic, post_form, secret_client, spawn_auth};
+use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
+
+/// A client_credentials token for `scope`, with the client's id.
+async fn client_token(app: &TestApp, scope: &str) -> (String, String) {
+    let (id, secret) = secret_client(app, scope);
+    let r = post_form(
+        app,
+        "/auth/token",
+        &[("grant_type", "client_credentials"), ("scope", scope)],
+        &[("Authorization", &basic(&id, &secret))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    (id, r.json()["access_token"].as_str().unwrap().to_string())
+}
+
+/// A user's token from the code flow.
+async fn user_token(app: &TestApp, name: &str, fhir_user: &str, role: Role, scope: &str) -> String {
+    let client_id = public_client(app);
+    user(app, name, fhir_user, role, false);
+    let o = run_flow(app, &client_id, scope, name, Choices::default()).await;
+    let code = code_of(&o);
+    let t = exchange(app, &client_id, &code, &o.pkce.verifier).await;
+    assert_eq!(t.status, StatusCode::OK, "{}", text(&t));
+    t.json()["access_token"].as_str().unwrap().to_string()
+}
+
+fn text(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).to_string()
+}
+
+/// A FHIR request with a token and a chosen request id.
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+    request_id: &str,
+) -> Reply {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("Content-Type", "application/fhir+json"),
+        ("Authorization", auth.as_str()),
+        ("X-Request-Id", request_id),
+    ];
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+    app.send(method, path, &headers, bytes.as_deref()).await
+}
+
+/// The request id an AuditEvent records.
+fn request_id(ev: &Value) -> String {
+    ev["entity"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["type"]["code"] == "XrequestId"))
+        .and_then(|e| e["what"]["identifier"]["value"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The AuditEvents of a searchset page (matches only), in order.
+fn matches(r: &Reply) -> Vec<Value> {
+    assert_eq!(r.status, StatusCode::OK, "{}", text(r));
+    let b = r.json();
+    assert_eq!(b["resourceType"], "Bundle", "{b}");
+    b["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| {
+                    assert_eq!(e["resource"]["resourceType"], "AuditEvent", "{e}");
+                    e["resource"].clone()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn next_link(app: &TestApp, b: &Value) -> Option<String> {
+    b["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(|u| u.strip_prefix(&app.base).unwrap_or(u).to_string())
+}
+
+/// The requests a set of labels stands for.
+fn ids(labels: &[&str], run: &str) -> BTreeSet<String> {
+    labels.iter().map(|l| format!("{run}-{l}")).collect()
+}
+
+struct Known {
+    run: String,
+    /// The search window: after the tokens were issued, before the searches.
+    window: String,
+    p1: String,
+    p2: String,
+    o1: String,
+    writer: String,
+    /// `recorded` of the read's AuditEvent, and its id.
+    read_recorded: String,
+    read_event: String,
+}
+
+/// The requests every search below is about, made by the writer client, each
+/// with request id `<run>-<label>` and a few milliseconds apart (distinct
+/// `recorded` instants).
+async fn known_requests(app: &TestApp, writer: &str, writer_token: &str) -> Known {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let rid = |l: &str| format!("{run}-{l}");
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    pause().await;
+    let start = fhirgate::fhir::instant(fhirgate::fhir::now_micros());
+    pause().await;
+    let created = |r: &Reply| -> String {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", text(r));
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Audited"}]});
+    let p1 = created(
+        &send(
+            app,
+            Method::POST,
+            "/Patient",
+            writer_token,
+            Some(&patient),
+            &rid("create-p1"),
+        )
+        .await,
+    );
+    pause().await;
+    let p2 = created(
+        &send(
+            app,
+            Method::POST,
+            "/Patient",
+            writer_token,
+            Some(&patient),
+            &rid("create-p2"),
+        )
+        .await,
+    );
+    pause().await;
+    let obs = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": format!("Patient/{p1}")}});
+    let o1 = created(
+        &send(
+            app,
+            Method::POST,
+            "/Observation",
+            writer_token,
+            Some(&obs),
+            &rid("create-o1"),
+        )
+        .await,
+    );
+    pause().await;
+    let r = send(
+        app,
+        Method::GET,
+        &format!("/Patient/{p1}"),
+        writer_token,
+        None,
+        &rid("read-p1"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    pause().await;
+    let mut updated = patient.clone();
+    updated["id"] = json!(p1);
+    updated["name"][0]["given"] = json!(["Again"]);
+    let r = send(
+        app,
+        Method::PUT,
+        &format!("/Patient/{p1}"),
+        writer_token,
+        Some(&updated),
+        &rid("update-p1"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    pause().await;
+    let r = send(
+        app,
+        Method::GET,
+        &format!("/Observation?subject=Patient/{p1}"),
+        writer_token,
+        None,
+        &rid("search-obs"),
+    )
+    .await;
+    assert_eq!(r.json()["total"], 1, "{}", text(&r));
+    pause().await;
+    let r = send(
+        app,
+        Method::GET,
+        "/Encounter/nowhere",
+        writer_token,
+        None,
+        &rid("denied-encounter"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    pause().await;
+    let r = send(
+        app,
+        Method::DELETE,
+        &format!("/Observation/{o1}"),
+        writer_token,
+        None,
+        &rid("delete-o1"),
+    )
+    .await;
+    assert!(r.status.is_success(), "{}", text(&r));
+    pause().await;
+    let end = fhirgate::fhir::instant(fhirgate::fhir::now_micros());
+    pause().await;
+    // The read's AuditEvent, found in the store directly (not by search).
+    let events = app.audits_by_request().await;
+    let read = &events[&rid("read-p1")][0];
+    Known {
+        window: format!("date=gt{start}&date=lt{end}"),
+        p1,
+        p2,
+        o1,
+        writer: writer.to_string(),
+        read_recorded: read["recorded"].as_str().unwrap().to_string(),
+        read_event: read["id"].as_str().unwrap().to_string(),
+        run,
+    }
+}
+
+const ALL: [&str; 8] = [
+    "create-p1",
+    "create-p2",
+    "create-o1",
+    "read-p1",
+    "update-p1",
+    "search-obs",
+    "denied-encounter",
+    "delete-o1",
+];
+
+/// Searches AuditEvents with `query` (plus the window unless `whole_log`) and
+/// returns the request ids of the matches of the first page.
+async fn found(app: &TestApp, token: &str, k: &Known, query: &str) -> BTreeSet<String> {
+    let q = if query.is_empty() {
+        k.window.clone()
+    } else {
+        format!("{query}&{}", k.window)
+    };
+    let own = uuid::Uuid::new_v4().to_string();
+    let r = send(
+        app,
+        Method::GET,
+        &format!("/AuditEvent?{q}&_count=100"),
+        token,
+        None,
+        &own,
+    )
+    .await;
+    let evs = matches(&r);
+    evs.iter().map(request_id).collect()
+}
+
+async fn audit_event_search_by_every_parameter(backend: Backend) {
+    let app = spawn_auth(backend, |s| s.audit.index_interval_ms = 0).await;
+    let (writer, writer_token) =
+        client_token(&app, "system/Patient.cruds system/Observation.cruds").await;
+    let (_, auditor) = client_token(&app, "system/AuditEvent.rs").await;
+    let k = known_requests(&app, &writer, &writer_token).await;
+    let run = k.run.clone();
+    let (p1, p2, o1) = (&k.p1, &k.p2, &k.o1);
+    let every = ids(&ALL, &run);
+    let check = |query: &'static str, labels: &'static [&'static str]| {
+        (query.to_string(), ids(labels, &run))
+    };
+    let mut cases: Vec<(String, BTreeSet<String>)> = vec![
+        check("", &ALL),
+        // action and outcome (tokens on codes)
+        check("action=C", &["create-p1", "create-p2", "create-o1"]),
+        check("action=R", &["read-p1", "denied-encounter"]),
+        check("action=U", &["update-p1"]),
+        check("action=D", &["delete-o1"]),
+        check("action=E", &["search-obs"]),
+        check("action=U,D", &["update-p1", "delete-o1"]),
+        check(
+            "action:not=C",
+            &[
+                "read-p1",
+                "update-p1",
+                "search-obs",
+                "denied-encounter",
+                "delete-o1",
+            ],
+        ),
+        check("outcome=4", &["denied-encounter"]),
+        check(
+            "outcome=0",
+            &[
+                "create-p1",
+                "create-p2",
+                "create-o1",
+                "read-p1",
+                "update-p1",
+                "search-obs",
+                "delete-o1",
+            ],
+        ),
+        // subtype and type (Codings)
+        check("subtype=read", &["read-p1", "denied-encounter"]),
+        check(
+            "subtype=http://hl7.org/fhir/restful-interaction|create",
+            &["create-p1", "create-p2", "create-o1"],
+        ),
+        check("subtype=search-type", &["search-obs"]),
+        check("subtype=urn:other|read", &[]),
+        check(
+            "type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest",
+            &ALL,
+        ),
+        check("type=110114", &[]),
+        // entity role and type
+        check("entity-role=24", &["search-obs"]),
+        check(
+            "entity-role=http://terminology.hl7.org/CodeSystem/object-role|4",
+            &[
+                "create-p1",
+                "create-p2",
+                "create-o1",
+                "read-p1",
+                "update-p1",
+                "denied-encounter",
+                "delete-o1",
+            ],
+        ),
+        check(
+            "entity-type=http://terminology.hl7.org/CodeSystem/audit-entity-type|1",
+            &[
+                "create-p1",
+                "create-p2",
+                "create-o1",
+                "read-p1",
+                "update-p1",
+                "search-obs",
+            ],
+        ),
+        // addresses and site (strings and tokens, blind)
+        check("address=127.0.0.1", &ALL),
+        check("address=127.0", &ALL),
+        check("address=10.9", &[]),
+        check("agent:missing=false", &ALL),
+    ];
+    let mut with = |query: String, labels: &[&str]| cases.push((query, ids(labels, &run)));
+    // references: the patient, the entity (every version), the agent
+    with(
+        format!("patient=Patient/{p1}"),
+        &[
+            "create-p1",
+            "create-o1",
+            "read-p1",
+            "update-p1",
+            "search-obs",
+        ],
+    );
+    with(format!("patient={p2}"), &["create-p2"]);
+    with(
+        format!("patient=Patient/{p1},Patient/{p2}"),
+        &[
+            "create-p1",
+            "create-p2",
+            "create-o1",
+            "read-p1",
+            "update-p1",
+            "search-obs",
+        ],
+    );
+    with(
+        format!("entity=Observation/{o1}"),
+        &["create-o1", "delete-o1"],
+    );
+    with(format!("entity=Patient/{p2}"), &["create-p2"]);
+    with("entity=Encounter/nowhere".into(), &["denied-encounter"]);
+    with(
+        format!("agent:identifier=urn:fhirgate:client|{}", k.writer),
+        &ALL,
+    );
+    with(
+        "agent:identifier=urn:fhirgate:client|someone-else".into(),
+        &[],
+    );
+    with(format!("site={}", app.base), &ALL);
+    // dates with prefixes, at the read's instant (millisecond precision)
+    let t = &k.read_recorded;
+    with(format!("date=eq{t}"), &["read-p1"]);
+    with(format!("date={t}"), &["read-p1"]);
+    with(
+        format!("date=ge{t}"),
+        &[
+            "read-p1",
+            "update-p1",
+            "search-obs",
+            "denied-encounter",
+            "delete-o1",
+        ],
+    );
+    with(
+        format!("date=gt{t}"),
+        &["update-p1", "search-obs", "denied-encounter", "delete-o1"],
+    );
+    with(
+        format!("date=le{t}"),
+        &["create-p1", "create-p2", "create-o1", "read-p1"],
+    );
+    with(
+        format!("date=lt{t}"),
+        &["create-p1", "create-p2", "create-o1"],
+    );
+    with(
+        format!("date=sa{t}"),
+        &["update-p1", "search-obs", "denied-encounter", "delete-o1"],
+    );
+    with(
+        format!("date=eb{t}"),
+        &["create-p1", "create-p2", "create-o1"],
+    );
+    with(
+        format!("date=ne{t}"),
+        &[
+            "create-p1",
+            "create-p2",
+            "create-o1",
+            "update-p1",
+            "search-obs",
+            "denied-encounter",
+            "delete-o1",
+        ],
+    );
+    with(format!("_id={}", k.read_event), &["read-p1"]);
+    with(
+        format!("_lastUpdated=le{t}"),
+        &["create-p1", "create-p2", "create-o1", "read-p1"],
+    );
+    // combinations
+    with(format!("patient=Patient/{p1}&action=R"), &["read-p1"]);
+    with(
+        format!("patient=Patient/{p1}&date=gt{t}"),
+        &["update-p1", "search-obs"],
+    );
+    for (query, expected) in &cases {
+        let got = found(&app, &auditor, &k, query).await;
+        assert_eq!(&got, expected, "AuditEvent?{query} ({backend:?})");
+    }
+    assert_eq!(cases[0].1, every);
+
+    // The patient compartment.
+    let r = send(
+        &app,
+        Method::GET,
+        &format!("/Patient/{p1}/AuditEvent?{}", k.window),
+        &auditor,
+        None,
+        "compartment",
+    )
+    .await;
+    let got: BTreeSet<String> = matches(&r).iter().map(request_id).collect();
+    assert_eq!(
+        got,
+        ids(
+            &[
+                "create-p1",
+                "create-o1",
+                "read-p1",
+                "update-p1",
+                "search-obs"
+            ],
+            &run
+        ),
+        "Patient/{p1}/AuditEvent"
+    );
+
+    // _sort by date both ways, and the default order (newest first).
+    let order = |r: &Reply| -> Vec<String> { matches(r).iter().map(request_id).collect() };
+    let expected: Vec<String> = ALL.iter().map(|l| format!("{run}-{l}")).collect();
+    let asc = send(
+        &app,
+        Method::GET,
+        &format!("/AuditEvent?{}&_sort=date", k.window),
+        &auditor,
+        None,
+        "sort-asc",
+    )
+    .await;
+    assert_eq!(order(&asc), expected, "_sort=date");
+    let desc = send(
+        &app,
+        Method::GET,
+        &format!("/AuditEvent?{}&_sort=-date", k.window),
+        &auditor,
+        None,
+        "sort-desc",
+    )
+    .await;
+    let mut reversed = expected.clone();
+    reversed.reverse();
+    assert_eq!(order(&desc), reversed, "_sort=-date");
+    let plain = send(
+        &app,
+        Method::GET,
+        &format!("/AuditEvent?{}", k.window),
+        &auditor,
+        None,
+        "default-order",
+    )
+    .await;
+    assert_eq!(order(&plain), reversed, "newest first without _sort");
+
+    // Paging with _count and _total, ascending and descending.
+    for (sort, want) in [("date", &expected), ("-date", &reversed)] {
+        let mut path = Some(format!(
+            "/AuditEvent?{}&_sort={sort}&_count=3&_total=accurate",
+            k.window
+        ));
+        let (mut seen, mut pages) = (Vec::new(), 0);
+        while let Some(p) = path {
+            let r = send(
+                &app,
+                Method::GET,
+                &p,
+                &auditor,
+                None,
+                &format!("page-{sort}-{pages}"),
+            )
+            .await;
+            let b = r.json();
+            assert_eq!(b["total"], 8, "_total on page {pages}: {b}");
+            let page = order(&r);
+            assert!(page.len() <= 3, "_count=3 gave {}", page.len());
+            seen.extend(page);
+            pages += 1;
+            assert!(pages <= 5, "paging does not end");
+            path = next_link(&app, &b);
+        }
+        assert_eq!(pages, 3, "8 events in pages of 3");
+        assert_eq!(&seen, want, "every page, in order, _sort={sort}");
+    }
+    let count_only = send(
+        &app,
+        Method::GET,
+        &format!("/AuditEvent?{}&_summary=count", k.window),
+        &auditor,
+        None,
+        "count",
+    )
+    .await;
+    assert_eq!(count_only.json()["total"], 8);
+
+    // A compliance user sees the same; its own events name it as agent.
+    let carol = user_token(
+        &app,
+        "carol",
+        "Practitioner/carol",
+        Role::Compliance,
+        "user/AuditEvent.rs",
+    )
+    .await;
+    assert_eq!(
+        found(&app, &carol, &k, "action=C").await,
+        ids(&["create-p1", "create-p2", "create-o1"], &run)
+    );
+    let r = send(
+        &app,
+        Method::GET,
+        "/AuditEvent?action=E&_count=1",
+        &carol,
+        None,
+        "carol-first",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let mine = send(
+        &app,
+        Method::GET,
+        "/AuditEvent?agent=Practitioner/carol&_count=100",
+        &carol,
+        None,
+        "carol-own",
+    )
+    .await;
+    let mine = matches(&mine);
+    let names_carol = |e: &Value| {
+        e["agent"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|a| a["who"]["reference"] == "Practitioner/carol")
+        })
+    };
+    assert!(mine.iter().all(names_carol), "{mine:?}");
+    let mine: Vec<String> = mine.iter().map(request_id).collect();
+    assert!(mine.contains(&"carol-first".to_string()), "{mine:?}");
+    assert!(!mine.contains(&"carol-own".to_string()), "{mine:?}");
+    assert!(
+        !mine.iter().any(|m| m.starts_with(&run)),
+        "the writer's requests name no user: {mine:?}"
+    );
+
+    // A patient's token is refused (wildcards never reach AuditEvent).
+    let pat = user_token(
+        &app,
+        "pat",
+        &format!("Patient/{p1}"),
+        Role::Patient,
+        "launch/patient patient/*.rs",
+    )
+    .await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/AuditEvent?_count=1",
+        &pat,
+        None,
+        "patient-denied",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    let r = send(
+        &app,
+        Method::GET,
+        &format!("/Patient/{p1}/AuditEvent"),
+        &pat,
+        None,
+        "patient-denied-compartment",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    // A writer without AuditEvent in its scopes too.
+    let r = send(
+        &app,
+        Method::GET,
+        "/AuditEvent",
+        &writer_token,
+        None,
+        "writer-denied",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+
+    // A granular scope narrows in SQL: this client sees only failures.
+    let (_, failures) = client_token(&app, "system/AuditEvent.rs?outcome=4").await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/AuditEvent?_count=1000",
+        &failures,
+        None,
+        "failures-only",
+    )
+    .await;
+    let evs = matches(&r);
+    assert!(evs
+        .iter()
+        .any(|e| request_id(e) == format!("{run}-denied-encounter")));
+    assert!(
+        evs.iter().all(|e| e["outcome"] == "4"),
+        "only failures: {evs:?}"
+    );
+    assert_eq!(r.json()["total"], evs.len() as i64);
+    let r = send(
+        &app,
+        Method::GET,
+        &format!("/AuditEvent?_id={}", k.read_event),
+        &failures,
+        None,
+        "failures-only-id",
+    )
+    .await;
+    assert!(
+        matches(&r).is_empty(),
+        "a success is outside the granular scope"
+    );
+
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+/// A search finds every AuditEvent committed before it (the one of the search
+/// just before included) and never its own, across every page of it; a page
+/// link keeps the set the first page saw.
+async fn a_search_never_finds_its_own_audit_event(backend: Backend) {
+    let app = spawn_auth(backend, |s| s.audit.index_interval_ms = 0).await;
+    let (_, auditor) = client_token(&app, "system/AuditEvent.rs").await;
+    let (writer, writer_token) = client_token(&app, "system/Patient.cruds").await;
+    for i in 0..4 {
+        let body = json!({"resourceType": "Patient", "name": [{"family": format!("P{i}")}]});
+        let r = send(
+            &app,
+            Method::POST,
+            "/Patient",
+            &writer_token,
+            Some(&body),
+            &format!("write-{i}"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let _ = writer;
+    let before: BTreeSet<String> = app
+        .audits_by_request()
+        .await
+        .into_values()
+        .flatten()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    // Every page of one search, ascending, so later events would come last.
+    let mut path = Some("/AuditEvent?_sort=date&_count=2".to_string());
+    let (mut seen, mut totals, mut n) = (BTreeSet::new(), BTreeSet::new(), 0);
+    while let Some(p) = path {
+        let r = send(
+            &app,
+            Method::GET,
+            &p,
+            &auditor,
+            None,
+            &format!("own-page-{n}"),
+        )
+        .await;
+        let b = r.json();
+        for e in matches(&r) {
+            assert!(
+                !request_id(&e).starts_with("own-page-"),
+                "page {n} found the AuditEvent of a page of its own search: {e}"
+            );
+            assert!(
+                seen.insert(e["id"].as_str().unwrap().to_string()),
+                "twice: {e}"
+            );
+        }
+        totals.insert(b["total"].as_i64());
+        n += 1;
+        assert!(n < 50, "paging does not end");
+        path = next_link(&app, &b);
+    }
+    assert_eq!(
+        seen, before,
+        "exactly the AuditEvents committed before the search"
+    );
+    assert_eq!(totals.len(), 1, "one total on every page: {totals:?}");
+    // The next search finds the last page's AuditEvent: read-your-writes.
+    let last = format!("own-page-{}", n - 1);
+    let r = send(
+        &app,
+        Method::GET,
+        "/AuditEvent?subtype=search-type&_count=100",
+        &auditor,
+        None,
+        "after",
+    )
+    .await;
+    let found: Vec<String> = matches(&r).iter().map(request_id).collect();
+    assert!(found.contains(&last), "{last} in {found:?}");
+    assert!(!found.contains(&"after".to_string()));
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+/// The parameters whose elements fhirgate's own AuditEvents do not carry
+/// (agent.name, agent.role, agent.altId, agent.policy, entity.name,
+/// source.observer as a reference) are indexed and searched like the rest: an
+/// AuditEvent with them is committed through the audit sink, as the server commits
+/// its own, and found by each of them; the background indexer indexes it without a
+/// search asking.
+async fn every_parameter_reaches_the_elements_it_names(backend: Backend) {
+    let app = spawn_auth(backend, |s| s.audit.index_interval_ms = 20).await;
+    let (_, auditor) = client_token(&app, "system/AuditEvent.rs").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let recorded = fhirgate::fhir::instant(fhirgate::fhir::now_micros());
+    let ev = json!({
+        "resourceType": "AuditEvent", "id": id,
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110", "display": "Patient Record"},
+        "action": "R", "recorded": recorded, "outcome": "0",
+        "agent": [{
+            "role": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV"}]}],
+            "who": {"reference": "Practitioner/alice"},
+            "altId": "alt-77", "name": "Alice Zebra", "requestor": true,
+            "policy": ["urn:ietf:params:oauth:jti:jti-123"],
+            "network": {"address": "10.1.2.3", "type": "2"}
+        }],
+        "source": {"site": "ward-9", "observer": {"reference": "Device/dev-1"}},
+        "entity": [{"what": {"reference": "Patient/zp"}, "name": "Grocery List"}]
+    });
+    let row = fhirgate::store::AuditRow {
+        id: id.clone(),
+        recorded: fhirgate::fhir::now_micros(),
+        action: "R",
+        outcome: "0",
+        body: serde_json::to_vec(&ev).unwrap(),
+    };
+    let store = app.store.clone();
+    actix_web::rt::task::spawn_blocking(move || store.append_audits(&[row]))
+        .await
+        .unwrap()
+        .expect("append");
+    // The background indexer reaches it without a search.
+    let mut indexed = false;
+    for _ in 0..500 {
+        let store = app.store.clone();
+        let state = actix_web::rt::task::spawn_blocking(move || store.audit_index_state())
+            .await
+            .unwrap()
+            .expect("state");
+        let store = app.store.clone();
+        let pending =
+            actix_web::rt::task::spawn_blocking(move || store.audit_unindexed(&state, 10))
+                .await
+                .unwrap()
+                .expect("unindexed");
+        if pending.is_empty() {
+            indexed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(indexed, "the background indexer did not index the log");
+    for (query, hit) in [
+        ("agent-name=alice", true),
+        ("agent-name=Alice%20Z", true),
+        ("agent-name:exact=Alice%20Zebra", true),
+        ("agent-name=bob", false),
+        (
+            "agent-role=http://terminology.hl7.org/CodeSystem/v3-RoleClass|PROV",
+            true,
+        ),
+        ("agent-role=PROV", true),
+        ("altid=alt-77", true),
+        ("altid=alt-7", false),
+        ("policy=urn:ietf:params:oauth:jti:jti-123", true),
+        ("policy=urn:ietf:params:oauth:jti:other", false),
+        ("entity-name=groc", true),
+        ("entity-name:contains=list", true),
+        ("entity-name=list", false),
+        ("source=Device/dev-1", true),
+        ("source=Device/dev-2", false),
+        ("site=ward-9", true),
+        ("address=10.1.2", true),
+        ("address=10.1.3", false),
+        ("agent=Practitioner/alice", true),
+        ("patient=Patient/zp", true),
+        ("type=110110", true),
+        ("entity=Patient/zp&action=C", false),
+    ] {
+        let r = send(
+            &app,
+            Method::GET,
+            &format!("/AuditEvent?{query}"),
+            &auditor,
+            None,
+            "crafted",
+        )
+        .await;
+        let got: Vec<String> = matches(&r)
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        let want = if hit { vec![id.clone()] } else { Vec::new() };
+        assert_eq!(got, want, "AuditEvent?{query} ({backend:?})");
+    }
+    // The CapabilityStatement lists every R4 AuditEvent parameter and the search.
+    let cs = app.get("/metadata").await.json();
+    let audit = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap()
+        .clone();
+    assert!(audit["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["code"] == "search-type"));
+    let names: BTreeSet<&str> = audit["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for p in [
+        "action",
+        "address",
+        "agent",
+        "agent-name",
+        "agent-role",
+        "altid",
+        "date",
+        "entity",
+        "entity-name",
+        "entity-role",
+        "entity-type",
+        "outcome",
+        "patient",
+        "policy",
+        "site",
+        "source",
+        "subtype",
+        "type",
+        "_id",
+    ] {
+        assert!(names.contains(p), "{p} in {names:?}");
+    }
+    app.stop().await;
+}
+
+on_both_backends!(
+    audit_event_search_by_every_parameter,
+    a_search_never_finds_its_own_audit_event,
+    every_parameter_reaches_the_elements_it_names,
+);
