@@ -448,9 +448,16 @@ async fn metadata_states_what_is_implemented(backend: Backend) {
         .map(|i| i["code"].as_str().unwrap())
         .collect();
     assert!(!codes.contains(&"update") && !codes.contains(&"delete") && !codes.contains(&"create"));
+    assert!(codes.contains(&"search-type"), "AuditEvents are searchable");
+    let patient_revincludes = resources.iter().find(|r| r["type"] == "Patient").unwrap()
+        ["searchRevInclude"]
+        .as_array()
+        .unwrap();
     assert!(
-        !codes.contains(&"search-type"),
-        "AuditEvents are not searchable yet"
+        !patient_revincludes
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.starts_with("AuditEvent:"))),
+        "AuditEvents are searched on their own, never reached by _revinclude"
     );
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let params: Vec<(&str, &str)> = patient["searchParam"]

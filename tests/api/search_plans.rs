@@ -36,6 +36,10 @@ const QUERIES: &[(&str, &str)] = &[
     ),
     ("Patient", "birthdate=ge1990&_sort=birthdate"),
     ("Observation", "_lastUpdated=gt2020-01-01&status=final"),
+    // The audit trail (the AuditEvents of the load's writes): its rows come from
+    // audit_log, by rid = -seq.
+    ("AuditEvent", "patient=p7&date=ge2020"),
+    ("AuditEvent", "action=C&_sort=-date&_count=50"),
 ];
 
 async fn load(app: &TestApp, patients: usize) {
