@@ -91,7 +91,7 @@ pub(crate) fn unindexed(
     ring: &Keyring,
     state: &AuditIndexState,
     limit: usize,
-) -> Result<Vec<(i64, StoredVersion)>, StoreError> {
+) -> Result<Vec<(i64, Option<StoredVersion>)>, StoreError> {
     pool.read(|c| super::audit_log::after(c, ring, state.after_seq, &state.gaps, limit as i64))
 }
 

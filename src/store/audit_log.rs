@@ -185,14 +185,16 @@ pub(crate) fn page_bodies(sql: &mut Sql, alias: &str, page: &str) {
 }
 
 /// AuditEvents in `seq` order after position `after`, at most `limit`, and those
-/// at the positions `also` (the audit indexer's gaps): (seq, the AuditEvent).
+/// at the positions `also` (the audit indexer's gaps): (seq, the AuditEvent, None
+/// when its row does not open: it is logged, and the indexer passes it rather
+/// than stop at it).
 pub(crate) fn after(
     c: &mut AnyConn,
     ring: &Keyring,
     after: i64,
     also: &[i64],
     limit: i64,
-) -> Result<Vec<(i64, StoredVersion)>, StoreError> {
+) -> Result<Vec<(i64, Option<StoredVersion>)>, StoreError> {
     let mut sql = c.sql();
     sql.push("SELECT seq, audit_id, recorded, key_id, body FROM audit_log WHERE seq > ")
         .i64(after)
@@ -205,7 +207,19 @@ pub(crate) fn after(
         sql.in_i64s("seq", also);
         lines.extend(c.load::<AuditLine>(sql)?);
     }
-    lines.into_iter().map(|l| l.open(ring)).collect()
+    Ok(lines
+        .into_iter()
+        .map(|l| {
+            let seq = l.seq;
+            match l.open(ring) {
+                Ok((_, v)) => (seq, Some(v)),
+                Err(e) => {
+                    tracing::error!(audit.seq = seq, error = %e, "an AuditEvent row does not open; it is left out of the search index");
+                    (seq, None)
+                }
+            }
+        })
+        .collect())
 }
 
 /// AuditEvents newest first (type history; one id: instance history), from

@@ -340,12 +340,12 @@ impl Store {
 
     /// The AuditEvents the audit indexer has not indexed yet, from `state`: the
     /// next `limit` in `seq` order and those of its gaps now visible, as
-    /// (seq, AuditEvent).
+    /// (seq, AuditEvent; None for a row that does not open, logged).
     pub fn audit_unindexed(
         &self,
         state: &AuditIndexState,
         limit: usize,
-    ) -> Result<Vec<(i64, StoredVersion)>, StoreError> {
+    ) -> Result<Vec<(i64, Option<StoredVersion>)>, StoreError> {
         let ring = self.keyring()?;
         audit_index::unindexed(&self.pool, &ring, state, limit)
     }

@@ -588,7 +588,7 @@ impl<'a> Renderer<'a> {
                 self.sql.push(&format!(" AS k{j}{suffix}"));
             }
         }
-        self.from_rows(q.rows);
+        self.rows_searched(q.rows);
         self.scope(q)?;
         if let Some(pos) = &q.after {
             self.keyset(&exprs, pos, q.backwards);
@@ -662,14 +662,14 @@ impl<'a> Renderer<'a> {
             return Ok(());
         }
         self.sql.push("SELECT COUNT(*) AS n");
-        self.from_rows(q.rows);
+        self.rows_searched(q.rows);
         self.scope(q)
     }
 
     /// ` FROM <the rows searched> rc`: resources' current versions, or the
     /// AuditEvents of the audit log (with the same columns, so every filter, sort
     /// key, page position and narrowing applies to them unchanged).
-    fn from_rows(&mut self, rows: Rows) {
+    fn rows_searched(&mut self, rows: Rows) {
         match rows {
             Rows::Resources => {
                 self.sql.push(" FROM resources_current rc");
@@ -699,7 +699,7 @@ impl<'a> Renderer<'a> {
     /// The ids (and rids) that satisfy the query, in rid order, at most `limit`.
     pub fn ids(&mut self, q: &Query) -> Result<(), StoreError> {
         self.sql.push("SELECT rc.rid, rc.resource_id");
-        self.from_rows(q.rows);
+        self.rows_searched(q.rows);
         self.scope(q)?;
         self.sql
             .push(" ORDER BY rc.rid LIMIT ")

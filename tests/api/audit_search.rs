@@ -20,22 +20,8 @@ use fhirgate::auth::scopes::Role;
 use serde_json::{json, Value};
 
 use crate::smart_auth::code_flow::{code_of, exchange, public_client, run_flow, user, Choices};
-use crate::smart_auth::{basic, post_form, secret_client, spawn_auth};
+use crate::smart_auth::{client_token, spawn_auth};
 use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
-
-/// A client_credentials token for `scope`, with the client's id.
-async fn client_token(app: &TestApp, scope: &str) -> (String, String) {
-    let (id, secret) = secret_client(app, scope);
-    let r = post_form(
-        app,
-        "/auth/token",
-        &[("grant_type", "client_credentials"), ("scope", scope)],
-        &[("Authorization", &basic(&id, &secret))],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
-    (id, r.json()["access_token"].as_str().unwrap().to_string())
-}
 
 /// A user's token from the code flow.
 async fn user_token(app: &TestApp, name: &str, fhir_user: &str, role: Role, scope: &str) -> String {
@@ -69,6 +55,11 @@ async fn send(
     ];
     let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
     app.send(method, path, &headers, bytes.as_deref()).await
+}
+
+/// A GET with a token and a chosen request id.
+async fn get(app: &TestApp, token: &str, path: &str, request_id: &str) -> Reply {
+    send(app, Method::GET, path, token, None, request_id).await
 }
 
 /// The request id an AuditEvent records.
@@ -181,12 +172,10 @@ async fn known_requests(app: &TestApp, writer: &str, writer_token: &str) -> Know
         .await,
     );
     pause().await;
-    let r = send(
+    let r = get(
         app,
-        Method::GET,
-        &format!("/Patient/{p1}"),
         writer_token,
-        None,
+        &format!("/Patient/{p1}"),
         &rid("read-p1"),
     )
     .await;
@@ -206,23 +195,19 @@ async fn known_requests(app: &TestApp, writer: &str, writer_token: &str) -> Know
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
     pause().await;
-    let r = send(
+    let r = get(
         app,
-        Method::GET,
-        &format!("/Observation?subject=Patient/{p1}"),
         writer_token,
-        None,
+        &format!("/Observation?subject=Patient/{p1}"),
         &rid("search-obs"),
     )
     .await;
     assert_eq!(r.json()["total"], 1, "{}", text(&r));
     pause().await;
-    let r = send(
+    let r = get(
         app,
-        Method::GET,
-        "/Encounter/nowhere",
         writer_token,
-        None,
+        "/Encounter/nowhere",
         &rid("denied-encounter"),
     )
     .await;
@@ -276,15 +261,7 @@ async fn found(app: &TestApp, token: &str, k: &Known, query: &str) -> BTreeSet<S
         format!("{query}&{}", k.window)
     };
     let own = uuid::Uuid::new_v4().to_string();
-    let r = send(
-        app,
-        Method::GET,
-        &format!("/AuditEvent?{q}&_count=100"),
-        token,
-        None,
-        &own,
-    )
-    .await;
+    let r = get(app, token, &format!("/AuditEvent?{q}&_count=100"), &own).await;
     let evs = matches(&r);
     evs.iter().map(request_id).collect()
 }
@@ -480,12 +457,10 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
     assert_eq!(cases[0].1, every);
 
     // The patient compartment.
-    let r = send(
+    let r = get(
         &app,
-        Method::GET,
-        &format!("/Patient/{p1}/AuditEvent?{}", k.window),
         &auditor,
-        None,
+        &format!("/Patient/{p1}/AuditEvent?{}", k.window),
         "compartment",
     )
     .await;
@@ -508,34 +483,28 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
     // _sort by date both ways, and the default order (newest first).
     let order = |r: &Reply| -> Vec<String> { matches(r).iter().map(request_id).collect() };
     let expected: Vec<String> = ALL.iter().map(|l| format!("{run}-{l}")).collect();
-    let asc = send(
+    let asc = get(
         &app,
-        Method::GET,
-        &format!("/AuditEvent?{}&_sort=date", k.window),
         &auditor,
-        None,
+        &format!("/AuditEvent?{}&_sort=date", k.window),
         "sort-asc",
     )
     .await;
     assert_eq!(order(&asc), expected, "_sort=date");
-    let desc = send(
+    let desc = get(
         &app,
-        Method::GET,
-        &format!("/AuditEvent?{}&_sort=-date", k.window),
         &auditor,
-        None,
+        &format!("/AuditEvent?{}&_sort=-date", k.window),
         "sort-desc",
     )
     .await;
     let mut reversed = expected.clone();
     reversed.reverse();
     assert_eq!(order(&desc), reversed, "_sort=-date");
-    let plain = send(
+    let plain = get(
         &app,
-        Method::GET,
-        &format!("/AuditEvent?{}", k.window),
         &auditor,
-        None,
+        &format!("/AuditEvent?{}", k.window),
         "default-order",
     )
     .await;
@@ -549,15 +518,7 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
         ));
         let (mut seen, mut pages) = (Vec::new(), 0);
         while let Some(p) = path {
-            let r = send(
-                &app,
-                Method::GET,
-                &p,
-                &auditor,
-                None,
-                &format!("page-{sort}-{pages}"),
-            )
-            .await;
+            let r = get(&app, &auditor, &p, &format!("page-{sort}-{pages}")).await;
             let b = r.json();
             assert_eq!(b["total"], 8, "_total on page {pages}: {b}");
             let page = order(&r);
@@ -570,12 +531,10 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
         assert_eq!(pages, 3, "8 events in pages of 3");
         assert_eq!(&seen, want, "every page, in order, _sort={sort}");
     }
-    let count_only = send(
+    let count_only = get(
         &app,
-        Method::GET,
-        &format!("/AuditEvent?{}&_summary=count", k.window),
         &auditor,
-        None,
+        &format!("/AuditEvent?{}&_summary=count", k.window),
         "count",
     )
     .await;
@@ -594,22 +553,12 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
         found(&app, &carol, &k, "action=C").await,
         ids(&["create-p1", "create-p2", "create-o1"], &run)
     );
-    let r = send(
-        &app,
-        Method::GET,
-        "/AuditEvent?action=E&_count=1",
-        &carol,
-        None,
-        "carol-first",
-    )
-    .await;
+    let r = get(&app, &carol, "/AuditEvent?action=E&_count=1", "carol-first").await;
     assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
-    let mine = send(
+    let mine = get(
         &app,
-        Method::GET,
-        "/AuditEvent?agent=Practitioner/carol&_count=100",
         &carol,
-        None,
+        "/AuditEvent?agent=Practitioner/carol&_count=100",
         "carol-own",
     )
     .await;
@@ -638,49 +587,23 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
         "launch/patient patient/*.rs",
     )
     .await;
-    let r = send(
-        &app,
-        Method::GET,
-        "/AuditEvent?_count=1",
-        &pat,
-        None,
-        "patient-denied",
-    )
-    .await;
+    let r = get(&app, &pat, "/AuditEvent?_count=1", "patient-denied").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
-    let r = send(
+    let r = get(
         &app,
-        Method::GET,
-        &format!("/Patient/{p1}/AuditEvent"),
         &pat,
-        None,
+        &format!("/Patient/{p1}/AuditEvent"),
         "patient-denied-compartment",
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
     // A writer without AuditEvent in its scopes too.
-    let r = send(
-        &app,
-        Method::GET,
-        "/AuditEvent",
-        &writer_token,
-        None,
-        "writer-denied",
-    )
-    .await;
+    let r = get(&app, &writer_token, "/AuditEvent", "writer-denied").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
 
     // A granular scope narrows in SQL: this client sees only failures.
     let (_, failures) = client_token(&app, "system/AuditEvent.rs?outcome=4").await;
-    let r = send(
-        &app,
-        Method::GET,
-        "/AuditEvent?_count=1000",
-        &failures,
-        None,
-        "failures-only",
-    )
-    .await;
+    let r = get(&app, &failures, "/AuditEvent?_count=1000", "failures-only").await;
     let evs = matches(&r);
     assert!(evs
         .iter()
@@ -690,12 +613,10 @@ async fn audit_event_search_by_every_parameter(backend: Backend) {
         "only failures: {evs:?}"
     );
     assert_eq!(r.json()["total"], evs.len() as i64);
-    let r = send(
+    let r = get(
         &app,
-        Method::GET,
-        &format!("/AuditEvent?_id={}", k.read_event),
         &failures,
-        None,
+        &format!("/AuditEvent?_id={}", k.read_event),
         "failures-only-id",
     )
     .await;
@@ -740,15 +661,7 @@ async fn a_search_never_finds_its_own_audit_event(backend: Backend) {
     let mut path = Some("/AuditEvent?_sort=date&_count=2".to_string());
     let (mut seen, mut totals, mut n) = (BTreeSet::new(), BTreeSet::new(), 0);
     while let Some(p) = path {
-        let r = send(
-            &app,
-            Method::GET,
-            &p,
-            &auditor,
-            None,
-            &format!("own-page-{n}"),
-        )
-        .await;
+        let r = get(&app, &auditor, &p, &format!("own-page-{n}")).await;
         let b = r.json();
         for e in matches(&r) {
             assert!(
@@ -772,12 +685,10 @@ async fn a_search_never_finds_its_own_audit_event(backend: Backend) {
     assert_eq!(totals.len(), 1, "one total on every page: {totals:?}");
     // The next search finds the last page's AuditEvent: read-your-writes.
     let last = format!("own-page-{}", n - 1);
-    let r = send(
+    let r = get(
         &app,
-        Method::GET,
-        "/AuditEvent?subtype=search-type&_count=100",
         &auditor,
-        None,
+        "/AuditEvent?subtype=search-type&_count=100",
         "after",
     )
     .await;
@@ -854,15 +765,7 @@ async fn every_parameter_reaches_the_elements_it_names(backend: Backend) {
         ("type=110110", true),
         ("entity=Patient/zp&action=C", false),
     ] {
-        let r = send(
-            &app,
-            Method::GET,
-            &format!("/AuditEvent?{query}"),
-            &auditor,
-            None,
-            "crafted",
-        )
-        .await;
+        let r = get(&app, &auditor, &format!("/AuditEvent?{query}"), "crafted").await;
         let got: Vec<String> = matches(&r)
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_string())
@@ -936,40 +839,18 @@ async fn concurrent_traffic_is_indexed_exactly_once(backend: Backend) {
                 let rid = format!("busy-{t}-{i}");
                 let r = match (t + i) % 4 {
                     0 => send(app, Method::POST, "/Patient", writer, Some(body), &rid).await,
-                    1 => {
-                        send(
-                            app,
-                            Method::GET,
-                            "/AuditEvent?action=C&_count=5",
-                            auditor,
-                            None,
-                            &rid,
-                        )
-                        .await
-                    }
-                    _ => {
-                        send(
-                            app,
-                            Method::GET,
-                            &format!("/Patient/{seed}"),
-                            writer,
-                            None,
-                            &rid,
-                        )
-                        .await
-                    }
+                    1 => get(app, auditor, "/AuditEvent?action=C&_count=5", &rid).await,
+                    _ => get(app, writer, &format!("/Patient/{seed}"), &rid).await,
                 };
                 assert!(r.status.is_success(), "{rid}: {}", text(&r));
             }
         }
     });
     join_all(work).await;
-    let r = send(
+    let r = get(
         &app,
-        Method::GET,
-        "/AuditEvent?date=gt2000-01-01&_summary=count",
         &auditor,
-        None,
+        "/AuditEvent?date=gt2000-01-01&_summary=count",
         "final",
     )
     .await;

@@ -129,6 +129,12 @@ pub fn secret_client(app: &TestApp, scope: &str) -> (String, String) {
 
 /// A client_credentials token with a client secret (HTTP Basic).
 pub async fn system_token(app: &TestApp, scope: &str) -> String {
+    client_token(app, scope).await.1
+}
+
+/// A new client registered with `scope` and its client_credentials token:
+/// (client_id, access token).
+pub async fn client_token(app: &TestApp, scope: &str) -> (String, String) {
     let (id, secret) = secret_client(app, scope);
     let r = post_form(
         app,
@@ -143,7 +149,7 @@ pub async fn system_token(app: &TestApp, scope: &str) -> String {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    r.json()["access_token"].as_str().unwrap().to_string()
+    (id, r.json()["access_token"].as_str().unwrap().to_string())
 }
 
 pub fn bearer(token: &str) -> String {
