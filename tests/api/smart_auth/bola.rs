@@ -764,7 +764,7 @@ async fn patient_a_reaches_nothing_of_patient_b(backend: Backend) {
         );
         assert!(!w.bs().contains(&found), "the batch answered with {found}");
         assert!(
-            res["entry"].as_array().map_or(true, |es| es.is_empty()),
+            res["entry"].as_array().is_none_or(|es| es.is_empty()),
             "{res}"
         );
     }
