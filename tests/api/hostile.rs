@@ -186,3 +186,184 @@ async fn cursors_are_bound_to_their_search_and_caller(backend: Backend) {
 }
 
 on_both_backends!(cursors_are_bound_to_their_search_and_caller);
+
+/// Nothing of a resource was written (versions, current rows, index rows).
+fn nothing_stored(app: &TestApp) {
+    for (table, n) in app.db.written_rows() {
+        assert_eq!(n, 0, "{table} has {n} rows");
+    }
+}
+
+/// No byte XML 1.0 cannot carry (control characters other than tab, CR, LF).
+fn assert_xml_chars(body: &[u8]) {
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        !text
+            .chars()
+            .any(|c| c < ' ' && !matches!(c, '\t' | '\r' | '\n')),
+        "not well-formed XML: {text:?}"
+    );
+    let mut reader = quick_xml::Reader::from_str(&text);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed XML ({e}): {text}"),
+        }
+    }
+}
+
+/// Item 4: control characters (NUL included) in strings, uris and references,
+/// and decimals no index can hold, are refused with 400 on create and in search
+/// parameters, on both backends alike; error answers in XML stay well-formed.
+async fn input_fhir_forbids_is_refused_and_never_stored(backend: Backend) {
+    let app = crate::support::server::spawn_app(backend).await;
+    let nines = "9".repeat(5000);
+    let bodies: Vec<(&str, String)> = vec![
+        (
+            "Patient",
+            r#"{"resourceType":"Patient","name":[{"family":"a\u0000b"}]}"#.into(),
+        ),
+        (
+            "Patient",
+            r#"{"resourceType":"Patient","name":[{"family":"bell\u0007"}]}"#.into(),
+        ),
+        (
+            "Patient",
+            r#"{"resourceType":"Patient","identifier":[{"system":"urn:x\u0000y","value":"1"}]}"#
+                .into(),
+        ),
+        (
+            "Patient",
+            r#"{"resourceType":"Patient","managingOrganization":{"reference":"Organization/o\u0000"}}"#
+                .into(),
+        ),
+        (
+            "Patient",
+            r#"{"resourceType":"Patient","meta":{"profile":["http://x/\u0000"]}}"#.into(),
+        ),
+        (
+            "Observation",
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1e309}}"#
+                .into(),
+        ),
+        (
+            "Observation",
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{nines}}}}}"#
+            ),
+        ),
+        (
+            "RiskAssessment",
+            r#"{"resourceType":"RiskAssessment","status":"final","subject":{"reference":"Patient/p"},"prediction":[{"probabilityDecimal":-1e400}]}"#
+                .into(),
+        ),
+    ];
+    for (t, body) in &bodies {
+        let r = app
+            .send(
+                Method::POST,
+                &format!("/{t}"),
+                &[("Content-Type", "application/fhir+json")],
+                Some(body.as_bytes()),
+            )
+            .await;
+        refused(&r, StatusCode::BAD_REQUEST, "value");
+        // The same in an update and in a transaction.
+        let r = app
+            .send(
+                Method::PUT,
+                &format!("/{t}/x1"),
+                &[("Content-Type", "application/fhir+json")],
+                Some(body.replacen('{', r#"{"id":"x1","#, 1).as_bytes()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+    let tx = format!(
+        r#"{{"resourceType":"Bundle","type":"transaction","entry":[{{"resource":{},"request":{{"method":"POST","url":"Patient"}}}}]}}"#,
+        bodies[2].1
+    );
+    let r = app
+        .send(
+            Method::POST,
+            "",
+            &[("Content-Type", "application/fhir+json")],
+            Some(tx.as_bytes()),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    nothing_stored(&app);
+
+    // Search values: strings, tokens, uris, references, and names.
+    for q in [
+        "/Patient?family=a%00b",
+        "/Patient?identifier=urn:x%00y|1",
+        "/Patient?organization=Organization/o%00",
+        "/Patient?_profile=http://x/%00",
+        "/Observation?subject=Patient/%07",
+        "/Patient?fam%00ily=x",
+        "/Observation?value-quantity=1e309",
+    ] {
+        let r = app.get(q).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{q}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let (code, _, _) = r.issue();
+        assert!(matches!(code.as_str(), "value"), "{q}: {code}");
+    }
+
+    // An error that quotes what the client sent is still well-formed XML.
+    let r = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("Accept", "application/fhir+xml"),
+            ],
+            Some(br#"{"resourceType":"Pat\u0007ient\u0000"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_xml_chars(&r.body);
+    let r = app.get("/Patient?n%07=1&_format=xml").await;
+    assert_xml_chars(&r.body);
+    nothing_stored(&app);
+
+    // A decimal at the edge of the range is kept exactly as sent and indexed.
+    let r = app
+        .post_json(
+            "/Observation",
+            &serde_json::from_str::<Value>(
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.7e308,"system":"http://unitsofmeasure.org","code":"km"}}"#,
+            )
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let kept = r.json()["valueQuantity"]["value"].to_string();
+    assert_eq!(kept.parse::<f64>().ok(), Some(1.7e308), "{kept}");
+    let r = app.get("/Observation?value-quantity=gt1e308").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["total"], 1);
+
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(input_fhir_forbids_is_refused_and_never_stored);
