@@ -829,11 +829,14 @@ async fn patient_a_reaches_nothing_of_patient_b(backend: Backend) {
         .collect();
     assert!(denied.len() >= 8, "{} denials audited", denied.len());
     for e in denied {
+        // Alice's denials, and Bob's replay of her cursor.
         let agents = e["agent"].to_string();
         assert!(
-            agents.contains(&format!("Patient/{}", w.a)) || agents.contains("alice"),
+            agents.contains(&format!("\"reference\":\"Patient/{}\"", w.a))
+                || agents.contains(&format!("\"reference\":\"Patient/{}\"", w.b)),
             "the user in {e}"
         );
+        assert!(agents.contains("urn:fhirgate:client"), "the client in {e}");
     }
 }
 
