@@ -358,6 +358,7 @@ impl AuthService {
                 hidden => self.hidden(checked, &session, &[]),
                 error => error,
             },
+            Some(&checked.redirect_uri),
         );
         self.with_cookie(resp, &session)
     }
@@ -523,6 +524,7 @@ impl AuthService {
                 patients => patients,
                 error => error,
             },
+            Some(&checked.redirect_uri),
         );
         self.with_cookie(resp, session)
     }
@@ -634,6 +636,7 @@ impl AuthService {
                 break_glass => user.break_glass && user.role == Role::Clinician,
                 error => error,
             },
+            Some(&checked.redirect_uri),
         );
         self.with_cookie(resp, session)
     }

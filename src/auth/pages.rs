@@ -48,7 +48,15 @@ impl Pages {
     }
 
     /// A rendered page; a template failure is a plain 500 page (a bug, logged).
-    pub fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> HttpResponse {
+    /// `redirect_uri`: the client's, where the page's form may end (see
+    /// [`form_action`]).
+    pub fn render(
+        &self,
+        status: StatusCode,
+        name: &str,
+        ctx: minijinja::Value,
+        redirect_uri: Option<&str>,
+    ) -> HttpResponse {
         match self.env.get_template(name).and_then(|t| t.render(ctx)) {
             Ok(html) => HttpResponse::build(status)
                 .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
@@ -56,7 +64,10 @@ impl Pages {
                 .insert_header(("X-Frame-Options", "DENY"))
                 .insert_header((
                     header::CONTENT_SECURITY_POLICY,
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                    format!(
+                        "default-src 'none'; style-src 'unsafe-inline'; form-action {}; frame-ancestors 'none'",
+                        form_action(redirect_uri)
+                    ),
                 ))
                 .body(html),
             Err(e) => {
@@ -74,7 +85,39 @@ impl Pages {
             status,
             "error.html",
             minijinja::context! { message => message },
+            None,
         )
+    }
+}
+
+/// The CSP `form-action` sources of a page. A login, picker or consent form is
+/// answered with a redirect to the client's redirect URI, and browsers check
+/// `form-action` on every redirect after the submission too (CSP 3, "form-action":
+/// Chromium blocked the SMART JavaScript client's redirect back to its own
+/// origin under `form-action 'self'` alone), so that URI's origin is allowed;
+/// for a private-use scheme (a native app), the scheme.
+fn form_action(redirect_uri: Option<&str>) -> String {
+    let source = redirect_uri.and_then(|u| {
+        let (scheme, rest) = u.split_once(':')?;
+        let source = match rest.strip_prefix("//") {
+            Some(rest) if matches!(scheme, "http" | "https") => {
+                let authority = rest.split(['/', '?', '#']).next()?;
+                let host = authority.rsplit('@').next()?;
+                format!("{scheme}://{host}")
+            }
+            _ => format!("{scheme}:"),
+        };
+        // Nothing that could end the source list or start another directive.
+        source
+            .chars()
+            .all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '.' | '-' | '+' | '[' | ']')
+            })
+            .then_some(source)
+    });
+    match source {
+        Some(s) => format!("'self' {s}"),
+        None => "'self'".to_string(),
     }
 }
 
@@ -103,5 +146,26 @@ mod tests {
             "{r}"
         );
         assert!(r.contains(r#"name="username""#) && r.contains(r#"name="password""#));
+    }
+
+    #[test]
+    fn forms_may_end_at_the_redirect_uris_origin() {
+        assert_eq!(form_action(None), "'self'");
+        assert_eq!(
+            form_action(Some("http://127.0.0.1:8081/app/index.html?x=1")),
+            "'self' http://127.0.0.1:8081"
+        );
+        assert_eq!(
+            form_action(Some("https://user@app.example/cb")),
+            "'self' https://app.example"
+        );
+        assert_eq!(
+            form_action(Some("com.example.app:/callback")),
+            "'self' com.example.app:"
+        );
+        assert_eq!(
+            form_action(Some("https://a.example;script-src/cb")),
+            "'self'"
+        );
     }
 }

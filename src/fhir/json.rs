@@ -361,6 +361,34 @@ impl Checker<'_> {
             self.push(Issue::error("value", format!("a {name} must not be empty")).at(path));
             return;
         }
+        if let Some(c) = super::types::forbidden_char(&text) {
+            self.push(
+                Issue::error(
+                    "value",
+                    format!(
+                        "a {name} must not contain the control character {} (FHIR allows only tab, carriage return and line feed below U+0020)",
+                        super::types::describe_char(c)
+                    ),
+                )
+                .at(path),
+            );
+            return;
+        }
+        // A decimal beyond what a double holds cannot be indexed or compared; it is
+        // refused on both backends alike rather than stored as infinity (issue 13).
+        if info.json == JsonKind::Decimal && !text.parse::<f64>().is_ok_and(f64::is_finite) {
+            self.push(
+                Issue::error(
+                    "value",
+                    format!(
+                        "`{}` is beyond the range of decimals this server can search (about ±1.7e308)",
+                        truncate(&text, 40)
+                    ),
+                )
+                .at(path),
+            );
+            return;
+        }
         if name == "xhtml" {
             if let Err(e) = super::xhtml::check_div(&text) {
                 self.push(

@@ -117,6 +117,25 @@ pub fn parse_etag(value: &str) -> Option<i64> {
     v.parse::<i64>().ok().filter(|n| *n >= 1)
 }
 
+/// The first character FHIR forbids in a string, uri or other text primitive:
+/// R4 2.24.0.1 (string): strings "SHALL NOT contain Unicode character points below
+/// 32", except horizontal tab, carriage return and line feed. Such text is not XML
+/// 1.0 either, and PostgreSQL refuses NUL in text.
+pub fn forbidden_char(s: &str) -> Option<char> {
+    s.chars().find(|c| is_forbidden_char(*c))
+}
+
+/// See [`forbidden_char`]; also U+FFFE and U+FFFF, which XML 1.0 has no
+/// representation for, even as a reference.
+pub fn is_forbidden_char(c: char) -> bool {
+    (c < '\u{20}' && !matches!(c, '\t' | '\r' | '\n')) || matches!(c, '\u{fffe}' | '\u{ffff}')
+}
+
+/// How an error message names a forbidden character (`U+0000`).
+pub fn describe_char(c: char) -> String {
+    format!("U+{:04X}", c as u32)
+}
+
 /// Cuts a client-supplied string for an error message.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

@@ -176,7 +176,18 @@ impl Writer<'_> {
             if t == "xhtml" {
                 if let Some(Value::String(s)) = value {
                     self.newline(depth);
-                    self.out.push_str(s);
+                    // Checked on write; text stored before that check is kept
+                    // well-formed here.
+                    match super::types::forbidden_char(s) {
+                        None => self.out.push_str(s),
+                        Some(_) => self.out.extend(s.chars().map(|c| {
+                            if super::types::is_forbidden_char(c) {
+                                '\u{fffd}'
+                            } else {
+                                c
+                            }
+                        })),
+                    }
                 }
                 return Ok(());
             }
@@ -259,6 +270,9 @@ impl Writer<'_> {
                 '\n' => self.out.push_str("&#10;"),
                 '\r' => self.out.push_str("&#13;"),
                 '\t' => self.out.push_str("&#9;"),
+                // XML 1.0 cannot carry these at all, not even as references: a
+                // message that quotes what a client sent must stay well-formed.
+                c if super::types::is_forbidden_char(c) => self.out.push('\u{fffd}'),
                 c => self.out.push(c),
             }
         }

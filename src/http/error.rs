@@ -203,7 +203,9 @@ impl From<crate::search::SearchError> for ApiError {
                 ApiError::BadRequest(vec![Issue::error("value", e.to_string()).at(name.clone())])
             }
             S::TooCostly(m) => ApiError::BadRequest(vec![Issue::error("too-costly", m)]),
-            S::BadCursor => ApiError::BadRequest(vec![Issue::error("value", e.to_string())]),
+            S::BadCursor | S::CursorElsewhere | S::CursorOtherCaller => {
+                ApiError::BadRequest(vec![Issue::error("value", e.to_string()).at("_cursor")])
+            }
             S::Store(s) => ApiError::from(s),
         }
     }

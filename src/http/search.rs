@@ -16,7 +16,7 @@ use super::AppState;
 use crate::audit::Interaction;
 use crate::fhir::summary::{self, Subset};
 use crate::fhir::{instant, Issue, Severity};
-use crate::search::run::Cursor;
+use crate::search::run::{Cursor, CursorBinding};
 use crate::search::{SearchRequest, SearchResult};
 
 /// Most entries whose patients are named in the search's AuditEvent.
@@ -302,9 +302,39 @@ async fn run(
                 .map_err(|d| ApiError::Forbidden(d.0))?;
         }
     }
-    // A page link carries the search it continues.
+    // A page link carries the search it continues, bound to this path and caller;
+    // nothing may be added to it (a parameter beside it would be silently dropped).
+    let binding = CursorBinding::new(&path, &ex.ctx);
     let cursor = match pairs.iter().find(|(k, _)| k == "_cursor") {
-        Some((_, token)) => Some(Cursor::open(token, &state.store)?),
+        Some((_, token)) => {
+            if let Some((k, _)) = pairs.iter().filter(|(k, _)| k == "_cursor").nth(1) {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!("`{k}` is given more than once; a page link carries one cursor"),
+                ));
+            }
+            let beside: Vec<&str> = pairs
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| !matches!(*k, "_cursor" | "_format" | "_pretty"))
+                .collect();
+            if !beside.is_empty() {
+                return Err(ApiError::BadRequest(vec![Issue::error(
+                    "invalid",
+                    format!(
+                        "a page link (`_cursor`) carries its whole search; it takes only `_format` and `_pretty` beside it, not `{}`",
+                        beside
+                            .iter()
+                            .take(5)
+                            .map(|k| crate::fhir::types::truncate(k, 40))
+                            .collect::<Vec<_>>()
+                            .join("`, `")
+                    ),
+                )
+                .at("_cursor")]));
+            }
+            Some(Cursor::open(token, &state.store, &binding)?)
+        }
         None => None,
     };
     let (types, params) = match &cursor {
@@ -356,7 +386,7 @@ async fn run(
     let mut links = vec![json!({"relation": "self", "url": self_url})];
     for (relation, c) in [("next", &result.next), ("previous", &result.previous)] {
         if let Some(c) = c {
-            let token = c.seal(&state.store).map_err(ApiError::from)?;
+            let token = c.seal(&state.store, &binding).map_err(ApiError::from)?;
             links.push(json!({"relation": relation, "url": link(&[("_cursor".into(), token)])}));
         }
     }

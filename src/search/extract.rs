@@ -659,7 +659,9 @@ fn unit_keys(q: &Value, lo: f64, hi: f64, out: &mut Vec<(String, f64, f64)>) {
                 if v == f64::MIN || v == f64::MAX {
                     v
                 } else {
-                    v * factor
+                    // A value near the bound of a double may leave it in base
+                    // units: indexed at the bound (an infinity is not stored).
+                    (v * factor).clamp(f64::MIN, f64::MAX)
                 }
             };
             out.push((

@@ -44,6 +44,10 @@ pub enum SearchError {
     TooCostly(String),
     #[error("the paging link is not valid here (it may be from another server or damaged)")]
     BadCursor,
+    #[error("the paging link continues another search (another type, compartment or URL); follow it at the URL it came with")]
+    CursorElsewhere,
+    #[error("the paging link was issued to another client or user; run the search again")]
+    CursorOtherCaller,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -100,6 +100,19 @@ impl Planner<'_> {
             accepted: Vec::new(),
         };
         for (name, value) in pairs {
+            // What no resource may hold, no search can match: refused before it
+            // reaches SQL (PostgreSQL rejects NUL in text parameters).
+            if let Some(c) = crate::fhir::types::forbidden_char(name)
+                .or_else(|| crate::fhir::types::forbidden_char(value))
+            {
+                return Err(SearchError::BadValue {
+                    name: name.chars().filter(|c| !c.is_control()).collect(),
+                    reason: format!(
+                        "it contains the control character {}, which FHIR text never holds",
+                        crate::fhir::types::describe_char(c)
+                    ),
+                });
+            }
             if is_transport_param(name) || name == "_type" {
                 continue;
             }

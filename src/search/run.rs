@@ -72,20 +72,66 @@ pub struct Cursor {
     pub rows: Rows,
 }
 
+/// What a cursor is bound to: the search it continues (the path it was issued
+/// for: type, compartment or system search) and the caller it was issued to.
+/// A page link is a capability; replayed on another URL or by another caller it
+/// would hand over a search its holder did not make (issue 13, item 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorBinding {
+    /// The searched path below the base: `/Observation`, `/Patient/1/Observation`,
+    /// empty for a system search.
+    scope: String,
+    /// SHA-256 of the caller's client, user and subject (hex): the cursor names
+    /// no identity, yet a token of another client or user does not open it.
+    caller: String,
+}
+
+impl CursorBinding {
+    pub fn new(scope: &str, ctx: &AccessContext) -> CursorBinding {
+        let part = |v: &Option<String>| v.as_deref().unwrap_or("").to_string();
+        let who = serde_json::json!([part(&ctx.client_id), part(&ctx.user), part(&ctx.subject)]);
+        CursorBinding {
+            scope: scope.to_string(),
+            caller: hex::encode(openssl::sha::sha256(who.to_string().as_bytes())),
+        }
+    }
+}
+
+/// The sealed form: the cursor with its binding.
+#[derive(Serialize, Deserialize)]
+struct SealedCursor {
+    bound: CursorBinding,
+    cursor: Cursor,
+}
+
 impl Cursor {
-    /// The sealed, URL-safe form for a link.
-    pub fn seal(&self, store: &Store) -> Result<String, SearchError> {
-        let plain = serde_json::to_vec(self).map_err(|_| SearchError::BadCursor)?;
+    /// The sealed, URL-safe form for a link, bound to the search and the caller.
+    pub fn seal(&self, store: &Store, bound: &CursorBinding) -> Result<String, SearchError> {
+        let sealed = SealedCursor {
+            bound: bound.clone(),
+            cursor: self.clone(),
+        };
+        let plain = serde_json::to_vec(&sealed).map_err(|_| SearchError::BadCursor)?;
         let sealed = store.seal_cursor(&plain)?;
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
     }
 
-    pub fn open(token: &str, store: &Store) -> Result<Cursor, SearchError> {
+    /// Opens a link's cursor; it must have been issued for the same search path
+    /// and to the same caller as `bound` describes.
+    pub fn open(token: &str, store: &Store, bound: &CursorBinding) -> Result<Cursor, SearchError> {
         let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| SearchError::BadCursor)?;
         let plain = store.open_cursor(&sealed).ok_or(SearchError::BadCursor)?;
-        serde_json::from_slice(&plain).map_err(|_| SearchError::BadCursor)
+        let sealed: SealedCursor =
+            serde_json::from_slice(&plain).map_err(|_| SearchError::BadCursor)?;
+        if sealed.bound.scope != bound.scope {
+            return Err(SearchError::CursorElsewhere);
+        }
+        if sealed.bound.caller != bound.caller {
+            return Err(SearchError::CursorOtherCaller);
+        }
+        Ok(sealed.cursor)
     }
 }
 

@@ -23,6 +23,7 @@ mod fhirpath_engine_behaviour;
 mod fhirpath_invariants_on_examples;
 mod fhirpath_parser_fuzz;
 mod fhirpath_suite;
+mod hostile;
 mod import;
 mod logging;
 mod parser_fuzz;

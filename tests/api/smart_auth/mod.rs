@@ -7,6 +7,7 @@
 mod attacks;
 mod backend;
 mod bola;
+mod clients;
 pub(crate) mod code_flow;
 mod issuers;
 mod limits;
