@@ -20,48 +20,70 @@ use serde_json::Value;
 use super::SearchEngine;
 use crate::store::{IndexedAudit, Store, StoreError, WeakStore};
 
-/// AuditEvents read, extracted and committed per round.
+/// AuditEvents read, extracted and committed per batch by a search's catch-up.
 const BATCH: usize = 1000;
+
+/// Per batch of the background indexer: smaller, so that on SQLite it holds the
+/// one writer (which the group commit of reads waits for) briefly; and it rests
+/// as long as each batch took, so it never takes more than half of a core or of
+/// the writer from the requests (measured: benches/audit/index.sh).
+const BACKGROUND_BATCH: usize = 200;
 
 /// Indexes every AuditEvent visible now and returns the position the index has
 /// reached: every AuditEvent up to it that is visible is indexed (a position in
 /// a gap turns up later, then the next round indexes it).
 ///
-/// It stops once a round has read the end of the log, so a search waits for
+/// It stops once a batch has read the end of the log, so a search waits for
 /// what was committed before it, not for the writes that keep arriving.
 pub fn catch_up(engine: &SearchEngine, store: &Store) -> Result<i64, StoreError> {
-    let _turn = engine.audit_indexing.lock();
+    run(engine, store, BATCH, false)
+}
+
+fn run(engine: &SearchEngine, store: &Store, size: usize, pace: bool) -> Result<i64, StoreError> {
     loop {
-        let state = store.audit_index_state()?;
-        let found = store.audit_unindexed(&state, BATCH)?;
-        let tail = found.iter().filter(|(s, _)| *s > state.after_seq).count();
-        if found.is_empty() {
-            return Ok(state.after_seq);
-        }
-        let through = found
-            .iter()
-            .map(|(s, _)| *s)
-            .max()
-            .unwrap_or(state.after_seq)
-            .max(state.after_seq);
-        let batch: Vec<IndexedAudit> = found
-            .iter()
-            .map(|(seq, v)| IndexedAudit {
-                seq: *seq,
-                // A row that does not open or parse gets no index rows: the
-                // indexer passes it instead of stopping every AuditEvent search.
-                rows: v
-                    .as_ref()
-                    .and_then(|v| serde_json::from_slice::<Value>(&v.body).ok())
-                    .map(|r| engine.index_rows(&r))
-                    .unwrap_or_default(),
-            })
-            .collect();
-        // Lost to another indexer: it moved the state; read it again.
-        if store.audit_index_commit(&state, &batch, through)? && tail < BATCH {
+        let started = std::time::Instant::now();
+        if let Some(through) = batch(engine, store, size)? {
             return Ok(through);
         }
+        if pace {
+            std::thread::sleep(started.elapsed());
+        }
     }
+}
+
+/// One batch: Some(position) when it read the end of the log (and committed).
+fn batch(engine: &SearchEngine, store: &Store, size: usize) -> Result<Option<i64>, StoreError> {
+    // Batches of one node take turns (a search's catch-up waits for the
+    // background batch in progress, then finds less to do).
+    let _turn = engine.audit_indexing.lock();
+    let state = store.audit_index_state()?;
+    let found = store.audit_unindexed(&state, size)?;
+    let tail = found.iter().filter(|(s, _)| *s > state.after_seq).count();
+    if found.is_empty() {
+        return Ok(Some(state.after_seq));
+    }
+    let through = found
+        .iter()
+        .map(|(s, _)| *s)
+        .max()
+        .unwrap_or(state.after_seq)
+        .max(state.after_seq);
+    let rows: Vec<IndexedAudit> = found
+        .iter()
+        .map(|(seq, v)| IndexedAudit {
+            seq: *seq,
+            // A row that does not open or parse gets no index rows: the
+            // indexer passes it instead of stopping every AuditEvent search.
+            rows: v
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<Value>(&v.body).ok())
+                .map(|r| engine.index_rows(&r))
+                .unwrap_or_default(),
+        })
+        .collect();
+    // Lost to another indexer: it moved the state; the next batch reads it again.
+    let committed = store.audit_index_commit(&state, &rows, through)?;
+    Ok((committed && tail < size).then_some(through))
 }
 
 /// Starts the background indexer of this node (`interval` between rounds; zero:
@@ -86,7 +108,7 @@ fn worker(store: WeakStore, engine: Weak<SearchEngine>, interval: Duration) {
         let (Some(store), Some(engine)) = (store.upgrade(), engine.upgrade()) else {
             return;
         };
-        if let Err(e) = catch_up(&engine, &store) {
+        if let Err(e) = run(&engine, &store, BACKGROUND_BATCH, true) {
             tracing::warn!(error = %e, "audit indexing round failed; the next round resumes");
         }
     }
