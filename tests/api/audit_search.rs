@@ -871,6 +871,110 @@ async fn concurrent_traffic_is_indexed_exactly_once(backend: Backend) {
     app.stop().await;
 }
 
+/// Two server processes on one PostgreSQL database, each with its background
+/// indexer running every 2 ms, under writes, reads and AuditEvent searches sent to
+/// both: their batches race for the same AuditEvents, and every AuditEvent is
+/// indexed exactly once (the losing batch commits nothing); a search on either
+/// node finds every AuditEvent committed before it, whichever node wrote it.
+#[actix_rt::test]
+async fn two_nodes_index_each_audit_event_once() {
+    use crate::smart_auth::raw;
+    use crate::support::process::start;
+    use futures_util::future::join_all;
+    let db = crate::support::server::PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    fhirgate::crypto::MasterKey::generate()
+        .unwrap()
+        .write_new_file(&key)
+        .unwrap();
+    let env = [("FHIRGATE_AUDIT__INDEX_INTERVAL_MS", "2")];
+    let a = start(&db.url, &key, &dir.path().join("a.log"), &env);
+    let b = start(&db.url, &key, &dir.path().join("b.log"), &env);
+    let json = [("Content-Type", "application/fhir+json")];
+    let body = serde_json::to_vec(&json!({"resourceType": "Patient"})).unwrap();
+    let work = (0..8).map(|t| {
+        let (node, body) = (if t % 2 == 0 { &a } else { &b }, &body);
+        async move {
+            for i in 0..15 {
+                let r = match i % 3 {
+                    0 => {
+                        raw(
+                            Method::POST,
+                            &format!("{}/Patient", node.base),
+                            &json,
+                            Some(body.clone()),
+                        )
+                        .await
+                    }
+                    1 => {
+                        raw(
+                            Method::GET,
+                            &format!("{}/AuditEvent?action=C&_count=5", node.base),
+                            &[],
+                            None,
+                        )
+                        .await
+                    }
+                    _ => {
+                        raw(
+                            Method::GET,
+                            &format!("{}/Patient?_count=1", node.base),
+                            &[],
+                            None,
+                        )
+                        .await
+                    }
+                };
+                assert!(r.status.is_success(), "{}", text(&r));
+            }
+        }
+    });
+    join_all(work).await;
+    let count = |url: &str, table: &str| -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut c = <diesel::PgConnection as diesel::Connection>::establish(url).unwrap();
+        diesel::RunQueryDsl::get_result::<N>(
+            diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")),
+            &mut c,
+        )
+        .unwrap()
+        .n
+    };
+    let writes = count(&db.url, "audit_log WHERE action = 'C'");
+    assert_eq!(writes, 8 * 5, "eight tasks' five creates");
+    for node in [&a, &b] {
+        let r = raw(
+            Method::GET,
+            &format!("{}/AuditEvent?action=C&_summary=count", node.base),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(r.json()["total"], writes, "{}", text(&r));
+    }
+    // Both background indexers settle; then one date row per AuditEvent.
+    let mut settled = false;
+    for _ in 0..500 {
+        let logged = count(&db.url, "audit_log");
+        let dated = count(&db.url, "search_date WHERE rid < 0");
+        assert!(
+            dated <= logged,
+            "{dated} date rows for {logged} AuditEvents: one indexed twice"
+        );
+        if dated == logged {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(settled, "the indexers did not index every AuditEvent");
+}
+
 /// Waits until the background indexer has indexed every AuditEvent committed.
 async fn wait_until_indexed(app: &TestApp) {
     for _ in 0..1000 {
