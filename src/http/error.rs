@@ -178,6 +178,19 @@ impl From<StoreError> for ApiError {
                 "the resource is being changed by another request; try again".into(),
             ),
             StoreError::Forbidden(denied) => ApiError::Forbidden(denied.0),
+            StoreError::Timeout { budget_secs } => {
+                tracing::warn!(
+                    budget_secs,
+                    "request stopped at its deadline in the database"
+                );
+                ApiError::BadRequest(vec![Issue::error(
+                    "too-costly",
+                    format!(
+                        "the request needed more than its {budget_s} s in the database and was stopped (setting server.request_timeout_secs); narrow it",
+                        budget_s = budget_secs
+                    ),
+                )])
+            }
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "database unavailable");
                 ApiError::Unavailable(format!("{why}; try again later"))

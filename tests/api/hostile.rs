@@ -7,7 +7,7 @@ use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::smart_auth::{fhir, spawn_auth, system_token};
-use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database, Reply, TestApp};
 
 /// The answer is `status` with an OperationOutcome whose first issue has `code`;
 /// returns the diagnostics.
@@ -367,3 +367,187 @@ async fn input_fhir_forbids_is_refused_and_never_stored(backend: Backend) {
 }
 
 on_both_backends!(input_fhir_forbids_is_refused_and_never_stored);
+
+/// The diagnostics of a 400 `too-costly` answer; it names `setting`.
+fn too_costly(r: &Reply, setting: &str) -> String {
+    let why = refused(r, StatusCode::BAD_REQUEST, "too-costly");
+    assert!(why.contains(setting), "{why}");
+    why
+}
+
+/// Item 1: what a search may ask is limited, each limit answered with 400
+/// `too-costly` naming its setting: values of one parameter, parameters of one
+/// request, chain and `_has` depth; `_include:iterate` stops after its rounds and
+/// says so.
+async fn search_limits_answer_too_costly(backend: Backend) {
+    let app = crate::support::server::spawn_app(backend).await;
+    // Observations that each include the next: o0 -> o1 -> ... -> o7.
+    for i in 0..8 {
+        let mut o = json!({"resourceType": "Observation", "id": format!("o{i}"),
+            "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/p"}});
+        if i < 7 {
+            o["hasMember"] = json!([{"reference": format!("Observation/o{}", i + 1)}]);
+        }
+        let r = app.put_json(&format!("/Observation/o{i}"), &o).await;
+        assert!(
+            r.status.is_success(),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let p = app
+        .put_json("/Patient/p", &json!({"resourceType": "Patient", "id": "p"}))
+        .await;
+    assert!(p.status.is_success());
+
+    // 101 values of one parameter: repeated (AND) and comma-separated (OR).
+    let repeated: Vec<String> = (0..101).map(|i| format!("family=f{i}")).collect();
+    let r = app
+        .get(&format!("/Patient?{}", repeated[..30].join("&")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "30 repeats are within the limits");
+    let ored: Vec<String> = (0..101).map(|i| format!("f{i}")).collect();
+    let r = app
+        .get(&format!("/Patient?family={}", ored.join(",")))
+        .await;
+    too_costly(&r, "search.max_values_per_param");
+    let ids: Vec<String> = (0..101).map(|i| format!("i{i}")).collect();
+    let r = app.get(&format!("/Patient?_id={}", ids.join(","))).await;
+    too_costly(&r, "search.max_values_per_param");
+    // Parameters of one request (repeats counted), also through POST _search.
+    let r = app
+        .get(&format!("/Patient?{}", repeated[..31].join("&")))
+        .await;
+    too_costly(&r, "search.max_params");
+    let r = app
+        .send(
+            Method::POST,
+            "/Patient/_search",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(repeated.join("&").as_bytes()),
+        )
+        .await;
+    too_costly(&r, "search.max_");
+    // Chain and _has depth.
+    let r = app
+        .get("/Observation?subject:Patient.organization.partof.partof.name=x")
+        .await;
+    too_costly(&r, "search.max_chain_depth");
+    let r = app
+        .get("/Observation?subject:Patient.organization.partof.name=x")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "three links are allowed");
+    let r = app
+        .get("/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:status=final")
+        .await;
+    too_costly(&r, "search.max_has_depth");
+    let r = app
+        .get("/Patient?_has:Observation:subject:_has:Observation:has-member:status=final")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "two _has are allowed");
+    // The same limits hold for conditional criteria.
+    let r = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("If-None-Exist", &format!("family={}", ored.join(","))),
+            ],
+            Some(br#"{"resourceType":"Patient"}"#),
+        )
+        .await;
+    too_costly(&r, "search.max_values_per_param");
+    assert_eq!(
+        app.db.count_rows("resources_current"),
+        9,
+        "nothing was created"
+    );
+
+    // _include:iterate stops after search.max_include_rounds (4) and says so.
+    let b = app
+        .get("/Observation?_id=o0&_include:iterate=Observation:has-member")
+        .await;
+    assert_eq!(b.status, StatusCode::OK);
+    let b = b.json();
+    let entries = b["entry"].as_array().cloned().unwrap_or_default();
+    let included = entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .count();
+    assert_eq!(included, 4, "{b}");
+    let outcome = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .unwrap_or_else(|| panic!("no outcome entry: {b}"));
+    assert!(
+        outcome.to_string().contains("search.max_include_rounds"),
+        "{outcome}"
+    );
+    // Without iterating further there is nothing to say.
+    let b = app
+        .get("/Observation?_id=o4&_include:iterate=Observation:has-member")
+        .await
+        .json();
+    assert!(!b.to_string().contains("search.max_include_rounds"), "{b}");
+
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(search_limits_answer_too_costly);
+
+/// Item 1: a request's database work has a deadline (`server.request_timeout_secs`),
+/// enforced in the database (SQLite interrupts the statement, PostgreSQL's
+/// statement_timeout stops it), answered with 400 `too-costly`, after which the
+/// server answers as before. The query is the issue's: `_has` nested four deep over
+/// 130 Observations (37 s on SQLite before), allowed here by raising the depth limit.
+async fn a_query_past_its_deadline_is_stopped_in_the_database(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| {
+        s.server.request_timeout_secs = 1;
+        s.search.max_has_depth = 4;
+    })
+    .await;
+    let mut entries = Vec::new();
+    for p in 0..5 {
+        entries.push(
+            json!({"resource": {"resourceType": "Patient", "id": format!("p{p}")},
+            "request": {"method": "PUT", "url": format!("Patient/p{p}")}}),
+        );
+    }
+    for i in 0..130 {
+        let members: Vec<Value> = (1..=6)
+            .map(|k| json!({"reference": format!("Observation/o{}", (i + k * 7) % 130)}))
+            .collect();
+        entries.push(
+            json!({"resource": {"resourceType": "Observation", "id": format!("o{i}"),
+            "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient/p{}", i % 5)},
+            "hasMember": members},
+            "request": {"method": "PUT", "url": format!("Observation/o{i}")}}),
+        );
+    }
+    let r = app
+        .post_json(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = app
+        .get("/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:_has:Observation:has-member:status=final")
+        .await;
+    too_costly(&r, "server.request_timeout_secs");
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(a_query_past_its_deadline_is_stopped_in_the_database);
