@@ -53,6 +53,9 @@ pub struct ServerSettings {
     /// database: SQLite interrupts the statement, PostgreSQL's `statement_timeout`
     /// stops it; the client gets 400 `too-costly`.
     pub request_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body (0: no limit); a body
+    /// still arriving then is answered 408 and the connection closed.
+    pub body_timeout_secs: u64,
 }
 
 impl ServerSettings {
@@ -60,6 +63,11 @@ impl ServerSettings {
     pub fn request_timeout(&self) -> Option<std::time::Duration> {
         (self.request_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(self.request_timeout_secs))
+    }
+
+    /// The body budget; None when `body_timeout_secs` is 0.
+    pub fn body_timeout(&self) -> Option<std::time::Duration> {
+        (self.body_timeout_secs > 0).then(|| std::time::Duration::from_secs(self.body_timeout_secs))
     }
 }
 
@@ -75,6 +83,7 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 30,
             cors_origins: Vec::new(),
             request_timeout_secs: 30,
+            body_timeout_secs: 60,
         }
     }
 }

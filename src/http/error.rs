@@ -26,6 +26,8 @@ pub enum ApiError {
     Conflict(String),
     /// 410: the resource was deleted.
     Gone(String),
+    /// 408: the body did not arrive in time (`server.body_timeout_secs`).
+    RequestTimeout(String),
     /// 412: `If-Match` did not match.
     PreconditionFailed(String),
     /// 413: body or bundle too large.
@@ -75,6 +77,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::TooManyRequests { message, .. } => one("throttled", message),
             ApiError::Conflict(m) | ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
+            ApiError::RequestTimeout(m) => one("timeout", m),
             ApiError::PayloadTooLarge(m) => one("too-costly", m),
             ApiError::Unavailable(m) => vec![Issue::error("transient", m.clone())],
             ApiError::Internal(_) => vec![Issue::error(

@@ -551,3 +551,43 @@ async fn a_query_past_its_deadline_is_stopped_in_the_database(backend: Backend) 
 }
 
 on_both_backends!(a_query_past_its_deadline_is_stopped_in_the_database);
+
+/// Item 3: a body declared large and sent slowly is not held for ever: after
+/// `server.body_timeout_secs` the client gets 408 with an OperationOutcome and the
+/// connection is closed; nothing is stored and the server answers others as before.
+async fn a_slow_body_is_answered_408(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| s.server.body_timeout_secs = 1).await;
+    let addr = app.root.trim_start_matches("http://").to_string();
+    let answer = actix_rt::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        s.write_all(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n\
+              Content-Length: 100000\r\n\r\n{\"resourceType\":\"Patient\",",
+        )
+        .expect("send");
+        // Nothing more is sent; the server must answer and close by itself.
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("client thread");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let oo: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(oo["issue"][0]["code"], "timeout", "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("server.body_timeout_secs")),
+        "{oo}"
+    );
+    nothing_stored(&app);
+    still_answers(&app, None).await;
+    app.stop().await;
+}
+
+on_both_backends!(a_slow_body_is_answered_408);
