@@ -8,8 +8,8 @@
 //!   thread's deadline has passed (it runs every few thousand virtual-machine steps,
 //!   on the thread executing the statement, so a thread-local deadline is exact).
 //! - PostgreSQL: the session's `statement_timeout` is the request budget (set when a
-//!   connection is made), and a write transaction that starts with less budget left
-//!   gets `SET LOCAL statement_timeout` to what is left.
+//!   connection is made), and a write transaction or read that starts more than a
+//!   second into the request gets `SET LOCAL statement_timeout` to what is left.
 //!
 //! A database error on a thread whose deadline has passed is a [`super::StoreError::Timeout`]:
 //! classified by the deadline, not by the database's message text.

@@ -231,6 +231,24 @@ impl DbPool {
         body: impl FnOnce(&mut AnyConn) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut conn = self.get()?;
+        // A PostgreSQL read that starts more than a second into its request (a
+        // search's count or includes after its page) runs in a transaction limited
+        // to what is left of the budget (`SET LOCAL` ends with it, so the pooled
+        // connection keeps the whole budget for the next request).
+        if let (DbConn::Pg(c), Some(left)) = (
+            &mut conn,
+            super::deadline::remaining_after(Duration::from_secs(1)),
+        ) {
+            let c: &mut PgConnection = c;
+            return diesel::Connection::transaction(c, |c| {
+                let mut any = AnyConn::Pg(c);
+                any.batch(&format!(
+                    "SET LOCAL statement_timeout = {}",
+                    left.as_millis().max(1)
+                ))?;
+                body(&mut any)
+            });
+        }
         body(&mut conn.any())
     }
 
