@@ -49,6 +49,26 @@ pub struct ServerSettings {
     /// (CORS); none by default, `*` for any. The SMART discovery documents allow
     /// any origin whatever this says.
     pub cors_origins: Vec<String>,
+    /// Seconds a request's database work may take (0: no limit). Enforced in the
+    /// database: SQLite interrupts the statement, PostgreSQL's `statement_timeout`
+    /// stops it; the client gets 400 `too-costly`.
+    pub request_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body (0: no limit); a body
+    /// still arriving then is answered 408 and the connection closed.
+    pub body_timeout_secs: u64,
+}
+
+impl ServerSettings {
+    /// The request budget; None when `request_timeout_secs` is 0.
+    pub fn request_timeout(&self) -> Option<std::time::Duration> {
+        (self.request_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.request_timeout_secs))
+    }
+
+    /// The body budget; None when `body_timeout_secs` is 0.
+    pub fn body_timeout(&self) -> Option<std::time::Duration> {
+        (self.body_timeout_secs > 0).then(|| std::time::Duration::from_secs(self.body_timeout_secs))
+    }
 }
 
 impl Default for ServerSettings {
@@ -62,6 +82,8 @@ impl Default for ServerSettings {
             max_page_size: 1000,
             shutdown_timeout_secs: 30,
             cors_origins: Vec::new(),
+            request_timeout_secs: 30,
+            body_timeout_secs: 60,
         }
     }
 }
@@ -256,6 +278,19 @@ pub struct SearchSettings {
     pub max_includes: usize,
     /// `_total` when the request does not say: `none`, `estimate` or `accurate`.
     pub default_total: String,
+    /// Most values one search parameter may have in a request, its repeats and
+    /// comma-separated alternatives counted together.
+    pub max_values_per_param: usize,
+    /// Most search parameters (criteria and result controls, repeats counted) in
+    /// one request.
+    pub max_params: usize,
+    /// Most links in one chain (`subject:Patient.organization.name` has two).
+    pub max_chain_depth: usize,
+    /// Most `_has` nested in one parameter.
+    pub max_has_depth: usize,
+    /// Most rounds of `_include:iterate`/`_revinclude:iterate`; the answer says
+    /// when iteration stopped before its end.
+    pub max_include_rounds: usize,
 }
 
 impl Default for SearchSettings {
@@ -264,6 +299,11 @@ impl Default for SearchSettings {
             max_in_memory: 5000,
             max_includes: 1000,
             default_total: "accurate".into(),
+            max_values_per_param: 100,
+            max_params: 30,
+            max_chain_depth: 3,
+            max_has_depth: 2,
+            max_include_rounds: 4,
         }
     }
 }

@@ -119,17 +119,31 @@ pub fn build_validator(
 
 /// Connects to the database, optionally migrates, and opens the data keys.
 pub fn open_store(settings: &Settings, migrate: bool) -> Result<Store, StartupError> {
-    let store = Store::connect(
-        &settings.database.url,
-        settings.database.pool_size,
-        Duration::from_millis(settings.database.pool_timeout_ms),
-    )?;
+    open_store_with_deadline(settings, migrate, None)
+}
+
+/// Like [`open_store`], with a budget for each request's database work
+/// (`server.request_timeout_secs`, the server's store). Migrations run on a
+/// connection of their own without it: an index built over a large table may
+/// take longer than any request should.
+fn open_store_with_deadline(
+    settings: &Settings,
+    migrate: bool,
+    request_timeout: Option<Duration>,
+) -> Result<Store, StartupError> {
+    let pool_timeout = Duration::from_millis(settings.database.pool_timeout_ms);
     if migrate {
-        let n = store.migrate()?;
+        let n = Store::connect(&settings.database.url, 1, pool_timeout)?.migrate()?;
         if n > 0 {
             tracing::info!(migrations = n, "database migrated");
         }
     }
+    let store = Store::connect_with_deadline(
+        &settings.database.url,
+        settings.database.pool_size,
+        pool_timeout,
+        request_timeout,
+    )?;
     let master = master_key(settings, &store)?;
     store.unlock(&master)?;
     store.start_maintenance();
@@ -170,6 +184,11 @@ pub fn search_settings(settings: &Settings) -> SearchSettings {
         max_count: settings.server.max_page_size.max(1),
         max_in_memory: settings.search.max_in_memory,
         max_includes: settings.search.max_includes,
+        max_values_per_param: settings.search.max_values_per_param,
+        max_params: settings.search.max_params,
+        max_chain_depth: settings.search.max_chain_depth,
+        max_has_depth: settings.search.max_has_depth,
+        max_include_rounds: settings.search.max_include_rounds,
         default_total: match settings.search.default_total.as_str() {
             "none" => Total::None,
             "estimate" => Total::Estimate,
@@ -190,7 +209,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     }
     let model = load_model(settings)?;
     let validator = build_validator(settings, &model)?;
-    let store = open_store(settings, migrate)?;
+    let store = open_store_with_deadline(settings, migrate, settings.server.request_timeout())?;
     let base_url = settings.base_url();
     let audit = AuditWriter::start(
         store.clone(),

@@ -263,20 +263,28 @@ pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'
         .map(|(_, v)| v.as_str())
 }
 
-/// Reads a form body of at most 64 KiB.
+/// Reads a form body of at most 64 KiB, sent within 30 s (a form that small
+/// arrives at once from any client; a slow one only holds a connection).
 pub(crate) async fn read_form(
     mut payload: web::Payload,
 ) -> Result<Vec<(String, String)>, OAuthError> {
     use futures_util::StreamExt;
     const LIMIT: usize = 64 * 1024;
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| OAuthError::request(format!("the body could not be read: {e}")))?;
-        if body.len() + chunk.len() > LIMIT {
-            return Err(OAuthError::request("the form is larger than 64 KiB"));
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| OAuthError::request(format!("the body could not be read: {e}")))?;
+            if body.len() + chunk.len() > LIMIT {
+                return Err(OAuthError::request("the form is larger than 64 KiB"));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(TIMEOUT, read)
+        .await
+        .map_err(|_| OAuthError::request("the form did not arrive within 30 s"))??;
     Ok(form_fields(&body))
 }

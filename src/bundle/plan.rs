@@ -73,8 +73,13 @@ pub(super) fn request_location(entry: &Entry, element: &str) -> Option<String> {
 pub(super) fn criteria_error(e: SearchError, at: Option<String>) -> EntryError {
     match e {
         SearchError::Store(s) => EntryError::Store(s),
+        // A limit keeps its own code: the client learns which setting it met.
         other => EntryError::Invalid(vec![issue(
-            "invalid",
+            if matches!(other, SearchError::TooCostly(_)) {
+                "too-costly"
+            } else {
+                "invalid"
+            },
             format!("the conditional criteria are not usable: {other}"),
             at,
         )]),

@@ -60,8 +60,10 @@ fn check_root(e: &quick_xml::events::BytesStart) -> Result<(), String> {
     if e.name().as_ref() != b"div" {
         return Err("the root element must be `div`".into());
     }
+    // Without quick-xml's duplicate check, which is quadratic in the attributes.
     let ns = e
         .attributes()
+        .with_checks(false)
         .flatten()
         .find(|a| a.key.as_ref() == b"xmlns")
         .map(|a| a.value.into_owned());

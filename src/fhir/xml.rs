@@ -22,6 +22,16 @@ pub const FHIR_NS: &str = "http://hl7.org/fhir";
 /// Deepest nesting accepted in XML input (FHIR content is far shallower).
 const MAX_DEPTH: usize = 128;
 
+/// Most attributes on one element (a FHIR element has `value`, `id` or `url` and
+/// perhaps namespace declarations; XHTML a few more). Beyond it the input is
+/// refused before its attributes are looked at one by one.
+const MAX_ATTRIBUTES: usize = 256;
+
+/// Most namespace declarations in scope at once (FHIR needs two or three). Every
+/// element name is resolved against the declarations in scope, so this bounds the
+/// work per element.
+const MAX_NAMESPACES_IN_SCOPE: usize = 64;
+
 // ---------------------------------------------------------------- JSON -> XML
 
 /// Writes a resource as FHIR XML.
@@ -316,12 +326,42 @@ fn resolve_ns(r: &ResolveResult) -> Result<Option<String>, Issue> {
     }
 }
 
+/// The namespace declarations of an element, after checking that it has at most
+/// [`MAX_ATTRIBUTES`] attributes: one pass, without quick-xml's duplicate check
+/// (quadratic in the number of attributes: 100,000 took 8.6 s).
+fn attribute_budget(e: &BytesStart) -> Result<usize, Issue> {
+    let mut attributes = 0usize;
+    let mut declarations = 0usize;
+    for a in e.attributes().with_checks(false) {
+        let a = a.map_err(|err| syntax(format!("bad attribute: {err}")))?;
+        attributes += 1;
+        if attributes > MAX_ATTRIBUTES {
+            return Err(syntax(format!(
+                "an element has more than {MAX_ATTRIBUTES} attributes"
+            )));
+        }
+        if a.key.as_namespace_binding().is_some() {
+            declarations += 1;
+        }
+    }
+    Ok(declarations)
+}
+
 fn start_node(e: &BytesStart, ns: Option<String>) -> Result<XNode, Issue> {
     let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
     let mut attrs = Vec::new();
-    for a in e.attributes() {
+    // Duplicates are found with a set: one pass (XML 1.0 3.1, unique attributes).
+    let mut seen = std::collections::HashSet::new();
+    for a in e.attributes().with_checks(false) {
         let a = a.map_err(|err| syntax(format!("bad attribute in <{local}>: {err}")))?;
         let key = a.key;
+        if !seen.insert(key.as_ref().to_vec()) {
+            return Err(syntax(format!(
+                "<{}> has the attribute `{}` twice",
+                crate::fhir::types::truncate(&local, 40),
+                crate::fhir::types::truncate(&String::from_utf8_lossy(key.as_ref()), 40)
+            )));
+        }
         if key.as_ref() == b"xmlns" || key.prefix().is_some() {
             continue; // namespace declarations and foreign (xsi:, xml:) attributes
         }
@@ -344,15 +384,26 @@ fn parse_dom(text: &str) -> Result<XNode, Issue> {
     let mut reader = NsReader::from_str(text);
     reader.config_mut().check_end_names = true;
     let mut stack: Vec<XNode> = Vec::new();
+    // The namespace declarations of each open element, and their sum.
+    let mut declared: Vec<usize> = Vec::new();
+    let mut in_scope = 0usize;
     let mut root: Option<XNode> = None;
     loop {
         let before = reader.buffer_position() as usize;
         let (ns, event) = reader
             .read_resolved_event()
             .map_err(|e| syntax(format!("the body is not well-formed XML: {e}")))?;
-        let ns = match event {
-            Event::Start(_) | Event::Empty(_) => resolve_ns(&ns)?,
-            _ => None,
+        let (ns, declarations) = match &event {
+            Event::Start(e) | Event::Empty(e) => {
+                let d = attribute_budget(e)?;
+                if in_scope + d > MAX_NAMESPACES_IN_SCOPE {
+                    return Err(syntax(format!(
+                        "more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations are in scope"
+                    )));
+                }
+                (resolve_ns(&ns)?, d)
+            }
+            _ => (None, 0),
         };
         match event {
             Event::DocType(_) => {
@@ -379,6 +430,8 @@ fn parse_dom(text: &str) -> Result<XNode, Issue> {
                 }
                 let node = start_node(&e, ns)?;
                 stack.push(node);
+                declared.push(declarations);
+                in_scope += declarations;
             }
             Event::Empty(e) => {
                 let mut node = start_node(&e, ns.clone())?;
@@ -389,6 +442,7 @@ fn parse_dom(text: &str) -> Result<XNode, Issue> {
                 attach(&mut stack, &mut root, node)?;
             }
             Event::End(_) => {
+                in_scope = in_scope.saturating_sub(declared.pop().unwrap_or(0));
                 let node = stack.pop().ok_or_else(|| syntax("unbalanced end tag"))?;
                 attach(&mut stack, &mut root, node)?;
             }

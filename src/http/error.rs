@@ -26,6 +26,8 @@ pub enum ApiError {
     Conflict(String),
     /// 410: the resource was deleted.
     Gone(String),
+    /// 408: the body did not arrive in time (`server.body_timeout_secs`).
+    RequestTimeout(String),
     /// 412: `If-Match` did not match.
     PreconditionFailed(String),
     /// 413: body or bundle too large.
@@ -75,6 +77,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::TooManyRequests { message, .. } => one("throttled", message),
             ApiError::Conflict(m) | ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
+            ApiError::RequestTimeout(m) => one("timeout", m),
             ApiError::PayloadTooLarge(m) => one("too-costly", m),
             ApiError::Unavailable(m) => vec![Issue::error("transient", m.clone())],
             ApiError::Internal(_) => vec![Issue::error(
@@ -178,6 +182,19 @@ impl From<StoreError> for ApiError {
                 "the resource is being changed by another request; try again".into(),
             ),
             StoreError::Forbidden(denied) => ApiError::Forbidden(denied.0),
+            StoreError::Timeout { budget_secs } => {
+                tracing::warn!(
+                    budget_secs,
+                    "request stopped at its deadline in the database"
+                );
+                ApiError::BadRequest(vec![Issue::error(
+                    "too-costly",
+                    format!(
+                        "the request needed more than its {budget_s} s in the database and was stopped (setting server.request_timeout_secs); narrow it",
+                        budget_s = budget_secs
+                    ),
+                )])
+            }
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "database unavailable");
                 ApiError::Unavailable(format!("{why}; try again later"))

@@ -278,19 +278,33 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(
-                "structure",
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(
+                    "structure",
+                    format!("the request body could not be read: {e}"),
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    // A body sent slowly must not hold a worker's memory and a connection
+    // for ever (issue 13): the whole body has `server.body_timeout_secs`.
+    let body = match state.settings.server.body_timeout() {
+        None => read.await?,
+        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s (setting server.body_timeout_secs)",
+                t.as_secs()
+            ))
+        })??,
+    };
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "required",

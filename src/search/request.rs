@@ -70,6 +70,63 @@ pub struct Limits {
     pub default_count: usize,
     pub max_count: usize,
     pub default_total: Total,
+    /// `search.max_values_per_param`: values of one parameter (repeats and
+    /// comma-separated alternatives together).
+    pub max_values_per_param: usize,
+    /// `search.max_params`: parameters of one request (repeats counted).
+    pub max_params: usize,
+    /// `search.max_chain_depth`: links of one chain.
+    pub max_chain_depth: usize,
+    /// `search.max_has_depth`: `_has` nested in one parameter.
+    pub max_has_depth: usize,
+}
+
+impl Limits {
+    /// Refuses a request that asks more than the limits allow, before anything is
+    /// planned (issue 13: one short URL must not cost the database minutes). Each
+    /// refusal names its limit and the setting that raises it.
+    fn check(&self, pairs: &[(String, String)]) -> Result<(), SearchError> {
+        let criteria: Vec<&(String, String)> = pairs
+            .iter()
+            .filter(|(n, _)| !is_transport_param(n))
+            .collect();
+        if criteria.len() > self.max_params {
+            return Err(SearchError::TooCostly(format!(
+                "the search has {} parameters; at most {} are allowed (setting search.max_params)",
+                criteria.len(),
+                self.max_params
+            )));
+        }
+        let mut values: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (name, value) in &criteria {
+            let n = values.entry(name.as_str()).or_default();
+            *n += split_escaped(value, ',').len();
+            if *n > self.max_values_per_param {
+                return Err(SearchError::TooCostly(format!(
+                    "`{}` has more than {} values (its repeats and comma-separated values together; setting search.max_values_per_param)",
+                    crate::fhir::types::truncate(name, 60),
+                    self.max_values_per_param
+                )));
+            }
+            let has = name.matches("_has:").count();
+            if has > self.max_has_depth {
+                return Err(SearchError::TooCostly(format!(
+                    "`{}` nests _has {has} deep; at most {} is allowed (setting search.max_has_depth)",
+                    crate::fhir::types::truncate(name, 60),
+                    self.max_has_depth
+                )));
+            }
+            let links = name.matches('.').count();
+            if links > self.max_chain_depth {
+                return Err(SearchError::TooCostly(format!(
+                    "`{}` chains {links} links; at most {} are allowed (setting search.max_chain_depth)",
+                    crate::fhir::types::truncate(name, 60),
+                    self.max_chain_depth
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Planner<'_> {
@@ -99,6 +156,7 @@ impl Planner<'_> {
             ignored: Vec::new(),
             accepted: Vec::new(),
         };
+        limits.check(pairs)?;
         for (name, value) in pairs {
             // What no resource may hold, no search can match: refused before it
             // reaches SQL (PostgreSQL rejects NUL in text parameters).

@@ -19,9 +19,6 @@ use crate::store::{
     Hit, Position, Query, Rows, Sort, SortKey, SortValue, Store, MAX_SQL_SORT_KEYS,
 };
 
-/// `_include:iterate` rounds at most (R4 leaves the depth to the server).
-const MAX_INCLUDE_ROUNDS: usize = 4;
-
 #[derive(Debug, Clone)]
 pub struct SearchSettings {
     pub default_count: usize,
@@ -32,6 +29,12 @@ pub struct SearchSettings {
     /// Most resources added by `_include`/`_revinclude` to one page.
     pub max_includes: usize,
     pub default_total: Total,
+    pub max_values_per_param: usize,
+    pub max_params: usize,
+    pub max_chain_depth: usize,
+    pub max_has_depth: usize,
+    /// `_include:iterate` rounds at most (R4 leaves the depth to the server).
+    pub max_include_rounds: usize,
 }
 
 impl Default for SearchSettings {
@@ -42,6 +45,11 @@ impl Default for SearchSettings {
             max_in_memory: 5000,
             max_includes: 1000,
             default_total: Total::Accurate,
+            max_values_per_param: 100,
+            max_params: 30,
+            max_chain_depth: 3,
+            max_has_depth: 2,
+            max_include_rounds: 4,
         }
     }
 }
@@ -52,6 +60,10 @@ impl SearchSettings {
             default_count: self.default_count,
             max_count: self.max_count,
             default_total: self.default_total,
+            max_values_per_param: self.max_values_per_param,
+            max_params: self.max_params,
+            max_chain_depth: self.max_chain_depth,
+            max_has_depth: self.max_has_depth,
         }
     }
 }
@@ -483,7 +495,10 @@ impl Runner<'_> {
             .iter()
             .map(|h| (h.rid, h.version.resource_type.clone(), h.version.id.clone()))
             .collect();
-        for round in 0..MAX_INCLUDE_ROUNDS {
+        let rounds = self.engine.settings.max_include_rounds.max(1);
+        // One round more than allowed only looks whether iterating would have
+        // found more, so that the answer can say so.
+        for round in 0..=rounds {
             let applies = |i: &&Include| round == 0 || i.iterate;
             let mut found: Vec<i64> = Vec::new();
             for inc in req.controls.includes.iter().filter(applies) {
@@ -544,6 +559,12 @@ impl Runner<'_> {
             }
             let fresh: Vec<i64> = found.into_iter().filter(|r| seen.insert(*r)).collect();
             if fresh.is_empty() {
+                break;
+            }
+            if round == rounds {
+                warnings.push(format!(
+                    "_include:iterate/_revinclude:iterate stopped after {rounds} rounds (setting search.max_include_rounds); more resources are reachable"
+                ));
                 break;
             }
             let room = limit.saturating_sub(out.len());

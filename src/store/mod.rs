@@ -10,6 +10,7 @@ mod audit_index;
 mod audit_log;
 mod auth;
 mod conn;
+mod deadline;
 mod index;
 mod jobs;
 mod keys;
@@ -122,6 +123,10 @@ pub enum StoreError {
     /// A broken promise between fhirgate's own parts (a bug, not the request).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The request's deadline passed while the database worked on it; the
+    /// statement was stopped (SQLite interrupt, PostgreSQL statement_timeout).
+    #[error("the request ran past its deadline of {budget_secs} s in the database")]
+    Timeout { budget_secs: u64 },
 }
 
 impl From<diesel::result::Error> for StoreError {
@@ -138,6 +143,14 @@ impl From<diesel::result::Error> for StoreError {
                 DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
                 _,
             ) => StoreError::Contention,
+            // SQLite's interrupt and PostgreSQL's statement_timeout have no kind of
+            // their own: an unclassified error once the deadline has passed is the
+            // deadline's (store::deadline).
+            Error::DatabaseError(DatabaseErrorKind::Unknown, _) if deadline::passed() => {
+                StoreError::Timeout {
+                    budget_secs: deadline::budget().map_or(0, |b| b.as_secs()),
+                }
+            }
             other => StoreError::Database(other),
         }
     }
@@ -156,6 +169,8 @@ pub struct Store {
     pool: Arc<DbPool>,
     backend: Backend,
     keyring: Arc<RwLock<Option<Arc<Keyring>>>>,
+    /// The budget of one request's store work ([`Store::call`]); None: unbounded.
+    request_timeout: Option<Duration>,
 }
 
 /// A handle that does not keep the store alive (background workers).
@@ -164,6 +179,7 @@ pub struct WeakStore {
     pool: std::sync::Weak<DbPool>,
     backend: Backend,
     keyring: std::sync::Weak<RwLock<Option<Arc<Keyring>>>>,
+    request_timeout: Option<Duration>,
 }
 
 impl WeakStore {
@@ -172,6 +188,7 @@ impl WeakStore {
             pool: self.pool.upgrade()?,
             backend: self.backend,
             keyring: self.keyring.upgrade()?,
+            request_timeout: self.request_timeout,
         })
     }
 }
@@ -187,12 +204,30 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects (lazily for PostgreSQL) without touching the schema.
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Store, StoreError> {
-        let (pool, backend) = DbPool::connect(url, pool_size, timeout)?;
+        Store::connect_with_deadline(url, pool_size, timeout, None)
+    }
+
+    /// Like [`Store::connect`], for a server whose requests have a budget: every
+    /// [`Store::call`] runs under a deadline `request_timeout` away, enforced in the
+    /// database (store::deadline), and on PostgreSQL no statement runs longer.
+    pub fn connect_with_deadline(
+        url: &str,
+        pool_size: u32,
+        timeout: Duration,
+        request_timeout: Option<Duration>,
+    ) -> Result<Store, StoreError> {
+        let (pool, backend) = DbPool::connect(url, pool_size, timeout, request_timeout)?;
         Ok(Store {
             pool: Arc::new(pool),
             backend,
             keyring: Arc::new(RwLock::new(None)),
+            request_timeout,
         })
+    }
+
+    /// The budget of one request's store work, if any.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
     }
 
     pub fn backend(&self) -> Backend {
@@ -204,6 +239,7 @@ impl Store {
             pool: Arc::downgrade(&self.pool),
             backend: self.backend,
             keyring: Arc::downgrade(&self.keyring),
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -211,7 +247,8 @@ impl Store {
         self.pool.migrate()
     }
 
-    /// Runs blocking store work on the blocking pool, inside the caller's span.
+    /// Runs blocking store work on the blocking pool, inside the caller's span and
+    /// under the request's deadline (`server.request_timeout_secs`).
     pub async fn call<F, R>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
@@ -219,9 +256,12 @@ impl Store {
     {
         let store = self.clone();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(&store)))
-            .await
-            .map_err(|e| StoreError::Unavailable(Unavailable::Worker(e)))?
+        tokio::task::spawn_blocking(move || {
+            let _deadline = deadline::Guard::new(store.request_timeout);
+            span.in_scope(|| f(&store))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(Unavailable::Worker(e)))?
     }
 
     /// Starts the background work a backend needs: on SQLite, a thread that

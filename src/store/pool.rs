@@ -97,21 +97,37 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 /// them per execution (measured: 1.2 ms of planning against 0.15 ms of execution
 /// for an identifier search; docs/benchmarks.md). The generic plans were checked
 /// with EXPLAIN for the common searches (tests/api/search_plans.rs).
+///
+/// With a request budget, no statement runs longer than it (`statement_timeout`,
+/// store::deadline): the database stops a runaway query itself, also when the
+/// request that started it is gone.
 #[derive(Debug)]
-struct PgSession;
+struct PgSession {
+    statement_timeout: Option<Duration>,
+}
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET plan_cache_mode = force_generic_plan")
+        let mut sql = String::from("SET plan_cache_mode = force_generic_plan;");
+        if let Some(t) = self.statement_timeout {
+            sql.push_str(&format!(
+                " SET statement_timeout = {};",
+                t.as_millis().max(1)
+            ));
+        }
+        conn.batch_execute(&sql)
             .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
 impl DbPool {
+    /// A pool for `url`; `request_timeout`: the budget of a request's store work
+    /// (store::deadline), None for none.
     pub fn connect(
         url: &str,
         size: u32,
         timeout: Duration,
+        request_timeout: Option<Duration>,
     ) -> Result<(DbPool, Backend), StoreError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         if let Some(path) = url
@@ -121,6 +137,10 @@ impl DbPool {
             // The HTTP workers read inline (one connection each) beside the audit
             // writer and the write transactions.
             let size = if size == 0 { cores + 4 } else { size };
+            if request_timeout.is_some() {
+                // Before the first connection: the handler is installed as each opens.
+                super::deadline::install_sqlite_interrupt();
+            }
             let pool = Pool::builder()
                 .max_size(size)
                 .connection_timeout(timeout)
@@ -143,7 +163,9 @@ impl DbPool {
                 .min_idle(Some(1))
                 .connection_timeout(timeout)
                 .test_on_check_out(false)
-                .connection_customizer(Box::new(PgSession))
+                .connection_customizer(Box::new(PgSession {
+                    statement_timeout: request_timeout,
+                }))
                 .build_unchecked(ConnectionManager::<PgConnection>::new(url));
             Ok((DbPool::Pg(pool), Backend::Postgres))
         } else {
@@ -176,11 +198,24 @@ impl DbPool {
         E: From<diesel::result::Error> + From<StoreError>,
     {
         let _turn = match self {
-            DbPool::Sqlite(_, q) => Some(q.lock()),
+            DbPool::Sqlite(_, q) => Some((q.lock(), super::deadline::Guard::restart())),
             DbPool::Pg(_) => None,
         };
         let mut conn = self.get()?;
-        conn.transaction(body)
+        conn.transaction(|c| {
+            // A write that starts late in its request gets what is left of the
+            // budget (the session's statement_timeout is the whole budget).
+            if let (AnyConn::Pg(_), Some(left)) = (
+                &*c,
+                super::deadline::remaining_after(Duration::from_secs(1)),
+            ) {
+                c.batch(&format!(
+                    "SET LOCAL statement_timeout = {}",
+                    left.as_millis().max(1)
+                ))?;
+            }
+            body(c)
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -196,6 +231,24 @@ impl DbPool {
         body: impl FnOnce(&mut AnyConn) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut conn = self.get()?;
+        // A PostgreSQL read that starts more than a second into its request (a
+        // search's count or includes after its page) runs in a transaction limited
+        // to what is left of the budget (`SET LOCAL` ends with it, so the pooled
+        // connection keeps the whole budget for the next request).
+        if let (DbConn::Pg(c), Some(left)) = (
+            &mut conn,
+            super::deadline::remaining_after(Duration::from_secs(1)),
+        ) {
+            let c: &mut PgConnection = c;
+            return diesel::Connection::transaction(c, |c| {
+                let mut any = AnyConn::Pg(c);
+                any.batch(&format!(
+                    "SET LOCAL statement_timeout = {}",
+                    left.as_millis().max(1)
+                ))?;
+                body(&mut any)
+            });
+        }
         body(&mut conn.any())
     }
 

@@ -7,7 +7,7 @@ use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::smart_auth::{fhir, spawn_auth, system_token};
-use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
+use crate::support::server::{on_both_backends, spawn_with, Backend, Database, Reply, TestApp};
 
 /// The answer is `status` with an OperationOutcome whose first issue has `code`;
 /// returns the diagnostics.
@@ -367,3 +367,286 @@ async fn input_fhir_forbids_is_refused_and_never_stored(backend: Backend) {
 }
 
 on_both_backends!(input_fhir_forbids_is_refused_and_never_stored);
+
+/// The diagnostics of a 400 `too-costly` answer; it names `setting`.
+fn too_costly(r: &Reply, setting: &str) -> String {
+    let why = refused(r, StatusCode::BAD_REQUEST, "too-costly");
+    assert!(why.contains(setting), "{why}");
+    why
+}
+
+/// Item 1: what a search may ask is limited, each limit answered with 400
+/// `too-costly` naming its setting: values of one parameter, parameters of one
+/// request, chain and `_has` depth; `_include:iterate` stops after its rounds and
+/// says so.
+async fn search_limits_answer_too_costly(backend: Backend) {
+    let app = crate::support::server::spawn_app(backend).await;
+    // Observations that each include the next: o0 -> o1 -> ... -> o7.
+    for i in 0..8 {
+        let mut o = json!({"resourceType": "Observation", "id": format!("o{i}"),
+            "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/p"}});
+        if i < 7 {
+            o["hasMember"] = json!([{"reference": format!("Observation/o{}", i + 1)}]);
+        }
+        let r = app.put_json(&format!("/Observation/o{i}"), &o).await;
+        assert!(
+            r.status.is_success(),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let p = app
+        .put_json("/Patient/p", &json!({"resourceType": "Patient", "id": "p"}))
+        .await;
+    assert!(p.status.is_success());
+
+    // 101 values of one parameter: repeated (AND) and comma-separated (OR).
+    let repeated: Vec<String> = (0..101).map(|i| format!("family=f{i}")).collect();
+    let r = app
+        .get(&format!("/Patient?{}", repeated[..30].join("&")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "30 repeats are within the limits");
+    let ored: Vec<String> = (0..101).map(|i| format!("f{i}")).collect();
+    let r = app
+        .get(&format!("/Patient?family={}", ored.join(",")))
+        .await;
+    too_costly(&r, "search.max_values_per_param");
+    let ids: Vec<String> = (0..101).map(|i| format!("i{i}")).collect();
+    let r = app.get(&format!("/Patient?_id={}", ids.join(","))).await;
+    too_costly(&r, "search.max_values_per_param");
+    // Parameters of one request (repeats counted), also through POST _search.
+    let r = app
+        .get(&format!("/Patient?{}", repeated[..31].join("&")))
+        .await;
+    too_costly(&r, "search.max_params");
+    let r = app
+        .send(
+            Method::POST,
+            "/Patient/_search",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(repeated.join("&").as_bytes()),
+        )
+        .await;
+    too_costly(&r, "search.max_");
+    // Chain and _has depth.
+    let r = app
+        .get("/Observation?subject:Patient.organization.partof.partof.name=x")
+        .await;
+    too_costly(&r, "search.max_chain_depth");
+    let r = app
+        .get("/Observation?subject:Patient.organization.partof.name=x")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "three links are allowed");
+    let r = app
+        .get("/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:status=final")
+        .await;
+    too_costly(&r, "search.max_has_depth");
+    let r = app
+        .get("/Patient?_has:Observation:subject:_has:Observation:has-member:status=final")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "two _has are allowed");
+    // The same limits hold for conditional criteria.
+    let r = app
+        .send(
+            Method::POST,
+            "/Patient",
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("If-None-Exist", &format!("family={}", ored.join(","))),
+            ],
+            Some(br#"{"resourceType":"Patient"}"#),
+        )
+        .await;
+    too_costly(&r, "search.max_values_per_param");
+    assert_eq!(
+        app.db.count_rows("resources_current"),
+        9,
+        "nothing was created"
+    );
+
+    // _include:iterate stops after search.max_include_rounds (4) and says so.
+    let b = app
+        .get("/Observation?_id=o0&_include:iterate=Observation:has-member")
+        .await;
+    assert_eq!(b.status, StatusCode::OK);
+    let b = b.json();
+    let entries = b["entry"].as_array().cloned().unwrap_or_default();
+    let included = entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .count();
+    assert_eq!(included, 4, "{b}");
+    let outcome = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .unwrap_or_else(|| panic!("no outcome entry: {b}"));
+    assert!(
+        outcome.to_string().contains("search.max_include_rounds"),
+        "{outcome}"
+    );
+    // Without iterating further there is nothing to say.
+    let b = app
+        .get("/Observation?_id=o4&_include:iterate=Observation:has-member")
+        .await
+        .json();
+    assert!(!b.to_string().contains("search.max_include_rounds"), "{b}");
+
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(search_limits_answer_too_costly);
+
+/// Item 1: a request's database work has a deadline (`server.request_timeout_secs`),
+/// enforced in the database (SQLite interrupts the statement, PostgreSQL's
+/// statement_timeout stops it), answered with 400 `too-costly`, after which the
+/// server answers as before. The query is the issue's: `_has` nested four deep over
+/// 130 Observations (37 s on SQLite before), allowed here by raising the depth limit.
+async fn a_query_past_its_deadline_is_stopped_in_the_database(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| {
+        s.server.request_timeout_secs = 1;
+        s.search.max_has_depth = 4;
+    })
+    .await;
+    let mut entries = Vec::new();
+    for p in 0..5 {
+        entries.push(
+            json!({"resource": {"resourceType": "Patient", "id": format!("p{p}")},
+            "request": {"method": "PUT", "url": format!("Patient/p{p}")}}),
+        );
+    }
+    for i in 0..130 {
+        let members: Vec<Value> = (1..=6)
+            .map(|k| json!({"reference": format!("Observation/o{}", (i + k * 7) % 130)}))
+            .collect();
+        entries.push(
+            json!({"resource": {"resourceType": "Observation", "id": format!("o{i}"),
+            "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient/p{}", i % 5)},
+            "hasMember": members},
+            "request": {"method": "PUT", "url": format!("Observation/o{i}")}}),
+        );
+    }
+    let r = app
+        .post_json(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // A cheap read sent while the costly query runs is answered meanwhile.
+    let costly = app.get("/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:_has:Observation:has-member:status=final");
+    let cheap = async {
+        actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+        app.get("/Patient/p1").await
+    };
+    let (r, cheap) = futures_util::join!(costly, cheap);
+    too_costly(&r, "server.request_timeout_secs");
+    assert_eq!(cheap.status, StatusCode::OK);
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(a_query_past_its_deadline_is_stopped_in_the_database);
+
+/// Item 3: a body declared large and sent slowly is not held for ever: after
+/// `server.body_timeout_secs` the client gets 408 with an OperationOutcome and the
+/// connection is closed; nothing is stored and the server answers others as before.
+async fn a_slow_body_is_answered_408(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| s.server.body_timeout_secs = 1).await;
+    let addr = app.root.trim_start_matches("http://").to_string();
+    let answer = actix_rt::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        s.write_all(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n\
+              Content-Length: 100000\r\n\r\n{\"resourceType\":\"Patient\",",
+        )
+        .expect("send");
+        // Nothing more is sent; the server must answer and close by itself.
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("client thread");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let oo: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(oo["issue"][0]["code"], "timeout", "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("server.body_timeout_secs")),
+        "{oo}"
+    );
+    nothing_stored(&app);
+    still_answers(&app, None).await;
+    app.stop().await;
+}
+
+on_both_backends!(a_slow_body_is_answered_408);
+
+/// Item 3: XML with very many attributes or namespace declarations on one element
+/// is refused in one pass (it took quadratic time: 100,000 attributes 8.6 s), with
+/// 400 naming the limit; duplicates are still found; nothing is stored.
+async fn xml_with_many_attributes_is_refused_in_linear_time(backend: Backend) {
+    let app = crate::support::server::spawn_app(backend).await;
+    let attributes: String = (0..100_000).map(|i| format!(" a{i}=\"1\"")).collect();
+    let declarations: String = (0..20_000)
+        .map(|i| format!(" xmlns:p{i}=\"urn:x:{i}\""))
+        .collect();
+    let nested: String = (0..70)
+        .map(|i| format!("<extension xmlns:q{i}=\"urn:q\" url=\"urn:e{i}\">"))
+        .collect::<String>();
+    let cases = [
+        (
+            format!(r#"<Patient xmlns="http://hl7.org/fhir"{attributes}/>"#),
+            "attributes",
+        ),
+        (
+            format!(r#"<Patient xmlns="http://hl7.org/fhir"{declarations}/>"#),
+            "attributes",
+        ),
+        (
+            format!(
+                r#"<Patient xmlns="http://hl7.org/fhir">{nested}{}</Patient>"#,
+                "</extension>".repeat(70)
+            ),
+            "namespace declarations",
+        ),
+        (
+            r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" value="female"/></Patient>"#
+                .to_string(),
+            "twice",
+        ),
+    ];
+    for (body, says) in &cases {
+        let r = app
+            .send(
+                Method::POST,
+                "/Patient",
+                &[("Content-Type", "application/fhir+xml")],
+                Some(body.as_bytes()),
+            )
+            .await;
+        let why = refused(&r, StatusCode::BAD_REQUEST, "structure");
+        assert!(why.contains(says), "{why}");
+    }
+    nothing_stored(&app);
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(xml_with_many_attributes_is_refused_in_linear_time);
