@@ -10,6 +10,12 @@
 # US_CORE=1 also loads US Core 6.1.0 and requires US Core Patient of every Patient written.
 # AUTH=1 runs with SMART authorization on: a client registered with the CLI, every request
 # with its client_credentials token (system/*.*; per-client rate limit off).
+# AUTH=patient: the patients are seeded with that system token, then a patient user (the
+# first patient) signs in through a public client's code flow (benches/load/patient_token.py,
+# run by $PYTHON, default tests/smart_clients/.venv/bin/python: it needs `requests`), and GET
+# reads that patient's own record with the patient token (compartment narrowing on every
+# read); no POST (a patient/*.rs token does not create). ONE_PATIENT=1 with auth off GETs
+# the same one patient, the comparison for AUTH=patient.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -52,19 +58,19 @@ fi
 AUTH="${AUTH:-0}"
 echo "validation.mode=${FHIRGATE_VALIDATION__MODE:-full} US_CORE=${US_CORE:-0} AUTH=$AUTH"
 AUTH_ENABLED=false
-[ "$AUTH" = 1 ] && AUTH_ENABLED=true
+[ "$AUTH" != 0 ] && AUTH_ENABLED=true
 export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=$AUTH_ENABLED \
   FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn
 # Only with auth: builds from before the rate limiter (issue 12) refuse an unknown settings
 # section, and benches/ab.sh runs this script with them.
-[ "$AUTH" = 1 ] && export FHIRGATE_RATELIMIT__PER_CLIENT_PER_SEC=0
+[ "$AUTH" != 0 ] && export FHIRGATE_RATELIMIT__PER_CLIENT_PER_SEC=0
 "$BIN" serve > "$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.1; done
 kill -0 "$SERVER" 2>/dev/null || { echo "the server exited:" >&2; cat "$WORK/server.log" >&2; exit 1; }
 BASE="http://127.0.0.1:$PORT/fhir"
 export BENCH_TOKEN=""
-if [ "$AUTH" = 1 ]; then
+if [ "$AUTH" != 0 ]; then
   REG=$("$BIN" clients add --name bench --secret --scope 'system/*.*')
   CID=$(echo "$REG" | sed -n 's/.*"client_id":"\([^"]*\)".*/\1/p')
   SECRET=$(echo "$REG" | sed -n 's/.*"client_secret":"\([^"]*\)".*/\1/p')
@@ -73,7 +79,7 @@ if [ "$AUTH" = 1 ]; then
   [ -n "$BENCH_TOKEN" ] || { echo "no token" >&2; exit 1; }
 fi
 AUTH_HEADER=(-H "Authorization: Bearer $BENCH_TOKEN")
-[ "$AUTH" = 1 ] || AUTH_HEADER=()
+[ "$AUTH" != 0 ] || AUTH_HEADER=()
 echo "seeding 1000 patients ($BACKEND)"
 for i in $(seq 1 1000); do
   curl -s -o /dev/null -D - -X POST "$BASE/Patient" "${AUTH_HEADER[@]}" -H 'Content-Type: application/fhir+json' -H 'Prefer: return=minimal' \
@@ -82,7 +88,31 @@ for i in $(seq 1 1000); do
 done > "$WORK/ids.txt"
 echo "$(wc -l < "$WORK/ids.txt") patients"
 export BENCH_IDS="$WORK/ids.txt"
+if [ "$AUTH" = patient ] || [ "${ONE_PATIENT:-0}" = 1 ]; then
+  head -1 "$WORK/ids.txt" > "$WORK/one.txt"
+  export BENCH_IDS="$WORK/one.txt"
+  echo "GET reads one patient: $(cat "$WORK/one.txt")"
+fi
+if [ "$AUTH" = patient ]; then
+  PYTHON="${PYTHON:-tests/smart_clients/.venv/bin/python}"
+  printf 'bench-patient-password' > "$WORK/password"
+  "$BIN" users add --username benchpat --password-file "$WORK/password" \
+    --fhir-user "Patient/$(cat "$WORK/one.txt")" --role patient > /dev/null
+  APP=$("$BIN" clients add --name bench-app --public --redirect-uri http://127.0.0.1:9/cb)
+  APP_ID=$(echo "$APP" | sed -n 's/.*"client_id":"\([^"]*\)".*/\1/p')
+  BENCH_TOKEN=$("$PYTHON" benches/load/patient_token.py "http://127.0.0.1:$PORT" "$APP_ID" \
+    http://127.0.0.1:9/cb benchpat bench-patient-password)
+  [ -n "$BENCH_TOKEN" ] || { echo "no patient token" >&2; exit 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BENCH_TOKEN" \
+    "$BASE/Patient/$(cat "$WORK/one.txt")")
+  [ "$code" = 200 ] || { echo "the patient token reads its patient with $code" >&2; exit 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BENCH_TOKEN" \
+    "$BASE/Patient/$(sed -n 2p "$WORK/ids.txt")")
+  [ "$code" = 404 ] || { echo "the patient token reads another patient with $code" >&2; exit 1; }
+  echo "patient token: reads its patient (200), not another (404)"
+fi
 echo "--- GET Patient/{id}: $CONNS connections, ${DURATION}s"
 wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s benches/load/get.lua "$BASE"
+[ "$AUTH" = patient ] && exit 0
 echo "--- POST Patient: $CONNS connections, ${DURATION}s"
 wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s benches/load/post.lua "$BASE/Patient"
