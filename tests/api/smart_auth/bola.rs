@@ -319,46 +319,20 @@ async fn patient_a_reaches_nothing_of_patient_b(backend: Backend) {
     );
 
     // Read and vread.
-    assert_hidden(
-        &app,
-        &tok,
-        &w,
-        "read Patient B",
-        Method::GET,
-        &format!("/Patient/{}", w.b),
-        None,
-    )
-    .await;
-    assert_hidden(
-        &app,
-        &tok,
-        &w,
-        "read B's Observation",
-        Method::GET,
-        &format!("/Observation/{}", w.b_lab),
-        None,
-    )
-    .await;
-    assert_hidden(
-        &app,
-        &tok,
-        &w,
-        "read B's Condition",
-        Method::GET,
-        &format!("/Condition/{}", w.b_condition),
-        None,
-    )
-    .await;
-    assert_hidden(
-        &app,
-        &tok,
-        &w,
-        "vread B's Observation",
-        Method::GET,
-        &format!("/Observation/{}/_history/1", w.b_lab),
-        None,
-    )
-    .await;
+    for (what, path) in [
+        ("read Patient B", format!("/Patient/{}", w.b)),
+        ("read B's Observation", format!("/Observation/{}", w.b_lab)),
+        (
+            "read B's Condition",
+            format!("/Condition/{}", w.b_condition),
+        ),
+        (
+            "vread B's Observation",
+            format!("/Observation/{}/_history/1", w.b_lab),
+        ),
+    ] {
+        assert_hidden(&app, &tok, &w, what, Method::GET, &path, None).await;
+    }
     // `$validate` takes the resource in its body (this server does not validate a
     // stored resource by id); on B's id it answers exactly as on an unused one.
     let params = json!({"resourceType": "Parameters", "parameter": [
