@@ -887,6 +887,44 @@ async fn an_xml_transaction_and_prefer_representation(backend: Backend) {
     app.stop().await;
 }
 
+/// A transaction that stores a collection Bundle: the stored Bundle's own `urn:uuid:`
+/// references name its own entries and are kept as sent (issue 13, item 5), while the
+/// transaction's placeholders are still rewritten.
+async fn a_bundle_stored_by_a_transaction_keeps_its_own_references(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let inner_patient = "urn:uuid:22222222-2222-4222-8222-222222222222";
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:44444444-4444-4444-8444-444444444444",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Outer"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+         "resource": {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": inner_patient, "resource": {"resourceType": "Patient", "id": "p"}},
+            {"fullUrl": "urn:uuid:33333333-3333-4333-8333-333333333333",
+             "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": inner_patient},
+                          "performer": [{"reference": "urn:uuid:44444444-4444-4444-8444-444444444444"}]}}
+         ]},
+         "request": {"method": "POST", "url": "Bundle"}}
+    ]});
+    let r = app.post_json("", &tx).await;
+    assert_status(&r, StatusCode::OK);
+    let entries = r.json()["entry"].as_array().unwrap().clone();
+    let outer = located(&entries[0]);
+    let stored = read(&app, &located(&entries[1])).await;
+    let obs = &stored["entry"][1]["resource"];
+    assert_eq!(obs["subject"]["reference"], inner_patient, "{stored}");
+    // A placeholder of the transaction itself is not a reference of the inner Bundle's
+    // entries: it is kept as sent too (the inner Bundle is a document of its own).
+    assert_eq!(
+        obs["performer"][0]["reference"], "urn:uuid:44444444-4444-4444-8444-444444444444",
+        "{stored}"
+    );
+    assert!(outer.starts_with("Patient/"), "{outer}");
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
 on_both_backends!(
     transaction_rewrites_references_across_entries,
     a_placeholder_that_names_no_entry_fails_the_transaction,
@@ -899,4 +937,5 @@ on_both_backends!(
     bundles_of_other_types_belong_to_the_bundle_endpoint,
     limits_answer_413,
     an_xml_transaction_and_prefer_representation,
+    a_bundle_stored_by_a_transaction_keeps_its_own_references,
 );
