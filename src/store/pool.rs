@@ -158,9 +158,14 @@ impl DbPool {
             let size = if size == 0 { cores * 4 } else { size };
             // build_unchecked: the server starts (and reports not-ready) while the
             // database is down, and recovers when it comes back.
+            // No idle minimum: with one, r2d2 opens a replacement connection in its
+            // own thread whenever the idle count drops, also while a short-lived
+            // command-line process exits; libpq's TLS set-up racing the process's exit
+            // handlers crashed `fhirgate clients add` (SIGSEGV) now and then. Used
+            // connections stay pooled (until r2d2's idle timeout) all the same.
             let pool = Pool::builder()
                 .max_size(size)
-                .min_idle(Some(1))
+                .min_idle(Some(0))
                 .connection_timeout(timeout)
                 .test_on_check_out(false)
                 .connection_customizer(Box::new(PgSession {

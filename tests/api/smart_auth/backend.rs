@@ -581,10 +581,19 @@ async fn the_cli_registers_clients_users_and_launches(backend: Backend) {
     let removed = cli(&app.db, &["users", "remove", "alice"]);
     assert!(
         removed.status.success(),
-        "{}",
+        "{:?}: {} {}",
+        removed.status,
+        String::from_utf8_lossy(&removed.stdout),
         String::from_utf8_lossy(&removed.stderr)
     );
-    assert!(cli(&app.db, &["clients", "remove", &id]).status.success());
+    let removed = cli(&app.db, &["clients", "remove", &id]);
+    assert!(
+        removed.status.success(),
+        "{:?}: {} {}",
+        removed.status,
+        String::from_utf8_lossy(&removed.stdout),
+        String::from_utf8_lossy(&removed.stderr)
+    );
     assert!(!cli(&app.db, &["clients", "remove", &id]).status.success());
     let r = post_form(
         &app,
