@@ -238,6 +238,23 @@ pub struct AuditSettings {
     /// puts committed AuditEvents into the search index (0: no background
     /// rounds; every AuditEvent search still indexes what it needs first).
     pub index_interval_ms: u64,
+    /// Milliseconds between the rounds of the background audit chainer, which
+    /// links committed AuditEvents into the tamper-evident hash chain (at least
+    /// 10; every verification links what is committed first).
+    pub chain_interval_ms: u64,
+    /// A signed checkpoint of the chain's head at least every this many
+    /// AuditEvents (0: not by count).
+    pub checkpoint_every: i64,
+    /// A signed checkpoint at least this often while the chain grows, in
+    /// seconds (0: not by time).
+    pub checkpoint_secs: u64,
+    /// Each checkpoint is also appended to this file (one JSON object a line),
+    /// outside the database, so that a cut tail is detected; `audit verify`
+    /// reads it.
+    pub checkpoint_file: Option<std::path::PathBuf>,
+    /// Seconds between full verifications of the chain by every node, whose
+    /// verdict is the `fhirgate_audit_chain_ok` metric (0: none).
+    pub verify_interval_secs: u64,
 }
 
 impl Default for AuditSettings {
@@ -246,6 +263,11 @@ impl Default for AuditSettings {
             observer: "fhirgate".into(),
             max_batch: 512,
             index_interval_ms: 1000,
+            chain_interval_ms: 1000,
+            checkpoint_every: 10_000,
+            checkpoint_secs: 60,
+            checkpoint_file: None,
+            verify_interval_secs: 3600,
         }
     }
 }

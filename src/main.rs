@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// The audit log's tamper-evident chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -103,6 +108,24 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Links what is committed, then walks the whole chain and checks every
+    /// position, hash and signed checkpoint: exit 0 and {"verified": N, "head": ...};
+    /// exit 1 and {"brokenAt": N, "problem": ...} when the log was tampered with.
+    Verify {
+        /// Checkpoints kept outside the database (default: audit.checkpoint_file).
+        #[arg(long)]
+        checkpoint_file: Option<PathBuf>,
+        /// The audit public key (PEM) checkpoints must be signed with; without it
+        /// the keys stored in the database are trusted.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Prints the audit signing public key (PEM), made if there is none yet.
+    PublicKey,
 }
 
 #[derive(Subcommand)]
@@ -384,6 +407,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Audit { command } => audit(&settings, command),
         Command::Clients { command } => clients(&settings, command),
         Command::Users { command } => users(&settings, command),
         Command::Launch {
@@ -446,6 +470,40 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
 /// The store for the authorization commands (migrated, keys open).
 fn auth_store(settings: &Settings) -> anyhow::Result<fhirgate::store::Store> {
     Ok(startup::open_store(settings, true)?)
+}
+
+fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use fhirgate::audit::chain::{self, Chainer, VerifyOptions};
+    let store = auth_store(settings)?;
+    let chainer = Chainer::new(store.clone(), startup::chain_policy(settings));
+    match command {
+        AuditCommand::Verify {
+            checkpoint_file,
+            public_key,
+        } => {
+            let public_key_pem = match public_key {
+                Some(f) => Some(std::fs::read_to_string(&f).map_err(|e| {
+                    anyhow::anyhow!("cannot read the public key file {}: {e}", f.display())
+                })?),
+                None => None,
+            };
+            let verdict = chainer.verify(&VerifyOptions {
+                checkpoint_file: checkpoint_file.or_else(|| settings.audit.checkpoint_file.clone()),
+                public_key_pem,
+            })?;
+            println!("{}", verdict.to_json());
+            Ok(if verdict.broken.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::PublicKey => {
+            chainer.ensure_signing_key()?;
+            print!("{}", chain::public_key_pem(&store)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn clients(settings: &Settings, command: ClientsCommand) -> anyhow::Result<ExitCode> {

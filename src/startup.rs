@@ -231,6 +231,15 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         &search,
         Duration::from_millis(settings.audit.index_interval_ms),
     );
+    let chainer = Arc::new(crate::audit::chain::Chainer::new(
+        store.clone(),
+        chain_policy(settings),
+    ));
+    crate::audit::chain::start(
+        &chainer,
+        Duration::from_millis(settings.audit.chain_interval_ms.max(10)),
+        Duration::from_secs(settings.audit.verify_interval_secs),
+    );
     let auth =
         crate::auth::AuthService::start(settings, store.clone(), search.clone(), audit.clone())?;
     Ok(AppState {
@@ -249,7 +258,17 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         audit,
         metrics: http::ops::Metrics::new(),
         capability,
+        chainer,
     })
+}
+
+/// When the audit chain is checkpointed (`audit.checkpoint_*`).
+pub fn chain_policy(settings: &Settings) -> crate::audit::chain::CheckpointPolicy {
+    crate::audit::chain::CheckpointPolicy {
+        every: settings.audit.checkpoint_every,
+        secs: settings.audit.checkpoint_secs,
+        file: settings.audit.checkpoint_file.clone(),
+    }
 }
 
 /// Binds the listener (or takes a bound one) and builds the server; it runs when awaited.

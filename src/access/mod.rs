@@ -105,6 +105,19 @@ impl AccessContext {
             .unwrap_or(Visibility::Where(Filter::Nothing))
     }
 
+    /// May the caller verify the audit chain (`AuditEvent/$verify`)? Only a
+    /// caller who may search every AuditEvent (the `compliance` and `admin`
+    /// roles, or a client granted `system/AuditEvent.rs`): the verdict speaks of
+    /// the whole log.
+    pub fn decide_audit_verify(&self) -> Result<(), Denied> {
+        match self.decide(crate::audit::RESOURCE_TYPE, Action::Search)? {
+            Visibility::All => Ok(()),
+            Visibility::Where(_) => Err(Denied(
+                "verifying the audit chain needs access to every AuditEvent (the compliance or admin role)".into(),
+            )),
+        }
+    }
+
     /// True when nothing is narrowed for this caller (no SQL restriction at all).
     pub fn is_open(&self) -> bool {
         matches!(self.grant, Grant::Open)

@@ -6,6 +6,7 @@
 //! through [`AuditRecord`], not requests. An AuditEvent holds no resource content,
 //! only references, and its body is sealed like any other resource.
 
+pub mod chain;
 mod event;
 mod writer;
 

@@ -6,6 +6,7 @@
 //! [`exchange::Exchange`], so each produces exactly one AuditEvent and every
 //! error is an OperationOutcome.
 
+pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod conditional;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub gate: Arc<crate::validation::WriteGate>,
     /// The SMART authorization server and the token check.
     pub auth: Arc<crate::auth::AuthService>,
+    /// The audit log's hash chain (`AuditEvent/$verify`, the chain metric).
+    pub chainer: Arc<crate::audit::chain::Chainer>,
 }
 
 impl AppState {
@@ -100,6 +103,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
+                .service(fhir_resource("/AuditEvent/$verify").route(web::get().to(audit::verify)))
                 .service(fhir_resource("/$reindex").route(web::post().to(reindex::all)))
                 .service(fhir_resource("/$reindex/{job}").route(web::get().to(reindex::status)))
                 .service(fhir_resource("/{type}/$reindex").route(web::post().to(reindex::of_type)))

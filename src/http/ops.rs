@@ -24,6 +24,9 @@ pub struct Metrics {
     duration: HistogramVec,
     /// FHIR requests being served now (what a graceful shutdown waits for).
     in_flight: IntGauge,
+    /// The last periodic verification of the audit chain: 1 verified, 0 broken,
+    /// -1 none yet.
+    audit_chain_ok: IntGauge,
 }
 
 /// Counts a FHIR request in flight until it is dropped (also when the handler fails).
@@ -71,12 +74,19 @@ impl Metrics {
         .expect("static metric definition");
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(duration.clone()));
+        let audit_chain_ok = IntGauge::new(
+            "fhirgate_audit_chain_ok",
+            "The last periodic verification of the audit chain: 1 verified, 0 broken, -1 none yet",
+        )
+        .expect("static metric definition");
         let _ = registry.register(Box::new(in_flight.clone()));
+        let _ = registry.register(Box::new(audit_chain_ok.clone()));
         Metrics {
             registry,
             requests,
             duration,
             in_flight,
+            audit_chain_ok,
         }
     }
 
@@ -121,6 +131,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut buf = Vec::new();
+    state.metrics.audit_chain_ok.set(
+        state
+            .chainer
+            .chain_ok
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let families = state.metrics.registry.gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
         tracing::error!(error = %e, "metrics encoding failed");

@@ -6,6 +6,7 @@
 //! content; a resource body is never written unencrypted; every diesel call,
 //! pool checkout included, runs through [`Store::call`] inside the caller's span.
 
+mod audit_chain;
 mod audit_index;
 mod audit_log;
 mod auth;
@@ -31,6 +32,7 @@ use parking_lot::RwLock;
 use crate::access::{AccessContext, Action};
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
+pub use audit_chain::{ChainState, Checkpoint, Link, RawAudit, StoredLink};
 pub use audit_index::{AuditIndexState, IndexedAudit, GAP_PATIENCE_MICROS};
 pub use audit_log::AuditRow;
 pub use auth::{
@@ -403,6 +405,99 @@ impl Store {
         audit_index::commit(&self.pool, &ring, read, batch, through)
     }
 
+    /// Where the audit chainer stands (see [`ChainState`]).
+    pub fn audit_chain_state(&self) -> Result<ChainState, StoreError> {
+        audit_chain::state(&self.pool)
+    }
+
+    /// The AuditEvent rows, as stored, that the chainer has not chained yet.
+    pub fn audit_unchained(
+        &self,
+        state: &ChainState,
+        limit: usize,
+    ) -> Result<Vec<RawAudit>, StoreError> {
+        audit_chain::unchained(&self.pool, state, limit)
+    }
+
+    /// Appends links to the chain and moves the chainer past `through`; false
+    /// (nothing written) when another chainer committed since `read`.
+    pub fn audit_chain_commit(
+        &self,
+        read: &ChainState,
+        links: &[Link],
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        audit_chain::commit(&self.pool, read, links, through)
+    }
+
+    /// The chain's links from position `from`, with their rows as stored now.
+    pub fn audit_chain_links(
+        &self,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredLink>, StoreError> {
+        audit_chain::links(&self.pool, from, limit)
+    }
+
+    /// The first AuditEvent row behind the chainer that is not in the chain
+    /// (`seq`, and the position of the first link after it).
+    pub fn audit_unchained_behind(
+        &self,
+        state: &ChainState,
+    ) -> Result<Option<(i64, Option<i64>)>, StoreError> {
+        audit_chain::first_unchained_behind(&self.pool, state)
+    }
+
+    /// The signed checkpoints stored in the database, by position.
+    pub fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        audit_chain::checkpoints(&self.pool)
+    }
+
+    /// The newest signed checkpoint.
+    pub fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        audit_chain::last_checkpoint(&self.pool)
+    }
+
+    /// Stores a checkpoint; false when one at its position exists.
+    pub fn audit_add_checkpoint(&self, cp: &Checkpoint) -> Result<bool, StoreError> {
+        audit_chain::add_checkpoint(&self.pool, cp)
+    }
+
+    /// The audit signing keys, oldest first: (kid, the private key (PKCS#8 DER)
+    /// where this node can open it, the public key as PEM).
+    pub fn audit_signing_keys(&self) -> Result<Vec<AuditSigningKey>, StoreError> {
+        let ring = self.keyring().ok();
+        Ok(audit_chain::signing_keys(&self.pool)?
+            .into_iter()
+            .map(|k| {
+                let private = ring
+                    .as_ref()
+                    .and_then(|r| r.open_box(k.key_id, &k.sealed, &audit_key_aad(&k.kid)).ok());
+                (k.kid, private, k.public_pem)
+            })
+            .collect())
+    }
+
+    /// Stores an audit signing key, its private half sealed under the active
+    /// data key (which the master key wraps).
+    pub fn audit_add_signing_key(
+        &self,
+        kid: &str,
+        private_der: &[u8],
+        public_pem: &str,
+    ) -> Result<(), StoreError> {
+        let (key_id, sealed) = self.keyring()?.seal(private_der, &audit_key_aad(kid))?;
+        audit_chain::add_signing_key(
+            &self.pool,
+            &audit_chain::AuditKeyRow {
+                kid: kid.to_string(),
+                key_id,
+                sealed,
+                public_pem: public_pem.to_string(),
+            },
+        )
+    }
+
     /// The history of resources the caller may see, newest first.
     pub fn history(
         &self,
@@ -668,4 +763,13 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         self.pool.write(|c| audit_log::append(c, &sealed))
     }
+}
+
+/// An audit signing key: (kid, the private key (PKCS#8 DER) where this node can
+/// open it, the public key as PEM).
+pub type AuditSigningKey = (String, Option<Vec<u8>>, String);
+
+/// The associated data of a sealed audit signing key.
+fn audit_key_aad(kid: &str) -> Vec<u8> {
+    format!("fhirgate:audit-signing-key:{kid}").into_bytes()
 }

@@ -754,7 +754,15 @@ async fn every_parameter_reaches_the_elements_it_names(backend: Backend) {
         ("policy=urn:ietf:params:oauth:jti:other", false),
         ("entity-name=groc", true),
         ("entity-name:contains=list", true),
+        ("entity-name:contains=cery%20l", true),
+        ("entity-name:contains=listing", false),
         ("entity-name=list", false),
+        // `:text` and `:contains` on AuditEvents are decided after decryption
+        // (no trigram or display-prefix rows: they are indexed lean).
+        ("type:text=patient%20rec", true),
+        ("type:text=record", false),
+        ("address:contains=1.2.3", true),
+        ("address:contains=1.2.4", false),
         ("source=Device/dev-1", true),
         ("source=Device/dev-2", false),
         ("site=ward-9", true),
@@ -772,6 +780,19 @@ async fn every_parameter_reaches_the_elements_it_names(backend: Backend) {
             .collect();
         let want = if hit { vec![id.clone()] } else { Vec::new() };
         assert_eq!(got, want, "AuditEvent?{query} ({backend:?})");
+        // The count agrees (criteria decided after decryption are counted so too).
+        let r = get(
+            &app,
+            &auditor,
+            &format!("/AuditEvent?{query}&_summary=count"),
+            "crafted-count",
+        )
+        .await;
+        assert_eq!(
+            r.json()["total"],
+            json!(want.len()),
+            "AuditEvent?{query}&_summary=count ({backend:?})"
+        );
     }
     // The CapabilityStatement lists every R4 AuditEvent parameter and the search.
     let cs = app.get("/metadata").await.json();
@@ -888,7 +909,10 @@ async fn two_nodes_index_each_audit_event_once() {
         .unwrap()
         .write_new_file(&key)
         .unwrap();
-    let env = [("FHIRGATE_AUDIT__INDEX_INTERVAL_MS", "2")];
+    let env = [
+        ("FHIRGATE_AUDIT__INDEX_INTERVAL_MS", "2"),
+        ("FHIRGATE_AUDIT__CHAIN_INTERVAL_MS", "10"),
+    ];
     let a = start(&db.url, &key, &dir.path().join("a.log"), &env);
     let b = start(&db.url, &key, &dir.path().join("b.log"), &env);
     let json = [("Content-Type", "application/fhir+json")];
@@ -973,6 +997,30 @@ async fn two_nodes_index_each_audit_event_once() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(settled, "the indexers did not index every AuditEvent");
+    // Both chainers linked into one chain, which verifies whole.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["audit", "verify"])
+        .env("FHIRGATE_DATABASE__URL", &db.url)
+        .env("FHIRGATE_CRYPTO__MASTER_KEY_FILE", &key)
+        .env("FHIRGATE_PACKAGES__CACHE", crate::support::package_cache())
+        .env("FHIRGATE_LOG__LEVEL", "warn")
+        .current_dir(dir.path())
+        .output()
+        .expect("run fhirgate");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit verify: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{v}");
+    let verified = v["verified"].as_i64().unwrap_or_default();
+    assert_eq!(
+        verified,
+        count(&db.url, "audit_log"),
+        "one chain of every AuditEvent: {v}"
+    );
+    assert_eq!(count(&db.url, "audit_chain"), verified, "each linked once");
 }
 
 /// Waits until the background indexer has indexed every AuditEvent committed.
