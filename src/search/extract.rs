@@ -119,7 +119,7 @@ impl Extractor<'_> {
                     phonetic_forms(json, &mut forms);
                 } else {
                     for s in string_parts(ty, json) {
-                        values::string_forms(s, &mut forms);
+                        values::string_forms(s, &mut forms, p.lean);
                     }
                 }
                 rows.blind.extend(forms.into_iter().map(|f| (p.pid, f)));
@@ -131,7 +131,7 @@ impl Extractor<'_> {
                         let coding = serde_json::json!({"system": system, "code": code});
                         token_forms("Coding", &coding, &mut forms, false);
                     }
-                    _ => token_forms(ty, json, &mut forms, true),
+                    _ => token_forms(ty, json, &mut forms, !p.lean),
                 }
                 rows.blind.extend(forms.into_iter().map(|f| (p.pid, f)));
             }

@@ -92,6 +92,19 @@ pub struct Param {
     pub implicit_system: Option<String>,
     /// Defined by a SearchParameter resource of the database (not a package).
     pub custom: bool,
+    /// Indexed lean: without the `:contains` trigrams of strings and the `:text`
+    /// prefixes of token displays and texts (see [`lean_type`]). Those modifiers
+    /// are then decided after decryption, among the candidates the rest of the
+    /// search selects.
+    pub lean: bool,
+}
+
+/// The resource types indexed lean: AuditEvent, whose every read and write makes
+/// one, so each index row costs on the hot path (the trigrams and `:text`
+/// prefixes of its server-made addresses and code displays were two thirds of
+/// its ~130 rows; docs/decisions.md).
+pub fn lean_type(resource_type: &str) -> bool {
+    resource_type == "AuditEvent"
 }
 
 impl Param {
@@ -317,6 +330,7 @@ impl Registry {
             components,
             implicit_system,
             custom,
+            lean: lean_type(resource_type),
         })
     }
 

@@ -70,6 +70,17 @@ impl Resolved {
         self.params.iter().map(|p| p.pid).collect()
     }
 
+    /// The pids of the lean parameters (no trigrams, no `:text` forms) and of
+    /// the others.
+    fn pids_by_leanness(&self) -> (Vec<i64>, Vec<i64>) {
+        let (lean, full): (Vec<&Arc<Param>>, Vec<&Arc<Param>>) =
+            self.params.iter().partition(|p| p.lean);
+        (
+            lean.iter().map(|p| p.pid).collect(),
+            full.iter().map(|p| p.pid).collect(),
+        )
+    }
+
     fn param_type(&self) -> ParamType {
         self.params[0].param_type
     }
@@ -357,22 +368,32 @@ impl Planner<'_> {
                         return Err(bad(name, v, "a non-empty string"));
                     }
                     let grams = values::trigrams(&f);
-                    contains.push(if grams.is_empty() {
-                        Filter::Present {
+                    let (lean, full) = r.pids_by_leanness();
+                    if !lean.is_empty() {
+                        // No trigrams: every value is a candidate, the check decides.
+                        contains.push(Filter::Present {
                             table: IndexTable::Blind,
-                            pids: pids.clone(),
-                        }
-                    } else {
-                        Filter::All(
-                            grams
-                                .into_iter()
-                                .map(|g| Filter::Blind {
-                                    pids: pids.clone(),
-                                    values: vec![g],
-                                })
-                                .collect(),
-                        )
-                    });
+                            pids: lean,
+                        });
+                    }
+                    if !full.is_empty() {
+                        contains.push(if grams.is_empty() {
+                            Filter::Present {
+                                table: IndexTable::Blind,
+                                pids: full,
+                            }
+                        } else {
+                            Filter::All(
+                                grams
+                                    .into_iter()
+                                    .map(|g| Filter::Blind {
+                                        pids: full.clone(),
+                                        values: vec![g],
+                                    })
+                                    .collect(),
+                            )
+                        });
+                    }
                     tests.push(StringTest::Contains(f));
                 }
                 Some(m) => return Err(bad_modifier(name, m)),
@@ -430,7 +451,8 @@ impl Planner<'_> {
                         tag::TEXT,
                         values::first_chars(&f, PREFIX_CAP)
                     ));
-                    if f.chars().count() > PREFIX_CAP {
+                    // Lean parameters have no `:text` forms: the check decides.
+                    if f.chars().count() > PREFIX_CAP || r.params.iter().any(|p| p.lean) {
                         tests.push(StringTest::TextPrefix(f));
                     }
                 }
@@ -456,9 +478,28 @@ impl Planner<'_> {
                 Some(m) => return Err(bad_modifier(name, m)),
             }
         }
-        let filter = Filter::Blind {
-            pids,
-            values: forms,
+        let filter = match modifier {
+            Some(Modifier::Text) => {
+                let (lean, full) = r.pids_by_leanness();
+                let mut alts = Vec::new();
+                if !lean.is_empty() {
+                    alts.push(Filter::Present {
+                        table: IndexTable::Blind,
+                        pids: lean,
+                    });
+                }
+                if !full.is_empty() {
+                    alts.push(Filter::Blind {
+                        pids: full,
+                        values: forms,
+                    });
+                }
+                any(alts)
+            }
+            _ => Filter::Blind {
+                pids,
+                values: forms,
+            },
         };
         let filter = if matches!(modifier, Some(Modifier::Not | Modifier::NotIn)) {
             Filter::Not(Box::new(filter))

@@ -260,7 +260,7 @@ impl Runner<'_> {
     ) -> Result<SearchResult, SearchError> {
         let mut result = SearchResult::default();
         if req.controls.count_only {
-            result.total = Some(self.store.search_count(self.ctx, &self.query(req))?);
+            result.total = Some(self.count(req)?);
             return Ok(result);
         }
         let sorts = self.sorts(req);
@@ -298,7 +298,7 @@ impl Runner<'_> {
             result.total = if cursor.is_none() && !more {
                 Some(page.len() as i64)
             } else {
-                Some(self.store.search_count(self.ctx, &self.query(req))?)
+                Some(self.count(req)?)
             };
         }
         if !req.controls.includes.is_empty() || !req.controls.revincludes.is_empty() {
@@ -306,6 +306,33 @@ impl Runner<'_> {
         }
         result.matches = page;
         Ok(result)
+    }
+
+    /// How many resources match: counted by the database, or, when criteria are
+    /// decided after decryption, among the candidates (at most the in-memory
+    /// bound, as for a page).
+    fn count(&self, req: &SearchRequest) -> Result<i64, SearchError> {
+        if req.checks.is_empty() {
+            return Ok(self.store.search_count(self.ctx, &self.query(req))?);
+        }
+        let bound = self.engine.settings.max_in_memory;
+        let mut q = self.query(req);
+        q.limit = bound + 1;
+        let candidates = self.store.search_page(self.ctx, &q)?;
+        if candidates.len() > bound {
+            return Err(SearchError::TooCostly(format!(
+                "counting this search needs its matches checked after decryption, and it has more than {bound} candidates; narrow it"
+            )));
+        }
+        let model = self.engine.model();
+        let stubs = &self.engine.stubs;
+        Ok(candidates
+            .iter()
+            .filter(|h| {
+                serde_json::from_slice::<Value>(&h.version.body)
+                    .is_ok_and(|r| verify::checks_hold(model, stubs, &req.checks, &r))
+            })
+            .count() as i64)
     }
 
     /// The query of a page sorted by the database.

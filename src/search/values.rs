@@ -82,8 +82,8 @@ pub fn first_chars(s: &str, n: usize) -> &str {
     }
 }
 
-/// Blind forms of one string value: exact, prefixes, trigrams.
-pub fn string_forms(raw: &str, out: &mut Vec<String>) {
+/// Blind forms of one string value: exact, prefixes, and trigrams unless `lean`.
+pub fn string_forms(raw: &str, out: &mut Vec<String>, lean: bool) {
     out.push(format!("{}{raw}", tag::EXACT));
     let folded = fold(raw);
     let chars: Vec<char> = folded.chars().collect();
@@ -91,6 +91,9 @@ pub fn string_forms(raw: &str, out: &mut Vec<String>) {
     for c in chars.iter().take(PREFIX_CAP) {
         prefix.push(*c);
         out.push(format!("{}{prefix}", tag::PREFIX));
+    }
+    if lean {
+        return;
     }
     for w in chars.windows(3) {
         let g: String = w.iter().collect();

@@ -106,10 +106,11 @@ pub(crate) fn commit(
     through: i64,
 ) -> Result<bool, StoreError> {
     let now = now_micros();
-    let blinded = batch
+    let blinded: Vec<(i64, index::Blinded)> = batch
         .iter()
-        .map(|a| Ok((-a.seq, index::blind(ring, &a.rows)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .map(|a| -a.seq)
+        .zip(index::blind_many(ring, batch.iter().map(|a| &a.rows))?)
+        .collect();
     let indexed: std::collections::HashSet<i64> = batch.iter().map(|a| a.seq).collect();
     let after = through.max(read.after_seq);
     // Positions passed now whose row was not read: not visible yet, or never.

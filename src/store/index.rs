@@ -108,6 +108,35 @@ impl Blinded {
 
 /// Blinds the strings, tokens and unit keys of a resource's index rows.
 pub(crate) fn blind(ring: &Keyring, rows: &IndexRows) -> Result<Blinded, StoreError> {
+    blind_with(rows, &mut |v| blind_key(ring, v))
+}
+
+/// Blinds the index rows of many resources that share most of their values (the
+/// audit indexer's batches: server-made AuditEvents repeat their codes and
+/// addresses), computing each distinct value's key once.
+pub(crate) fn blind_many<'a>(
+    ring: &Keyring,
+    all: impl IntoIterator<Item = &'a IndexRows>,
+) -> Result<Vec<Blinded>, StoreError> {
+    let mut memo: std::collections::HashMap<&'a str, i64> = std::collections::HashMap::new();
+    all.into_iter()
+        .map(|rows| {
+            blind_with(rows, &mut |v: &'a str| {
+                if let Some(h) = memo.get(v) {
+                    return Ok(*h);
+                }
+                let h = blind_key(ring, v)?;
+                memo.insert(v, h);
+                Ok(h)
+            })
+        })
+        .collect()
+}
+
+fn blind_with<'a>(
+    rows: &'a IndexRows,
+    blind_of: &mut impl FnMut(&'a str) -> Result<i64, StoreError>,
+) -> Result<Blinded, StoreError> {
     let mut b = Blinded {
         blind: Vec::with_capacity(rows.blind.len()),
         dates: rows.dates.clone(),
@@ -117,7 +146,7 @@ pub(crate) fn blind(ring: &Keyring, rows: &IndexRows) -> Result<Blinded, StoreEr
     };
     let mut seen = std::collections::HashSet::with_capacity(rows.blind.len());
     for (pid, value) in &rows.blind {
-        let h = blind_key(ring, value)?;
+        let h = blind_of(value)?;
         // Two values may blind alike only by collision; the key must stay unique.
         if seen.insert((*pid, h)) {
             b.blind.push((*pid, h));
@@ -125,7 +154,7 @@ pub(crate) fn blind(ring: &Keyring, rows: &IndexRows) -> Result<Blinded, StoreEr
     }
     for (pid, key, lo, hi) in &rows.numbers {
         let k = match key {
-            Some(k) => blind_key(ring, k)?,
+            Some(k) => blind_of(k)?,
             None => 0,
         };
         b.numbers.push((*pid, k, *lo, *hi));
