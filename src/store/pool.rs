@@ -129,6 +129,11 @@ impl DbPool {
         timeout: Duration,
         request_timeout: Option<Duration>,
     ) -> Result<(DbPool, Backend), StoreError> {
+        // OpenSSL is initialised by the openssl crate, without an exit handler,
+        // before libpq can initialise it with one: that handler freed OpenSSL's
+        // state while pool threads still closed TLS connections to PostgreSQL,
+        // and a process exiting then crashed with SIGSEGV now and then.
+        openssl::init();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         if let Some(path) = url
             .strip_prefix("sqlite://")

@@ -55,6 +55,9 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn create() -> PgDatabase {
+        // Before libpq's first connection (see store::pool: OpenSSL without an
+        // exit handler).
+        openssl::init();
         let admin = pg_admin_url();
         let name = format!("fhirgate_t_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
