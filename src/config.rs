@@ -255,7 +255,13 @@ pub struct AuditSettings {
     /// Seconds between full verifications of the chain by every node, whose
     /// verdict is the `fhirgate_audit_chain_ok` metric (0: none).
     pub verify_interval_secs: u64,
+    /// Days AuditEvents are kept at least: `fhirgate audit purge` removes only
+    /// older ones. HIPAA 164.316(b)(2) asks six years; a lower value is refused.
+    pub retention_days: u32,
 }
+
+/// The lowest `audit.retention_days` accepted: six years (HIPAA 164.316(b)(2)).
+pub const MIN_AUDIT_RETENTION_DAYS: u32 = 2190;
 
 impl Default for AuditSettings {
     fn default() -> Self {
@@ -268,6 +274,7 @@ impl Default for AuditSettings {
             checkpoint_secs: 60,
             checkpoint_file: None,
             verify_interval_secs: 3600,
+            retention_days: MIN_AUDIT_RETENTION_DAYS,
         }
     }
 }
@@ -415,7 +422,14 @@ impl Settings {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+        let settings: Settings = figment.extract().map_err(|e| ConfigError(Box::new(e)))?;
+        if settings.audit.retention_days < MIN_AUDIT_RETENTION_DAYS {
+            return Err(ConfigError(Box::new(figment::Error::from(format!(
+                "audit.retention_days is {}: AuditEvents are kept at least {MIN_AUDIT_RETENTION_DAYS} days (six years, HIPAA 164.316(b)(2))",
+                settings.audit.retention_days
+            )))));
+        }
+        Ok(settings)
     }
 
     /// The public FHIR base URL, without a trailing slash.

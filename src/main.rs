@@ -126,6 +126,15 @@ enum AuditCommand {
     },
     /// Prints the audit signing public key (PEM), made if there is none yet.
     PublicKey,
+    /// Removes the AuditEvents recorded before DATE (which must be older than
+    /// audit.retention_days), as a prefix of the chain, and records a signed
+    /// purge checkpoint from which `audit verify` starts; prints
+    /// {"purged": N, "keptFrom": POSITION}.
+    Purge {
+        /// A date or dateTime (2019-01-01, 2019-01-01T00:00:00Z).
+        #[arg(long)]
+        before: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -497,6 +506,24 @@ fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result<ExitCode>
             } else {
                 ExitCode::from(1)
             })
+        }
+        AuditCommand::Purge { before } => {
+            let Some((at, _)) = fhirgate::search::values::date_range(&before) else {
+                anyhow::bail!("--before {before}: not a FHIR date or dateTime");
+            };
+            let days = i64::from(settings.audit.retention_days);
+            let oldest_allowed = fhirgate::fhir::now_micros() - days * 86_400 * 1_000_000;
+            if at > oldest_allowed {
+                anyhow::bail!(
+                    "--before {before} is within the retention period (audit.retention_days = {days}): AuditEvents younger than that are kept"
+                );
+            }
+            let purged = chainer.purge(at)?;
+            println!(
+                "{}",
+                serde_json::json!({"purged": purged.removed, "keptFrom": purged.kept_from})
+            );
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::PublicKey => {
             chainer.ensure_signing_key()?;

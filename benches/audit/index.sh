@@ -7,6 +7,7 @@
 # 2. The same GET load with the indexer on (every 1000 ms, the default) on a new server:
 #    the read throughput while the indexer keeps up, and how far behind it is at the end.
 # 3. An AuditEvent search when the index is up to date (the catch-up's fixed cost).
+# 4. `fhirgate audit verify` over the whole chain of that run (builds that have it).
 # FHIRGATE_BIN=path runs that binary instead of target/release/fhirgate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,4 +82,12 @@ echo "right after the load, the search's catch-up indexes what the background le
 timed_search "date=gt2000&_summary=count"
 echo "=== 3. searches over an up-to-date index"
 for q in "action=R&_count=50&_sort=-date" "_count=50" "outcome=4&_summary=count"; do timed_search "$q"; done
+echo "=== 4. fhirgate audit verify over the whole chain (the server stopped)"
+kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
+SERVER=""
+t0=$(date +%s.%N)
+out=$(FHIRGATE_DATABASE__URL="$DB" FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev-1000.key" FHIRGATE_LOG__LEVEL=warn \
+  "$BIN" audit verify 2>/dev/null || true)
+t1=$(date +%s.%N)
+echo "audit verify: $out in $(echo "$t1 - $t0" | bc) s"
 stop_server

@@ -42,6 +42,7 @@ const BATCH: usize = 2000;
 const VERIFY_BATCH: usize = 5000;
 const HASH_DOMAIN: &[u8] = b"fhirgate:audit-chain:v1";
 const CHECKPOINT_DOMAIN: &[u8] = b"fhirgate:audit-checkpoint:v1";
+const PURGE_DOMAIN: &[u8] = b"fhirgate:audit-purge:v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -80,13 +81,20 @@ pub fn link_hash(prev: &[u8; 32], pos: i64, row: &RawAudit) -> [u8; 32] {
     h.finish()
 }
 
-/// The bytes a checkpoint's signature covers.
-fn checkpoint_message(pos: i64, hash: &[u8], time: i64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 48);
-    m.extend_from_slice(CHECKPOINT_DOMAIN);
-    m.extend_from_slice(&pos.to_be_bytes());
-    m.extend_from_slice(hash);
-    m.extend_from_slice(&time.to_be_bytes());
+/// The bytes a checkpoint's signature covers (a purge checkpoint's also say
+/// before when events were removed).
+fn checkpoint_message(cp: &Checkpoint) -> Vec<u8> {
+    let mut m = Vec::with_capacity(PURGE_DOMAIN.len() + 56);
+    match cp.purged_before {
+        None => m.extend_from_slice(CHECKPOINT_DOMAIN),
+        Some(_) => m.extend_from_slice(PURGE_DOMAIN),
+    }
+    m.extend_from_slice(&cp.pos.to_be_bytes());
+    m.extend_from_slice(&cp.hash);
+    m.extend_from_slice(&cp.time.to_be_bytes());
+    if let Some(b) = cp.purged_before {
+        m.extend_from_slice(&b.to_be_bytes());
+    }
     m
 }
 
@@ -199,21 +207,66 @@ impl Chainer {
         let Some(link) = self.store.audit_chain_links(head, 1)?.into_iter().next() else {
             return Ok(());
         };
-        let signer = self.signer()?;
-        let signature = sign(&signer.key, &checkpoint_message(head, &link.hash, now))?;
-        let cp = Checkpoint {
-            pos: head,
-            hash: link.hash,
-            time: now,
-            kid: signer.kid.clone(),
-            signature,
-        };
+        let cp = self.signed(head, link.hash, now, None)?;
         if self.store.audit_add_checkpoint(&cp)? {
             if let Some(path) = &self.policy.file {
                 append_checkpoint(path, &cp)?;
             }
         }
         Ok(())
+    }
+
+    /// A checkpoint signed by the audit signing key.
+    fn signed(
+        &self,
+        pos: i64,
+        hash: Vec<u8>,
+        time: i64,
+        purged_before: Option<i64>,
+    ) -> Result<Checkpoint, ChainError> {
+        let signer = self.signer()?;
+        let mut cp = Checkpoint {
+            pos,
+            hash,
+            time,
+            kid: signer.kid.clone(),
+            signature: Vec::new(),
+            purged_before,
+        };
+        cp.signature = sign(&signer.key, &checkpoint_message(&cp))?;
+        Ok(cp)
+    }
+
+    /// Removes the AuditEvents recorded before `before` (Unix microseconds) that
+    /// form a prefix of the chain (an event recorded later stops it), with their
+    /// links and index rows, and stores a signed purge checkpoint at the last
+    /// removed position, from which verification starts. The caller has checked
+    /// the retention period.
+    pub fn purge(&self, before: i64) -> Result<Purged, ChainError> {
+        self.catch_up()?;
+        let _turn = self.turn.lock();
+        let Some(plan) = self.store.audit_purge_plan(before)? else {
+            return Ok(Purged {
+                removed: 0,
+                kept_from: None,
+            });
+        };
+        let cp = self.signed(
+            plan.last,
+            plan.hash.clone(),
+            crate::fhir::now_micros(),
+            Some(before),
+        )?;
+        let removed = self.store.audit_purge(&plan, &cp)?.ok_or_else(|| {
+            ChainError::Key("another purge ran at the same time; run it again".into())
+        })?;
+        if let Some(path) = &self.policy.file {
+            append_checkpoint(path, &cp)?;
+        }
+        Ok(Purged {
+            removed,
+            kept_from: Some(plan.last + 1),
+        })
     }
 
     /// The audit signing key, made on first use. The oldest key signs, so nodes
@@ -255,6 +308,15 @@ impl Chainer {
         self.catch_up()?;
         verify(&self.store, options)
     }
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// AuditEvents removed.
+    pub removed: i64,
+    /// The position the kept chain starts at (None: nothing was removed).
+    pub kept_from: Option<i64>,
 }
 
 /// A new P-256 audit signing key: (kid, PKCS#8 DER, public PEM).
@@ -319,12 +381,15 @@ fn append_checkpoint(path: &Path, cp: &Checkpoint) -> Result<(), ChainError> {
     let time = chrono::DateTime::from_timestamp_micros(cp.time)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default();
-    let line = json!({
+    let mut line = json!({
         "position": cp.pos,
         "hash": hex::encode(&cp.hash),
         "time": time,
         "signature": base64::engine::general_purpose::STANDARD.encode(&cp.signature),
     });
+    if let Some(b) = cp.purged_before {
+        line["purgedBefore"] = json!(b);
+    }
     let err = |e: std::io::Error| ChainError::CheckpointFile {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -378,12 +443,20 @@ fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>, ChainError> {
             .as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
             .ok_or_else(|| bad(format!("line {}: `signature` is not base64", n + 1)))?;
+        let purged_before =
+            match v.get("purgedBefore") {
+                None => None,
+                Some(b) => Some(b.as_i64().ok_or_else(|| {
+                    bad(format!("line {}: `purgedBefore` is not an integer", n + 1))
+                })?),
+            };
         out.push(Checkpoint {
             pos,
             hash,
             time,
             kid: String::new(),
             signature,
+            purged_before,
         });
     }
     Ok(out)
@@ -402,25 +475,60 @@ pub struct VerifyOptions {
 /// The result of a verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Links verified (from position 1 up to the first break or the head).
+    /// Links verified (from the start of the kept chain up to the first break or
+    /// the head).
     pub verified: i64,
     /// The head's hash (hex; empty for an empty chain).
     pub head: String,
+    /// Where the kept chain starts: 1, or after the last purge.
+    pub kept_from: i64,
     /// The first broken position and what is wrong there.
     pub broken: Option<(i64, String)>,
 }
 
 impl Verdict {
-    /// `{"verified": N, "head": "..."}`, with `brokenAt` and `problem` when broken.
+    /// `{"verified": N, "head": "..."}`, with `keptFrom` after a purge and
+    /// `brokenAt` and `problem` when broken.
     pub fn to_json(&self) -> Value {
-        match &self.broken {
-            None => json!({"verified": self.verified, "head": self.head}),
-            Some((at, problem)) => json!({
-                "verified": self.verified,
-                "head": self.head,
-                "brokenAt": at,
-                "problem": problem,
-            }),
+        let mut v = json!({"verified": self.verified, "head": self.head});
+        if self.kept_from > 1 {
+            v["keptFrom"] = json!(self.kept_from);
+        }
+        if let Some((at, problem)) = &self.broken {
+            v["brokenAt"] = json!(at);
+            v["problem"] = json!(problem);
+        }
+        v
+    }
+}
+
+/// A verification in progress: where it stands, to word a break.
+struct Walk {
+    kept_from: i64,
+    /// The next position expected.
+    expected: i64,
+    prev: [u8; 32],
+}
+
+impl Walk {
+    fn verified(&self) -> i64 {
+        self.expected - self.kept_from
+    }
+
+    fn head(&self) -> String {
+        if self.verified() == 0 {
+            String::new()
+        } else {
+            hex::encode(self.prev)
+        }
+    }
+
+    fn broken(&self, at: i64, problem: String) -> Verdict {
+        Verdict {
+            verified: self.verified(),
+            head: self.head(),
+            kept_from: self.kept_from,
+            broken: Some((at, problem)),
         }
     }
 }
@@ -428,7 +536,8 @@ impl Verdict {
 /// Walks the whole chain (streaming, in batches) and checks every link's
 /// position and hash against the rows as stored, that no row was slipped in
 /// behind the chainer, and every checkpoint (database and file): its signature,
-/// and that the chain still has its hash at its position.
+/// and that the chain still has its hash at its position. After a purge the walk
+/// starts from the signed purge checkpoint (its position and hash).
 pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainError> {
     let keys = match &options.public_key_pem {
         Some(pem) => public_keys_from_pem(pem)?,
@@ -443,28 +552,52 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
         checkpoints.extend(read_checkpoint_file(f)?.into_iter().map(|c| (c, "file")));
     }
     checkpoints.sort_by_key(|(c, _)| c.pos);
+    // Every checkpoint is signed by the audit key.
+    for (cp, from) in &checkpoints {
+        if !signature_holds(&keys, &checkpoint_message(cp), &cp.signature) {
+            let walk = Walk {
+                kept_from: 1,
+                expected: 1,
+                prev: [0; 32],
+            };
+            return Ok(walk.broken(
+                cp.pos.max(1),
+                format!(
+                    "forged checkpoint: the {from}'s checkpoint at position {} is not signed by the audit signing key",
+                    cp.pos
+                ),
+            ));
+        }
+    }
+    // The kept chain starts after the last purge, from its signed link.
+    let mut walk = Walk {
+        kept_from: 1,
+        expected: 1,
+        prev: [0; 32],
+    };
+    if let Some((purge, _)) = checkpoints
+        .iter()
+        .filter(|(c, _)| c.purged_before.is_some())
+        .max_by_key(|(c, _)| c.pos)
+    {
+        if purge.hash.len() == 32 {
+            walk.prev.copy_from_slice(&purge.hash);
+        }
+        walk.kept_from = purge.pos + 1;
+        walk.expected = purge.pos + 1;
+    }
+    let kept_from = walk.kept_from;
+    checkpoints.retain(|(c, _)| c.pos >= kept_from);
     let state = store.audit_chain_state()?;
     let mut next_cp = 0;
-    let mut prev = [0u8; 32];
-    let mut expected = 1i64;
-    let broken = |at: i64, verified: i64, head: &[u8; 32], problem: String| Verdict {
-        verified,
-        head: if verified == 0 {
-            String::new()
-        } else {
-            hex::encode(head)
-        },
-        broken: Some((at, problem)),
-    };
     loop {
-        let links = store.audit_chain_links(expected, VERIFY_BATCH)?;
+        let links = store.audit_chain_links(walk.expected, VERIFY_BATCH)?;
         let n = links.len();
         for link in links {
+            let expected = walk.expected;
             if link.pos != expected {
-                return Ok(broken(
+                return Ok(walk.broken(
                     expected,
-                    expected - 1,
-                    &prev,
                     format!(
                         "missing: the chain has no link at position {expected} (the next is {})",
                         link.pos
@@ -472,22 +605,18 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
                 ));
             }
             let Some(row) = &link.row else {
-                return Ok(broken(
+                return Ok(walk.broken(
                     expected,
-                    expected - 1,
-                    &prev,
                     format!(
                         "missing: the AuditEvent linked at position {expected} (seq {}) is gone",
                         link.seq
                     ),
                 ));
             };
-            let h = link_hash(&prev, link.pos, row);
+            let h = link_hash(&walk.prev, link.pos, row);
             if link.hash != h {
-                return Ok(broken(
+                return Ok(walk.broken(
                     expected,
-                    expected - 1,
-                    &prev,
                     format!(
                         "changed: the AuditEvent at position {expected} (id {}) is not what was linked",
                         row.audit_id
@@ -497,57 +626,33 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
             while next_cp < checkpoints.len() && checkpoints[next_cp].0.pos == expected {
                 let (cp, from) = &checkpoints[next_cp];
                 if cp.hash != h {
-                    return Ok(broken(
+                    return Ok(walk.broken(
                         expected,
-                        expected - 1,
-                        &prev,
                         format!("changed: the chain at position {expected} does not match the checkpoint of the {from} signed at that position"),
                     ));
                 }
                 next_cp += 1;
             }
-            prev = h;
-            expected += 1;
+            walk.prev = h;
+            walk.expected += 1;
         }
         if n < VERIFY_BATCH {
             break;
         }
     }
-    let head_pos = expected - 1;
-    // Checkpoints: signed by the audit key, and none beyond the head.
-    for (cp, from) in &checkpoints {
-        if !signature_holds(
-            &keys,
-            &checkpoint_message(cp.pos, &cp.hash, cp.time),
-            &cp.signature,
-        ) {
-            return Ok(broken(
-                cp.pos.min(head_pos + 1).max(1),
-                head_pos,
-                &prev,
-                format!(
-                    "forged checkpoint: the {from}'s checkpoint at position {} is not signed by the audit signing key",
-                    cp.pos
-                ),
-            ));
-        }
-        if cp.pos > head_pos {
-            return Ok(broken(
-                head_pos + 1,
-                head_pos,
-                &prev,
-                format!(
-                    "truncated: the chain ends at position {head_pos}, but the {from} has a signed checkpoint at position {}",
-                    cp.pos
-                ),
-            ));
-        }
+    let head_pos = walk.expected - 1;
+    if let Some((cp, from)) = checkpoints.iter().find(|(c, _)| c.pos > head_pos) {
+        return Ok(walk.broken(
+            head_pos + 1,
+            format!(
+                "truncated: the chain ends at position {head_pos}, but the {from} has a signed checkpoint at position {}",
+                cp.pos
+            ),
+        ));
     }
     if state.head_pos > head_pos {
-        return Ok(broken(
+        return Ok(walk.broken(
             head_pos + 1,
-            head_pos,
-            &prev,
             format!(
                 "truncated: the chain ends at position {head_pos}, but the chainer linked up to {}",
                 state.head_pos
@@ -556,20 +661,15 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
     }
     if let Some((seq, pos)) = store.audit_unchained_behind(&state)? {
         let at = pos.unwrap_or(head_pos + 1);
-        return Ok(broken(
+        return Ok(walk.broken(
             at,
-            head_pos,
-            &prev,
             format!("inserted: an AuditEvent row (seq {seq}) that is not in the chain sits before position {at}"),
         ));
     }
     Ok(Verdict {
-        verified: head_pos,
-        head: if head_pos == 0 {
-            String::new()
-        } else {
-            hex::encode(prev)
-        },
+        verified: walk.verified(),
+        head: walk.head(),
+        kept_from,
         broken: None,
     })
 }

@@ -88,6 +88,18 @@ pub struct Checkpoint {
     pub kid: String,
     /// ECDSA P-256 over SHA-256, DER.
     pub signature: Vec<u8>,
+    /// A purge checkpoint: the events recorded before this time (Unix
+    /// microseconds) were removed, and with them the links up to `pos`.
+    pub purged_before: Option<i64>,
+}
+
+/// What a purge would remove: the links `start..=last` (a prefix of the chain),
+/// the last one's hash.
+#[derive(Debug, Clone)]
+pub struct PurgePlan {
+    pub start: i64,
+    pub last: i64,
+    pub hash: Vec<u8>,
 }
 
 /// An audit signing key as stored (the private key sealed).
@@ -163,7 +175,30 @@ struct CheckpointRow {
     kid: String,
     #[diesel(sql_type = diesel::sql_types::Binary)]
     signature: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    purged_before: Option<i64>,
 }
+
+impl From<CheckpointRow> for Checkpoint {
+    fn from(r: CheckpointRow) -> Checkpoint {
+        Checkpoint {
+            pos: r.pos,
+            hash: r.hash,
+            time: r.time,
+            kid: r.kid,
+            signature: r.signature,
+            purged_before: r.purged_before,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct MaybePos {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pos: Option<i64>,
+}
+
+const CHECKPOINT_COLUMNS: &str = "pos, hash, time, kid, signature, purged_before";
 
 const RAW_COLUMNS: &str = "seq, audit_id, recorded, action, outcome, key_id, body";
 
@@ -396,16 +431,12 @@ pub(crate) fn first_unchained_behind(
 pub(crate) fn checkpoints(pool: &DbPool) -> Result<Vec<Checkpoint>, StoreError> {
     pool.read(|c| {
         let mut sql = c.sql();
-        sql.push("SELECT pos, hash, time, kid, signature FROM audit_checkpoints ORDER BY pos");
+        sql.push(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY pos"
+        ));
         Ok(c.load::<CheckpointRow>(sql)?
             .into_iter()
-            .map(|r| Checkpoint {
-                pos: r.pos,
-                hash: r.hash,
-                time: r.time,
-                kid: r.kid,
-                signature: r.signature,
-            })
+            .map(Checkpoint::from)
             .collect())
     })
 }
@@ -414,36 +445,140 @@ pub(crate) fn checkpoints(pool: &DbPool) -> Result<Vec<Checkpoint>, StoreError> 
 pub(crate) fn last_checkpoint(pool: &DbPool) -> Result<Option<Checkpoint>, StoreError> {
     pool.read(|c| {
         let mut sql = c.sql();
-        sql.push(
-            "SELECT pos, hash, time, kid, signature FROM audit_checkpoints ORDER BY pos DESC LIMIT 1",
-        );
-        Ok(c.load::<CheckpointRow>(sql)?.into_iter().next().map(|r| Checkpoint {
-            pos: r.pos,
-            hash: r.hash,
-            time: r.time,
-            kid: r.kid,
-            signature: r.signature,
-        }))
+        sql.push(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY pos DESC LIMIT 1"
+        ));
+        Ok(c.load::<CheckpointRow>(sql)?
+            .into_iter()
+            .next()
+            .map(Checkpoint::from))
     })
 }
 
 /// Stores a checkpoint; false when one at that position exists (another node
 /// made it).
 pub(crate) fn add_checkpoint(pool: &DbPool, cp: &Checkpoint) -> Result<bool, StoreError> {
+    pool.write(|c| insert_checkpoint(c, cp))
+}
+
+fn insert_checkpoint(c: &mut AnyConn, cp: &Checkpoint) -> Result<bool, StoreError> {
+    let mut sql = c.sql();
+    sql.push(&format!(
+        "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ("
+    ))
+    .i64(cp.pos)
+    .push(", ")
+    .bind(Bind::Bytes(cp.hash.clone()))
+    .push(", ")
+    .i64(cp.time)
+    .push(", ")
+    .text(&cp.kid)
+    .push(", ")
+    .bind(Bind::Bytes(cp.signature.clone()))
+    .push(", ");
+    match cp.purged_before {
+        Some(b) => sql.i64(b),
+        None => sql.push("NULL"),
+    };
+    sql.push(") ON CONFLICT (pos) DO NOTHING");
+    Ok(c.execute(sql)? == 1)
+}
+
+/// The prefix of the chain whose events were all recorded before `before`
+/// (Unix microseconds): what a purge may remove. None when there is none.
+pub(crate) fn purge_plan(pool: &DbPool, before: i64) -> Result<Option<PurgePlan>, StoreError> {
+    pool.read(|c| {
+        let one = |c: &mut AnyConn, text: &str| -> Result<Option<i64>, StoreError> {
+            let mut sql = c.sql();
+            sql.push(text);
+            Ok(c.load::<MaybePos>(sql)?
+                .into_iter()
+                .next()
+                .and_then(|r| r.pos))
+        };
+        let Some(start) = one(c, "SELECT MIN(pos) AS pos FROM audit_chain")? else {
+            return Ok(None);
+        };
+        let first_kept = one(
+            c,
+            &format!(
+                "SELECT MIN(l.pos) AS pos FROM audit_chain l JOIN audit_log a ON a.seq = l.seq \
+                 WHERE a.recorded >= {before}"
+            ),
+        )?;
+        let last = match first_kept {
+            Some(k) => k - 1,
+            None => one(c, "SELECT MAX(pos) AS pos FROM audit_chain")?.unwrap_or(0),
+        };
+        if last < start {
+            return Ok(None);
+        }
+        let mut sql = c.sql();
+        sql.push("SELECT hash FROM audit_chain WHERE pos = ")
+            .i64(last);
+        #[derive(QueryableByName)]
+        struct H {
+            #[diesel(sql_type = diesel::sql_types::Binary)]
+            hash: Vec<u8>,
+        }
+        let Some(h) = c.load::<H>(sql)?.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some(PurgePlan {
+            start,
+            last,
+            hash: h.hash,
+        }))
+    })
+}
+
+/// Removes the events of `plan` (their rows, links, search index rows and the
+/// checkpoints up to its end) and stores the signed purge checkpoint `cp`, in
+/// one transaction; the number of events removed, or None when the chain's
+/// start moved meanwhile (another purge).
+pub(crate) fn purge(
+    pool: &DbPool,
+    plan: &PurgePlan,
+    cp: &Checkpoint,
+) -> Result<Option<i64>, StoreError> {
     pool.write(|c| {
         let mut sql = c.sql();
-        sql.push("INSERT INTO audit_checkpoints (pos, hash, time, kid, signature) VALUES (")
-            .i64(cp.pos)
-            .push(", ")
-            .bind(Bind::Bytes(cp.hash.clone()))
-            .push(", ")
-            .i64(cp.time)
-            .push(", ")
-            .text(&cp.kid)
-            .push(", ")
-            .bind(Bind::Bytes(cp.signature.clone()))
-            .push(") ON CONFLICT (pos) DO NOTHING");
-        Ok(c.execute(sql)? == 1)
+        sql.push("SELECT MIN(pos) AS pos FROM audit_chain");
+        let start = c
+            .load::<MaybePos>(sql)?
+            .into_iter()
+            .next()
+            .and_then(|r| r.pos);
+        if start != Some(plan.start) {
+            return Ok(None);
+        }
+        let purged = format!("(SELECT seq FROM audit_chain WHERE pos <= {})", plan.last);
+        for table in [
+            "search_blind",
+            "search_date",
+            "search_number",
+            "search_reference",
+            "search_uri",
+        ] {
+            let mut sql = c.sql();
+            sql.push(&format!(
+                "DELETE FROM {table} WHERE rid < 0 AND -rid IN {purged}"
+            ));
+            c.execute(sql)?;
+        }
+        let mut sql = c.sql();
+        sql.push(&format!("DELETE FROM audit_log WHERE seq IN {purged}"));
+        let n = c.execute(sql)? as i64;
+        let mut sql = c.sql();
+        sql.push("DELETE FROM audit_chain WHERE pos <= ")
+            .i64(plan.last);
+        c.execute(sql)?;
+        let mut sql = c.sql();
+        sql.push("DELETE FROM audit_checkpoints WHERE pos <= ")
+            .i64(plan.last);
+        c.execute(sql)?;
+        insert_checkpoint(c, cp)?;
+        Ok(Some(n))
     })
 }
 

@@ -32,7 +32,7 @@ use parking_lot::RwLock;
 use crate::access::{AccessContext, Action};
 use crate::crypto::{KeyError, Keyring, MasterKey};
 
-pub use audit_chain::{ChainState, Checkpoint, Link, RawAudit, StoredLink};
+pub use audit_chain::{ChainState, Checkpoint, Link, PurgePlan, RawAudit, StoredLink};
 pub use audit_index::{AuditIndexState, IndexedAudit, GAP_PATIENCE_MICROS};
 pub use audit_log::AuditRow;
 pub use auth::{
@@ -461,6 +461,22 @@ impl Store {
     /// Stores a checkpoint; false when one at its position exists.
     pub fn audit_add_checkpoint(&self, cp: &Checkpoint) -> Result<bool, StoreError> {
         audit_chain::add_checkpoint(&self.pool, cp)
+    }
+
+    /// The prefix of the audit chain whose events were all recorded before
+    /// `before` (Unix microseconds).
+    pub fn audit_purge_plan(&self, before: i64) -> Result<Option<PurgePlan>, StoreError> {
+        audit_chain::purge_plan(&self.pool, before)
+    }
+
+    /// Removes the events of `plan` and stores its signed purge checkpoint; the
+    /// number removed, None when another purge moved the chain's start.
+    pub fn audit_purge(
+        &self,
+        plan: &PurgePlan,
+        cp: &Checkpoint,
+    ) -> Result<Option<i64>, StoreError> {
+        audit_chain::purge(&self.pool, plan, cp)
     }
 
     /// The audit signing keys, oldest first: (kid, the private key (PKCS#8 DER)

@@ -3,7 +3,9 @@
 //! catch each kind of tampering made straight in the database (a changed byte, a
 //! deleted row, two rows swapped, a forged row slipped in, a cut tail) at the
 //! right position, on SQLite and PostgreSQL; checkpoints are signed by the key
-//! `fhirgate audit public-key` prints, and a key that did not sign them fails.
+//! `fhirgate audit public-key` prints, and a key that did not sign them fails; a
+//! purge (only past the six-year retention) keeps a chain that verifies from its
+//! signed purge checkpoint.
 //! Two nodes on one PostgreSQL make one valid chain (tests/api/audit_search.rs,
 //! `two_nodes_index_each_audit_event_once`).
 
@@ -258,4 +260,107 @@ async fn tampering_is_caught_at_its_position(backend: Backend) {
     );
 }
 
-on_both_backends!(tampering_is_caught_at_its_position);
+/// AuditEvents recorded in 2010, appended through the audit sink as the server
+/// appends its own, before any request: the first positions of the chain.
+async fn old_events(app: &crate::support::server::TestApp, n: usize) {
+    let recorded = 1_275_350_400_000_000i64; // 2010-06-01
+    let rows: Vec<fhirgate::store::AuditRow> = (0..n)
+        .map(|i| {
+            let id = uuid::Uuid::new_v4().to_string();
+            let ev = json!({
+                "resourceType": "AuditEvent", "id": id,
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+                "action": "R", "recorded": "2010-06-01T00:00:00Z", "outcome": "0",
+                "agent": [{"who": {"display": "old"}, "requestor": true}],
+                "source": {"observer": {"display": "fhirgate"}}
+            });
+            fhirgate::store::AuditRow {
+                id,
+                recorded: recorded + i as i64,
+                action: "R",
+                outcome: "0",
+                body: serde_json::to_vec(&ev).unwrap(),
+            }
+        })
+        .collect();
+    let store = app.store.clone();
+    actix_web::rt::task::spawn_blocking(move || store.append_audits(&rows))
+        .await
+        .unwrap()
+        .expect("append");
+}
+
+async fn a_purge_keeps_a_verifiable_chain(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| s.audit.chain_interval_ms = 20).await;
+    old_events(&app, 3).await;
+    let body = json!({"resourceType": "Patient"});
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_json("/Patient", &body).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let db = app.stop_keep_db().await;
+    let total = db.count_rows("audit_log");
+    assert!(total >= 6, "{total}");
+
+    // Inside the retention period (six years): refused, nothing removed.
+    let out = cli(&db, &["audit", "purge", "--before", "2025-01-01"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit.retention_days"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(db.count_rows("audit_log"), total);
+    // A retention below six years is refused at start, whatever the command.
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["audit", "verify"])
+        .env("FHIRGATE_DATABASE__URL", &db.url)
+        .env("FHIRGATE_CRYPTO__MASTER_KEY_FILE", db.key_file())
+        .env("FHIRGATE_AUDIT__RETENTION_DAYS", "30")
+        .current_dir(db.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retention_days"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The 2010 events go; the chain verifies from the purge checkpoint on.
+    let out = cli(&db, &["audit", "purge", "--before", "2011-01-01"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v, json!({"purged": 3, "keptFrom": 4}));
+    assert_eq!(db.count_rows("audit_log"), total - 3);
+    assert_eq!(
+        db.count_rows("search_date WHERE rid < 0 AND -rid NOT IN (SELECT seq FROM audit_log)"),
+        0,
+        "no index rows of removed events"
+    );
+    let (code, v) = verify(&db, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["keptFrom"], 4, "{v}");
+    assert_eq!(v["verified"], json!(total - 3), "{v}");
+    // Nothing more to purge.
+    let out = cli(&db, &["audit", "purge", "--before", "2011-01-01"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["purged"], 0, "{v}");
+    // Without the signed purge checkpoint, the missing start shows.
+    sql(
+        &db,
+        "DELETE FROM audit_checkpoints WHERE purged_before IS NOT NULL",
+    );
+    assert_broken(&db, &[], 1, "missing", "a purge without its checkpoint");
+}
+
+on_both_backends!(
+    tampering_is_caught_at_its_position,
+    a_purge_keeps_a_verifiable_chain
+);

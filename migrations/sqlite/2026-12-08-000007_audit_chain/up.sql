@@ -31,13 +31,16 @@ CREATE TABLE audit_chain_gaps (
 );
 
 -- Signed checkpoints of the chain's head: position, hash, time (Unix
--- microseconds), the signing key and an ECDSA P-256 signature (DER).
+-- microseconds), the signing key and an ECDSA P-256 signature (DER). A purge
+-- checkpoint (purged_before set: the date the purge removed events before) marks
+-- where the kept chain starts: the links up to its position were removed.
 CREATE TABLE audit_checkpoints (
     pos BIGINT PRIMARY KEY NOT NULL,
     hash BLOB NOT NULL,
     time BIGINT NOT NULL,
     kid TEXT NOT NULL,
-    signature BLOB NOT NULL
+    signature BLOB NOT NULL,
+    purged_before BIGINT
 );
 
 -- The audit signing keys: the private key sealed under a data key (enveloped by
