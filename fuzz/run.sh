@@ -16,6 +16,10 @@
 # assertions are on), an abort, a timeout or running out of memory; there is no
 # unsafe code of fhirgate's own for AddressSanitizer to watch.
 #
+# FUZZ_KEEP_GOING=1 runs libFuzzer in fork mode with -ignore_crashes (and timeouts and
+# out-of-memory): the run lasts its whole time, every finding lands in
+# fuzz/artifacts/TARGET. Without it a run stops at its first finding.
+#
 # Corpora live in fuzz/corpus/TARGET (not committed: regenerated from ../shared),
 # crashes in fuzz/artifacts/TARGET; each run's libFuzzer log is
 # fuzz/logs/TARGET-<date>.log and its last lines give the figures docs/testing.md
@@ -63,8 +67,12 @@ run() {
     echo "fuzzing $target for ${seconds}s; log: fuzz/$log"
     # One job: the machine's two cores are shared with builds. -timeout makes an
     # input that takes more than 10 s a finding; -rss_limit_mb one that needs 2 GB.
+    local keep_going=()
+    if [ -n "${FUZZ_KEEP_GOING:-}" ]; then
+        keep_going=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+    fi
     set +e
-    "$(bin "$target")" "corpus/$target" \
+    "$(bin "$target")" "corpus/$target" "${keep_going[@]}" \
         -artifact_prefix="artifacts/$target/" \
         -max_total_time="$seconds" -max_len="$MAX_LEN" \
         -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
