@@ -93,7 +93,9 @@ pub fn settings() -> fhirgate::config::Settings {
 }
 
 /// If `FHIRGATE_FUZZ_SEEDS` names a folder, writes `seeds` there (one file each)
-/// and exits: the target was asked for its seed corpus, not to fuzz.
+/// and exits: the target was asked for its seed corpus, not to fuzz. It says how
+/// many on stdout, as a command-line tool does (`fuzz/run.sh` shows it).
+#[allow(clippy::disallowed_macros)]
 pub fn write_seeds_if_asked(seeds: impl FnOnce() -> Vec<Vec<u8>>) {
     let Some(dir) = std::env::var_os("FHIRGATE_FUZZ_SEEDS") else {
         return;
