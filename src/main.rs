@@ -399,14 +399,18 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let summary = startup::import(&settings, &options, &|bad| eprintln!("{bad}"))?;
             let secs = summary.elapsed.as_secs_f64();
             println!(
-                "imported {} resources from {} files in {secs:.1} s ({:.0} resources/s); {} unchanged, {} units already imported, {} bad",
+                "imported {} resources from {} files in {secs:.1} s ({:.0} resources/s); {} unchanged, {} units already imported, {} lines retried, {} bad",
                 summary.written,
                 summary.files,
                 summary.written as f64 / secs.max(1e-9),
                 summary.unchanged,
                 summary.resumed_units,
+                summary.retried,
                 summary.bad.len()
             );
+            if !summary.bad.is_empty() {
+                println!("the bad items are listed above; run the same command again (after fixing what refused them) to retry exactly those");
+            }
             if summary.stopped {
                 println!("stopped at the first bad item (--fail-fast); run again to resume");
             }

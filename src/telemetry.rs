@@ -1,4 +1,6 @@
 //! Logging set up once: `tracing` with an env-style filter, text or JSON lines.
+//! Logs go to stderr; colour codes (ANSI escapes) only when stderr is a terminal,
+//! so a log piped to a file or a collector is plain text.
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,7 +11,8 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = if settings.format.eq_ignore_ascii_case("json") {
         builder
             .json()

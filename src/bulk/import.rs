@@ -10,7 +10,13 @@
 //! skipped, or stops the import (`OnError::Fail`). Progress is durable: each batch's
 //! transaction also records `(file, batch)` in `import_progress`, where the file is
 //! named by its path, size and modification time, so an interrupted import resumes
-//! with exactly the batches that are not stored (none twice).
+//! with exactly the batches that are not stored (none twice). The lines of a
+//! stored batch that could not be stored are recorded with it (`import_failures`):
+//! a rerun on the same file retries exactly those lines and reports the ones that
+//! fail again, so fixing what refused them (a setting, a missing resource) and
+//! running the same command again completes the import. An entry of a batch
+//! Bundle that failed is retried the same way; a transaction Bundle that failed
+//! stored nothing and runs again whole.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -77,6 +83,11 @@ pub struct ImportSummary {
     pub unchanged: u64,
     /// Batches and Bundles skipped because an earlier run stored them.
     pub resumed_units: u64,
+    /// NDJSON lines (and single-resource files) that an earlier run could not
+    /// store, tried again by this one (those that failed again are in `bad`). The
+    /// entries of a batch Bundle not stored before run again too, counted with
+    /// the resources they store.
+    pub retried: u64,
     pub bad: Vec<BadItem>,
     pub elapsed: Duration,
     /// The import stopped at a bad item (`OnError::Fail`).
@@ -108,6 +119,8 @@ enum Work {
         part: i64,
         lines: Vec<(usize, String)>,
         bytes: u64,
+        /// The lines failed in an earlier run that stored the rest of their batch.
+        retry: bool,
     },
     Document {
         file: PathBuf,
@@ -115,6 +128,8 @@ enum Work {
         bytes: u64,
         /// Parts stored by an earlier run (the entries of a batch Bundle).
         done: HashSet<i64>,
+        /// The file's one resource failed in an earlier run.
+        retry: bool,
     },
 }
 
@@ -127,6 +142,7 @@ struct Shared<'a> {
     written: AtomicU64,
     unchanged: AtomicU64,
     resumed: AtomicU64,
+    retried: AtomicU64,
     bad: Mutex<Vec<BadItem>>,
     fatal: Mutex<Option<ImportError>>,
 }
@@ -152,7 +168,10 @@ impl Shared<'_> {
     fn count(&self, done: &[Done]) {
         for d in done {
             match d {
-                Done::Stored { .. } | Done::Deleted { .. } => {
+                Done::Stored {
+                    unchanged: false, ..
+                }
+                | Done::Deleted { .. } => {
                     self.written.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {
@@ -199,6 +218,7 @@ pub fn import(
         written: AtomicU64::new(0),
         unchanged: AtomicU64::new(0),
         resumed: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
         bad: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
     };
@@ -239,6 +259,7 @@ pub fn import(
         written: shared.written.into_inner(),
         unchanged: shared.unchanged.into_inner(),
         resumed_units: shared.resumed.into_inner(),
+        retried: shared.retried.into_inner(),
         stopped: opts.on_error == OnError::Fail && !bad.is_empty(),
         bad,
         elapsed: started.elapsed(),
@@ -303,17 +324,29 @@ fn feed(
         .imported_parts(&unit)?
         .into_iter()
         .collect();
+    let failed: HashSet<usize> = shared
+        .env
+        .store
+        .import_failures(&unit)?
+        .into_iter()
+        .filter_map(|l| usize::try_from(l).ok())
+        .collect();
     if !is_ndjson(path) {
-        if done.contains(&0) {
+        let retry = done.contains(&0) && !failed.is_empty();
+        if done.contains(&0) && !retry {
             shared.resumed.fetch_add(1, Ordering::Relaxed);
             shared.bar.inc(meta.len());
             return Ok(());
+        }
+        if retry {
+            shared.retried.fetch_add(1, Ordering::Relaxed);
         }
         let _ = tx.send(Work::Document {
             file: path.to_path_buf(),
             unit,
             bytes: meta.len(),
             done,
+            retry,
         });
         return Ok(());
     }
@@ -345,17 +378,26 @@ fn feed(
         let end_of_batch = n == 0 || line_no % batch == 0;
         if end_of_batch && (bytes > 0 || !lines.is_empty()) {
             let part = ((line_no.max(1) - 1) / batch) as i64;
-            if done.contains(&part) {
-                shared.resumed.fetch_add(1, Ordering::Relaxed);
-                shared.bar.inc(bytes);
-                lines.clear();
-            } else if !lines.is_empty() {
+            let retry = done.contains(&part);
+            if retry {
+                // Stored by an earlier run, but for the lines that failed then.
+                lines.retain(|(n, _)| failed.contains(n));
+                if lines.is_empty() {
+                    shared.resumed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared
+                        .retried
+                        .fetch_add(lines.len() as u64, Ordering::Relaxed);
+                }
+            }
+            if !lines.is_empty() {
                 let work = Work::Lines {
                     file: path.to_path_buf(),
                     unit: unit.clone(),
                     part,
                     lines: std::mem::take(&mut lines),
                     bytes,
+                    retry,
                 };
                 if tx.send(work).is_err() || shared.stop.load(Ordering::SeqCst) {
                     return Ok(());
@@ -379,8 +421,9 @@ fn run_work(shared: &Shared, work: Work) {
             part,
             lines,
             bytes,
+            retry,
         } => {
-            import_lines(shared, &file, &unit, part, lines);
+            import_lines(shared, &file, &unit, part, lines, retry);
             shared.bar.inc(bytes);
         }
         Work::Document {
@@ -388,8 +431,9 @@ fn run_work(shared: &Shared, work: Work) {
             unit,
             bytes,
             done,
+            retry,
         } => {
-            import_document(shared, &file, &unit, &done);
+            import_document(shared, &file, &unit, &done, retry);
             shared.bar.inc(bytes);
         }
     }
@@ -467,8 +511,37 @@ fn marker<'a>(unit: &'a str, part: i64) -> impl Fn(&mut dyn Txn) -> Result<(), S
     move |txn: &mut dyn Txn| txn.mark_imported(unit, part)
 }
 
-fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<(usize, String)>) {
+/// Marks `(unit, part)` and which of its lines failed (and, in a retry, which
+/// lines are no longer failures), inside the transaction that stores the rest.
+fn batch_marker<'a>(
+    unit: &'a str,
+    part: i64,
+    retried: &'a [i64],
+    failed: &'a [i64],
+) -> impl Fn(&mut dyn Txn) -> Result<(), StoreError> + 'a {
+    move |txn: &mut dyn Txn| {
+        txn.mark_imported(unit, part)?;
+        txn.mark_import_failures(unit, retried, failed)
+    }
+}
+
+/// Imports one batch of lines (`retry`: the lines of a stored batch that failed
+/// in an earlier run).
+fn import_lines(
+    shared: &Shared,
+    file: &Path,
+    unit: &str,
+    part: i64,
+    lines: Vec<(usize, String)>,
+    retry: bool,
+) {
     let env = shared.env;
+    let retried: Vec<i64> = if retry {
+        lines.iter().map(|(n, _)| *n as i64).collect()
+    } else {
+        Vec::new()
+    };
+    let mut failed: Vec<i64> = Vec::new();
     let mut entries: Vec<Entry> = Vec::with_capacity(lines.len());
     let mut numbers: Vec<usize> = Vec::with_capacity(lines.len());
     for (n, text) in lines {
@@ -477,21 +550,36 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
                 entries.push(e);
                 numbers.push(n);
             }
-            Err(message) => shared.bad(BadItem {
-                file: file.to_path_buf(),
-                line: Some(n),
-                message,
-            }),
+            Err(message) => {
+                failed.push(n as i64);
+                shared.bad(BadItem {
+                    file: file.to_path_buf(),
+                    line: Some(n),
+                    message,
+                })
+            }
         }
     }
     if shared.stop.load(Ordering::SeqCst) {
         return;
     }
-    let mark = marker(unit, part);
+    if entries.is_empty() {
+        // Every line was refused before it was written: the batch is recorded with
+        // its failed lines all the same (a transaction without entries runs nothing).
+        let mark = batch_marker(unit, part, &retried, &failed);
+        if let Err(e) = env.store.transaction(env.ctx, &mut |t| mark(t)) {
+            shared.fatal(ImportError::Store(e));
+        }
+        return;
+    }
     // Lines refused when written are reported and the batch runs again without
     // them; every round removes at least one line.
     loop {
-        match bundle::process_transaction(env, &entries, Some(&mark)) {
+        let result = {
+            let mark = batch_marker(unit, part, &retried, &failed);
+            bundle::process_transaction(env, &entries, Some(&mark))
+        };
+        match result {
             Ok(done) => {
                 shared.count(&done);
                 return;
@@ -532,13 +620,14 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
                 }
                 for p in at_fault.into_iter().rev() {
                     entries.remove(p);
-                    numbers.remove(p);
+                    failed.push(numbers.remove(p) as i64);
                 }
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
                 }
                 if entries.is_empty() {
-                    // Nothing left: record the batch as done all the same.
+                    // Nothing left: record the batch (and its failed lines) all the same.
+                    let mark = batch_marker(unit, part, &retried, &failed);
                     if let Err(e) = env.store.transaction(env.ctx, &mut |t| mark(t)) {
                         shared.fatal(ImportError::Store(e));
                     }
@@ -551,7 +640,7 @@ fn import_lines(shared: &Shared, file: &Path, unit: &str, part: i64, lines: Vec<
 
 /// A JSON file: a transaction Bundle (one transaction), a batch Bundle (each entry
 /// on its own, recorded as its own part), or one resource.
-fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>) {
+fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>, retry: bool) {
     let env = shared.env;
     let bad = |line: Option<usize>, message: String| {
         shared.bad(BadItem {
@@ -570,7 +659,7 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
     };
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         let text = String::from_utf8_lossy(&bytes).replace('\n', " ");
-        return import_lines(shared, file, unit, 0, vec![(1, text)]);
+        return import_lines(shared, file, unit, 0, vec![(1, text)], retry);
     }
     let read = match bundle::read_bundle(env.checks(), env.base_url, value, usize::MAX) {
         Ok(r) => r,
@@ -618,6 +707,7 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
             }
         }
         BundleKind::Batch => {
+            let mut failures = 0usize;
             for (i, e) in read.entries.into_iter().enumerate() {
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
@@ -632,6 +722,7 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                     Ok(e) => e,
                     Err(err) => {
                         entry_bad(i, &err);
+                        failures += 1;
                         continue;
                     }
                 };
@@ -644,14 +735,18 @@ fn import_document(shared: &Shared, file: &Path, unit: &str, done: &HashSet<i64>
                             return shared.fatal(ImportError::Store(e));
                         }
                         entry_bad(i, &err);
+                        failures += 1;
                     }
                 }
             }
-            if let Err(e) = env
-                .store
-                .transaction(env.ctx, &mut |t| t.mark_imported(unit, 0))
-            {
-                shared.fatal(ImportError::Store(e));
+            // The file is done only when every entry is: a rerun retries the others.
+            if failures == 0 {
+                if let Err(e) = env
+                    .store
+                    .transaction(env.ctx, &mut |t| t.mark_imported(unit, 0))
+                {
+                    shared.fatal(ImportError::Store(e));
+                }
             }
         }
     }

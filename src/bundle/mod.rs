@@ -39,7 +39,7 @@ use crate::patch::Patch;
 use crate::search::SearchEngine;
 use crate::store::{Store, StoreError, Txn};
 
-pub use process::{process_batch, process_entry, process_transaction, Done, Failure};
+pub use process::{dry_run, process_batch, process_entry, process_transaction, Done, Failure};
 pub use references::{classify, restful_base, walk, RefForm, Site};
 pub use request::{parse_target, read_bundle, BundleKind, ReadError, RequestBundle};
 pub use write::identity_change;

@@ -22,6 +22,9 @@ pub enum Done {
         version: i64,
         last_updated: i64,
         created: bool,
+        /// An update that changed nothing: no version was written, `version` is
+        /// the current one.
+        unchanged: bool,
         body: Option<Vec<u8>>,
     },
     /// A conditional create that found its one match: nothing written.
@@ -119,6 +122,40 @@ pub fn process_entry(
 }
 
 pub(super) type Errors = Vec<(Option<usize>, EntryError)>;
+
+/// Runs what precedes the database for entries (a transaction's, or with
+/// `independent` a batch's or a lone entry's): the plan, the resolution as an empty
+/// database would answer it (no criteria match, no id exists) and the preparation
+/// (ids set, references rewritten, index rows built). Nothing is read or written;
+/// the answer is the number of entries that would write, or every entry's error.
+/// The fuzz target `bundle_plan` (`fuzz/`) drives the planner through it.
+pub fn dry_run(
+    env: &Env,
+    entries: &[Entry],
+    independent: bool,
+) -> Result<usize, Vec<(Option<usize>, EntryError)>> {
+    let plan = plan(env, entries, independent)?;
+    let resolution = resolve(&plan, &mut EmptyDatabase)?;
+    let prepared = prepare(env, &plan, &resolution)?;
+    Ok(prepared.iter().filter(|p| p.is_some()).count())
+}
+
+/// A database without resources, as [`dry_run`] sees it.
+struct EmptyDatabase;
+
+impl crate::store::Lookup for EmptyDatabase {
+    fn matches(&mut self, _: &crate::store::Condition) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn current(
+        &mut self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<crate::store::StoredVersion>, StoreError> {
+        Ok(None)
+    }
+}
 
 /// Why a transaction body stopped.
 enum Abort {

@@ -234,8 +234,13 @@ fn write_version(env: &Env, txn: &mut dyn Txn, v: &Version) -> Result<WriteResul
     let callbacks = v.callbacks(env);
     let result = txn.write(&v.request(env, &callbacks))?;
     if result.unchanged {
-        // A delete of a deleted resource writes no version, but is audited.
-        txn.insert_audits(&[env.audit.row(&v.audit)])?;
+        // A delete of a deleted resource, or an update that changes nothing, writes
+        // no version but is audited (the update with the version it answers).
+        let row = match v.kind {
+            WriteKind::Update { .. } => (callbacks.1)(&result)?,
+            _ => env.audit.row(&v.audit),
+        };
+        txn.insert_audits(&[row])?;
     }
     Ok(result)
 }
@@ -511,6 +516,7 @@ fn stored(env: &Env, rt: &str, id: &str, r: WriteResult) -> Done {
         version: r.version,
         last_updated: r.last_updated,
         created: r.created,
+        unchanged: r.unchanged,
         body: env.return_bodies.then_some(r.body),
     }
 }
@@ -562,6 +568,7 @@ fn store_prepared(
         version: r.version,
         last_updated: r.last_updated,
         created: r.created,
+        unchanged: r.unchanged,
         body: env.return_bodies.then_some(r.body),
     })
 }
@@ -670,6 +677,7 @@ fn patch(
         version: r.version,
         last_updated: r.last_updated,
         created: false,
+        unchanged: r.unchanged,
         body: env.return_bodies.then_some(r.body),
     })
 }

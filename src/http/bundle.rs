@@ -404,6 +404,7 @@ fn response_bundle(
                         last_updated,
                         created,
                         body,
+                        ..
                     } => (
                         Some(format!("{base}/{resource_type}/{id}")),
                         body,

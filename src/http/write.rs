@@ -121,6 +121,7 @@ pub(super) fn reply(state: &AppState, req: &HttpRequest, done: Done) -> Result<R
             last_updated,
             created,
             body,
+            ..
         } => {
             let status = if created {
                 StatusCode::CREATED

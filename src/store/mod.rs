@@ -90,6 +90,8 @@ pub enum Unavailable {
     AuditWriterStopped,
     #[error("the audit group commit failed")]
     AuditCommit(#[source] Arc<StoreError>),
+    #[error("the SQLite database file cannot be created")]
+    File(#[source] std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -731,7 +733,7 @@ impl Store {
         req: &WriteRequest<'_>,
     ) -> Result<WriteResult, StoreError> {
         let ring = self.keyring()?;
-        let rows = match write::rows_of(&ring, req, None, crate::fhir::now_micros())? {
+        let rows = match write::rows_of(&ring, req, None, None, crate::fhir::now_micros())? {
             write::Planned::Write(rows) => *rows,
             write::Planned::Unchanged(r) => return Ok(r),
         };
@@ -763,6 +765,22 @@ impl Store {
                 .text(unit)
                 .push(" ORDER BY part");
             Ok(c.load::<Part>(sql)?.into_iter().map(|p| p.part).collect())
+        })
+    }
+
+    /// The lines of an import unit that an earlier run could not store.
+    pub fn import_failures(&self, unit: &str) -> Result<Vec<i64>, StoreError> {
+        #[derive(diesel::QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            line: i64,
+        }
+        self.pool.read(|c| {
+            let mut sql = c.sql();
+            sql.push("SELECT line FROM import_failures WHERE unit = ")
+                .text(unit)
+                .push(" ORDER BY line");
+            Ok(c.load::<Line>(sql)?.into_iter().map(|l| l.line).collect())
         })
     }
 

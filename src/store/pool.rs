@@ -120,6 +120,26 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     }
 }
 
+/// Creates a SQLite database file that does not exist yet readable and writable by
+/// its owner only (0600), whatever the umask: it holds sealed bodies, but also the
+/// audit trail's order and clear dates. SQLite gives the `-wal` and `-shm` files it
+/// creates beside it the database file's permissions. An existing file is left as
+/// the operator made it; `:memory:` and `file:` URIs are SQLite's to open.
+fn create_private(path: &str) -> std::io::Result<()> {
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl DbPool {
     /// A pool for `url`; `request_timeout`: the budget of a request's store work
     /// (store::deadline), None for none.
@@ -142,6 +162,7 @@ impl DbPool {
             // The HTTP workers read inline (one connection each) beside the audit
             // writer and the write transactions.
             let size = if size == 0 { cores + 4 } else { size };
+            create_private(path).map_err(|e| StoreError::Unavailable(Unavailable::File(e)))?;
             if request_timeout.is_some() {
                 // Before the first connection: the handler is installed as each opens.
                 super::deadline::install_sqlite_interrupt();

@@ -78,8 +78,17 @@ pub trait Txn: Lookup {
     /// that found its match, a conditional delete without one).
     fn insert_audits(&mut self, rows: &[AuditRow]) -> Result<(), StoreError>;
 
-    /// Records import progress with the data it describes.
+    /// Records import progress with the data it describes (again: no change).
     fn mark_imported(&mut self, unit: &str, part: i64) -> Result<(), StoreError>;
+
+    /// Records which lines of an import unit are not stored (`failed`) and which
+    /// that were are now (`retried`), with the data of the same batch.
+    fn mark_import_failures(
+        &mut self,
+        unit: &str,
+        retried: &[i64],
+        failed: &[i64],
+    ) -> Result<(), StoreError>;
 }
 
 /// An error a transaction body may end with: store errors convert into it, and it
@@ -167,7 +176,27 @@ impl Txn for On<'_, '_> {
                 req.id,
             )?,
         };
-        match rows_of(self.ring, req, current, crate::fhir::now_micros())? {
+        // An update is compared with the current version (decrypted): one that
+        // changes nothing writes no version (`rows_of`).
+        let stored = match (req.kind, current) {
+            (WriteKind::Update { .. }, Some(c)) if !c.deleted => version(
+                self.c,
+                self.ring,
+                self.ctx,
+                action,
+                req.resource_type,
+                req.id,
+                None,
+            )?,
+            _ => None,
+        };
+        match rows_of(
+            self.ring,
+            req,
+            current,
+            stored.as_ref(),
+            crate::fhir::now_micros(),
+        )? {
             Planned::Unchanged(r) => Ok(r),
             Planned::Write(rows) => {
                 let mut written = apply(self.c, self.ring, self.ctx, vec![*rows])?;
@@ -183,7 +212,7 @@ impl Txn for On<'_, '_> {
         let ts = crate::fhir::now_micros();
         let mut rows = Vec::with_capacity(reqs.len());
         for req in reqs {
-            match rows_of(self.ring, req, None, ts)? {
+            match rows_of(self.ring, req, None, None, ts)? {
                 Planned::Write(r) => rows.push(*r),
                 Planned::Unchanged(_) => return Err(StoreError::Contention),
             }
@@ -235,8 +264,37 @@ impl Txn for On<'_, '_> {
             .i64(part)
             .push(", ")
             .i64(crate::fhir::now_micros())
-            .push(")");
+            .push(") ON CONFLICT (unit, part) DO NOTHING");
         self.c.execute(sql)?;
+        Ok(())
+    }
+
+    fn mark_import_failures(
+        &mut self,
+        unit: &str,
+        retried: &[i64],
+        failed: &[i64],
+    ) -> Result<(), StoreError> {
+        if !retried.is_empty() {
+            let mut sql = self.c.sql();
+            sql.push("DELETE FROM import_failures WHERE unit = ")
+                .text(unit)
+                .push(" AND ");
+            sql.in_i64s("line", retried);
+            self.c.execute(sql)?;
+        }
+        for chunk in failed.chunks(500) {
+            let mut sql = self.c.sql();
+            sql.push("INSERT INTO import_failures (unit, line) VALUES ");
+            for (i, line) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(").text(unit).push(", ").i64(*line).push(")");
+            }
+            sql.push(" ON CONFLICT (unit, line) DO NOTHING");
+            self.c.execute(sql)?;
+        }
         Ok(())
     }
 }

@@ -80,7 +80,8 @@ pub struct WriteResult {
     pub last_updated: i64,
     /// The resource did not exist (or was deleted) before.
     pub created: bool,
-    /// A delete of an already deleted resource changes nothing.
+    /// Nothing was written: a delete of an already deleted resource, or an update
+    /// that changes nothing (the current version is the answer).
     pub unchanged: bool,
     pub body: Vec<u8>,
 }
@@ -159,17 +160,26 @@ impl VersionRows {
 /// What a write request comes to, given the resource's current row.
 pub(crate) enum Planned {
     Write(Box<VersionRows>),
-    /// Nothing to write (a delete of a deleted resource), with the result to answer.
+    /// Nothing to write (a delete of a deleted resource, an update that changes
+    /// nothing), with the result to answer.
     Unchanged(WriteResult),
 }
 
 /// The one function that decides what a write writes: the version number, the
 /// checks of `If-Match` and of the write's kind against the current row, and
 /// every row, sealed and blinded, stamped `ts`.
+///
+/// `stored` is the current version as stored, when the caller read it for an
+/// update: an update whose body, stamped with that version's `versionId` and
+/// `lastUpdated`, is the stored body byte for byte changes nothing, so it writes
+/// no version and its answer is the current one (as HAPI FHIR does; R4 does not
+/// require a new version for a no-op update). A rerun of `fhirgate import` is
+/// idempotent through this. The caller still audits it.
 pub(crate) fn rows_of(
     ring: &Keyring,
     req: &WriteRequest<'_>,
     current: Option<CurrentRow>,
+    stored: Option<&super::StoredVersion>,
     ts: i64,
 ) -> Result<Planned, StoreError> {
     let if_match = match req.kind {
@@ -203,6 +213,22 @@ pub(crate) fn rows_of(
             Some(c) if c.version == expected => {}
             Some(c) => return Err(StoreError::VersionConflict { current: c.version }),
             None => return Err(StoreError::VersionConflict { current: 0 }),
+        }
+    }
+    if let (WriteKind::Update { .. }, Some(c), Some(s)) = (req.kind, current, stored) {
+        if !c.deleted
+            && !s.deleted
+            && s.version == c.version
+            && (req.prepare)(s.version, s.last_updated)? == s.body
+        {
+            return Ok(Planned::Unchanged(WriteResult {
+                rid: c.rid,
+                version: s.version,
+                last_updated: s.last_updated,
+                created: false,
+                unchanged: true,
+                body: s.body.clone(),
+            }));
         }
     }
     let version = current.map_or(1, |c| c.version + 1);

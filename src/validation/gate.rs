@@ -66,6 +66,21 @@ impl WriteGate {
                 }
             }
         }
+        if crate::fhir::outcome::has_errors(&issues) {
+            issues.push(mode_note());
+        }
         issues
     }
+}
+
+/// Said beside the errors of a refused write (422), so that an operator who meets
+/// them learns which setting decides what is checked (issue 13).
+fn mode_note() -> Issue {
+    Issue::error(
+        "informational",
+        "the resource was checked against its type's definition, the profiles it claims in \
+         meta.profile and those validation.required_profiles names, because validation.mode is \
+         `full` (the default); validation.mode = \"structure\" checks only the core structure",
+    )
+    .severity(crate::fhir::Severity::Information)
 }

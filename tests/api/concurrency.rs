@@ -43,6 +43,9 @@ async fn race(bases: &[String]) {
             let url = format!("{}/Patient/racer", bases[i % bases.len()]);
             let mut b = body.clone();
             b["gender"] = json!(if i % 2 == 0 { "male" } else { "female" });
+            // Each racer changes something: an update that changes nothing makes no
+            // version (no_op_update), and would let a second racer's If-Match pass.
+            b["name"] = json!([{"family": format!("round{round}-racer{i}")}]);
             let client = client.clone();
             async move { put_if_match(&client, &url, &b, version).await }
         });

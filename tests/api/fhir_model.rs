@@ -192,3 +192,55 @@ fn malformed_xml_is_rejected_with_a_reason() {
         );
     }
 }
+
+/// Found by the `json_reader` fuzz target (docs/testing.md, "Coverage-guided
+/// fuzzing"): a narrative with junk among its `div`'s attributes passed the JSON
+/// reader, and fhirgate's XML of it could not be read back (nor by anyone else).
+/// Every element's attributes and every entity reference of a narrative are now
+/// checked, from JSON and from XML alike.
+#[test]
+fn narratives_that_are_not_well_formed_xml_are_refused() {
+    let model = support::core_model();
+    let found = r#"{"resourceType":"ResearchSubject","id":"example","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"[>Put rendering here]</div>"},"status":"candidate","study":{"reference":"ResearchStudy/example"},"individual":{"reference":"Patient/example"}}"#;
+    let issues = fhir::parse_resource(&model, found.as_bytes(), Format::Json)
+        .expect_err("a div with junk among its attributes is refused");
+    assert!(
+        issues.iter().any(
+            |i| i.expression.as_deref() == Some("ResearchSubject.text.div")
+                && i.diagnostics.contains("not well-formed XHTML")
+        ),
+        "{issues:?}"
+    );
+    let div = |inner: &str| format!(r#"<div xmlns="http://www.w3.org/1999/xhtml">{inner}</div>"#);
+    for bad in [
+        div(r#"<p a=b>x</p>"#),
+        div(r#"<p class="a" class="b">x</p>"#),
+        div("&nbsp;"),
+        div("&#1;"),
+        div(r#"<p title="&bogus;">x</p>"#),
+    ] {
+        let patient =
+            json!({"resourceType": "Patient", "text": {"status": "generated", "div": bad}});
+        let text = patient.to_string();
+        assert!(
+            fhir::parse_resource(&model, text.as_bytes(), Format::Json).is_err(),
+            "JSON: {bad}"
+        );
+        let xml_text = format!(
+            r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>{bad}</text></Patient>"#
+        );
+        assert!(
+            fhir::parse_resource(&model, xml_text.as_bytes(), Format::Xml).is_err(),
+            "XML: {bad}"
+        );
+    }
+    // What is well-formed still passes, and is written and read back the same.
+    let good = json!({"resourceType": "Patient", "text": {"status": "generated",
+        "div": div(r#"<p title="&quot;a&quot;" class="x">&#233; &amp; &lt;b&gt;</p>"#)}});
+    let v = fhir::parse_resource(&model, good.to_string().as_bytes(), Format::Json).unwrap();
+    let x = xml::to_xml(&model, &v, false).unwrap();
+    assert_eq!(
+        fhir::parse_resource(&model, x.as_bytes(), Format::Xml).unwrap(),
+        v
+    );
+}

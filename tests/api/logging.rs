@@ -65,3 +65,34 @@ async fn the_log_never_holds_patient_data() {
         assert!(!text.contains(secret), "the log holds {secret}");
     }
 }
+
+/// The text log of a server whose output is not a terminal (here a file, as under
+/// systemd or `fhirgate serve 2>&1 | tee`) holds no colour codes (ANSI escapes).
+#[actix_rt::test]
+async fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    fhirgate::crypto::MasterKey::generate()
+        .unwrap()
+        .write_new_file(&key)
+        .unwrap();
+    let db = format!("sqlite://{}", dir.path().join("fhirgate.db").display());
+    let log = dir.path().join("server.log");
+    let server = support::process::start(&db, &key, &log, &[("FHIRGATE_LOG__FORMAT", "text")]);
+    let r = awc::Client::default()
+        .get(format!("{}/Patient/nobody", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("fhirgate serving") && text.contains("request finished"),
+        "the server logged: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in the log: {text:?}"
+    );
+}

@@ -27,6 +27,7 @@ mod fhirpath_suite;
 mod hostile;
 mod import;
 mod logging;
+mod no_op_update;
 mod parser_fuzz;
 mod patch_api;
 mod patch_suite;

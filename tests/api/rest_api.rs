@@ -94,6 +94,11 @@ async fn update_as_create_with_a_client_id(backend: Backend) {
         r.header("location").unwrap(),
         format!("{}/Patient/pat-1/_history/1", app.base)
     );
+    // The same body again changes nothing: 200 with version 1 (no_op_update).
+    let r = app.put_json("/Patient/pat-1", &p).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["meta"]["versionId"], "1");
+    p["active"] = json!(false);
     let r = app.put_json("/Patient/pat-1", &p).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["meta"]["versionId"], "2");
@@ -106,7 +111,10 @@ async fn version_aware_updates_and_conditional_reads(backend: Backend) {
     let created = app.post_json("/Patient", &patient("Chalmers")).await.json();
     let id = created["id"].as_str().unwrap();
     let path = format!("/Patient/{id}");
-    let body = serde_json::to_vec(&created).unwrap();
+    // A changed body: an update that changes nothing makes no version (no_op_update).
+    let mut changed = created.clone();
+    changed["active"] = json!(false);
+    let body = serde_json::to_vec(&changed).unwrap();
     let ct = ("Content-Type", "application/fhir+json");
 
     let stale = app

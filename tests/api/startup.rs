@@ -91,6 +91,44 @@ async fn without_a_configured_key_a_development_key_file_is_created_owner_only()
     assert!(MasterKey::read_file(&dev).is_ok());
 }
 
+/// The built server creates its SQLite database and the `-wal` and `-shm` files
+/// beside it readable by their owner only (0600), whatever the umask (the test
+/// process's is the usual 022). The development key file: the test above.
+#[cfg(unix)]
+#[actix_rt::test]
+async fn the_sqlite_database_and_its_wal_and_shm_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fhirgate.db");
+    let key = dir.path().join("master.key");
+    MasterKey::generate().unwrap().write_new_file(&key).unwrap();
+    let log = dir.path().join("server.log");
+    let server = support::process::start(&format!("sqlite://{}", db.display()), &key, &log, &[]);
+    let r = awc::Client::default()
+        .post(format!("{}/Patient", server.base))
+        .insert_header(("Content-Type", "application/fhir+json"))
+        .send_body(json!({"resourceType": "Patient", "active": true}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // While the server runs, the write-ahead log and its index exist.
+    for path in [
+        db.clone(),
+        dir.path().join("fhirgate.db-wal"),
+        dir.path().join("fhirgate.db-shm"),
+    ] {
+        let meta = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{} is missing: {e}", path.display()));
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{} is not owner-only",
+            path.display()
+        );
+    }
+    drop(server);
+}
+
 #[actix_rt::test]
 async fn key_rotation_rewraps_data_keys_and_old_data_stays_readable() {
     for backend in [Backend::Sqlite, Backend::Postgres] {

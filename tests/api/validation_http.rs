@@ -63,6 +63,14 @@ async fn create_failing_a_required_profile_is_422_stores_nothing_and_is_audited(
         Some(true),
         "{issue}"
     );
+    // the answer names the setting that decides what is checked (issue 13)
+    assert!(
+        has_issue(&oo, |i| i["severity"] == "information"
+            && i["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("validation.mode"))),
+        "{oo}"
+    );
     // an update-as-create is refused the same way
     let mut bad_put = bad.clone();
     bad_put["id"] = json!("p1");
