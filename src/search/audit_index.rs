@@ -34,7 +34,9 @@ const BACKGROUND_BATCH: usize = 200;
 /// a gap turns up later, then the next round indexes it).
 ///
 /// It stops once a batch has read the end of the log, so a search waits for
-/// what was committed before it, not for the writes that keep arriving.
+/// what was committed before it, not for the writes that keep arriving; and it
+/// gives up with `Unavailable::AuditIndexBehind` (503, Retry-After) once half of
+/// the request's budget is spent.
 pub fn catch_up(engine: &SearchEngine, store: &Store) -> Result<i64, StoreError> {
     run(engine, store, BATCH, false)
 }
@@ -47,6 +49,13 @@ fn run(engine: &SearchEngine, store: &Store, size: usize, pace: bool) -> Result<
         }
         if pace {
             std::thread::sleep(started.elapsed());
+        } else if crate::store::request_half_spent() {
+            // A search's catch-up after heavy load: what it indexed is committed,
+            // the next try goes on from there; a 503 now rather than a 400 at the
+            // deadline.
+            return Err(StoreError::Unavailable(
+                crate::store::Unavailable::AuditIndexBehind,
+            ));
         }
     }
 }

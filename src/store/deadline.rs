@@ -86,6 +86,11 @@ pub(super) fn passed() -> bool {
     current().is_some_and(|d| Instant::now() >= d.at)
 }
 
+/// True when the current thread has a deadline and half of its budget is spent.
+pub(super) fn half_spent() -> bool {
+    current().is_some_and(|d| d.at.saturating_duration_since(Instant::now()) < d.budget / 2)
+}
+
 /// The budget of the current thread's deadline, for the message that it passed.
 pub(super) fn budget() -> Option<Duration> {
     current().map(|d| d.budget)

@@ -92,6 +92,15 @@ pub enum Unavailable {
     AuditCommit(#[source] Arc<StoreError>),
     #[error("the SQLite database file cannot be created")]
     File(#[source] std::io::Error),
+    #[error("the AuditEvent search index is still catching up with the audit log after heavy load (each try indexes more)")]
+    AuditIndexBehind,
+}
+
+/// True when the request whose store work runs on this thread has used half of
+/// its budget (`server.request_timeout_secs`): work that can stop and resume
+/// later (the audit index's catch-up) stops there.
+pub fn request_half_spent() -> bool {
+    deadline::half_spent()
 }
 
 #[derive(Debug, thiserror::Error)]
