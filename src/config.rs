@@ -104,8 +104,10 @@ pub struct DatabaseSettings {
     /// one connection is left to expensive work). The audit writer has
     /// connections of its own besides the pool (1 on SQLite, 2 on PostgreSQL).
     pub reserved_connections: u32,
-    /// Connections searches may hold at once (0 = automatic: the whole share of
-    /// expensive work, i.e. the pool minus the reserved connections).
+    /// Connections searches may hold at once (0 = automatic: on PostgreSQL the
+    /// whole share of expensive work, i.e. the pool minus the reserved
+    /// connections; on SQLite, whose statements run on fhirgate's own cores, half
+    /// the cores, at least 1).
     pub search_connections: u32,
     /// Connections history requests may hold at once (0 = automatic: half of the
     /// share of expensive work, at least 1).

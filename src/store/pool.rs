@@ -188,6 +188,15 @@ impl DbPool {
                     .build(ConnectionManager::<SqliteConnection>::new(path))
                     .map_err(|e| StoreError::Unavailable(Unavailable::Unreachable(e)))
             };
+            // SQLite's statements run on this process's cores, beside the reads: a
+            // search share as large as the expensive share (4 on 2 cores) put reads'
+            // p99 at 205 ms beside the worst searches, one search connection
+            // at 56 ms, no search at 31-49 ms (benches/shares, docs/benchmarks.md).
+            // So by default searches get half the cores' worth of connections.
+            let mut shares = shares;
+            if shares.search == 0 {
+                shares.search = (cores / 2).max(1);
+            }
             // One writer queue for both pools: the audit writer's commits take
             // SQLite's write lock like any write.
             let queue = WriterQueue::default();
