@@ -93,10 +93,29 @@ impl Default for ServerSettings {
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` (embedded) or `postgres://user@host/db`.
     pub url: String,
-    /// Connections in the pool (0 = automatic: cores for SQLite, 4x cores for PostgreSQL).
+    /// Connections in the pool (0 = automatic: cores + 4 for SQLite, 4x cores for PostgreSQL).
     pub pool_size: u32,
-    /// How long a request waits for a connection before it gets a 503.
+    /// How long a request waits for a connection (or for a slot of its share)
+    /// before it gets a 503 with `Retry-After`.
     pub pool_timeout_ms: u64,
+    /// Connections of the pool that searches, history and Bundles never
+    /// take, so that reads by id and single writes are served however many of
+    /// those run (0 = automatic: a third of the pool, at least 2; always at least
+    /// one connection is left to expensive work). The audit writer has
+    /// connections of its own besides the pool (1 on SQLite, 2 on PostgreSQL).
+    pub reserved_connections: u32,
+    /// Connections searches may hold at once (0 = automatic: on PostgreSQL the
+    /// whole share of expensive work, i.e. the pool minus the reserved
+    /// connections; on SQLite, whose statements run on fhirgate's own cores, half
+    /// the cores, at least 1).
+    pub search_connections: u32,
+    /// Connections history requests may hold at once (0 = automatic: half of the
+    /// share of expensive work, at least 1).
+    pub history_connections: u32,
+    /// Connections batch and transaction Bundles may hold at once (0 = automatic:
+    /// half of the share of expensive work, at least 1). On SQLite a Bundle's
+    /// write transaction waits for the one writer and takes no slot while waiting.
+    pub bundle_connections: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -105,6 +124,10 @@ impl Default for DatabaseSettings {
             url: "sqlite://fhirgate.db".into(),
             pool_size: 0,
             pool_timeout_ms: 5000,
+            reserved_connections: 0,
+            search_connections: 0,
+            history_connections: 0,
+            bundle_connections: 0,
         }
     }
 }

@@ -143,11 +143,22 @@ fn open_store_with_deadline(
         settings.database.pool_size,
         pool_timeout,
         request_timeout,
+        shares(&settings.database),
     )?;
     let master = master_key(settings, &store)?;
     store.unlock(&master)?;
     store.start_maintenance();
     Ok(store)
+}
+
+/// The sizes of the connection shares of expensive work (store::share).
+fn shares(db: &crate::config::DatabaseSettings) -> crate::store::ShareSizes {
+    crate::store::ShareSizes {
+        reserved: db.reserved_connections,
+        search: db.search_connections,
+        history: db.history_connections,
+        bundle: db.bundle_connections,
+    }
 }
 
 /// The configured master key; without one, a development key file (created with

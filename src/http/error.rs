@@ -195,6 +195,10 @@ impl From<StoreError> for ApiError {
                     ),
                 )])
             }
+            StoreError::Unavailable(why @ crate::store::Unavailable::ShareExhausted(_)) => {
+                tracing::warn!(error = %why, "connection share exhausted");
+                ApiError::Unavailable(format!("{why}; try again later"))
+            }
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "database unavailable");
                 ApiError::Unavailable(format!("{why}; try again later"))

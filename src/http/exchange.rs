@@ -193,8 +193,14 @@ impl Exchange {
         state: &AppState,
         result: Result<Reply, ApiError>,
     ) -> HttpResponse {
-        if let Err(unavailable) = self.record(state, &result).await {
-            return self.error_response(state, &unavailable);
+        if let Err(unrecorded) = self.record(state, &result).await {
+            // A request that failed because the database is unavailable says so
+            // (its reason is the honest one), not only that its AuditEvent could
+            // not be recorded; nothing of the record was disclosed either way.
+            return match &result {
+                Err(e @ ApiError::Unavailable(_)) => self.error_response(state, e),
+                _ => self.error_response(state, &unrecorded),
+            };
         }
         match result {
             Ok(r) => self.response(state, r),

@@ -162,7 +162,7 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
     // One more than a page tells whether there is a next page.
     let rows = state
         .store
-        .call(move |s| match audit_scope {
+        .call_as(crate::store::Work::History, move |s| match audit_scope {
             Some(only_id) => s.audit_history(only_id.as_deref(), since, cursor, count + 1),
             None => s.history(&ctx, &scope2, since, cursor, count + 1),
         })

@@ -110,21 +110,43 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
 }
 
+/// Readiness: a database round trip on the requests' pool. Not ready, with
+/// `reason`, is either "database down" (no connection can be made or used) or
+/// "pool saturated" (the database is up, but every connection of this node is
+/// held); `connections` shows the pool and its shares (store::share), so a full
+/// share of searches, which leaves this node serving reads and writes, is seen
+/// without making the node not ready.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.call(|s| s.ping()).await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "up"})),
+    let result = state.store.call(|s| s.ping()).await;
+    let pool = state.store.pool_state();
+    let busy: Vec<&str> = pool
+        .shares
+        .iter()
+        .filter(|s| s.in_use >= s.connections)
+        .map(|s| s.work)
+        .collect();
+    let connections = serde_json::json!({
+        "size": pool.size, "open": pool.open, "idle": pool.idle,
+        "reserved": pool.reserved, "shares": pool.shares, "shares_full": busy,
+    });
+    match result {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready", "database": "up", "connections": connections,
+        })),
         Err(e) => {
+            use crate::store::{StoreError, Unavailable};
             // A saturated pool is not a database that is down: say which.
-            let database = match &e {
-                crate::store::StoreError::Unavailable(crate::store::Unavailable::PoolExhausted) => {
-                    "up; every connection of this node is busy"
-                }
-                _ => "down",
+            let (database, reason) = match &e {
+                StoreError::Unavailable(Unavailable::PoolExhausted) => ("up", "pool saturated"),
+                _ => ("down", "database down"),
             };
-            tracing::warn!(error = %e, "not ready");
+            tracing::warn!(error = %e, reason, "not ready");
             HttpResponse::ServiceUnavailable()
                 .insert_header(("Retry-After", "5"))
-                .json(serde_json::json!({"status": "not ready", "database": database}))
+                .json(serde_json::json!({
+                    "status": "not ready", "database": database, "reason": reason,
+                    "detail": e.to_string(), "connections": connections,
+                }))
         }
     }
 }

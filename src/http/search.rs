@@ -356,7 +356,9 @@ async fn run(
     let cursor_for_run = cursor.clone();
     let result: SearchResult = state
         .store
-        .call(move |s| Ok(search.execute(s, &ctx, &req_for_run, cursor_for_run.as_ref())))
+        .call_as(crate::store::Work::Search, move |s| {
+            Ok(search.execute(s, &ctx, &req_for_run, cursor_for_run.as_ref()))
+        })
         .await?
         .map_err(ApiError::from)?;
     audit_patients(state, ex, &result);

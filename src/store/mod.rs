@@ -19,6 +19,7 @@ pub(crate) mod pool;
 mod query;
 mod read;
 mod render;
+mod share;
 mod sql;
 mod tables;
 mod txn;
@@ -41,13 +42,14 @@ pub use auth::{
 };
 pub use index::{IndexRows, RefValue};
 pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
-pub use pool::Backend;
 use pool::DbPool;
+pub use pool::{Backend, PoolState};
 pub use query::{
     Bound, Filter, Hit, IndexTable, Position, Query, Ranges, RefTarget, Rows, Sort, SortKey,
     SortValue, UriMatch, MAX_SQL_SORT_KEYS,
 };
 pub use read::{HistoryRow, HistoryScope, StoredVersion, WriteMethod};
+pub use share::{Full, ShareSizes, ShareState, Work, WorkGuard};
 pub use txn::{Lookup, Txn, TxnError};
 pub use write::{AuditOf, Effects, Prepare, WriteKind, WriteRequest, WriteResult};
 
@@ -78,8 +80,12 @@ impl std::fmt::Debug for Condition {
 /// database or of this node's connections, not the request.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
-    #[error("every database connection of this node is busy")]
+    #[error("every database connection of this node is busy (setting database.pool_size)")]
     PoolExhausted,
+    /// The share of connections that a kind of expensive work may hold is in
+    /// use (store::share); cheap requests are still served.
+    #[error("{}", describe_full(.0))]
+    ShareExhausted(share::Full),
     #[error("the database cannot be reached")]
     Unreachable(#[source] diesel::r2d2::PoolError),
     #[error("the connection to the database was lost")]
@@ -101,6 +107,28 @@ pub enum Unavailable {
 /// later (the audit index's catch-up) stops there.
 pub fn request_half_spent() -> bool {
     deadline::half_spent()
+}
+
+fn describe_full(full: &share::Full) -> String {
+    match *full {
+        share::Full::Kind { work, connections } => format!(
+            "this node is running as many {} as it gives database connections to ({connections}, setting {}); reads and writes are still served",
+            work.describe(),
+            work.setting()
+        ),
+        share::Full::Expensive {
+            work,
+            connections,
+            reserved,
+        } => format!(
+            "the {connections} database connections this node gives to searches, history and Bundles together are busy, so the {} waited in vain ({reserved} more are kept for reads and writes, setting database.reserved_connections); reads and writes are still served",
+            match work {
+                Work::Search => "search",
+                Work::History => "history request",
+                Work::Bundle => "Bundle",
+            }
+        ),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +208,8 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Arc<DbPool>,
+    /// The audit writer's own connections (store::pool::Pools).
+    audit_pool: Arc<DbPool>,
     backend: Backend,
     keyring: Arc<RwLock<Option<Arc<Keyring>>>>,
     /// The budget of one request's store work ([`Store::call`]); None: unbounded.
@@ -190,6 +220,7 @@ pub struct Store {
 #[derive(Clone)]
 pub struct WeakStore {
     pool: std::sync::Weak<DbPool>,
+    audit_pool: std::sync::Weak<DbPool>,
     backend: Backend,
     keyring: std::sync::Weak<RwLock<Option<Arc<Keyring>>>>,
     request_timeout: Option<Duration>,
@@ -199,6 +230,7 @@ impl WeakStore {
     pub fn upgrade(&self) -> Option<Store> {
         Some(Store {
             pool: self.pool.upgrade()?,
+            audit_pool: self.audit_pool.upgrade()?,
             backend: self.backend,
             keyring: self.keyring.upgrade()?,
             request_timeout: self.request_timeout,
@@ -217,22 +249,25 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects (lazily for PostgreSQL) without touching the schema.
     pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Store, StoreError> {
-        Store::connect_with_deadline(url, pool_size, timeout, None)
+        Store::connect_with_deadline(url, pool_size, timeout, None, ShareSizes::default())
     }
 
     /// Like [`Store::connect`], for a server whose requests have a budget: every
     /// [`Store::call`] runs under a deadline `request_timeout` away, enforced in the
-    /// database (store::deadline), and on PostgreSQL no statement runs longer.
+    /// database (store::deadline), and on PostgreSQL no statement runs longer;
+    /// expensive work takes connections only from its share (store::share).
     pub fn connect_with_deadline(
         url: &str,
         pool_size: u32,
         timeout: Duration,
         request_timeout: Option<Duration>,
+        shares: ShareSizes,
     ) -> Result<Store, StoreError> {
-        let (pool, backend) = DbPool::connect(url, pool_size, timeout, request_timeout)?;
+        let pools = DbPool::connect(url, pool_size, timeout, request_timeout, shares)?;
         Ok(Store {
-            pool: Arc::new(pool),
-            backend,
+            pool: Arc::new(pools.main),
+            audit_pool: Arc::new(pools.audit),
+            backend: pools.backend,
             keyring: Arc::new(RwLock::new(None)),
             request_timeout,
         })
@@ -250,6 +285,7 @@ impl Store {
     pub fn downgrade(&self) -> WeakStore {
         WeakStore {
             pool: Arc::downgrade(&self.pool),
+            audit_pool: Arc::downgrade(&self.audit_pool),
             backend: self.backend,
             keyring: Arc::downgrade(&self.keyring),
             request_timeout: self.request_timeout,
@@ -275,6 +311,26 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Unavailable(Unavailable::Worker(e)))?
+    }
+
+    /// Like [`Store::call`], for expensive work: its connections come from the
+    /// share of `work` (store::share); when the share stays full for
+    /// `database.pool_timeout_ms`, [`Unavailable::ShareExhausted`].
+    pub async fn call_as<F, R>(&self, work: Work, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.call(move |s| {
+            let _work = work.enter();
+            f(s)
+        })
+        .await
+    }
+
+    /// How the requests' pool and its shares are used now (readiness).
+    pub fn pool_state(&self) -> PoolState {
+        self.pool.state()
     }
 
     /// Starts the background work a backend needs: on SQLite, a thread that
@@ -804,7 +860,7 @@ impl Store {
             .iter()
             .map(|r| audit_log::seal(&ring, r))
             .collect::<Result<Vec<_>, _>>()?;
-        self.pool.write(|c| audit_log::append(c, &sealed))
+        self.audit_pool.write(|c| audit_log::append(c, &sealed))
     }
 }
 

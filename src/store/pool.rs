@@ -9,6 +9,7 @@ use diesel::{PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::conn::AnyConn;
+use super::share::{ShareSizes, ShareState, Shares, Slot};
 use super::{StoreError, Unavailable};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -28,13 +29,30 @@ pub enum Backend {
 /// sleeps, which put hundreds of milliseconds on p99 (measured: benches/load, POST).
 pub type WriterQueue = std::sync::Arc<parking_lot::Mutex<()>>;
 
+/// The pool of one backend, with the shares of its connections that expensive
+/// work may take (store::share).
 #[derive(Clone)]
-pub enum DbPool {
+pub struct DbPool {
+    conns: Conns,
+    /// None: no shares (the audit writer's own pool).
+    shares: Option<std::sync::Arc<Shares>>,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Conns {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>, WriterQueue),
     Pg(Pool<ConnectionManager<PgConnection>>),
 }
 
-pub enum DbConn {
+/// A pooled connection and the share slot it was taken with (released after
+/// the connection is back in the pool: fields drop in order).
+pub struct DbConn {
+    conn: Pooled,
+    _slot: Option<Slot>,
+}
+
+enum Pooled {
     Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
     Pg(PooledConnection<ConnectionManager<PgConnection>>),
 }
@@ -42,9 +60,9 @@ pub enum DbConn {
 impl DbConn {
     /// The connection as the store's backend-neutral [`AnyConn`].
     pub fn any(&mut self) -> AnyConn<'_> {
-        match self {
-            DbConn::Sqlite(c) => AnyConn::Sqlite(&mut *c),
-            DbConn::Pg(c) => AnyConn::Pg(&mut *c),
+        match &mut self.conn {
+            Pooled::Sqlite(c) => AnyConn::Sqlite(&mut *c),
+            Pooled::Pg(c) => AnyConn::Pg(&mut *c),
         }
     }
 
@@ -56,12 +74,12 @@ impl DbConn {
     where
         E: From<diesel::result::Error>,
     {
-        match self {
-            DbConn::Sqlite(c) => {
+        match &mut self.conn {
+            Pooled::Sqlite(c) => {
                 let conn: &mut SqliteConnection = &mut *c;
                 conn.immediate_transaction(|c| body(&mut AnyConn::Sqlite(c)))
             }
-            DbConn::Pg(c) => {
+            Pooled::Pg(c) => {
                 let conn: &mut PgConnection = &mut *c;
                 diesel::Connection::transaction(conn, |c| body(&mut AnyConn::Pg(c)))
             }
@@ -140,15 +158,33 @@ fn create_private(path: &str) -> std::io::Result<()> {
     }
 }
 
+/// The pools [`DbPool::connect`] makes: the requests' pool and the audit
+/// writer's own.
+pub struct Pools {
+    pub main: DbPool,
+    /// The group commit of read audits: connections of its own, so that an
+    /// AuditEvent can be committed whatever the requests hold (a 503 for a
+    /// saturated pool is then audited and says why, instead of "the AuditEvent
+    /// could not be recorded").
+    pub audit: DbPool,
+    pub backend: Backend,
+}
+
+/// The audit writer's connections: its threads (store::audit: one on SQLite, two
+/// on PostgreSQL).
+const AUDIT_CONNECTIONS: [u32; 2] = [1, 2];
+
 impl DbPool {
-    /// A pool for `url`; `request_timeout`: the budget of a request's store work
-    /// (store::deadline), None for none.
+    /// The pools for `url`; `request_timeout`: the budget of a request's store
+    /// work (store::deadline), None for none; `shares`: the shares of expensive
+    /// work (store::share).
     pub fn connect(
         url: &str,
         size: u32,
         timeout: Duration,
         request_timeout: Option<Duration>,
-    ) -> Result<(DbPool, Backend), StoreError> {
+        shares: ShareSizes,
+    ) -> Result<Pools, StoreError> {
         // OpenSSL is initialised by the openssl crate, without an exit handler,
         // before libpq can initialise it with one: that handler freed OpenSSL's
         // state while pool threads still closed TLS connections to PostgreSQL,
@@ -167,19 +203,42 @@ impl DbPool {
                 // Before the first connection: the handler is installed as each opens.
                 super::deadline::install_sqlite_interrupt();
             }
-            let pool = Pool::builder()
-                .max_size(size)
-                .connection_timeout(timeout)
-                // A checkout test is a `SELECT 1` round trip on every request;
-                // a broken SQLite connection shows as an error on use instead.
-                .test_on_check_out(false)
-                .connection_customizer(Box::new(SqlitePragmas))
-                .build(ConnectionManager::<SqliteConnection>::new(path))
-                .map_err(|e| StoreError::Unavailable(Unavailable::Unreachable(e)))?;
-            Ok((
-                DbPool::Sqlite(pool, WriterQueue::default()),
-                Backend::Sqlite,
-            ))
+            let build = |size: u32| {
+                Pool::builder()
+                    .max_size(size)
+                    .connection_timeout(timeout)
+                    // A checkout test is a `SELECT 1` round trip on every request;
+                    // a broken SQLite connection shows as an error on use instead.
+                    .test_on_check_out(false)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(ConnectionManager::<SqliteConnection>::new(path))
+                    .map_err(|e| StoreError::Unavailable(Unavailable::Unreachable(e)))
+            };
+            // SQLite's statements run on this process's cores, beside the reads: a
+            // search share as large as the expensive share (4 on 2 cores) put reads'
+            // p99 at 205 ms beside the issue's worst searches, one search connection
+            // at 56 ms, no search at 31-49 ms (benches/shares, docs/benchmarks.md).
+            // So by default searches get half the cores' worth of connections.
+            let mut shares = shares;
+            if shares.search == 0 {
+                shares.search = (cores / 2).max(1);
+            }
+            // One writer queue for both pools: the audit writer's commits take
+            // SQLite's write lock like any write.
+            let queue = WriterQueue::default();
+            Ok(Pools {
+                main: DbPool {
+                    conns: Conns::Sqlite(build(size)?, queue.clone()),
+                    shares: Some(std::sync::Arc::new(Shares::new(size, shares))),
+                    timeout,
+                },
+                audit: DbPool {
+                    conns: Conns::Sqlite(build(AUDIT_CONNECTIONS[0])?, queue),
+                    shares: None,
+                    timeout,
+                },
+                backend: Backend::Sqlite,
+            })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let size = if size == 0 { cores * 4 } else { size };
             // build_unchecked: the server starts (and reports not-ready) while the
@@ -189,16 +248,30 @@ impl DbPool {
             // command-line process exits; libpq's TLS set-up racing the process's exit
             // handlers crashed `fhirgate clients add` (SIGSEGV) now and then. Used
             // connections stay pooled (until r2d2's idle timeout) all the same.
-            let pool = Pool::builder()
-                .max_size(size)
-                .min_idle(Some(0))
-                .connection_timeout(timeout)
-                .test_on_check_out(false)
-                .connection_customizer(Box::new(PgSession {
-                    statement_timeout: request_timeout,
-                }))
-                .build_unchecked(ConnectionManager::<PgConnection>::new(url));
-            Ok((DbPool::Pg(pool), Backend::Postgres))
+            let build = |size: u32| {
+                Pool::builder()
+                    .max_size(size)
+                    .min_idle(Some(0))
+                    .connection_timeout(timeout)
+                    .test_on_check_out(false)
+                    .connection_customizer(Box::new(PgSession {
+                        statement_timeout: request_timeout,
+                    }))
+                    .build_unchecked(ConnectionManager::<PgConnection>::new(url))
+            };
+            Ok(Pools {
+                main: DbPool {
+                    conns: Conns::Pg(build(size)),
+                    shares: Some(std::sync::Arc::new(Shares::new(size, shares))),
+                    timeout,
+                },
+                audit: DbPool {
+                    conns: Conns::Pg(build(AUDIT_CONNECTIONS[1])),
+                    shares: None,
+                    timeout,
+                },
+                backend: Backend::Postgres,
+            })
         } else {
             Err(StoreError::BadUrl(
                 url.split('@').next_back().unwrap_or(url).to_string(),
@@ -206,33 +279,54 @@ impl DbPool {
         }
     }
 
+    /// A connection; for a thread doing expensive work (store::share), only with
+    /// a slot of its share.
     pub fn get(&self) -> Result<DbConn, StoreError> {
-        match self {
-            DbPool::Sqlite(p, _) => p
-                .get()
-                .map(DbConn::Sqlite)
-                .map_err(|e| unavailable(e, p.state(), p.max_size())),
-            DbPool::Pg(p) => p
-                .get()
-                .map(DbConn::Pg)
-                .map_err(|e| unavailable(e, p.state(), p.max_size())),
-        }
+        self.get_with(true)
+    }
+
+    fn get_with(&self, take_share: bool) -> Result<DbConn, StoreError> {
+        let until = super::share::until(self.timeout);
+        let slot = match (&self.shares, take_share) {
+            (Some(s), true) => s
+                .enter(until)
+                .map_err(|full| StoreError::Unavailable(Unavailable::ShareExhausted(full)))?,
+            _ => None,
+        };
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let conn = match &self.conns {
+            Conns::Sqlite(p, _) => p
+                .get_timeout(left)
+                .map(Pooled::Sqlite)
+                .map_err(|e| unavailable(e, p.state(), p.max_size()))?,
+            // A connection whose server went away (restart, terminated backend) is
+            // not handed out again: libpq then reports its transaction status as
+            // unknown, diesel calls the connection broken and r2d2 drops it on
+            // return (tests/api/crash.rs: full service after the database is back).
+            Conns::Pg(p) => p
+                .get_timeout(left)
+                .map(Pooled::Pg)
+                .map_err(|e| unavailable(e, p.state(), p.max_size()))?,
+        };
+        Ok(DbConn { conn, _slot: slot })
     }
 
     /// Runs `body` in one write transaction. On SQLite the writer's turn is taken
     /// first, before a pooled connection: writers waiting for their turn hold no
     /// connection, so reads and the audit writer still get one while a long
-    /// transaction runs. Everything a write can compute without the database
-    /// (sealing, blinding, AuditEvent JSON) is computed before this is called.
+    /// transaction runs; and a SQLite write takes no share slot, as the one writer
+    /// holds at most one connection (store::share). Everything a write can compute
+    /// without the database (sealing, blinding, AuditEvent JSON) is computed
+    /// before this is called.
     pub fn write<R, E>(&self, body: impl FnOnce(&mut AnyConn) -> Result<R, E>) -> Result<R, E>
     where
         E: From<diesel::result::Error> + From<StoreError>,
     {
-        let _turn = match self {
-            DbPool::Sqlite(_, q) => Some((q.lock(), super::deadline::Guard::restart())),
-            DbPool::Pg(_) => None,
+        let turn = match &self.conns {
+            Conns::Sqlite(_, q) => Some((q.lock(), super::deadline::Guard::restart())),
+            Conns::Pg(_) => None,
         };
-        let mut conn = self.get()?;
+        let mut conn = self.get_with(turn.is_none())?;
         conn.transaction(|c| {
             // A write that starts late in its request gets what is left of the
             // budget (the session's statement_timeout is the whole budget).
@@ -250,9 +344,9 @@ impl DbPool {
     }
 
     pub fn backend(&self) -> Backend {
-        match self {
-            DbPool::Sqlite(..) => Backend::Sqlite,
-            DbPool::Pg(_) => Backend::Postgres,
+        match &self.conns {
+            Conns::Sqlite(..) => Backend::Sqlite,
+            Conns::Pg(_) => Backend::Postgres,
         }
     }
 
@@ -266,8 +360,8 @@ impl DbPool {
         // search's count or includes after its page) runs in a transaction limited
         // to what is left of the budget (`SET LOCAL` ends with it, so the pooled
         // connection keeps the whole budget for the next request).
-        if let (DbConn::Pg(c), Some(left)) = (
-            &mut conn,
+        if let (Pooled::Pg(c), Some(left)) = (
+            &mut conn.conn,
             super::deadline::remaining_after(Duration::from_secs(1)),
         ) {
             let c: &mut PgConnection = c;
@@ -284,20 +378,39 @@ impl DbPool {
     }
 
     /// An idle SQLite connection, without waiting; None for PostgreSQL (its queries
-    /// wait on the network and belong on the blocking pool).
+    /// wait on the network and belong on the blocking pool). Cheap work only: it
+    /// takes no share slot.
     pub fn try_get_local(&self) -> Option<DbConn> {
-        match self {
-            DbPool::Sqlite(p, _) => p.try_get().map(DbConn::Sqlite),
-            DbPool::Pg(_) => None,
+        match &self.conns {
+            Conns::Sqlite(p, _) => p.try_get().map(|c| DbConn {
+                conn: Pooled::Sqlite(c),
+                _slot: None,
+            }),
+            Conns::Pg(_) => None,
+        }
+    }
+
+    /// The pool's size and use, and its shares' (readiness).
+    pub fn state(&self) -> PoolState {
+        let (state, size) = match &self.conns {
+            Conns::Sqlite(p, _) => (p.state(), p.max_size()),
+            Conns::Pg(p) => (p.state(), p.max_size()),
+        };
+        PoolState {
+            size,
+            open: state.connections,
+            idle: state.idle_connections,
+            reserved: self.shares.as_ref().map_or(0, |s| s.reserved()),
+            shares: self.shares.as_ref().map(|s| s.state()).unwrap_or_default(),
         }
     }
 
     /// Applies pending migrations; returns how many ran.
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.get()?;
-        let applied = match &mut conn {
-            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
-            DbConn::Pg(c) => {
+        let applied = match &mut conn.conn {
+            Pooled::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            Pooled::Pg(c) => {
                 // Several nodes may start at once on one database: one migrates,
                 // the others wait for it and then find nothing pending.
                 let conn: &mut PgConnection = c;
@@ -313,6 +426,27 @@ impl DbPool {
             }
         };
         applied.map_err(StoreError::Migration)
+    }
+}
+
+/// How a pool is used now (readiness).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolState {
+    /// Most connections.
+    pub size: u32,
+    /// Connections open now.
+    pub open: u32,
+    /// Open connections no request holds.
+    pub idle: u32,
+    /// Connections no expensive work may take.
+    pub reserved: u32,
+    pub shares: Vec<ShareState>,
+}
+
+impl PoolState {
+    /// Every connection exists and is held: a request needing one waits.
+    pub fn saturated(&self) -> bool {
+        self.open >= self.size && self.idle == 0
     }
 }
 
