@@ -56,9 +56,23 @@ pub struct ServerSettings {
     /// Seconds a client has to send a request's whole body (0: no limit); a body
     /// still arriving then is answered 408 and the connection closed.
     pub body_timeout_secs: u64,
+    /// JSON nodes (elements, arrays, values) a request's resource may have; more:
+    /// 400 `too-costly` before anything works on it.
+    pub max_elements: usize,
+    /// Items one array of a request's resource may have (a Bundle's entries are
+    /// bounded by `bundle.max_entries` too); more: 400 `too-costly`.
+    pub max_array_items: usize,
 }
 
 impl ServerSettings {
+    /// The bounds on a request's resource (`max_elements`, `max_array_items`).
+    pub fn shape_limits(&self) -> crate::fhir::shape::ShapeLimits {
+        crate::fhir::shape::ShapeLimits {
+            max_elements: self.max_elements,
+            max_array_items: self.max_array_items,
+        }
+    }
+
     /// The request budget; None when `request_timeout_secs` is 0.
     pub fn request_timeout(&self) -> Option<std::time::Duration> {
         (self.request_timeout_secs > 0)
@@ -84,6 +98,8 @@ impl Default for ServerSettings {
             cors_origins: Vec::new(),
             request_timeout_secs: 30,
             body_timeout_secs: 60,
+            max_elements: 1_000_000,
+            max_array_items: 10_000,
         }
     }
 }

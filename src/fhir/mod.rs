@@ -10,6 +10,7 @@ pub mod json;
 pub mod model;
 pub mod outcome;
 pub mod path_model;
+pub mod shape;
 pub mod summary;
 pub mod types;
 pub mod xhtml;

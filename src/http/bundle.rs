@@ -138,6 +138,8 @@ fn process(
             fhir::xml::from_xml(&state.model, text).map_err(|i| ApiError::BadRequest(vec![i]))?
         }
     };
+    fhir::shape::check(&value, state.settings.server.shape_limits())
+        .map_err(|i| ApiError::BadRequest(vec![i]))?;
     let env = state.bundle_env(ctx, return_bodies);
     let RequestBundle { kind, entries } = bundle::read_bundle(
         env.checks(),

@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::error::ApiError;
 use super::exchange::{read_body, Exchange};
 use super::patch::{parse_patch, patch_kind};
-use super::resources::{if_match, parse_body, resource_type};
+use super::resources::{if_match, read_resource, resource_type};
 use super::write;
 use super::AppState;
 use crate::audit::Interaction;
@@ -75,12 +75,11 @@ async fn conditional(
         };
         let content = match (body, kind) {
             (Some(bytes), Some(kind)) => Payload::Patch(parse_patch(&state, kind, &bytes)?),
-            (Some(bytes), None) => Payload::Resource(parse_body(&state, &req, &bytes, &rt)?),
+            (Some(bytes), None) => {
+                Payload::Resource(read_resource(&state, &req, bytes, &rt, None).await?)
+            }
             (None, _) => Payload::None,
         };
-        if let Payload::Resource(resource) = &content {
-            super::validate::check_write(&state, &rt, resource)?;
-        }
         let entry = entry(&req, method, &rt, content, if_match);
         let done = write::run(&state, &req, &mut ex, entry).await?;
         write::reply(&state, &req, done)

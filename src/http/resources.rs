@@ -225,20 +225,76 @@ pub(super) fn prefer_return_asked(req: &HttpRequest) -> Option<Return> {
     }
 }
 
-/// Reads and checks the resource in the body: format, strict structure, type.
-pub(super) fn parse_body(
-    state: &AppState,
+/// Bodies up to this size are parsed and validated on the HTTP worker (a hop to
+/// the blocking pool costs more than that work); larger ones on the blocking
+/// pool, so a large or slow body never holds a worker that cheap requests need.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// The resource of a write, read and checked: format, strict structure, type,
+/// shape bounds, the URL's id (`url_id`, for an update), then validation
+/// (`validation.*`).
+pub(super) async fn read_resource(
+    state: &web::Data<AppState>,
     req: &HttpRequest,
+    bytes: Vec<u8>,
+    rt: &str,
+    url_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let format = negotiate::request_format(req)?;
+    let small = bytes.len() <= INLINE_BODY_BYTES;
+    let work = {
+        let state = state.clone();
+        let rt = rt.to_string();
+        move || -> Result<Value, ApiError> {
+            let resource = parse_body(&state, format, &bytes, &rt)?;
+            if let Some(id) = &url_id {
+                check_url_id(&rt, id, &resource)?;
+            }
+            super::validate::check_write(&state, &rt, &resource)?;
+            Ok(resource)
+        }
+    };
+    if small {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the body failed: {e}")))?
+}
+
+/// R4 3.1.0.4: an update's body carries the id of its URL.
+fn check_url_id(rt: &str, id: &str, resource: &Value) -> Result<(), ApiError> {
+    match resource.get("id").and_then(|i| i.as_str()) {
+        Some(body_id) if body_id == id => Ok(()),
+        Some(body_id) => Err(ApiError::BadRequest(vec![Issue::error(
+            "invalid",
+            format!("the body's id `{body_id}` differs from the id in the URL `{id}`"),
+        )
+        .at(format!("{rt}.id"))])),
+        None => Err(ApiError::BadRequest(vec![Issue::error(
+            "required",
+            "an update must carry the resource id in the body",
+        )
+        .at(format!("{rt}.id"))])),
+    }
+}
+
+/// Reads and checks the resource in the body: format, strict structure, type,
+/// shape bounds (`server.max_elements`, `server.max_array_items`).
+fn parse_body(
+    state: &AppState,
+    format: fhir::Format,
     bytes: &[u8],
     rt: &str,
 ) -> Result<Value, ApiError> {
-    let format = negotiate::request_format(req)?;
     let value = if state.settings.validation.mode == ValidationMode::Off {
         fhir::read_wire(&state.model, bytes, format)
     } else {
         fhir::parse_resource(&state.model, bytes, format)
     }
     .map_err(ApiError::BadRequest)?;
+    fhir::shape::check(&value, state.settings.server.shape_limits())
+        .map_err(|i| ApiError::BadRequest(vec![i]))?;
     let body_type = value
         .get("resourceType")
         .and_then(|t| t.as_str())
@@ -278,8 +334,7 @@ pub async fn create(
             ),
         };
         let bytes = read_body(&state, &req, payload).await?;
-        let resource = parse_body(&state, &req, &bytes, &rt)?;
-        super::validate::check_write(&state, &rt, &resource)?;
+        let resource = read_resource(&state, &req, bytes, &rt, None).await?;
         ex.audit.patients = state.compartment.patients_of(&rt, None, Some(&resource));
         let entry = write::entry(
             Method::Post,
@@ -328,26 +383,8 @@ pub async fn update(
         let (rt, id) = writable_instance(&state, &mut ex, &path)?;
         let if_match = if_match(&req)?;
         let bytes = read_body(&state, &req, payload).await?;
-        let resource = parse_body(&state, &req, &bytes, &rt)?;
-        // R4 3.1.0.4: the body carries the id of the URL.
-        match resource.get("id").and_then(|i| i.as_str()) {
-            Some(body_id) if body_id == id.as_str() => {}
-            Some(body_id) => {
-                return Err(ApiError::BadRequest(vec![Issue::error(
-                    "invalid",
-                    format!("the body's id `{body_id}` differs from the id in the URL `{id}`"),
-                )
-                .at(format!("{rt}.id"))]))
-            }
-            None => {
-                return Err(ApiError::BadRequest(vec![Issue::error(
-                    "required",
-                    "an update must carry the resource id in the body",
-                )
-                .at(format!("{rt}.id"))]))
-            }
-        }
-        super::validate::check_write(&state, &rt, &resource)?;
+        // R4 3.1.0.4: the body carries the id of the URL (checked before validation).
+        let resource = read_resource(&state, &req, bytes, &rt, Some(id.to_string())).await?;
         ex.audit.patients = state
             .compartment
             .patients_of(&rt, Some(id.as_str()), Some(&resource));

@@ -650,3 +650,95 @@ async fn xml_with_many_attributes_is_refused_in_linear_time(backend: Backend) {
 }
 
 on_both_backends!(xml_with_many_attributes_is_refused_in_linear_time);
+
+/// Item 3: a resource's shape is bounded before anything works on it: one array
+/// longer than `server.max_array_items` or more nodes than `server.max_elements`
+/// is refused with 400 `too-costly` naming the setting and (for the array) its
+/// path, in a resource and inside a Bundle entry, nothing stored; an operator
+/// can raise the limit; a valid body larger than the inline bound (64 KiB,
+/// parsed and validated off the HTTP workers) is stored.
+async fn a_resource_beyond_the_shape_bounds_is_refused(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| {
+        s.server.max_array_items = 1000;
+        s.server.max_elements = 20_000;
+    })
+    .await;
+    let names =
+        |n: usize| -> Vec<Value> { (0..n).map(|i| json!({"family": format!("F{i}")})).collect() };
+    let r = app
+        .post_json(
+            "/Patient",
+            &json!({"resourceType": "Patient", "name": names(1001)}),
+        )
+        .await;
+    let why = too_costly(&r, "server.max_array_items");
+    assert!(why.contains("Patient.name has 1001 items"), "{why}");
+    let given: Vec<String> = (0..900).map(|i| format!("G{i}")).collect();
+    let wide: Vec<Value> = (0..30).map(|_| json!({"given": given})).collect();
+    let r = app
+        .post_json(
+            "/Patient",
+            &json!({"resourceType": "Patient", "name": wide}),
+        )
+        .await;
+    too_costly(&r, "server.max_elements");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Patient", "name": names(1001)},
+        "request": {"method": "POST", "url": "Patient"}
+    }]});
+    let r = app.post_json("", &bundle).await;
+    let why = too_costly(&r, "server.max_array_items");
+    assert!(
+        why.contains("Bundle.entry[0].resource.name has 1001 items"),
+        "{why}"
+    );
+    nothing_stored(&app);
+    // Within the bounds and larger than 64 KiB: read off the workers, stored.
+    let long: Vec<Value> = (0..999)
+        .map(|i| json!({"family": format!("Family{i:0>70}")}))
+        .collect();
+    let big = json!({"resourceType": "Patient", "name": long});
+    assert!(serde_json::to_vec(&big).unwrap().len() > 64 * 1024);
+    let r = app.post_json("/Patient", &big).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let mut update = big.clone();
+    update["id"] = json!(id);
+    update["name"][0]["family"] = json!("Changed");
+    let r = app.put_json(&format!("/Patient/{id}"), &update).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let mut wrong = update.clone();
+    wrong["id"] = json!("other");
+    let r = app.put_json(&format!("/Patient/{id}"), &wrong).await;
+    refused(&r, StatusCode::BAD_REQUEST, "invalid");
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+    // The default bounds let a large array through (10,000 items).
+    let app = crate::support::server::spawn_app(backend).await;
+    let r = app
+        .post_json(
+            "/Patient",
+            &json!({"resourceType": "Patient", "name": names(5000)}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    app.stop().await;
+}
+
+on_both_backends!(a_resource_beyond_the_shape_bounds_is_refused);
