@@ -308,6 +308,21 @@ impl Runner<'_> {
         Ok(result)
     }
 
+    /// Every match of the database's part of a search, to be checked or sorted
+    /// after decryption: at most `search.max_in_memory`, else 400 `too-costly`.
+    fn candidates(&self, req: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
+        let bound = self.engine.settings.max_in_memory;
+        let mut q = self.query(req);
+        q.limit = bound + 1;
+        let candidates = self.store.search_page(self.ctx, &q)?;
+        if candidates.len() > bound {
+            return Err(SearchError::TooCostly(format!(
+                "this search needs its matches sorted or checked after decryption, and it has more than {bound}; narrow it (or sort by a date, number or _lastUpdated)"
+            )));
+        }
+        Ok(candidates)
+    }
+
     /// How many resources match: counted by the database, or, when criteria are
     /// decided after decryption, among the candidates (at most the in-memory
     /// bound, as for a page).
@@ -315,15 +330,7 @@ impl Runner<'_> {
         if req.checks.is_empty() {
             return Ok(self.store.search_count(self.ctx, &self.query(req))?);
         }
-        let bound = self.engine.settings.max_in_memory;
-        let mut q = self.query(req);
-        q.limit = bound + 1;
-        let candidates = self.store.search_page(self.ctx, &q)?;
-        if candidates.len() > bound {
-            return Err(SearchError::TooCostly(format!(
-                "counting this search needs its matches checked after decryption, and it has more than {bound} candidates; narrow it"
-            )));
-        }
+        let candidates = self.candidates(req)?;
         let model = self.engine.model();
         let stubs = &self.engine.stubs;
         Ok(candidates
@@ -395,15 +402,7 @@ impl Runner<'_> {
         count: usize,
         result: &mut SearchResult,
     ) -> Result<(Vec<Hit>, bool), SearchError> {
-        let bound = self.engine.settings.max_in_memory;
-        let mut q = self.query(req);
-        q.limit = bound + 1;
-        let candidates = self.store.search_page(self.ctx, &q)?;
-        if candidates.len() > bound {
-            return Err(SearchError::TooCostly(format!(
-                "this search needs its matches sorted or checked after decryption, and it has more than {bound}; narrow it (or sort by a date, number or _lastUpdated)"
-            )));
-        }
+        let candidates = self.candidates(req)?;
         let model = self.engine.model();
         let stubs = &self.engine.stubs;
         let descending: Vec<bool> = sorts

@@ -553,13 +553,7 @@ pub(crate) fn purge(
             return Ok(None);
         }
         let purged = format!("(SELECT seq FROM audit_chain WHERE pos <= {})", plan.last);
-        for table in [
-            "search_blind",
-            "search_date",
-            "search_number",
-            "search_reference",
-            "search_uri",
-        ] {
+        for table in super::index::TABLES {
             let mut sql = c.sql();
             sql.push(&format!(
                 "DELETE FROM {table} WHERE rid < 0 AND -rid IN {purged}"

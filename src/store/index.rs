@@ -210,6 +210,15 @@ fn tables(of: &[(i64, &Blinded)]) -> Table {
     p
 }
 
+/// The tables of the search index.
+pub(crate) const TABLES: [&str; 5] = [
+    "search_blind",
+    "search_date",
+    "search_number",
+    "search_reference",
+    "search_uri",
+];
+
 /// Removes every index row of a resource.
 pub(crate) fn delete(c: &mut AnyConn, rid: i64) -> Result<(), StoreError> {
     match c.backend() {
@@ -228,13 +237,7 @@ pub(crate) fn delete(c: &mut AnyConn, rid: i64) -> Result<(), StoreError> {
             c.execute(sql)?;
         }
         Backend::Sqlite => {
-            for table in [
-                "search_blind",
-                "search_date",
-                "search_number",
-                "search_reference",
-                "search_uri",
-            ] {
+            for table in TABLES {
                 let mut sql = c.sql();
                 sql.push(&format!("DELETE FROM {table} WHERE rid = "))
                     .i64(rid);

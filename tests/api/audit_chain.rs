@@ -10,25 +10,14 @@
 //! `two_nodes_index_each_audit_event_once`).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use awc::http::StatusCode;
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use serde_json::{json, Value};
 
+use crate::support::process::cli;
 use crate::support::server::{on_both_backends, spawn_with, Backend, Database};
-
-fn cli(db: &Database, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .args(args)
-        .env("FHIRGATE_DATABASE__URL", &db.url)
-        .env("FHIRGATE_CRYPTO__MASTER_KEY_FILE", db.key_file())
-        .env("FHIRGATE_PACKAGES__CACHE", crate::support::package_cache())
-        .env("FHIRGATE_LOG__LEVEL", "warn")
-        .current_dir(db.dir.path())
-        .output()
-        .expect("run fhirgate")
-}
 
 /// `fhirgate audit verify` with `args`: (exit code, its JSON line).
 fn verify(db: &Database, args: &[&str]) -> (i32, Value) {

@@ -3,7 +3,7 @@
 //! assertions signed with a JWT library), introspection, revocation, and the
 //! real `fhirgate clients|users|launch` commands.
 
-use std::process::Command;
+use crate::support::process::cli;
 
 use awc::http::{Method, StatusCode};
 use base64::Engine as _;
@@ -383,18 +383,6 @@ async fn client_credentials_with_signed_assertions(backend: Backend) {
     }
     app.assert_every_request_audited().await;
     app.stop().await;
-}
-
-fn cli(db: &crate::support::server::Database, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .args(args)
-        .env("FHIRGATE_DATABASE__URL", &db.url)
-        .env("FHIRGATE_CRYPTO__MASTER_KEY_FILE", db.key_file())
-        .env("FHIRGATE_PACKAGES__CACHE", crate::support::package_cache())
-        .env("FHIRGATE_LOG__LEVEL", "warn")
-        .current_dir(db.dir.path())
-        .output()
-        .expect("run fhirgate")
 }
 
 async fn the_cli_registers_clients_users_and_launches(backend: Backend) {

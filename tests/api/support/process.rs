@@ -139,3 +139,17 @@ pub fn two_pg_nodes() -> (
     let b = start(&db.url, &key, &dir.path().join("b.log"), &[]);
     (db, dir, a, b)
 }
+
+/// Runs the `fhirgate` command line against a test database (its key file, the
+/// test package cache), in the database's folder.
+pub fn cli(db: &super::server::Database, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(args)
+        .env("FHIRGATE_DATABASE__URL", &db.url)
+        .env("FHIRGATE_CRYPTO__MASTER_KEY_FILE", db.key_file())
+        .env("FHIRGATE_PACKAGES__CACHE", super::package_cache())
+        .env("FHIRGATE_LOG__LEVEL", "warn")
+        .current_dir(db.dir.path())
+        .output()
+        .expect("run fhirgate")
+}
