@@ -13,11 +13,11 @@ use std::path::Path;
 use std::process::Command;
 
 use awc::http::StatusCode;
-use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 
 use crate::support::process::cli;
-use crate::support::server::{on_both_backends, spawn_with, Backend, Database};
+use crate::support::server::{on_both_backends, spawn_with, sqlite_connection, Backend, Database};
 
 /// `fhirgate audit verify` with `args`: (exit code, its JSON line).
 fn verify(db: &Database, args: &[&str]) -> (i32, Value) {
@@ -44,7 +44,7 @@ fn sql(db: &Database, statements: &str) {
         let q = diesel::sql_query(s);
         match db.sqlite_path() {
             Some(p) => {
-                let mut c = SqliteConnection::establish(&p.display().to_string()).unwrap();
+                let mut c = sqlite_connection(&p);
                 q.execute(&mut c)
             }
             None => {
@@ -66,7 +66,7 @@ fn seq_at(db: &Database, pos: i64) -> i64 {
     let q = diesel::sql_query(format!("SELECT seq FROM audit_chain WHERE pos = {pos}"));
     match db.sqlite_path() {
         Some(p) => {
-            let mut c = SqliteConnection::establish(&p.display().to_string()).unwrap();
+            let mut c = sqlite_connection(&p);
             q.get_result::<S>(&mut c)
         }
         None => {

@@ -724,7 +724,7 @@ async fn a_resource_beyond_the_shape_bounds_is_refused(backend: Backend) {
     still_answers(&app, None).await;
     app.assert_every_request_audited().await;
     app.stop().await;
-    // The default bounds let a large array through (10,000 items).
+    // The default bounds let a large array through (50,000 items).
     let app = crate::support::server::spawn_app(backend).await;
     let r = app
         .post_json(

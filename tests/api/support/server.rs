@@ -156,8 +156,7 @@ impl Database {
         match self.backend {
             Backend::Sqlite => {
                 let path = self.dir.path().join("fhirgate.db");
-                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
-                    .expect("open the SQLite file");
+                let mut c = sqlite_connection(&path);
                 q.get_result::<Count>(&mut c).expect("count").n
             }
             Backend::Postgres => {
@@ -512,4 +511,17 @@ impl TestApp {
         tokio::time::sleep(Duration::from_millis(300)).await;
         db
     }
+}
+
+/// A connection of a test's own to a server's SQLite file. It waits for a lock
+/// (as fhirgate's connections do): the last connection of a stopping server
+/// checkpoints the WAL under an exclusive lock, and a read opened meanwhile got
+/// "database is locked".
+pub fn sqlite_connection(path: &std::path::Path) -> diesel::SqliteConnection {
+    use diesel::connection::SimpleConnection;
+    let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+        .expect("open the SQLite file");
+    c.batch_execute("PRAGMA busy_timeout = 10000")
+        .expect("set the busy timeout");
+    c
 }
