@@ -510,39 +510,9 @@ async fn a_query_past_its_deadline_is_stopped_in_the_database(backend: Backend) 
         s.search.max_has_depth = 4;
     })
     .await;
-    let mut entries = Vec::new();
-    for p in 0..5 {
-        entries.push(
-            json!({"resource": {"resourceType": "Patient", "id": format!("p{p}")},
-            "request": {"method": "PUT", "url": format!("Patient/p{p}")}}),
-        );
-    }
-    for i in 0..130 {
-        let members: Vec<Value> = (1..=6)
-            .map(|k| json!({"reference": format!("Observation/o{}", (i + k * 7) % 130)}))
-            .collect();
-        entries.push(
-            json!({"resource": {"resourceType": "Observation", "id": format!("o{i}"),
-            "status": "final", "code": {"text": "x"},
-            "subject": {"reference": format!("Patient/p{}", i % 5)},
-            "hasMember": members},
-            "request": {"method": "PUT", "url": format!("Observation/o{i}")}}),
-        );
-    }
-    let r = app
-        .post_json(
-            "",
-            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    crate::pool_shares::load_costly_data(&app).await;
     // A cheap read sent while the costly query runs is answered meanwhile.
-    let costly = app.get("/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:_has:Observation:has-member:status=final");
+    let costly = app.get(crate::pool_shares::COSTLY);
     let cheap = async {
         actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
         app.get("/Patient/p1").await

@@ -19,10 +19,10 @@ use crate::support::server::{
 
 /// The worst search: `_has` nested four deep over 130 Observations (37 s on
 /// SQLite before the request deadline), allowed here by raising `search.max_has_depth`.
-const COSTLY: &str = "/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:_has:Observation:has-member:status=final";
+pub(crate) const COSTLY: &str = "/Patient?_has:Observation:subject:_has:Observation:has-member:_has:Observation:has-member:_has:Observation:has-member:status=final";
 
 /// Five Patients and 130 Observations that refer to each other (the costly search's data).
-async fn load_costly_data(app: &TestApp) {
+pub(crate) async fn load_costly_data(app: &TestApp) {
     let mut entries = Vec::new();
     for p in 0..5 {
         entries.push(
