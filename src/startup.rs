@@ -312,6 +312,7 @@ pub fn build_server(
             .configure(http::configure)
     })
     .workers(workers)
+    .on_connect(http::hangup::on_connect)
     .shutdown_timeout(settings.server.shutdown_timeout_secs);
     let server = match (&settings.tls.cert, &settings.tls.key) {
         (Some(cert), Some(key)) => {

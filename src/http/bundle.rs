@@ -82,7 +82,7 @@ async fn exchange(
     let ctx = ex.ctx.clone();
     let processed = state
         .store
-        .call_as(crate::store::Work::Bundle, move |_| {
+        .call_as(crate::store::Work::Bundle, None, move |_| {
             Ok(process(
                 &st,
                 &ctx,

@@ -28,6 +28,9 @@ pub enum ApiError {
     Gone(String),
     /// 408: the body did not arrive in time (`server.body_timeout_secs`).
     RequestTimeout(String),
+    /// 499 (nginx's "client closed request"): the client hung up and its work was
+    /// stopped; nobody reads the answer, the AuditEvent records it.
+    ClientClosed(String),
     /// 412: `If-Match` did not match.
     PreconditionFailed(String),
     /// 413: body or bundle too large.
@@ -78,6 +81,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::ClientClosed(_) => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::REQUEST_TIMEOUT)
+            }
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -116,6 +122,7 @@ impl ApiError {
             ApiError::Conflict(m) | ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::Gone(m) => one("deleted", m),
             ApiError::RequestTimeout(m) => one("timeout", m),
+            ApiError::ClientClosed(m) => one("incomplete", m),
             ApiError::PayloadTooLarge(m) => one("too-costly", m),
             ApiError::Unavailable(m) => vec![Issue::error("transient", m.clone())],
             ApiError::Internal(_) => vec![Issue::error(
@@ -194,6 +201,13 @@ impl From<StoreError> for ApiError {
                         budget_s = budget_secs
                     ),
                 )])
+            }
+            StoreError::Cancelled => {
+                tracing::info!("the client hung up; its work in the database was stopped");
+                ApiError::ClientClosed(
+                    "the client closed the connection before the answer; the work was stopped"
+                        .into(),
+                )
             }
             StoreError::Unavailable(why @ crate::store::Unavailable::ShareExhausted(_)) => {
                 tracing::warn!(error = %why, "connection share exhausted");

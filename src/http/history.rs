@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::exchange::{Body, Exchange, Reply};
+use super::hangup;
 use super::resources::{resource_id, resource_type};
 use super::AppState;
 use crate::access::Action;
@@ -17,7 +18,7 @@ use crate::store::{HistoryScope, WriteMethod};
 
 pub async fn system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::HistorySystem);
-    let result = history(&state, &mut ex, Scope::System).await;
+    let result = history(&state, &req, &mut ex, Scope::System).await;
     ex.finish(&state, result).await
 }
 
@@ -27,7 +28,7 @@ pub async fn of_type(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::HistoryType);
-    let result = history(&state, &mut ex, Scope::Type(&path)).await;
+    let result = history(&state, &req, &mut ex, Scope::Type(&path)).await;
     ex.finish(&state, result).await
 }
 
@@ -37,7 +38,7 @@ pub async fn instance(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::HistoryInstance);
-    let result = history(&state, &mut ex, Scope::Instance(&path.0, &path.1)).await;
+    let result = history(&state, &req, &mut ex, Scope::Instance(&path.0, &path.1)).await;
     ex.finish(&state, result).await
 }
 
@@ -67,7 +68,12 @@ fn parse_instant_param(name: &str, v: &str) -> Result<i64, ApiError> {
         })
 }
 
-async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Result<Reply, ApiError> {
+async fn history(
+    state: &AppState,
+    req: &HttpRequest,
+    ex: &mut Exchange,
+    scope: Scope<'_>,
+) -> Result<Reply, ApiError> {
     ex.precondition()?;
     let (store_scope, base_path) = match scope {
         Scope::System => (HistoryScope::System, String::new()),
@@ -162,10 +168,14 @@ async fn history(state: &AppState, ex: &mut Exchange, scope: Scope<'_>) -> Resul
     // One more than a page tells whether there is a next page.
     let rows = state
         .store
-        .call_as(crate::store::Work::History, move |s| match audit_scope {
-            Some(only_id) => s.audit_history(only_id.as_deref(), since, cursor, count + 1),
-            None => s.history(&ctx, &scope2, since, cursor, count + 1),
-        })
+        .call_as(
+            crate::store::Work::History,
+            hangup::watch(req),
+            move |s| match audit_scope {
+                Some(only_id) => s.audit_history(only_id.as_deref(), since, cursor, count + 1),
+                None => s.history(&ctx, &scope2, since, cursor, count + 1),
+            },
+        )
         .await?;
     let has_next = rows.len() > count;
     let base = &state.base_url;

@@ -12,6 +12,7 @@ pub mod capability;
 pub mod conditional;
 pub mod error;
 pub mod exchange;
+pub mod hangup;
 pub mod history;
 pub mod negotiate;
 pub mod ops;

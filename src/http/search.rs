@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
+use super::hangup;
 use super::resources::{resource_id, resource_type};
 use super::AppState;
 use crate::audit::Interaction;
@@ -191,7 +192,7 @@ async fn search(
         let q = query_string(form);
         ex.audit.query = Some(format!("{}?{q}", req.path()));
     }
-    run(state, ex, scope, form, strict(req)).await
+    run(state, ex, scope, form, strict(req), hangup::watch(req)).await
 }
 
 /// A search of a Bundle entry (`GET Patient?name=x` inside a batch or transaction):
@@ -226,16 +227,18 @@ pub(super) async fn entry_search(
             ))
         }
     };
-    run(state, ex, scope, None, strict).await
+    run(state, ex, scope, None, strict, None).await
 }
 
-/// Runs a search of `scope` with the parameters of `ex.query` (and a form's).
+/// Runs a search of `scope` with the parameters of `ex.query` (and a form's);
+/// `gone`: whether the client has hung up (its search is then stopped).
 async fn run(
     state: &AppState,
     ex: &mut Exchange,
     scope: Scope,
     form: Option<Vec<(String, String)>>,
     strict: bool,
+    gone: Option<crate::store::Hangup>,
 ) -> Result<Reply, ApiError> {
     let mut pairs = ex.query.0.clone();
     if let Some(form) = form {
@@ -356,7 +359,7 @@ async fn run(
     let cursor_for_run = cursor.clone();
     let result: SearchResult = state
         .store
-        .call_as(crate::store::Work::Search, move |s| {
+        .call_as(crate::store::Work::Search, gone, move |s| {
             Ok(search.execute(s, &ctx, &req_for_run, cursor_for_run.as_ref()))
         })
         .await?

@@ -81,9 +81,10 @@ fn current() -> Option<Deadline> {
     DEADLINE.try_with(Cell::get).ok().flatten()
 }
 
-/// True when the current thread has a deadline and it has passed.
+/// True when the current thread has a deadline and it has passed, or its request
+/// was cancelled (store::cancel: the client hung up).
 pub(super) fn passed() -> bool {
-    current().is_some_and(|d| Instant::now() >= d.at)
+    current().is_some_and(|d| Instant::now() >= d.at) || super::cancel::cancelled()
 }
 
 /// True when the current thread has a deadline and half of its budget is spent.
@@ -143,7 +144,8 @@ unsafe extern "C" fn register(
     libsqlite3_sys::SQLITE_OK
 }
 
-/// Non-zero interrupts the running statement (SQLITE_INTERRUPT).
+/// Non-zero interrupts the running statement (SQLITE_INTERRUPT): the deadline has
+/// passed or the request was cancelled.
 extern "C" fn progress(_: *mut std::os::raw::c_void) -> std::os::raw::c_int {
     std::os::raw::c_int::from(passed())
 }

@@ -10,6 +10,7 @@ mod audit_chain;
 mod audit_index;
 mod audit_log;
 mod auth;
+mod cancel;
 mod conn;
 mod deadline;
 mod index;
@@ -102,6 +103,13 @@ pub enum Unavailable {
     AuditIndexBehind,
 }
 
+/// Tells whether a request's client has hung up ([`Store::call_as`]).
+pub type Hangup = Box<dyn Fn() -> bool>;
+
+/// How often [`Store::call_as`] looks whether the client of running expensive work
+/// has hung up.
+pub const HANGUP_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// True when the request whose store work runs on this thread has used half of
 /// its budget (`server.request_timeout_secs`): work that can stop and resume
 /// later (the audit index's catch-up) stops there.
@@ -168,6 +176,9 @@ pub enum StoreError {
     /// statement was stopped (SQLite interrupt, PostgreSQL statement_timeout).
     #[error("the request ran past its deadline of {budget_secs} s in the database")]
     Timeout { budget_secs: u64 },
+    /// The client hung up and its work was stopped (store::cancel).
+    #[error("the client closed the connection; its work was stopped")]
+    Cancelled,
 }
 
 impl From<diesel::result::Error> for StoreError {
@@ -187,6 +198,9 @@ impl From<diesel::result::Error> for StoreError {
             // SQLite's interrupt and PostgreSQL's statement_timeout have no kind of
             // their own: an unclassified error once the deadline has passed is the
             // deadline's (store::deadline).
+            Error::DatabaseError(DatabaseErrorKind::Unknown, _) if cancel::cancelled() => {
+                StoreError::Cancelled
+            }
             Error::DatabaseError(DatabaseErrorKind::Unknown, _) if deadline::passed() => {
                 StoreError::Timeout {
                     budget_secs: deadline::budget().map_or(0, |b| b.as_secs()),
@@ -303,10 +317,23 @@ impl Store {
         F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
+        self.call_cancellable(None, f).await
+    }
+
+    async fn call_cancellable<F, R>(
+        &self,
+        cancel: Option<Arc<cancel::Cancel>>,
+        f: F,
+    ) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let store = self.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _deadline = deadline::Guard::new(store.request_timeout);
+            let _cancel = cancel::Guard::new(cancel);
             span.in_scope(|| f(&store))
         })
         .await
@@ -315,17 +342,45 @@ impl Store {
 
     /// Like [`Store::call`], for expensive work: its connections come from the
     /// share of `work` (store::share); when the share stays full for
-    /// `database.pool_timeout_ms`, [`Unavailable::ShareExhausted`].
-    pub async fn call_as<F, R>(&self, work: Work, f: F) -> Result<R, StoreError>
+    /// `database.pool_timeout_ms`, [`Unavailable::ShareExhausted`]. `gone` tells
+    /// whether the client has hung up; it is asked every [`HANGUP_POLL`] while the
+    /// work runs, and once it says yes the work is stopped (store::cancel) and ends
+    /// with [`StoreError::Cancelled`].
+    pub async fn call_as<F, R>(
+        &self,
+        work: Work,
+        gone: Option<Hangup>,
+        f: F,
+    ) -> Result<R, StoreError>
     where
         F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        self.call(move |s| {
+        let cancel = gone.as_ref().map(|_| Arc::new(cancel::Cancel::default()));
+        let task = self.call_cancellable(cancel.clone(), move |s| {
             let _work = work.enter();
             f(s)
-        })
-        .await
+        });
+        let (Some(gone), Some(cancel)) = (gone, cancel) else {
+            return task.await;
+        };
+        let mut task = std::pin::pin!(task);
+        let start = tokio::time::Instant::now() + HANGUP_POLL;
+        let mut tick = tokio::time::interval_at(start, HANGUP_POLL);
+        loop {
+            tokio::select! {
+                r = &mut task => return r,
+                _ = tick.tick() => {
+                    if gone() {
+                        // The work's own thread is busy in the database: the
+                        // cancellation goes from another (again at each tick, for a
+                        // statement that started after the last one).
+                        let (pool, cancel) = (self.pool.clone(), cancel.clone());
+                        let _ = tokio::task::spawn_blocking(move || cancel.trigger(&pool)).await;
+                    }
+                }
+            }
+        }
     }
 
     /// How the requests' pool and its shares are used now (readiness).

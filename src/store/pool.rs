@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{
+    ConnectionManager, CustomizeConnection, ManageConnection, Pool, PooledConnection,
+    R2D2Connection,
+};
 use diesel::{PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -41,28 +44,76 @@ pub struct DbPool {
 
 #[derive(Clone)]
 enum Conns {
-    Sqlite(Pool<ConnectionManager<SqliteConnection>>, WriterQueue),
-    Pg(Pool<ConnectionManager<PgConnection>>),
+    Sqlite(Pool<Manager<SqliteConnection>>, WriterQueue),
+    Pg(Pool<Manager<PgConnection>>),
 }
 
 /// A pooled connection and the share slot it was taken with (released after
 /// the connection is back in the pool: fields drop in order).
 pub struct DbConn {
     conn: Pooled,
+    /// When it was taken: a connection held long served a query that may have
+    /// grown it, and is closed instead of pooled again ([`RESET_AFTER`]).
+    taken: std::time::Instant,
+    /// The request's cancellation, with this connection's server process
+    /// registered in it (PostgreSQL) until the connection is given back.
+    cancel: Option<std::sync::Arc<super::cancel::Cancel>>,
     _slot: Option<Slot>,
 }
 
 enum Pooled {
-    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
-    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+    Sqlite(PooledConnection<Manager<SqliteConnection>>),
+    Pg(PooledConnection<Manager<PgConnection>>),
+}
+
+/// A connection held longer than this (a long search, a large Bundle, a request
+/// stopped at its deadline or by its client's hang-up) is closed when it is given
+/// back instead of pooled again (issue 13: a PostgreSQL server process keeps the
+/// memory a large query made it take; one that ran 50 s on 100 values held 1.7-7.9
+/// GB). Opening a replacement costs a few milliseconds, next to at least this.
+pub const RESET_AFTER: Duration = Duration::from_secs(2);
+
+/// diesel's connection manager, with connections that can be marked to be closed
+/// when given back ([`Managed::discard`]) and, on PostgreSQL, know their server
+/// process (for `pg_cancel_backend`, store::cancel).
+struct Manager<C: R2D2Connection + Send + 'static>(ConnectionManager<C>);
+
+/// A pooled connection of a [`Manager`].
+struct Managed<C> {
+    conn: C,
+    /// PostgreSQL: the server process of this connection (`pg_backend_pid()`).
+    pid: Option<i32>,
+    /// Closed instead of pooled again when given back.
+    discard: bool,
+}
+
+impl<C: R2D2Connection + Send + 'static> ManageConnection for Manager<C> {
+    type Connection = Managed<C>;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<Managed<C>, diesel::r2d2::Error> {
+        Ok(Managed {
+            conn: self.0.connect()?,
+            pid: None,
+            discard: false,
+        })
+    }
+
+    fn is_valid(&self, c: &mut Managed<C>) -> Result<(), diesel::r2d2::Error> {
+        self.0.is_valid(&mut c.conn)
+    }
+
+    fn has_broken(&self, c: &mut Managed<C>) -> bool {
+        c.discard || self.0.has_broken(&mut c.conn)
+    }
 }
 
 impl DbConn {
     /// The connection as the store's backend-neutral [`AnyConn`].
     pub fn any(&mut self) -> AnyConn<'_> {
         match &mut self.conn {
-            Pooled::Sqlite(c) => AnyConn::Sqlite(&mut *c),
-            Pooled::Pg(c) => AnyConn::Pg(&mut *c),
+            Pooled::Sqlite(c) => AnyConn::Sqlite(&mut c.conn),
+            Pooled::Pg(c) => AnyConn::Pg(&mut c.conn),
         }
     }
 
@@ -75,14 +126,33 @@ impl DbConn {
         E: From<diesel::result::Error>,
     {
         match &mut self.conn {
+            Pooled::Sqlite(c) => c
+                .conn
+                .immediate_transaction(|c| body(&mut AnyConn::Sqlite(c))),
+            Pooled::Pg(c) => {
+                diesel::Connection::transaction(&mut c.conn, |c| body(&mut AnyConn::Pg(c)))
+            }
+        }
+    }
+}
+
+impl Drop for DbConn {
+    fn drop(&mut self) {
+        let pid = match &mut self.conn {
             Pooled::Sqlite(c) => {
-                let conn: &mut SqliteConnection = &mut *c;
-                conn.immediate_transaction(|c| body(&mut AnyConn::Sqlite(c)))
+                c.discard |= self.taken.elapsed() > RESET_AFTER;
+                None
             }
             Pooled::Pg(c) => {
-                let conn: &mut PgConnection = &mut *c;
-                diesel::Connection::transaction(conn, |c| body(&mut AnyConn::Pg(c)))
+                c.discard |= self.taken.elapsed() > RESET_AFTER
+                    || self.cancel.as_ref().is_some_and(|k| k.is_cancelled());
+                c.pid
             }
+        };
+        if let (Some(cancel), Some(pid)) = (&self.cancel, pid) {
+            // Waits while a cancellation is being sent to this process, so that it
+            // never reaches the connection's next user.
+            cancel.unregister(pid);
         }
     }
 }
@@ -90,8 +160,8 @@ impl DbConn {
 #[derive(Debug)]
 struct SqlitePragmas;
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+impl CustomizeConnection<Managed<SqliteConnection>, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut Managed<SqliteConnection>) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the writer; NORMAL sync is durable across
         // process crashes (only an OS crash may lose the last commits).
         // A 64 MiB page cache per connection keeps the hot pages in memory
@@ -100,13 +170,14 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // commit, is only a safety net (measured: benches/load, POST p99).
         // busy_timeout first: connections opened together on a new file all switch
         // it to WAL, and without the timeout all but one fail ("database is locked").
-        conn.batch_execute(
-            "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+        conn.conn
+            .batch_execute(
+                "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -65536; \
              PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 50000;",
-        )
-        .map_err(diesel::r2d2::Error::QueryError)
+            )
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -124,8 +195,8 @@ struct PgSession {
     statement_timeout: Option<Duration>,
 }
 
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+impl CustomizeConnection<Managed<PgConnection>, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut Managed<PgConnection>) -> Result<(), diesel::r2d2::Error> {
         let mut sql = String::from("SET plan_cache_mode = force_generic_plan;");
         if let Some(t) = self.statement_timeout {
             sql.push_str(&format!(
@@ -133,8 +204,18 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
                 t.as_millis().max(1)
             ));
         }
-        conn.batch_execute(&sql)
-            .map_err(diesel::r2d2::Error::QueryError)
+        conn.conn
+            .batch_execute(&sql)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        // The server process, for cancelling a hung-up client's statement.
+        conn.pid = Some(
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                "pg_backend_pid()",
+            ))
+            .get_result(&mut conn.conn)
+            .map_err(diesel::r2d2::Error::QueryError)?,
+        );
+        Ok(())
     }
 }
 
@@ -211,7 +292,7 @@ impl DbPool {
                     // a broken SQLite connection shows as an error on use instead.
                     .test_on_check_out(false)
                     .connection_customizer(Box::new(SqlitePragmas))
-                    .build(ConnectionManager::<SqliteConnection>::new(path))
+                    .build(Manager(ConnectionManager::<SqliteConnection>::new(path)))
                     .map_err(|e| StoreError::Unavailable(Unavailable::Unreachable(e)))
             };
             // SQLite's statements run on this process's cores, beside the reads: a
@@ -257,7 +338,7 @@ impl DbPool {
                     .connection_customizer(Box::new(PgSession {
                         statement_timeout: request_timeout,
                     }))
-                    .build_unchecked(ConnectionManager::<PgConnection>::new(url))
+                    .build_unchecked(Manager(ConnectionManager::<PgConnection>::new(url)))
             };
             Ok(Pools {
                 main: DbPool {
@@ -286,6 +367,10 @@ impl DbPool {
     }
 
     fn get_with(&self, take_share: bool) -> Result<DbConn, StoreError> {
+        let cancel = super::cancel::current();
+        if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(StoreError::Cancelled);
+        }
         let until = super::share::until(self.timeout);
         let slot = match (&self.shares, take_share) {
             (Some(s), true) => s
@@ -308,7 +393,17 @@ impl DbPool {
                 .map(Pooled::Pg)
                 .map_err(|e| unavailable(e, p.state(), p.max_size()))?,
         };
-        Ok(DbConn { conn, _slot: slot })
+        if let (Some(cancel), Pooled::Pg(c)) = (&cancel, &conn) {
+            if let Some(pid) = c.pid {
+                cancel.register(pid);
+            }
+        }
+        Ok(DbConn {
+            conn,
+            taken: std::time::Instant::now(),
+            cancel,
+            _slot: slot,
+        })
     }
 
     /// Runs `body` in one write transaction. On SQLite the writer's turn is taken
@@ -364,8 +459,7 @@ impl DbPool {
             &mut conn.conn,
             super::deadline::remaining_after(Duration::from_secs(1)),
         ) {
-            let c: &mut PgConnection = c;
-            return diesel::Connection::transaction(c, |c| {
+            return diesel::Connection::transaction(&mut c.conn, |c| {
                 let mut any = AnyConn::Pg(c);
                 any.batch(&format!(
                     "SET LOCAL statement_timeout = {}",
@@ -384,6 +478,8 @@ impl DbPool {
         match &self.conns {
             Conns::Sqlite(p, _) => p.try_get().map(|c| DbConn {
                 conn: Pooled::Sqlite(c),
+                taken: std::time::Instant::now(),
+                cancel: None,
                 _slot: None,
             }),
             Conns::Pg(_) => None,
@@ -409,11 +505,14 @@ impl DbPool {
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.get()?;
         let applied = match &mut conn.conn {
-            Pooled::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            Pooled::Sqlite(c) => c
+                .conn
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|v| v.len()),
             Pooled::Pg(c) => {
                 // Several nodes may start at once on one database: one migrates,
                 // the others wait for it and then find nothing pending.
-                let conn: &mut PgConnection = c;
+                let conn: &mut PgConnection = &mut c.conn;
                 diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                     .execute(conn)
                     .map_err(|e| StoreError::Migration(Box::new(e)))?;

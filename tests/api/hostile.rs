@@ -527,6 +527,77 @@ async fn a_query_past_its_deadline_is_stopped_in_the_database(backend: Backend) 
 
 on_both_backends!(a_query_past_its_deadline_is_stopped_in_the_database);
 
+/// Item 1: a client that hangs up cancels its query. The costly search (30 s
+/// budget) is sent on a raw connection that is closed a second later; the search
+/// share is one connection, so a second search is answered only once the first
+/// stopped: 200 here, where without the cancellation it waits out
+/// `database.pool_timeout_ms` and gets 503. The hung-up search is audited as a
+/// failure that says so (its answer, 499, is never read).
+async fn a_client_that_hangs_up_cancels_its_query(backend: Backend) {
+    use std::io::Write;
+    let app = spawn_with(Database::new(backend), |s| {
+        s.server.request_timeout_secs = 30;
+        s.search.max_has_depth = 4;
+        s.database.search_connections = 1;
+        s.database.pool_timeout_ms = 8000;
+    })
+    .await;
+    crate::pool_shares::load_costly_data(&app).await;
+    let addr = app
+        .root
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    let path = format!(
+        "{}{}",
+        app.base.trim_start_matches(&app.root),
+        crate::pool_shares::COSTLY
+    );
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Request-Id: hung-up-search\r\n\r\n"
+    )
+    .expect("send the search");
+    actix_rt::time::sleep(std::time::Duration::from_millis(1000)).await;
+    drop(socket);
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = app.get("/Patient?name=nobody").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the hung-up search still held the search share: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    still_answers(&app, None).await;
+    // Its AuditEvent is committed once the handler ends (soon after the cancellation).
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = app
+            .audits_by_request()
+            .await
+            .remove("hung-up-search")
+            .unwrap_or_default();
+        if !events.is_empty() {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "4", "{}", events[0]);
+    assert!(
+        events[0]["outcomeDesc"]
+            .as_str()
+            .is_some_and(|d| d.contains("client closed the connection")),
+        "the AuditEvent does not record the hang-up: {}",
+        events[0]
+    );
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(a_client_that_hangs_up_cancels_its_query);
+
 /// Item 3: a body declared large and sent slowly is not held for ever: after
 /// `server.body_timeout_secs` the client gets 408 with an OperationOutcome and the
 /// connection is closed; nothing is stored and the server answers others as before.
