@@ -7,8 +7,8 @@
 
 use super::pool::Backend;
 use super::query::{
-    Bound, Filter, Position, Query, RefTarget, Rows, Sort, SortKey, SortValue, UriMatch,
-    MAX_SQL_SORT_KEYS,
+    Bound, Filter, IndexTable, Position, Query, RefTarget, Rows, Sort, SortKey, SortValue,
+    UriMatch, MAX_SQL_SORT_KEYS,
 };
 use super::sql::Sql;
 use super::StoreError;
@@ -266,10 +266,7 @@ impl<'a> Renderer<'a> {
                     .push(&format!(" AND {r}.target_type = {t}.resource_type AND "));
                 self.sql
                     .in_texts(&format!("{s}.resource_type"), source_types);
-                for f in filters {
-                    self.sql.push(" AND ");
-                    self.filter(f, &s)?;
-                }
+                self.conjunction(filters, &s)?;
                 self.narrow_for(&s, Some(source_types), Action::Search)?;
                 self.sql.push(")");
             }
@@ -310,6 +307,13 @@ impl<'a> Renderer<'a> {
                     }
                     self.filter(f, t)?;
                 }
+                self.sql.push(")");
+            }
+            Filter::All(fs)
+                if fs.iter().filter(|f| on_index_rows(f).is_some()).count() > MERGE_ABOVE =>
+            {
+                self.sql.push("(1 = 1");
+                self.conjunction(fs, t)?;
                 self.sql.push(")");
             }
             Filter::All(fs) => {
@@ -452,11 +456,135 @@ impl<'a> Renderer<'a> {
         } else {
             self.sql.push("1 = 1");
         }
-        for filter in &q.filters {
-            self.sql.push(" AND ");
-            self.filter(filter, "rc")?;
-        }
+        self.conjunction(&q.filters, "rc")?;
         self.narrow("rc", q.types.as_deref())
+    }
+
+    /// ` AND f` for each of `filters` on the resources `t`. Once more than
+    /// [`MERGE_ABOVE`] of them are conditions on index rows, the conditions on each
+    /// index table become one set-based condition ([`Renderer::merged`]).
+    fn conjunction(&mut self, filters: &[Filter], t: &str) -> Result<(), StoreError> {
+        let on_rows = filters
+            .iter()
+            .filter(|f| on_index_rows(f).is_some())
+            .count();
+        let mut groups: Vec<(IndexTable, Vec<&Filter>)> = Vec::new();
+        for f in filters {
+            match on_index_rows(f) {
+                Some((table, _)) if on_rows > MERGE_ABOVE => {
+                    match groups.iter_mut().find(|(g, _)| *g == table) {
+                        Some((_, fs)) => fs.push(f),
+                        None => groups.push((table, vec![f])),
+                    }
+                }
+                _ => {
+                    self.sql.push(" AND ");
+                    self.filter(f, t)?;
+                }
+            }
+        }
+        for (table, fs) in groups {
+            self.sql.push(" AND ");
+            match fs.as_slice() {
+                [one] => self.filter(one, t)?,
+                many => self.merged(table, many, t)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Several conditions on rows of one index table, all to hold for the resource
+    /// `t`, as one set-based condition: the rows of all their parameters (and, for
+    /// blind rows, values) grouped by resource, each condition met by some row:
+    /// `t.rid IN (SELECT m.rid FROM table m WHERE m.pid IN (..) GROUP BY m.rid HAVING
+    /// MAX(CASE WHEN <condition 1> THEN 1 ELSE 0 END) = 1 AND ...)`. PostgreSQL plans
+    /// each `IN (subquery)` of a conjunction as a join: 29 took 1.0 s to plan (the
+    /// issue's repeated parameter grew a server process to gigabytes), merged 0.2 ms
+    /// (docs/benchmarks.md).
+    fn merged(&mut self, table: IndexTable, fs: &[&Filter], t: &str) -> Result<(), StoreError> {
+        let a = self.fresh("m");
+        self.sql.push(&format!(
+            "{t}.rid IN (SELECT {a}.rid FROM {} {a} WHERE ",
+            table.name()
+        ));
+        let mut all_pids: Vec<i64> = fs
+            .iter()
+            .filter_map(|f| on_index_rows(f))
+            .flat_map(|(_, pids)| pids.iter().copied())
+            .collect();
+        all_pids.sort_unstable();
+        all_pids.dedup();
+        self.pids(&format!("{a}.pid"), &all_pids);
+        // Blind conditions only (no `Present` among them): only rows with one of
+        // their values can meet one.
+        if fs.iter().all(|f| matches!(f, Filter::Blind { .. })) {
+            let mut hashes = Vec::new();
+            for f in fs {
+                if let Filter::Blind { values, .. } = f {
+                    for v in values {
+                        hashes.push(self.blind(v)?);
+                    }
+                }
+            }
+            hashes.sort_unstable();
+            hashes.dedup();
+            self.sql.push(" AND ");
+            self.sql.in_i64s(&format!("{a}.h"), &hashes);
+        }
+        self.sql.push(&format!(" GROUP BY {a}.rid HAVING "));
+        for (i, f) in fs.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" AND ");
+            }
+            self.sql.push("MAX(CASE WHEN ");
+            if let Some((_, pids)) = on_index_rows(f) {
+                self.pids(&format!("{a}.pid"), pids);
+            }
+            self.row_condition(f, &a)?;
+            self.sql.push(" THEN 1 ELSE 0 END) = 1");
+        }
+        self.sql.push(")");
+        Ok(())
+    }
+
+    /// ` AND <what a row of alias a must hold>` for a condition on index rows
+    /// (its parameters aside).
+    fn row_condition(&mut self, f: &Filter, a: &str) -> Result<(), StoreError> {
+        match f {
+            Filter::Blind { values, .. } => {
+                let hashes = values
+                    .iter()
+                    .map(|v| self.blind(v))
+                    .collect::<Result<Vec<i64>, _>>()?;
+                self.sql.push(" AND ");
+                self.sql.in_i64s(&format!("{a}.h"), &hashes);
+            }
+            Filter::Date { ranges, .. } => {
+                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
+                    s.i64(v);
+                });
+            }
+            Filter::Number { keys, ranges, .. } => {
+                let ks = match keys {
+                    None => vec![0],
+                    Some(keys) => keys
+                        .iter()
+                        .map(|k| self.blind(k))
+                        .collect::<Result<Vec<i64>, _>>()?,
+                };
+                self.sql.push(" AND ");
+                self.sql.in_i64s(&format!("{a}.k"), &ks);
+                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
+                    s.f64(v);
+                });
+            }
+            _ => {
+                return Err(StoreError::Internal(
+                    "a merged condition is not on index rows",
+                ))
+            }
+        }
+        Ok(())
     }
 
     fn sort_value(&mut self, kind: KeyKind, v: &SortValue) {
@@ -705,6 +833,24 @@ impl<'a> Renderer<'a> {
             .push(" ORDER BY rc.rid LIMIT ")
             .i64(q.limit.min(1_000_000) as i64);
         Ok(())
+    }
+}
+
+/// A conjunction with more conditions on index rows than this has those on each
+/// index table merged into one ([`Renderer::conjunction`]). PostgreSQL's own join
+/// search stays exhaustive up to 8 joins (`join_collapse_limit`); below that a
+/// selective condition probing the others stays the better plan.
+const MERGE_ABOVE: usize = 8;
+
+/// The index table and parameters of a filter that is one condition on rows of
+/// one index table (merged by [`Renderer::merged`]).
+fn on_index_rows(f: &Filter) -> Option<(IndexTable, &[i64])> {
+    match f {
+        Filter::Blind { pids, .. } => Some((IndexTable::Blind, pids)),
+        Filter::Date { pids, .. } => Some((IndexTable::Date, pids)),
+        Filter::Number { pids, .. } => Some((IndexTable::Number, pids)),
+        Filter::Present { table, pids } if *table != IndexTable::Reference => Some((*table, pids)),
+        _ => None,
     }
 }
 
