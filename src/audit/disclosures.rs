@@ -55,6 +55,33 @@ pub enum PeriodError {
     Patient(String),
 }
 
+/// A checked bound: the text as written and the instants it stands for.
+struct Bound {
+    text: String,
+    /// Unix microseconds: the first and the last instant of its precision.
+    range: (i64, i64),
+}
+
+impl Bound {
+    fn parse(name: &'static str, v: Option<&str>) -> Result<Option<Bound>, PeriodError> {
+        let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        crate::search::values::date_range(v)
+            .filter(|_| is_date_text(v))
+            .map(|range| {
+                Some(Bound {
+                    text: v.to_string(),
+                    range,
+                })
+            })
+            .ok_or_else(|| PeriodError::NotADate {
+                name,
+                value: crate::fhir::types::truncate(v, 80),
+            })
+    }
+}
+
 impl Period {
     /// Checks the bounds; `names` are the parameter names used in errors
     /// (`start`/`end` for the API, `since`/`until` for the CLI).
@@ -63,33 +90,19 @@ impl Period {
         end: Option<&str>,
         names: (&'static str, &'static str),
     ) -> Result<Period, PeriodError> {
-        let check = |name: &'static str,
-                     v: Option<&str>|
-         -> Result<Option<(String, (i64, i64))>, PeriodError> {
-            match v.map(str::trim).filter(|v| !v.is_empty()) {
-                None => Ok(None),
-                Some(v) => crate::search::values::date_range(v)
-                    .filter(|_| is_date_text(v))
-                    .map(|r| Some((v.to_string(), r)))
-                    .ok_or_else(|| PeriodError::NotADate {
-                        name,
-                        value: crate::fhir::types::truncate(v, 80),
-                    }),
-            }
-        };
-        let start = check(names.0, start)?;
-        let end = check(names.1, end)?;
-        if let (Some((s, (s_lo, _))), Some((e, (_, e_hi)))) = (&start, &end) {
-            if s_lo > e_hi {
+        let start = Bound::parse(names.0, start)?;
+        let end = Bound::parse(names.1, end)?;
+        if let (Some(s), Some(e)) = (&start, &end) {
+            if s.range.0 > e.range.1 {
                 return Err(PeriodError::Reversed {
-                    start: s.clone(),
-                    end: e.clone(),
+                    start: s.text.clone(),
+                    end: e.text.clone(),
                 });
             }
         }
         Ok(Period {
-            start: start.map(|(s, _)| s),
-            end: end.map(|(e, _)| e),
+            start: start.map(|s| s.text),
+            end: end.map(|e| e.text),
         })
     }
 }

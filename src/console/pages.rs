@@ -37,21 +37,22 @@ impl Pages {
         Ok(Pages { env })
     }
 
-    /// The page as HTML text (a template failure is a bug: logged, and Err).
-    pub fn html(&self, name: &str, ctx: minijinja::Value) -> Result<String, ()> {
+    /// The page as HTML text (a template failure is a bug: logged, and None).
+    pub fn html(&self, name: &str, ctx: minijinja::Value) -> Option<String> {
         self.env
             .get_template(name)
             .and_then(|t| t.render(ctx))
             .map_err(|e| {
                 tracing::error!(error = %e, template = name, "a console page failed to render");
             })
+            .ok()
     }
 
     /// A rendered page with the console's headers.
     pub fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> HttpResponse {
         match self.html(name, ctx) {
-            Ok(html) => page(status, html),
-            Err(()) => page(
+            Some(html) => page(status, html),
+            None => page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "<!doctype html><title>Error</title><p>The page could not be shown.</p>".into(),
             ),

@@ -21,7 +21,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM = os.environ.get("FHIRGATE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FHIRGATE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -37,6 +38,19 @@ def browser():
     options.add_experimental_option(
         "prefs", {"profile.managed_default_content_settings.javascript": 2})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+# Generous: the test machine may be busy building.
+WAIT_SECS = 60
+
+
+def navigate(driver, action):
+    """Runs `action` (a click or a get) and waits until the next page stands."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(driver, WAIT_SECS).until(EC.staleness_of(old))
+    WebDriverWait(driver, WAIT_SECS).until(
+        EC.presence_of_element_located((By.TAG_NAME, "h1")))
 
 
 def texts(driver, css):
@@ -59,11 +73,11 @@ def facts(driver):
 
 
 def sign_in(driver, root, username, password):
-    driver.get(root + "/console/")
+    navigate(driver, lambda: driver.get(root + "/console/"))
     page = {"title": driver.title, "h1": texts(driver, "h1")}
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    navigate(driver, driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click)
     return page
 
 
@@ -90,7 +104,7 @@ def main():
             else:
                 element.clear()
                 element.send_keys(value)
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        navigate(driver, form.find_element(By.CSS_SELECTOR, "button[type=submit]").click)
         out["search"] = {"url": driver.current_url, "rows": table(driver),
                          "inputs": [e.get_attribute("name") for e in
                                     driver.find_elements(By.CSS_SELECTOR, "form.filters [name]")],
@@ -106,7 +120,7 @@ def main():
                 break
         out["event"] = {"link": link}
         if link:
-            driver.get(link)
+            navigate(driver, lambda: driver.get(link))
             out["event"].update({
                 "h1": texts(driver, "h1"),
                 "facts": facts(driver),
@@ -117,31 +131,31 @@ def main():
             driver.save_screenshot(os.path.join(shots, "console-event.png"))
 
         # The disclosure report, reached through the navigation.
-        driver.find_element(By.LINK_TEXT, "Disclosure report").click()
+        navigate(driver, driver.find_element(By.LINK_TEXT, "Disclosure report").click)
         report = driver.find_element(By.CSS_SELECTOR, "form.filters")
         report.find_element(By.NAME, "patient").send_keys(config["report"]["patient"])
         report.find_element(By.NAME, "start").send_keys(config["report"]["start"])
-        report.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        navigate(driver, report.find_element(By.CSS_SELECTOR, "button[type=submit]").click)
         out["disclosures"] = {"url": driver.current_url, "summary": texts(driver, ".summary"),
                               "rows": table(driver), "error": texts(driver, ".error")}
 
         # The chain's state.
-        driver.find_element(By.LINK_TEXT, "Chain").click()
+        navigate(driver, driver.find_element(By.LINK_TEXT, "Chain").click)
         out["chain"] = {"verdict": texts(driver, "#verdict"), "facts": facts(driver)}
 
         # Paging through everything, newest first.
-        driver.get(root + "/console/")
+        navigate(driver, lambda: driver.get(root + "/console/"))
         pages = [len(table(driver))]
         while len(pages) < 50:
             older = driver.find_elements(By.CSS_SELECTOR, "a[rel=next]")
             if not older:
                 break
-            older[0].click()
+            navigate(driver, older[0].click)
             pages.append(len(table(driver)))
         out["paging"] = pages
 
         # Signing out ends the session.
-        driver.find_element(By.CSS_SELECTOR, "form.signout button").click()
+        navigate(driver, driver.find_element(By.CSS_SELECTOR, "form.signout button").click)
         out["after_logout"] = {"h1": texts(driver, "h1"),
                                "password_inputs": len(driver.find_elements(By.NAME, "password"))}
 
@@ -152,7 +166,7 @@ def main():
                             "body": driver.find_element(By.TAG_NAME, "body").text,
                             "tables": len(driver.find_elements(By.TAG_NAME, "table")),
                             "links": len(driver.find_elements(By.TAG_NAME, "a"))}
-        driver.get(root + "/console/")
+        navigate(driver, lambda: driver.get(root + "/console/"))
         out["clinician_after"] = {"h1": texts(driver, "h1"),
                                   "password_inputs": len(driver.find_elements(By.NAME, "password"))}
     finally:
