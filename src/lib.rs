@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bulk;
 pub mod bundle;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod fhir;
 pub mod fhirpath;

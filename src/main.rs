@@ -135,6 +135,30 @@ enum AuditCommand {
         #[arg(long)]
         before: String,
     },
+    /// A patient's accounting of disclosures (HIPAA 164.528): every AuditEvent
+    /// recording access to the patient's data, denied attempts included, oldest
+    /// first, one line each (recorded, action, subtype, outcome, user, client,
+    /// address, entity, purposeOfUse). The report is itself audited.
+    Report {
+        /// Patient/ID (or ID).
+        #[arg(long)]
+        patient: String,
+        /// From this date or dateTime on (2026-12-01, 2026-12-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to the end of this date or dateTime.
+        #[arg(long)]
+        until: Option<String>,
+        /// csv (RFC 4180, a header line) or json (an array of objects).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -527,6 +551,28 @@ fn audit(settings: &Settings, command: AuditCommand) -> anyhow::Result<ExitCode>
                 "{}",
                 serde_json::json!({"purged": purged.removed, "keptFrom": purged.kept_from})
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Report {
+            patient,
+            since,
+            until,
+            format,
+        } => {
+            use fhirgate::audit::disclosures::{self, Period};
+            let id = disclosures::patient_id(&patient)?;
+            let period = Period::parse(since.as_deref(), until.as_deref(), ("--since", "--until"))?;
+            let mut command = format!("fhirgate audit report --patient Patient/{}", id.as_str());
+            for (flag, v) in [("--since", &period.start), ("--until", &period.end)] {
+                if let Some(v) = v {
+                    command.push_str(&format!(" {flag} {v}"));
+                }
+            }
+            let rows = startup::audit_report(settings, &id, &period, &command)?;
+            match format {
+                ReportFormat::Csv => print!("{}", disclosures::to_csv(&rows)),
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::PublicKey => {

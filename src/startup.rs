@@ -62,6 +62,10 @@ pub enum StartupError {
     Import(#[from] crate::bulk::ImportError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthStartError),
+    #[error("the audit console's pages: {0}")]
+    Console(String),
+    #[error("the report's AuditEvent search failed: {0}")]
+    Report(#[from] crate::search::SearchError),
 }
 
 /// Loads the configured packages (installing missing ones) and compiles nothing yet.
@@ -270,6 +274,7 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         metrics: http::ops::Metrics::new(),
         capability,
         chainer,
+        console: Arc::new(crate::console::Pages::new().map_err(StartupError::Console)?),
     })
 }
 
@@ -379,4 +384,43 @@ pub fn import(
         return_bodies: false,
     };
     Ok(crate::bulk::import(&env, options, report)?)
+}
+
+/// `fhirgate audit report`: a patient's accounting of disclosures from the
+/// command line, through the same AuditEvent search as `$disclosures` (model,
+/// store and search engine, no HTTP server), as the system itself; the report
+/// is itself recorded as an AuditEvent (`operation` `disclosures`, the command
+/// as its query), after the search so that it is not in its own report.
+pub fn audit_report(
+    settings: &Settings,
+    patient: &crate::fhir::types::Id,
+    period: &crate::audit::disclosures::Period,
+    command: &str,
+) -> Result<Vec<crate::audit::disclosures::ReportRow>, StartupError> {
+    use crate::audit::disclosures::{self, ReportRow};
+    let model = load_model(settings)?;
+    let store = open_store(settings, true)?;
+    let base_url = settings.base_url();
+    let validator = build_validator(settings, &model)?;
+    let search = SearchEngine::new(
+        model.clone(),
+        validator.terminology().clone(),
+        base_url.clone(),
+        search_settings(settings),
+    );
+    crate::search::reindex::reload_registry(&store, &search)?;
+    let ctx = crate::access::AccessContext::open(format!("cli-{}", uuid::Uuid::new_v4()), None);
+    let (events, _) = disclosures::collect(&store, &search, &ctx, patient, period, usize::MAX)?;
+    let mut record = crate::audit::AuditRecord::new(
+        crate::audit::Interaction::Operation("disclosures".into()),
+        &ctx,
+    );
+    record.resource_type = Some(crate::audit::RESOURCE_TYPE.into());
+    record.query = Some(command.to_string());
+    store.append_audits(&[record.to_row(
+        &base_url,
+        &settings.audit.observer,
+        crate::fhir::now_micros(),
+    )])?;
+    Ok(events.iter().map(ReportRow::of).collect())
 }

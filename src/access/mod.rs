@@ -110,11 +110,32 @@ impl AccessContext {
     /// roles, or a client granted `system/AuditEvent.rs`): the verdict speaks of
     /// the whole log.
     pub fn decide_audit_verify(&self) -> Result<(), Denied> {
+        self.decide_whole_audit_log("verifying the audit chain")
+    }
+
+    /// May the caller have a patient's accounting of disclosures
+    /// (`Patient/{id}/$disclosures`, the console's report)? Only a caller who may
+    /// search every AuditEvent: HIPAA 164.528 asks for every disclosure, and an
+    /// accounting cut down to what a narrowed grant sees would not say so.
+    pub fn decide_disclosures(&self) -> Result<(), Denied> {
+        self.decide_whole_audit_log("an accounting of disclosures")
+    }
+
+    /// May the caller use the audit console (`/console/`)? The console searches
+    /// and shows any AuditEvent, its disclosure reports and the chain's state, so
+    /// the same rule: every AuditEvent (the `compliance` and `admin` roles).
+    pub fn decide_audit_console(&self) -> Result<(), Denied> {
+        self.decide_whole_audit_log("the audit console")
+    }
+
+    /// Allowed only when the caller may search every AuditEvent (a narrowed or
+    /// absent AuditEvent permission refuses: deny by default).
+    fn decide_whole_audit_log(&self, what: &str) -> Result<(), Denied> {
         match self.decide(crate::audit::RESOURCE_TYPE, Action::Search)? {
             Visibility::All => Ok(()),
-            Visibility::Where(_) => Err(Denied(
-                "verifying the audit chain needs access to every AuditEvent (the compliance or admin role)".into(),
-            )),
+            Visibility::Where(_) => Err(Denied(format!(
+                "{what} needs access to every AuditEvent (the compliance or admin role)"
+            ))),
         }
     }
 

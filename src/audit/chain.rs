@@ -126,6 +126,28 @@ pub struct Chainer {
     pub chain_ok: AtomicI64,
     /// Held by the verification running on request (one at a time).
     pub verifying: Mutex<()>,
+    /// This node's newest finished verification (periodic or on request): what
+    /// the audit console shows, so no page view walks the chain.
+    last: Mutex<Option<Verified>>,
+}
+
+/// A verification that ran, and when it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub verdict: Verdict,
+    /// Unix microseconds.
+    pub at: i64,
+}
+
+impl Verified {
+    /// The last position verified in order (0: none).
+    pub fn through(&self) -> i64 {
+        if self.verdict.verified == 0 {
+            0
+        } else {
+            self.verdict.kept_from + self.verdict.verified - 1
+        }
+    }
 }
 
 impl Chainer {
@@ -137,6 +159,7 @@ impl Chainer {
             signer: Mutex::new(None),
             chain_ok: AtomicI64::new(-1),
             verifying: Mutex::new(()),
+            last: Mutex::new(None),
         }
     }
 
@@ -306,7 +329,21 @@ impl Chainer {
     /// Verifies the whole chain, after linking what is committed.
     pub fn verify(&self, options: &VerifyOptions) -> Result<Verdict, ChainError> {
         self.catch_up()?;
-        verify(&self.store, options)
+        let verdict = verify(&self.store, options)?;
+        self.remember(&verdict);
+        Ok(verdict)
+    }
+
+    /// This node's newest verification, if one ran since it started.
+    pub fn last_verified(&self) -> Option<Verified> {
+        self.last.lock().clone()
+    }
+
+    fn remember(&self, verdict: &Verdict) {
+        *self.last.lock() = Some(Verified {
+            verdict: verdict.clone(),
+            at: crate::fhir::now_micros(),
+        });
     }
 }
 
@@ -710,6 +747,7 @@ fn worker(chainer: Weak<Chainer>, interval: Duration, verify_every: Duration) {
                 },
             ) {
                 Ok(v) => {
+                    chainer.remember(&v);
                     if let Some((at, problem)) = &v.broken {
                         tracing::error!(audit.chain.broken_at = at, problem = %problem, "the audit chain does not verify");
                     }

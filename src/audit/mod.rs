@@ -7,6 +7,7 @@
 //! only references, and its body is sealed like any other resource.
 
 pub mod chain;
+pub mod disclosures;
 mod event;
 mod writer;
 

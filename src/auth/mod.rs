@@ -55,6 +55,8 @@ pub use authorize::{new_launch, LaunchError};
 pub use bearer::{authenticate, AuthFailure, Authentication, Principal};
 pub use error::{OAuthCode, OAuthError};
 pub use headers::secure_headers;
+pub use session::{Place, Session};
+pub use users::LoginRefused;
 
 /// The authorization server and token checker of one node.
 pub struct AuthService {

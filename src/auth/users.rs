@@ -220,6 +220,16 @@ impl AuthService {
         User::of(&row)
     }
 
+    /// The grant of a signed-in audit console user: the scopes the console works
+    /// with (`user/AuditEvent.rs`) as far as the user's role allows them, so a
+    /// patient's or clinician's grant holds nothing and the access module refuses
+    /// it (`AccessContext::decide_audit_console`).
+    pub(crate) fn console_grant(&self, role: Role) -> Result<crate::access::Grant, String> {
+        let (scopes, _) = super::scopes::Scopes::parse_lenient("user/AuditEvent.rs");
+        let scopes = scopes.filter(|s| role.allows(s));
+        self.compile_grant(&scopes, None, Some(role))
+    }
+
     /// Checks a sign-in, counting failures and locking the account after too
     /// many; every outcome is audited.
     pub(crate) async fn login(

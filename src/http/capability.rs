@@ -61,6 +61,15 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
                     "documentation": VALIDATE_DOC
                 }]
             });
+            if t == "Patient" {
+                if let Some(ops) = resource["operation"].as_array_mut() {
+                    ops.push(json!({
+                        "name": "disclosures",
+                        "definition": "urn:fhirgate:operation:disclosures",
+                        "documentation": "GET [base]/Patient/[id]/$disclosures?start=DATE&end=DATE: the accounting of disclosures (HIPAA 164.528), a searchset Bundle of the AuditEvents recording access to the patient's data, denied attempts included, oldest first; for callers who may search every AuditEvent."
+                    }));
+                }
+            }
             let required = settings.validation.required_for(t);
             if !required.is_empty() && settings.validation.mode == ValidationMode::Full {
                 resource["supportedProfile"] = json!(required);

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod conditional;
+pub mod disclosures;
 pub mod error;
 pub mod exchange;
 pub mod hangup;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::AuthService>,
     /// The audit log's hash chain (`AuditEvent/$verify`, the chain metric).
     pub chainer: Arc<crate::audit::chain::Chainer>,
+    /// The audit console's pages (`/console/`).
+    pub console: Arc<crate::console::Pages>,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
 /// Routes of the FHIR API and the operations endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::auth::configure(cfg);
+    crate::console::configure(cfg);
     cfg.route("/health/live", web::get().to(ops::live))
         .route("/health/ready", web::get().to(ops::ready))
         .route("/metrics", web::get().to(ops::metrics))
@@ -105,6 +109,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(fhir_resource("/_search").route(web::post().to(search::system_post)))
                 .service(fhir_resource("/metadata").route(web::get().to(capability::metadata)))
                 .service(fhir_resource("/AuditEvent/$verify").route(web::get().to(audit::verify)))
+                .service(
+                    fhir_resource("/Patient/{id}/$disclosures")
+                        .route(web::get().to(disclosures::get)),
+                )
                 .service(fhir_resource("/$reindex").route(web::post().to(reindex::all)))
                 .service(fhir_resource("/$reindex/{job}").route(web::get().to(reindex::status)))
                 .service(fhir_resource("/{type}/$reindex").route(web::post().to(reindex::of_type)))

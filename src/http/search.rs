@@ -230,6 +230,25 @@ pub(super) async fn entry_search(
     run(state, ex, scope, None, strict, None).await
 }
 
+/// An AuditEvent search whose parameters the server made (`$disclosures`): the
+/// same search, Bundle and page links (to `AuditEvent?_cursor=...`) as
+/// `GET /fhir/AuditEvent?...`, with `ex.query` holding only result controls.
+pub(super) async fn audit_event_search(
+    state: &AppState,
+    ex: &mut Exchange,
+    params: Vec<(String, String)>,
+) -> Result<Reply, ApiError> {
+    run(
+        state,
+        ex,
+        Scope::Type(crate::audit::RESOURCE_TYPE.into()),
+        Some(params),
+        true,
+        None,
+    )
+    .await
+}
+
 /// Runs a search of `scope` with the parameters of `ex.query` (and a form's);
 /// `gone`: whether the client has hung up (its search is then stopped).
 async fn run(
