@@ -287,7 +287,7 @@ async fn run_search(
     let ctx = v.ctx.clone();
     let result = state
         .store
-        .call_as(crate::store::Work::Search, move |s| {
+        .call_as(crate::store::Work::Search, None, move |s| {
             Ok(search.execute(s, &ctx, &request, cursor.as_ref()))
         })
         .await??;
@@ -539,7 +539,7 @@ pub(super) async fn disclosures(req: HttpRequest, state: web::Data<AppState>) ->
         let (search, ctx, wanted) = (state.search.clone(), v.ctx.clone(), id.clone());
         let (events, cut) = state
             .store
-            .call_as(crate::store::Work::Search, move |s| {
+            .call_as(crate::store::Work::Search, None, move |s| {
                 Ok(disclosures::collect(
                     s,
                     &search,
