@@ -309,9 +309,7 @@ impl<'a> Renderer<'a> {
                 }
                 self.sql.push(")");
             }
-            Filter::All(fs)
-                if fs.iter().filter(|f| on_index_rows(f).is_some()).count() > MERGE_ABOVE =>
-            {
+            Filter::All(fs) if conditions_on_rows(fs) > MERGE_ABOVE => {
                 self.sql.push("(1 = 1");
                 self.conjunction(fs, t)?;
                 self.sql.push(")");
@@ -464,19 +462,24 @@ impl<'a> Renderer<'a> {
     /// [`MERGE_ABOVE`] of them are conditions on index rows, the conditions on each
     /// index table become one set-based condition ([`Renderer::merged`]).
     fn conjunction(&mut self, filters: &[Filter], t: &str) -> Result<(), StoreError> {
-        let on_rows = filters
-            .iter()
-            .filter(|f| on_index_rows(f).is_some())
-            .count();
+        if conditions_on_rows(filters) <= MERGE_ABOVE {
+            for f in filters {
+                self.sql.push(" AND ");
+                self.filter(f, t)?;
+            }
+            return Ok(());
+        }
+        // Conjunctions inside (`name:contains=abc` is one of its trigrams' conditions)
+        // join the merge.
+        let mut flat = Vec::new();
+        flatten(filters, &mut flat);
         let mut groups: Vec<(IndexTable, Vec<&Filter>)> = Vec::new();
-        for f in filters {
+        for f in flat {
             match on_index_rows(f) {
-                Some((table, _)) if on_rows > MERGE_ABOVE => {
-                    match groups.iter_mut().find(|(g, _)| *g == table) {
-                        Some((_, fs)) => fs.push(f),
-                        None => groups.push((table, vec![f])),
-                    }
-                }
+                Some((table, _)) => match groups.iter_mut().find(|(g, _)| *g == table) {
+                    Some((_, fs)) => fs.push(f),
+                    None => groups.push((table, vec![f])),
+                },
                 _ => {
                     self.sql.push(" AND ");
                     self.filter(f, t)?;
@@ -578,6 +581,8 @@ impl<'a> Renderer<'a> {
                     s.f64(v);
                 });
             }
+            // Any row of its parameters.
+            Filter::Present { .. } => {}
             _ => {
                 return Err(StoreError::Internal(
                     "a merged condition is not on index rows",
@@ -841,6 +846,31 @@ impl<'a> Renderer<'a> {
 /// search stays exhaustive up to 8 joins (`join_collapse_limit`); below that a
 /// selective condition probing the others stays the better plan.
 const MERGE_ABOVE: usize = 8;
+
+/// The filters of a conjunction, with the members of conjunctions inside it (and
+/// of one-alternative disjunctions) in their place.
+fn flatten<'f>(filters: &'f [Filter], out: &mut Vec<&'f Filter>) {
+    for f in filters {
+        match f {
+            Filter::All(inner) => flatten(inner, out),
+            Filter::Any(one) if one.len() == 1 => flatten(one, out),
+            other => out.push(other),
+        }
+    }
+}
+
+/// How many conditions on index rows a conjunction has, counting those of the
+/// conjunctions inside it.
+fn conditions_on_rows(filters: &[Filter]) -> usize {
+    filters
+        .iter()
+        .map(|f| match f {
+            Filter::All(inner) => conditions_on_rows(inner),
+            Filter::Any(one) if one.len() == 1 => conditions_on_rows(one),
+            other => usize::from(on_index_rows(other).is_some()),
+        })
+        .sum()
+}
 
 /// The index table and parameters of a filter that is one condition on rows of
 /// one index table (merged by [`Renderer::merged`]).
