@@ -550,6 +550,28 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         .find(|e| claims_profile(e, "AuditEvent.Failure.Query"))
         .expect("the search's failure event");
     assert_token_use(failure, &client_id, Some("Practitioner/d1"), &tok_claims);
+    // A batch entry outside the scopes (a write with a read-only token): the
+    // entry's failure and an authorization decision, with the Bundle's request id.
+    let r_batch = rid();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "b"},
+            "subject": {"reference": "Patient/bp1"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": "Patient/bp1"}},
+    ]});
+    assert_eq!(
+        send_as(&app, Method::POST, "", &r_batch, Some(&tok), Some(&batch)).await,
+        StatusCode::OK
+    );
+    let evs = events_of(&app, &r_batch).await;
+    assert!(
+        evs.iter()
+            .any(|e| claims_profile(e, "AuditEvent.AuthZ") && e["outcome"] == "4"),
+        "{evs:#?}"
+    );
+    assert!(evs
+        .iter()
+        .any(|e| claims_profile(e, "AuditEvent.Failure.PatientCreate") && e["outcome"] == "4"));
     // A missing token (401).
     let _ = send_as(&app, Method::GET, "/Patient/bp1", &rid(), None, None).await;
     let _ = send_as(
