@@ -158,6 +158,9 @@ pub struct PackageSettings {
     pub load: Vec<String>,
     /// FHIR package registry that missing packages are fetched from.
     pub registry: String,
+    /// fhirgate's own package folder (`profiles/`: its AuditEvent profiles), loaded
+    /// beside `load`. Unset: found beside the binary ([`PackageSettings::profiles_dir`]).
+    pub profiles: Option<PathBuf>,
 }
 
 impl Default for PackageSettings {
@@ -166,11 +169,34 @@ impl Default for PackageSettings {
             cache: None,
             load: vec!["hl7.fhir.r4.core#4.0.1".into()],
             registry: "https://packages.fhir.org".into(),
+            profiles: None,
         }
     }
 }
 
 impl PackageSettings {
+    /// fhirgate's own package folder: configured, else the first that exists of
+    /// `profiles/` beside the binary, `../share/fhirgate/profiles` from the binary
+    /// (an installed layout), and `profiles/` of the source tree the binary was built
+    /// from (a clean clone in CI, the tests, `cargo run`). None when none exists.
+    pub fn profiles_dir(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.profiles {
+            return Some(p.clone());
+        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf));
+        let mut candidates = Vec::new();
+        if let Some(d) = exe_dir {
+            candidates.push(d.join("profiles"));
+            candidates.push(d.join("../share/fhirgate/profiles"));
+        }
+        candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles"));
+        candidates
+            .into_iter()
+            .find(|d| d.join("package.json").is_file())
+    }
+
     /// The cache folder: configured, else `~/.fhir/packages`.
     pub fn cache_dir(&self) -> PathBuf {
         match &self.cache {

@@ -83,7 +83,12 @@ pub fn load_model(settings: &Settings) -> Result<Arc<Model>, StartupError> {
     if refs.is_empty() {
         return Err(StartupError::NoPackages);
     }
-    let set = PackageSet::load(&cache, &refs)?;
+    let profiles = settings.packages.profiles_dir();
+    match &profiles {
+        Some(dir) => tracing::info!(profiles = %dir.display(), "loading fhirgate's own package"),
+        None => tracing::warn!("fhirgate's own package (profiles/) was not found beside the binary; set packages.profiles: the AuditEvents of failures and denials claim profiles it defines"),
+    }
+    let set = PackageSet::load_with_local(&cache, &refs, profiles.as_deref())?;
     Ok(Arc::new(Model::new(Arc::new(set))))
 }
 

@@ -1,13 +1,10 @@
 //! Building the AuditEvent resource of one interaction.
 
-use base64::Engine as _;
 use serde_json::Value;
 
+use super::balp;
 use crate::access::AccessContext;
 use crate::store::AuditRow;
-
-const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
-const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 
 /// The FHIR RESTful interaction audited (value set `restful-interaction`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,14 +62,16 @@ impl AuthEvent {
         }
     }
 
-    /// AuditEvent.type (DICOM): 110114 User Authentication for logins; the token,
-    /// consent and throttling events take 110113 Security Alert, the closest code
-    /// DICOM has (the audit issue refines their BALP shape).
-    fn dicom_type(self) -> (&'static str, &'static str) {
+    /// AuditEvent.type (DICOM): 110114 User Authentication for sign-ins and token
+    /// requests (ITI-71's type); consent, revocation, introspection and throttling
+    /// take 110113 Security Alert (BALP AuthZconsent's type).
+    pub(super) fn dicom_type(self) -> (&'static str, &'static str) {
         match self {
-            AuthEvent::LoginSucceeded | AuthEvent::LoginFailed | AuthEvent::AccountLocked => {
-                ("110114", "User Authentication")
-            }
+            AuthEvent::LoginSucceeded
+            | AuthEvent::LoginFailed
+            | AuthEvent::AccountLocked
+            | AuthEvent::TokenIssued
+            | AuthEvent::TokenRefused => ("110114", "User Authentication"),
             _ => ("110113", "Security Alert"),
         }
     }
@@ -111,15 +110,9 @@ impl Interaction {
         }
     }
 
-    fn is_query(&self) -> bool {
-        matches!(
-            self,
-            Interaction::HistoryInstance
-                | Interaction::HistoryType
-                | Interaction::HistorySystem
-                | Interaction::SearchType
-                | Interaction::SearchSystem
-        )
+    /// A search (BALP Query); history has no BALP pattern.
+    pub(super) fn is_search(&self) -> bool {
+        matches!(self, Interaction::SearchType | Interaction::SearchSystem)
     }
 }
 
@@ -182,9 +175,17 @@ pub struct AuditRecord {
     pub version: Option<i64>,
     /// `Patient/<id>` of the patients whose records were touched.
     pub patients: Vec<String>,
-    /// The query (path and query string) of searches and history.
+    /// A search's patients whose data is on the returned page: each gets a BALP
+    /// PatientQuery event of its own beside the request's Query event (DESIGN
+    /// section 12), made from what the search already holds.
+    pub page_patients: Vec<String>,
+    /// The query (path and query string) of searches and history; for a token
+    /// request, what was asked (grant type and scope, never a secret).
     pub query: Option<String>,
     pub outcome: Outcome,
+    /// The interaction was refused by the access decision (403): an AuthZ deny
+    /// event is recorded beside the interaction's own.
+    pub denied: bool,
     pub ctx: AccessContext,
 }
 
@@ -196,47 +197,73 @@ impl AuditRecord {
             id: None,
             version: None,
             patients: Vec::new(),
+            page_patients: Vec::new(),
             query: None,
             outcome: Outcome::Success,
+            denied: false,
             ctx: ctx.clone(),
         }
     }
 
-    /// The BALP profile this event conforms to; BALP fixes outcome to success.
-    fn profile(&self) -> Option<String> {
-        if self.outcome != Outcome::Success {
-            return None;
-        }
-        let patient = if self.patients.is_empty() {
-            ""
-        } else {
-            "Patient"
+    /// The interaction's own AuditEvent, with a new id and `recorded` =
+    /// `recorded_micros` (the write path stores exactly this one with the data).
+    pub fn to_row(&self, server_base: &str, observer: &str, recorded_micros: i64) -> AuditRow {
+        let out = Out {
+            server_base,
+            observer,
+            recorded_micros,
         };
-        let name = match self.interaction.action() {
-            AuditAction::Create => "Create",
-            AuditAction::Read => "Read",
-            AuditAction::Update => "Update",
-            AuditAction::Delete => "Delete",
-            AuditAction::Execute if self.interaction.is_query() => "Query",
-            AuditAction::Execute => return None,
-        };
-        Some(format!("{BALP}{patient}{name}"))
+        self.row_of(Event::Main, &out)
     }
 
-    /// The AuditEvent resource, with a new id and `recorded` = `recorded_micros`.
-    pub fn to_row(&self, server_base: &str, observer: &str, recorded_micros: i64) -> AuditRow {
+    /// Every AuditEvent of the interaction: its own, one PatientQuery per patient
+    /// on a search's page, the authorization decision of a token issue or of a
+    /// denial.
+    pub fn to_rows(
+        &self,
+        server_base: &str,
+        observer: &str,
+        recorded_micros: i64,
+    ) -> Vec<AuditRow> {
+        let out = Out {
+            server_base,
+            observer,
+            recorded_micros,
+        };
+        let mut rows = Vec::with_capacity(1);
+        rows.push(self.row_of(Event::Main, &out));
+        if self.outcome == Outcome::Success {
+            for p in &self.page_patients {
+                rows.push(self.row_of(Event::PatientQuery(p), &out));
+            }
+        }
+        let decision = self.denied
+            || (self.interaction == Interaction::Auth(AuthEvent::TokenIssued)
+                && self.outcome == Outcome::Success);
+        if decision {
+            rows.push(self.row_of(Event::Decision, &out));
+        }
+        rows
+    }
+
+    fn row_of(&self, event: Event, out: &Out) -> AuditRow {
         let id = uuid::Uuid::new_v4().to_string();
-        let body = self.to_json(&id, server_base, observer, recorded_micros);
+        let body = balp::write(self, event, &id, out);
+        let action = match event {
+            Event::Decision => AuditAction::Execute,
+            _ => self.interaction.action(),
+        };
         AuditRow {
             id,
-            recorded: recorded_micros,
-            action: self.interaction.action().code(),
+            recorded: out.recorded_micros,
+            action: action.code(),
             outcome: self.outcome.code(),
             body,
         }
     }
 
-    /// The AuditEvent as a `serde_json` value (for callers that inspect it).
+    /// The interaction's own AuditEvent as a `serde_json` value (for callers that
+    /// inspect it).
     pub fn to_resource(
         &self,
         id: &str,
@@ -244,176 +271,31 @@ impl AuditRecord {
         observer: &str,
         recorded_micros: i64,
     ) -> Value {
-        serde_json::from_slice(&self.to_json(id, server_base, observer, recorded_micros))
-            .unwrap_or(Value::Null)
-    }
-
-    /// The AuditEvent as compact JSON, written straight into a buffer: one is built
-    /// for every request, so no intermediate `Value` tree (measured: benches/load).
-    pub fn to_json(
-        &self,
-        id: &str,
-        server_base: &str,
-        observer: &str,
-        recorded_micros: i64,
-    ) -> Vec<u8> {
-        let recorded = crate::fhir::instant(recorded_micros);
-        let mut w = JsonOut(Vec::with_capacity(1536));
-        w.raw(r#"{"resourceType":"AuditEvent","id":"#);
-        w.string(id);
-        w.raw(r#","meta":{"versionId":"1","lastUpdated":"#);
-        w.string(&recorded);
-        if let Some(p) = self.profile() {
-            w.raw(r#","profile":["#);
-            w.string(&p);
-            w.raw("]");
-        }
-        if let Interaction::Auth(event) = &self.interaction {
-            let (code, display) = event.dicom_type();
-            w.raw(r#"},"type":{"system":"#);
-            w.string(DCM);
-            w.raw(r#","code":"#);
-            w.string(code);
-            w.raw(r#","display":"#);
-            w.string(display);
-            w.raw(r#"},"subtype":[{"system":"urn:fhirgate:auth-event","code":"#);
-            w.string(event.code());
-            w.raw("}");
-        } else {
-            w.raw(r#"},"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-event-type","code":"rest","display":"Restful Operation"},"subtype":[{"system":"http://hl7.org/fhir/restful-interaction","code":"#);
-            w.string(self.interaction.code());
-            w.raw(r#","display":"#);
-            w.string(self.interaction.code());
-            w.raw("}");
-        }
-        if let Interaction::Operation(name) = &self.interaction {
-            w.raw(r#",{"system":"urn:fhirgate:operation","code":"#);
-            w.string(name);
-            w.raw("}");
-        }
-        w.raw(r#"],"action":"#);
-        w.string(self.interaction.action().code());
-        w.raw(r#","recorded":"#);
-        w.string(&recorded);
-        w.raw(r#","outcome":"#);
-        w.string(self.outcome.code());
-        match &self.outcome {
-            Outcome::ClientError(d) | Outcome::ServerError(d) if !d.is_empty() => {
-                w.raw(r#","outcomeDesc":"#);
-                w.string(d);
-            }
-            _ => {}
-        }
-        if let Some(p) = &self.ctx.purpose_of_use {
-            w.raw(r#","purposeOfEvent":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActReason","code":"#);
-            w.string(&p.code);
-            w.raw("}]");
-            if let Some(reason) = &p.reason {
-                w.raw(r#","text":"#);
-                w.string(reason);
-            }
-            w.raw("}]");
-        }
-        // Data flows to the client on reads: the client is the destination
-        // (DICOM 110152) and the server the source (110153); the other way round
-        // for writes and queries (BALP 1.1.4, Read vs. Create/Query profiles).
-        let (client_role, server_role) = if self.interaction.action() == AuditAction::Read {
-            (
-                ("110152", "Destination Role ID"),
-                ("110153", "Source Role ID"),
-            )
-        } else {
-            (
-                ("110153", "Source Role ID"),
-                ("110152", "Destination Role ID"),
-            )
+        let out = Out {
+            server_base,
+            observer,
+            recorded_micros,
         };
-        let client_addr = self.ctx.remote_addr.as_deref().unwrap_or("unknown");
-        w.raw(r#","agent":[{"type":{"coding":[{"system":"#);
-        w.string(DCM);
-        w.raw(r#","code":"#);
-        w.string(client_role.0);
-        w.raw(r#","display":"#);
-        w.string(client_role.1);
-        w.raw(r#"}]},"who":"#);
-        match &self.ctx.client_id {
-            Some(c) => {
-                w.raw(r#"{"identifier":{"system":"urn:fhirgate:client","value":"#);
-                w.string(c);
-                w.raw("}}");
-            }
-            None => {
-                w.raw(r#"{"display":"#);
-                w.string(client_addr);
-                w.raw("}");
-            }
-        }
-        w.raw(if self.ctx.user.is_none() {
-            r#","requestor":true"#
-        } else {
-            r#","requestor":false"#
-        });
-        w.raw(r#","network":{"address":"#);
-        w.string(client_addr);
-        w.raw(r#","type":"2"}},{"type":{"coding":[{"system":"#);
-        w.string(DCM);
-        w.raw(r#","code":"#);
-        w.string(server_role.0);
-        w.raw(r#","display":"#);
-        w.string(server_role.1);
-        w.raw(r#"}]},"who":{"display":"#);
-        w.string(observer);
-        w.raw(r#"},"requestor":false,"network":{"address":"#);
-        w.string(server_base);
-        w.raw(r#","type":"5"}}"#);
-        if let Some(user) = &self.ctx.user {
-            w.raw(r#",{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"IRCP","display":"information recipient"}]},"who":{"reference":"#);
-            w.string(user);
-            w.raw(r#"},"requestor":true}"#);
-        }
-        w.raw(r#"],"source":{"site":"#);
-        w.string(server_base);
-        w.raw(r#","observer":{"display":"#);
-        w.string(observer);
-        w.raw(r#"},"type":[{"system":"http://terminology.hl7.org/CodeSystem/security-source-type","code":"4","display":"Application Server"}]},"entity":[{"type":{"system":"https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType","code":"XrequestId"},"what":{"identifier":{"value":"#);
-        w.string(&self.ctx.request_id);
-        w.raw("}}}");
-        if let (Some(t), Some(id)) = (&self.resource_type, &self.id) {
-            let reference = match self.version {
-                Some(v) => format!("{t}/{id}/_history/{v}"),
-                None => format!("{t}/{id}"),
-            };
-            w.raw(r#",{"what":{"reference":"#);
-            w.string(&reference);
-            w.raw(r#"},"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-entity-type","code":"2","display":"System Object"},"role":{"system":"http://terminology.hl7.org/CodeSystem/object-role","code":"4","display":"Domain Resource"}}"#);
-        }
-        if let Some(q) = &self.query {
-            w.raw(r#",{"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-entity-type","code":"2","display":"System Object"},"role":{"system":"http://terminology.hl7.org/CodeSystem/object-role","code":"24","display":"Query"},"query":"#);
-            w.string(&base64::engine::general_purpose::STANDARD.encode(q.as_bytes()));
-            w.raw("}");
-        }
-        for p in &self.patients {
-            w.raw(r#",{"what":{"reference":"#);
-            w.string(p);
-            w.raw(r#"},"type":{"system":"http://terminology.hl7.org/CodeSystem/audit-entity-type","code":"1","display":"Person"},"role":{"system":"http://terminology.hl7.org/CodeSystem/object-role","code":"1","display":"Patient"}}"#);
-        }
-        w.raw("]}");
-        w.0
+        serde_json::from_slice(&balp::write(self, Event::Main, id, &out)).unwrap_or(Value::Null)
     }
 }
 
-/// A JSON text under construction: constant pieces as they are, strings escaped.
-struct JsonOut(Vec<u8>);
+/// Which of an interaction's AuditEvents is written.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Event<'a> {
+    /// The interaction's own event.
+    Main,
+    /// BALP PatientQuery for one patient on a search's page.
+    PatientQuery(&'a str),
+    /// The authorization decision (permit at token issue, deny of a refusal).
+    Decision,
+}
 
-impl JsonOut {
-    fn raw(&mut self, s: &str) {
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
-    fn string(&mut self, s: &str) {
-        // Writing a &str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.0, s);
-    }
+/// Where and when the events are recorded.
+pub(super) struct Out<'a> {
+    pub server_base: &'a str,
+    pub observer: &'a str,
+    pub recorded_micros: i64,
 }
 
 #[cfg(test)]
@@ -448,7 +330,39 @@ mod tests {
         r.query = Some("/fhir/Patient?name=x".into());
         let v = r.to_resource("a2", "http://x/fhir", "fhirgate", 0);
         assert_eq!(v["outcomeDesc"], "no \"such\" thing");
-        assert!(v["meta"].get("profile").is_none());
+        // A failed search keeps BALP Query's shape under fhirgate's own profile.
+        assert_eq!(
+            v["meta"]["profile"][0],
+            "https://fhirgate.org/fhir/StructureDefinition/AuditEvent.Failure.Query"
+        );
         assert_eq!(v["entity"][2]["role"]["code"], "24");
+    }
+
+    #[test]
+    fn a_search_makes_one_query_event_and_one_patient_query_event_per_patient() {
+        let ctx = AccessContext::open("req-2", None);
+        let mut r = AuditRecord::new(Interaction::SearchType, &ctx);
+        r.query = Some("/fhir/Observation?code=x".into());
+        r.page_patients = vec!["Patient/a".into(), "Patient/b".into()];
+        let rows = r.to_rows("http://x/fhir", "fhirgate", 0);
+        assert_eq!(rows.len(), 3);
+        let events: Vec<Value> = rows
+            .iter()
+            .map(|row| serde_json::from_slice(&row.body).unwrap())
+            .collect();
+        assert!(events[0]["meta"]["profile"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("IHE.BasicAudit.Query"));
+        for (ev, p) in events[1..].iter().zip(["Patient/a", "Patient/b"]) {
+            assert!(ev["meta"]["profile"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("IHE.BasicAudit.PatientQuery"));
+            assert_eq!(ev["entity"][2]["what"]["reference"], p);
+        }
+        // A failed search has no page: its event alone.
+        r.outcome = Outcome::ClientError("bad".into());
+        assert_eq!(r.to_rows("http://x/fhir", "fhirgate", 0).len(), 1);
     }
 }

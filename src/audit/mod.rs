@@ -6,11 +6,13 @@
 //! through [`AuditRecord`], not requests. An AuditEvent holds no resource content,
 //! only references, and its body is sealed like any other resource.
 
+mod balp;
 pub mod chain;
 pub mod disclosures;
 mod event;
 mod writer;
 
+pub use balp::JTI_POLICY_PREFIX;
 pub use event::{AuditAction, AuditRecord, AuthEvent, Interaction, Outcome};
 
 /// AuditEvents are kept in the audit log, not among resource versions: they have

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::store::{AuditRow, Store, StoreError, Unavailable};
 
 struct Job {
-    row: AuditRow,
+    rows: Vec<AuditRow>,
     done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
@@ -74,17 +74,25 @@ impl AuditWriter {
         &self.observer
     }
 
-    /// The row for an event recorded now.
+    /// The row of the interaction's own event recorded now (a write stores it
+    /// with its data).
     pub fn row(&self, record: &AuditRecord) -> AuditRow {
         record.to_row(&self.server_base, &self.observer, crate::fhir::now_micros())
     }
 
-    /// Queues the event and waits until it is committed.
+    /// Every event of the interaction recorded now: its own, a search's
+    /// PatientQuery events, an authorization decision ([`AuditRecord::to_rows`]).
+    pub fn rows(&self, record: &AuditRecord) -> Vec<AuditRow> {
+        record.to_rows(&self.server_base, &self.observer, crate::fhir::now_micros())
+    }
+
+    /// Queues the interaction's events and waits until they are committed (in
+    /// one group: a search and its PatientQuery events commit together).
     pub async fn record(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        let row = self.row(record);
+        let rows = self.rows(record);
         self.tx
-            .send(Job { row, done })
+            .send(Job { rows, done })
             .map_err(|_| StoreError::from(Unavailable::AuditWriterStopped))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -113,8 +121,12 @@ fn run(
                 }
             }
         }
-        let (rows, waiters): (Vec<AuditRow>, Vec<_>) =
-            batch.drain(..).map(|j| (j.row, j.done)).unzip();
+        let mut rows: Vec<AuditRow> = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for j in batch.drain(..) {
+            rows.extend(j.rows);
+            waiters.push(j.done);
+        }
         let result = store.append_audits(&rows).map_err(Arc::new);
         if let Err(e) = &result {
             tracing::error!(error = %e, events = rows.len(), "audit group commit failed");

@@ -664,6 +664,7 @@ impl AuthService {
             user: Some(user.fhir_user.clone()),
             patient: context.as_ref().map(|(p, _)| format!("Patient/{p}")),
             purpose: None,
+            ..Who::default()
         };
         let denied = |description: &str| Stop::Redirect {
             uri: checked.redirect_uri.clone(),

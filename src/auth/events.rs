@@ -20,6 +20,11 @@ pub struct Who {
     pub user: Option<String>,
     pub patient: Option<String>,
     pub purpose: Option<PurposeOfUse>,
+    /// The `jti` and `sub` of the token issued (the AuthZ permit names it).
+    pub token_id: Option<String>,
+    pub subject: Option<String>,
+    /// What a token request asked (grant type and scope), never a secret.
+    pub request: Option<String>,
 }
 
 impl Who {
@@ -56,10 +61,13 @@ impl AuthService {
         ctx.client_id = who.client_id.clone();
         ctx.user = who.user.clone();
         ctx.purpose_of_use = who.purpose.clone();
+        ctx.token_id = who.token_id.clone();
+        ctx.subject = who.subject.clone();
         let mut rec = AuditRecord::new(Interaction::Auth(event), &ctx);
         if let Some(p) = &who.patient {
             rec.patients = vec![p.clone()];
         }
+        rec.query = who.request.clone();
         rec.outcome = match failure {
             None => Outcome::Success,
             Some(why) => Outcome::ClientError(why.to_string()),

@@ -52,6 +52,7 @@ impl GrantDetails {
                 code,
                 reason: self.reason.clone(),
             }),
+            ..Who::default()
         }
     }
 }
@@ -72,6 +73,11 @@ struct TokenResponse {
     encounter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     need_patient_banner: Option<bool>,
+    /// The access token's `jti` and `sub`, for the AuditEvents (not sent).
+    #[serde(skip)]
+    jti: String,
+    #[serde(skip)]
+    sub: String,
 }
 
 pub async fn post(
@@ -103,10 +109,15 @@ pub async fn post(
         Ok(f) => f,
         Err(e) => return e.response(),
     };
-    let mut who = Who::default();
+    let mut who = Who {
+        request: Some(token_request_summary(&form)),
+        ..Who::default()
+    };
     let result = svc.token(&req, &form, &mut who).await;
     match result {
         Ok(body) => {
+            who.token_id = Some(body.jti.clone());
+            who.subject = Some(body.sub.clone());
             if let Err(unavailable) = svc.record(&req, AuthEvent::TokenIssued, &who, None).await {
                 return unavailable.response();
             }
@@ -126,6 +137,18 @@ pub async fn post(
             e.response()
         }
     }
+}
+
+/// What a token request asked, for its AuditEvent: the grant type and the scope,
+/// nothing that could be used (no code, verifier, secret, assertion or token).
+fn token_request_summary(form: &[(String, String)]) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for key in ["grant_type", "scope"] {
+        if let Some(v) = field(form, key) {
+            out.append_pair(key, &crate::fhir::types::truncate(v, 500));
+        }
+    }
+    out.finish()
 }
 
 /// Does the request say which client sends it (any client authentication or a
@@ -258,7 +281,9 @@ impl AuthService {
         }
         let details: GrantDetails = serde_json::from_str(&row.details)
             .map_err(|_| OAuthError::grant("the code's grant is unreadable"))?;
+        let request = who.request.take();
         *who = details.who(client.id());
+        who.request = request;
         self.issue(client, &details, &row.grant_id).await
     }
 
@@ -288,7 +313,9 @@ impl AuthService {
         };
         let mut details: GrantDetails = serde_json::from_str(&row.details)
             .map_err(|_| OAuthError::grant("the refresh token's grant is unreadable"))?;
+        let request = who.request.take();
         *who = details.who(client.id());
+        who.request = request;
         if row.expires < now() {
             return Err(OAuthError::grant("the refresh token has expired"));
         }
@@ -362,6 +389,8 @@ impl AuthService {
             access_token,
             token_type: "Bearer",
             expires_in: secs,
+            jti: claims.jti,
+            sub: claims.sub,
             scope: claims.scope,
             refresh_token: None,
             id_token: None,
@@ -461,6 +490,8 @@ impl AuthService {
             need_patient_banner: d.patient.as_ref().map(|_| true),
             patient: d.patient.clone(),
             encounter: d.encounter.clone(),
+            jti: claims.jti,
+            sub: claims.sub,
         })
     }
 

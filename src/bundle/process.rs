@@ -358,7 +358,13 @@ fn failure(env: &Env, entries: &[Entry], errors: Errors) -> Failure {
         .map(|(pos, entry)| {
             let own = errors.iter().find(|(p, _)| *p == Some(pos)).map(|(_, e)| e);
             let mut rec = match own {
-                Some(e) => failure_record(env.ctx, Some(entry), e.to_string(), e.is_server_error()),
+                Some(e) => {
+                    let mut r =
+                        failure_record(env.ctx, Some(entry), e.to_string(), e.is_server_error());
+                    // A refused entry is an authorization decision too (DESIGN 12).
+                    r.denied = matches!(e, EntryError::Forbidden(_));
+                    r
+                }
                 None => failure_record(
                     env.ctx,
                     Some(entry),

@@ -171,6 +171,8 @@ impl Exchange {
             Ok(_) => self.audit.outcome = Outcome::Success,
             Err(e) => {
                 self.audit.outcome = Outcome::from_status(e.status().as_u16(), e.describe());
+                // Every denial is recorded as an authorization decision too.
+                self.audit.denied = matches!(e, ApiError::Forbidden(_));
                 if e.status().is_server_error() {
                     tracing::warn!(status = e.status().as_u16(), "request failed");
                 }

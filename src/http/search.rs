@@ -20,7 +20,7 @@ use crate::fhir::{instant, Issue, Severity};
 use crate::search::run::{Cursor, CursorBinding};
 use crate::search::{SearchRequest, SearchResult};
 
-/// Most entries whose patients are named in the search's AuditEvent.
+/// Most entries whose patients get a PatientQuery event of the search.
 const AUDITED_PATIENTS: usize = 100;
 
 /// What is searched.
@@ -418,9 +418,12 @@ async fn run(
     Ok(Reply::new(StatusCode::OK, bundle))
 }
 
-/// Puts the patients whose records the search returned into its AuditEvent.
+/// The patients whose data is on the returned page, each to get a PatientQuery
+/// event beside the search's Query event, which then names no patient (DESIGN
+/// section 12). Made from the page the search already holds: no extra query.
 fn audit_patients(state: &AppState, ex: &mut Exchange, result: &SearchResult) {
-    let mut patients = std::mem::take(&mut ex.audit.patients);
+    ex.audit.patients.clear();
+    let mut patients = std::mem::take(&mut ex.audit.page_patients);
     for h in result
         .matches
         .iter()
@@ -449,7 +452,7 @@ fn audit_patients(state: &AppState, ex: &mut Exchange, result: &SearchResult) {
     }
     patients.sort();
     patients.dedup();
-    ex.audit.patients = patients;
+    ex.audit.page_patients = patients;
 }
 
 /// The searchset Bundle. Without subsetting, stored resource bodies are spliced

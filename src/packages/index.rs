@@ -81,6 +81,20 @@ impl std::fmt::Debug for PackageSet {
 impl PackageSet {
     /// Loads the named packages, installing any that the cache lacks.
     pub fn load(cache: &PackageCache, refs: &[PackageRef]) -> Result<PackageSet, PackageError> {
+        PackageSet::load_with_local(cache, refs, None)
+    }
+
+    /// Loads the named packages and a package folder outside the cache (fhirgate's
+    /// own `profiles/`: `package.json` and the resources side by side). The local
+    /// package's dependencies are loaded too when the cache holds them (never
+    /// downloaded for it: a missing one is a warning, the profiles that need it
+    /// then do not compile). Its index is rebuilt at every load and not written,
+    /// so an edited folder is never read through a stale index.
+    pub fn load_with_local(
+        cache: &PackageCache,
+        refs: &[PackageRef],
+        local: Option<&Path>,
+    ) -> Result<PackageSet, PackageError> {
         let mut packages = Vec::new();
         for r in refs {
             let dir = cache.ensure(r)?;
@@ -88,6 +102,31 @@ impl PackageSet {
             packages.push(LoadedPackage {
                 reference: r.clone(),
                 dir,
+                entries,
+            });
+        }
+        if let Some(dir) = local {
+            let (reference, dependencies) = local_manifest(dir)?;
+            for d in dependencies {
+                if packages.iter().any(|p| p.reference.id == d.id) {
+                    continue;
+                }
+                if !cache.is_installed(&d) {
+                    tracing::warn!(package = %reference, dependency = %d, "a dependency of the local package is not in the package cache; its profiles that need it will not compile (fhirgate packages install)");
+                    continue;
+                }
+                let ddir = cache.package_dir(&d);
+                let entries = read_or_build_index(&d, &ddir)?;
+                packages.push(LoadedPackage {
+                    reference: d,
+                    dir: ddir,
+                    entries,
+                });
+            }
+            let entries = build_index(&reference, dir)?;
+            packages.push(LoadedPackage {
+                reference,
+                dir: dir.to_path_buf(),
                 entries,
             });
         }
@@ -171,6 +210,34 @@ impl PackageSet {
         self.parsed.write().insert(id, value.clone());
         Ok(value)
     }
+}
+
+/// The name, version and dependencies of a package folder's `package.json`.
+fn local_manifest(dir: &Path) -> Result<(PackageRef, Vec<PackageRef>), PackageError> {
+    let path = dir.join("package.json");
+    let bad = |reason: String| PackageError::BadArchive {
+        archive: path.display().to_string(),
+        reason,
+    };
+    let bytes = fs::read(&path).map_err(|source| PackageError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("package.json has no `{k}`")))
+    };
+    let reference: PackageRef = format!("{}#{}", field("name")?, field("version")?).parse()?;
+    let mut dependencies = Vec::new();
+    if let Some(deps) = v.get("dependencies").and_then(Value::as_object) {
+        for (id, version) in deps {
+            let version = version.as_str().unwrap_or_default();
+            dependencies.push(format!("{id}#{version}").parse()?);
+        }
+    }
+    Ok((reference, dependencies))
 }
 
 fn read_or_build_index(r: &PackageRef, dir: &Path) -> Result<Vec<IndexEntry>, PackageError> {

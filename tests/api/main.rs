@@ -11,6 +11,7 @@
 mod support;
 
 mod access;
+mod audit_balp;
 mod audit_chain;
 mod audit_search;
 mod bundle;

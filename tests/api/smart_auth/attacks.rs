@@ -288,7 +288,7 @@ async fn forged_client_assertions_get_invalid_client(backend: Backend) {
     assert!(
         events
             .iter()
-            .filter(|e| e["subtype"][0]["code"] == "token-refused")
+            .filter(|e| auth_code(e) == Some("token-refused"))
             .count()
             >= 5
     );

@@ -799,7 +799,7 @@ async fn patient_a_reaches_nothing_of_patient_b(backend: Backend) {
     let denied: Vec<&Value> = audits
         .values()
         .flatten()
-        .filter(|e| e["outcome"] == "4" && e["subtype"][0]["system"] != "urn:fhirgate:auth-event")
+        .filter(|e| e["outcome"] == "4" && auth_code(e).is_none())
         .collect();
     assert!(denied.len() >= 8, "{} denials audited", denied.len());
     for e in denied {

@@ -486,7 +486,7 @@ async fn standalone_patient_launch_with_refresh_rotation_and_code_reuse(backend:
     // The token issued to the app names the client and the user.
     let issued_to_app = events.iter().any(|e| {
         let agents = e["agent"].as_array().cloned().unwrap_or_default();
-        e["subtype"][0]["code"] == "token-issued"
+        auth_code(e) == Some("token-issued")
             && agents.iter().any(|a| {
                 a["who"]["identifier"]["system"] == "urn:fhirgate:client"
                     && a["who"]["identifier"]["value"] == client_id.as_str()

@@ -200,20 +200,31 @@ pub async fn create_patient(app: &TestApp, token: &str, family: &str) -> String 
         .to_string()
 }
 
-/// Every AuditEvent of the authorization server (subtype system urn:fhirgate:auth-event).
+/// Every AuditEvent of the authorization server and every authorization
+/// decision (tagged with fhirgate's event code, system urn:fhirgate:auth-event).
 pub async fn auth_events(app: &TestApp) -> Vec<Value> {
     app.audits_by_request()
         .await
         .into_values()
         .flatten()
-        .filter(|e| e["subtype"][0]["system"] == "urn:fhirgate:auth-event")
+        .filter(|e| auth_code(e).is_some())
         .collect()
+}
+
+/// fhirgate's code of an authorization event (`token-issued`, `login-failed`,
+/// `authz-deny`, ...).
+pub fn auth_code(e: &Value) -> Option<&str> {
+    e["meta"]["tag"]
+        .as_array()?
+        .iter()
+        .find(|t| t["system"] == "urn:fhirgate:auth-event")?["code"]
+        .as_str()
 }
 
 pub fn has_event(events: &[Value], code: &str, outcome: &str) -> bool {
     events
         .iter()
-        .any(|e| e["subtype"][0]["code"] == code && e["outcome"] == outcome)
+        .any(|e| auth_code(e) == Some(code) && e["outcome"] == outcome)
 }
 
 /// `name="x" value="y"` pairs of hidden inputs, unescaped.
