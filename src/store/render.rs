@@ -153,42 +153,9 @@ impl<'a> Renderer<'a> {
                 });
                 self.sql.push(")");
             }
-            Filter::Blind { pids, values } => {
-                self.sql.push(&format!("{rid} IN ("));
-                self.blind_rows(pids, values)?;
-                self.sql.push(")");
-            }
-            Filter::Date { pids, ranges } => {
-                let a = self.fresh("d");
-                self.sql.push(&format!(
-                    "{rid} IN (SELECT {a}.rid FROM search_date {a} WHERE "
-                ));
-                self.pids(&format!("{a}.pid"), pids);
-                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
-                    s.i64(v);
-                });
-                self.sql.push(")");
-            }
-            Filter::Number { pids, keys, ranges } => {
-                let a = self.fresh("n");
-                self.sql.push(&format!(
-                    "{rid} IN (SELECT {a}.rid FROM search_number {a} WHERE "
-                ));
-                self.pids(&format!("{a}.pid"), pids);
-                self.sql.push(" AND ");
-                let ks = match keys {
-                    None => vec![0],
-                    Some(keys) => keys
-                        .iter()
-                        .map(|k| self.blind(k))
-                        .collect::<Result<Vec<i64>, _>>()?,
-                };
-                self.sql.in_i64s(&format!("{a}.k"), &ks);
-                self.ranges(&format!("{a}.lo"), &format!("{a}.hi"), ranges, |s, v| {
-                    s.f64(v);
-                });
-                self.sql.push(")");
-            }
+            Filter::Blind { pids, .. } => self.on_rows(f, IndexTable::Blind, pids, "b", &rid)?,
+            Filter::Date { pids, .. } => self.on_rows(f, IndexTable::Date, pids, "d", &rid)?,
+            Filter::Number { pids, .. } => self.on_rows(f, IndexTable::Number, pids, "n", &rid)?,
             Filter::Reference { pids, targets } => {
                 self.sql.push("(");
                 for (i, target) in targets.iter().enumerate() {
@@ -242,15 +209,7 @@ impl<'a> Renderer<'a> {
                 }
                 self.sql.push(")");
             }
-            Filter::Present { table, pids } => {
-                let a = self.fresh("p");
-                self.sql.push(&format!(
-                    "{rid} IN (SELECT {a}.rid FROM {} {a} WHERE ",
-                    table.name()
-                ));
-                self.pids(&format!("{a}.pid"), pids);
-                self.sql.push(")");
-            }
+            Filter::Present { table, pids } => self.on_rows(f, *table, pids, "p", &rid)?,
             Filter::ReferencedBy {
                 pids,
                 source_types,
@@ -493,6 +452,27 @@ impl<'a> Renderer<'a> {
                 many => self.merged(table, many, t)?,
             }
         }
+        Ok(())
+    }
+
+    /// `rid IN (SELECT a.rid FROM table a WHERE a.pid IN (pids) AND <the row
+    /// condition>)`: one condition on rows of one index table.
+    fn on_rows(
+        &mut self,
+        f: &Filter,
+        table: IndexTable,
+        pids: &[i64],
+        prefix: &str,
+        rid: &str,
+    ) -> Result<(), StoreError> {
+        let a = self.fresh(prefix);
+        self.sql.push(&format!(
+            "{rid} IN (SELECT {a}.rid FROM {} {a} WHERE ",
+            table.name()
+        ));
+        self.pids(&format!("{a}.pid"), pids);
+        self.row_condition(f, &a)?;
+        self.sql.push(")");
         Ok(())
     }
 
@@ -779,7 +759,7 @@ impl<'a> Renderer<'a> {
             .narrowing(q.types.as_deref(), self.action)
             .is_some();
         let resources = q.rows == Rows::Resources;
-        if let (true, false, [Filter::Blind { pids, values }]) =
+        if let (true, false, [f @ Filter::Blind { pids, .. }]) =
             (resources, narrowed, q.filters.as_slice())
         {
             // One string or token condition (`family=Smi`, `identifier=...`): its index rows
@@ -790,7 +770,7 @@ impl<'a> Renderer<'a> {
             // AuditEvents are counted on their rows: only those up to the search's
             // position in the audit log count.
             self.sql.push("SELECT COUNT(DISTINCT x.rid) AS n FROM (");
-            self.blind_rows(pids, values)?;
+            self.blind_rows(f, pids)?;
             self.sql.push(") x");
             return Ok(());
         }
@@ -815,18 +795,12 @@ impl<'a> Renderer<'a> {
     }
 
     /// The rids of the blind index rows of `pids` with one of `values`.
-    fn blind_rows(&mut self, pids: &[i64], values: &[String]) -> Result<(), StoreError> {
+    fn blind_rows(&mut self, f: &Filter, pids: &[i64]) -> Result<(), StoreError> {
         let a = self.fresh("b");
         self.sql
             .push(&format!("SELECT {a}.rid FROM search_blind {a} WHERE "));
         self.pids(&format!("{a}.pid"), pids);
-        self.sql.push(" AND ");
-        let hashes = values
-            .iter()
-            .map(|v| self.blind(v))
-            .collect::<Result<Vec<i64>, _>>()?;
-        self.sql.in_i64s(&format!("{a}.h"), &hashes);
-        Ok(())
+        self.row_condition(f, &a)
     }
 
     /// The ids (and rids) that satisfy the query, in rid order, at most `limit`.
