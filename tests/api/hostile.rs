@@ -832,8 +832,9 @@ const BESIDE_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 /// transaction of 10,000 Observations just under 16 MiB, one after the other. Meanwhile a
 /// client reads a small Patient every 100 ms: every read is answered 200 within
 /// [`BESIDE_BOUND`]. Within 30 s of idle afterwards the process's VmRSS falls under
-/// [`RSS_BOUND_MIB`] (1 GiB; about 0.5 GiB measured with jemalloc, 1.2 GiB with glibc
-/// malloc on SQLite: docs/benchmarks.md).
+/// [`RSS_BOUND_MIB`]: 1 GiB, a generous bound against runaway growth (these requests
+/// left glibc's malloc under it too in one run; what tells the allocators apart is the
+/// longer series of benches/memory/run.sh, docs/benchmarks.md).
 fn memory_is_returned_after_the_largest_requests(backend: Backend) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
