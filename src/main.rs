@@ -11,6 +11,14 @@ use fhirgate::config::Settings;
 use fhirgate::packages::{PackageCache, PackageRef};
 use fhirgate::{fhir, startup, telemetry};
 
+/// jemalloc instead of glibc's malloc: after the largest requests the defaults admit,
+/// glibc kept the process at about 2 GiB of a 2.8 GiB peak once idle; jemalloc, whose
+/// background threads purge freed pages after its decay time even while no request comes,
+/// gave most of it back (docs/decisions.md, "Memory after large requests"; figures in docs/benchmarks.md).
+/// Only the binary: the library's own tests keep the system allocator.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "fhirgate", version, about = "FHIR R4 interoperability gateway")]
 struct Cli {
