@@ -386,6 +386,10 @@ pub struct SearchSettings {
     /// Most rounds of `_include:iterate`/`_revinclude:iterate`; the answer says
     /// when iteration stopped before its end.
     pub max_include_rounds: usize,
+    /// Most search index rows one written resource may make (before duplicates
+    /// are removed); more: 400 `too-costly`. A string makes its exact form, 12
+    /// prefixes and a trigram per character for each parameter that reads it.
+    pub max_index_rows: usize,
 }
 
 impl Default for SearchSettings {
@@ -399,6 +403,7 @@ impl Default for SearchSettings {
             max_chain_depth: 3,
             max_has_depth: 2,
             max_include_rounds: 4,
+            max_index_rows: 250_000,
         }
     }
 }

@@ -209,6 +209,7 @@ pub fn search_settings(settings: &Settings) -> SearchSettings {
         max_chain_depth: settings.search.max_chain_depth,
         max_has_depth: settings.search.max_has_depth,
         max_include_rounds: settings.search.max_include_rounds,
+        max_index_rows: settings.search.max_index_rows,
         default_total: match settings.search.default_total.as_str() {
             "none" => Total::None,
             "estimate" => Total::Estimate,

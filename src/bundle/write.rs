@@ -55,7 +55,14 @@ pub(super) fn prepare(
             &location,
         ) {
             Ok(()) => {
-                let index = env.search.index_rows(&resource);
+                let index = match env.search.index_rows(&resource) {
+                    Ok(index) => index,
+                    Err(e) => {
+                        errors.push((Some(w.pos), index_error(e, w.entry)));
+                        out.push(None);
+                        continue;
+                    }
+                };
                 let patients =
                     env.compartment
                         .patients_of(&w.resource_type, Some(id), Some(&resource));
@@ -648,7 +655,10 @@ fn patch(
         ));
     }
     rewrite(env, plan, w.entry, &res.identities, &mut patched, &location)?;
-    let index = env.search.index_rows(&patched);
+    let index = env
+        .search
+        .index_rows(&patched)
+        .map_err(|e| index_error(e, w.entry))?;
     let patients = env.compartment.patients_of(rt, Some(id), Some(&patched));
     let version = Version {
         rt,
@@ -706,4 +716,17 @@ pub fn identity_change(rt: &str, id: &str, patched: &Value) -> Option<Issue> {
         Some(i) if i == id => None,
         other => Some(changed("id", id, other)),
     }
+}
+
+/// A resource refused for what indexing it would cost (`search.max_index_rows`):
+/// 400 `too-costly`, at the entry's resource.
+fn index_error(e: crate::search::SearchError, entry: &Entry) -> EntryError {
+    EntryError::Invalid(vec![super::plan::issue(
+        "too-costly",
+        e.to_string(),
+        match entry.origin {
+            Origin::Bundle(i) => Some(format!("Bundle.entry[{i}].resource")),
+            Origin::Request => None,
+        },
+    )])
 }

@@ -86,7 +86,7 @@ fn batch(engine: &SearchEngine, store: &Store, size: usize) -> Result<Option<i64
             rows: v
                 .as_ref()
                 .and_then(|v| serde_json::from_slice::<Value>(&v.body).ok())
-                .map(|r| engine.index_rows(&r))
+                .map(|r| engine.stored_index_rows(&r))
                 .unwrap_or_default(),
         })
         .collect();

@@ -65,8 +65,16 @@ pub struct Extractor<'a> {
 }
 
 impl Extractor<'_> {
-    /// Every index row of `resource` for the parameters of its type.
-    pub fn rows(&self, params: &TypeParams, resource: &Value) -> IndexRows {
+    /// Every index row of `resource` for the parameters of its type; Err with the
+    /// count reached once there would be more than `limit` (counted before
+    /// duplicates are removed, and checked as they are made, so a resource far
+    /// beyond it costs no more than the limit).
+    pub fn rows(
+        &self,
+        params: &TypeParams,
+        resource: &Value,
+        limit: usize,
+    ) -> Result<IndexRows, usize> {
         let mut rows = IndexRows::default();
         let model = self.model.path_model();
         let mut ctx = EvalContext::new(model);
@@ -86,17 +94,23 @@ impl Extractor<'_> {
             };
             if p.param_type == ParamType::Composite {
                 self.composite(p, &ctx, &items, &mut rows);
-                continue;
+            } else {
+                for item in &items {
+                    self.item(p, item, &mut rows, limit);
+                    if rows.len() > limit {
+                        return Err(rows.len());
+                    }
+                }
             }
-            for item in &items {
-                self.item(p, item, &mut rows);
+            if rows.len() > limit {
+                return Err(rows.len());
             }
         }
         rows.dedup();
-        rows
+        Ok(rows)
     }
 
-    fn item(&self, p: &Param, item: &Item<'_>, rows: &mut IndexRows) {
+    fn item(&self, p: &Param, item: &Item<'_>, rows: &mut IndexRows, limit: usize) {
         let (ty, owned);
         let json: &Value = match item {
             Item::Node(n) => {
@@ -118,8 +132,10 @@ impl Extractor<'_> {
                 if p.code == "phonetic" {
                     phonetic_forms(json, &mut forms);
                 } else {
+                    // One more than the room left: enough to tell it is exceeded.
+                    let room = limit.saturating_sub(rows.len()).saturating_add(1);
                     for s in string_parts(ty, json) {
-                        values::string_forms(s, &mut forms, p.lean);
+                        values::string_forms(s, &mut forms, p.lean, room);
                     }
                 }
                 rows.blind.extend(forms.into_iter().map(|f| (p.pid, f)));

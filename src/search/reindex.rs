@@ -103,7 +103,7 @@ fn run_job(
                 rid: h.rid,
                 version: h.version.version,
                 rows: serde_json::from_slice::<Value>(&h.version.body)
-                    .map(|v| engine.index_rows(&v))
+                    .map(|v| engine.stored_index_rows(&v))
                     .unwrap_or_default(),
             })
             .collect();

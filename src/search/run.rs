@@ -35,6 +35,8 @@ pub struct SearchSettings {
     pub max_has_depth: usize,
     /// `_include:iterate` rounds at most (R4 leaves the depth to the server).
     pub max_include_rounds: usize,
+    /// Index rows one written resource may make (`search.max_index_rows`).
+    pub max_index_rows: usize,
 }
 
 impl Default for SearchSettings {
@@ -50,6 +52,7 @@ impl Default for SearchSettings {
             max_chain_depth: 3,
             max_has_depth: 2,
             max_include_rounds: 4,
+            max_index_rows: 250_000,
         }
     }
 }

@@ -82,8 +82,9 @@ pub fn first_chars(s: &str, n: usize) -> &str {
     }
 }
 
-/// Blind forms of one string value: exact, prefixes, and trigrams unless `lean`.
-pub fn string_forms(raw: &str, out: &mut Vec<String>, lean: bool) {
+/// Blind forms of one string value: exact, prefixes, and trigrams unless `lean`;
+/// no trigram once `out` holds `limit` forms (the caller refuses the resource).
+pub fn string_forms(raw: &str, out: &mut Vec<String>, lean: bool, limit: usize) {
     out.push(format!("{}{raw}", tag::EXACT));
     let folded = fold(raw);
     let chars: Vec<char> = folded.chars().collect();
@@ -96,6 +97,9 @@ pub fn string_forms(raw: &str, out: &mut Vec<String>, lean: bool) {
         return;
     }
     for w in chars.windows(3) {
+        if out.len() >= limit {
+            return;
+        }
         let g: String = w.iter().collect();
         out.push(format!("{}{g}", tag::TRIGRAM));
     }

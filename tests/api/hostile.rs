@@ -918,6 +918,62 @@ async fn a_resource_beyond_the_shape_bounds_is_refused(backend: Backend) {
 
 on_both_backends!(a_resource_beyond_the_shape_bounds_is_refused);
 
+/// Item 3: a valid resource whose strings would cost too much to index is refused
+/// before it is indexed, with 400 `too-costly` naming `search.max_index_rows`, alone and
+/// as a transaction entry (at the entry's resource); nothing is stored. Before the bound
+/// a 15 MiB Patient of 50,000 names with long texts made tens of millions of index rows
+/// (17 minutes, 13 GB). A resource within the bound is stored and found.
+async fn a_resource_too_costly_to_index_is_refused(backend: Backend) {
+    let app = spawn_with(Database::new(backend), |s| {
+        s.search.max_index_rows = 20_000;
+    })
+    .await;
+    // 200 names, each text 150 characters: ~160 rows per string for `name` alone.
+    let text = |i: usize| format!("{i:0>6} {}", "abcdefghij".repeat(14));
+    let names: Vec<Value> = (0..200)
+        .map(|i| json!({"family": format!("F{i}"), "text": text(i)}))
+        .collect();
+    let costly = json!({"resourceType": "Patient", "name": names});
+    let r = app.post_json("/Patient", &costly).await;
+    let why = too_costly(&r, "search.max_index_rows");
+    assert!(why.contains("more than 20000 search index rows"), "{why}");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": costly, "request": {"method": "POST", "url": "Patient"}
+    }]});
+    let r = app.post_json("", &bundle).await;
+    let why = too_costly(&r, "search.max_index_rows");
+    let (_, _, expression) = r.issue();
+    assert_eq!(
+        expression.as_deref(),
+        Some("Bundle.entry[0].resource"),
+        "{why}"
+    );
+    nothing_stored(&app);
+    // Twenty such names are within the bound: stored, and found by their text.
+    let few: Vec<Value> = (0..20)
+        .map(|i| json!({"family": format!("F{i}"), "text": text(i)}))
+        .collect();
+    let r = app
+        .post_json("/Patient", &json!({"resourceType": "Patient", "name": few}))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let found = app
+        .get("/Patient?name:contains=hijabc&_summary=count")
+        .await
+        .json();
+    assert_eq!(found["total"], 1, "{found}");
+    still_answers(&app, None).await;
+    app.assert_every_request_audited().await;
+    app.stop().await;
+}
+
+on_both_backends!(a_resource_too_costly_to_index_is_refused);
+
 /// What the memory test sends and reads: a ureq agent that hands back 4xx/5xx answers
 /// instead of failing, waits long on a loaded machine, and reads answers up to 64 MiB.
 fn memory_call(method: &str, url: &str, body: Option<&[u8]>, accept: &str) -> (u16, Vec<u8>) {

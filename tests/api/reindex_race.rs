@@ -77,7 +77,7 @@ async fn a_resource_written_during_a_reindex_batch_keeps_its_own_index_rows(back
                 version: h.version.version,
                 rows: state
                     .search
-                    .index_rows(&serde_json::from_slice::<Value>(&h.version.body).unwrap()),
+                    .stored_index_rows(&serde_json::from_slice::<Value>(&h.version.body).unwrap()),
             })
             .collect()
     })
