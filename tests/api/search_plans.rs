@@ -69,10 +69,11 @@ async fn load(app: &TestApp, patients: usize) {
     for chunk in requests.chunks(16) {
         let replies =
             futures_util::future::join_all(chunk.iter().map(|(p, b)| app.put_json(p, b))).await;
-        for r in replies {
+        for ((path, _), r) in chunk.iter().zip(replies) {
             assert!(
                 r.status.is_success(),
-                "{}",
+                "PUT {path}: {} {}",
+                r.status,
                 String::from_utf8_lossy(&r.body)
             );
         }
