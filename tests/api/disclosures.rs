@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 
 use awc::http::{Method, StatusCode};
+use fhirgate::audit::disclosures::COLUMNS;
 use fhirgate::auth::scopes::Role;
 use serde_json::{json, Value};
 
@@ -451,39 +452,13 @@ async fn disclosures_list_exactly_the_accesses_to_the_patient(backend: Backend) 
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(
-            keys,
-            [
-                "recorded",
-                "action",
-                "subtype",
-                "outcome",
-                "user",
-                "client",
-                "address",
-                "entity",
-                "purposeOfUse"
-            ]
-        );
+        assert_eq!(keys, COLUMNS);
         assert_eq!(row["recorded"], ev["recorded"]);
         assert_eq!(row["action"], ev["action"]);
         assert_eq!(row["address"], "127.0.0.1", "{row}");
     }
     let csv = parse_csv(&report("csv"));
-    assert_eq!(
-        csv[0],
-        [
-            "recorded",
-            "action",
-            "subtype",
-            "outcome",
-            "user",
-            "client",
-            "address",
-            "entity",
-            "purposeOfUse"
-        ]
-    );
+    assert_eq!(csv[0], COLUMNS);
     assert_eq!(csv.len(), api.len() + 1, "{csv:?}");
     let by_label = |label: &str| -> &Vec<String> {
         let i = api
