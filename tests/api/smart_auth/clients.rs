@@ -10,7 +10,6 @@
 //! to install (`.ci/run` installs them); nothing is skipped.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use awc::http::{Method, StatusCode};
@@ -21,6 +20,7 @@ use serde_json::{json, Value};
 use super::code_flow::user;
 use super::*;
 use crate::support::process::free_port;
+use crate::support::python;
 use crate::support::server::{Backend, TestApp};
 
 const INSTALL: &str = "install the SMART client test dependencies as .ci/run does: \
@@ -29,29 +29,10 @@ const INSTALL: &str = "install the SMART client test dependencies as .ci/run doe
      `python3 -m venv tests/smart_clients/.venv && \
      tests/smart_clients/.venv/bin/pip install -r tests/smart_clients/requirements.txt`";
 
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smart_clients")
-}
-
 /// `FHIRGATE_NODE`, else `node`.
 #[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
 fn node() -> OsString {
     std::env::var_os("FHIRGATE_NODE").unwrap_or_else(|| "node".into())
-}
-
-/// `FHIRGATE_TEST_PYTHON`, else the virtual environment `.ci/run` makes in
-/// `tests/smart_clients/.venv`, else `python3`.
-#[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
-fn python() -> OsString {
-    if let Some(p) = std::env::var_os("FHIRGATE_TEST_PYTHON") {
-        return p;
-    }
-    let venv = clients_dir().join(".venv/bin/python");
-    if venv.is_file() {
-        venv.into_os_string()
-    } else {
-        "python3".into()
-    }
 }
 
 /// Runs a client script (off the test's runtime, so the server keeps serving)

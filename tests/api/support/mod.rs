@@ -5,6 +5,7 @@
 //! a server, so they are read here with `std::env` (allowed function by function) rather
 //! than through `config::Settings`.
 
+pub mod audit;
 pub mod process;
 pub mod server;
 
@@ -22,6 +23,27 @@ pub fn shared_dir() -> PathBuf {
     match std::env::var_os("FHIRGATE_TEST_SHARED") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
+}
+
+/// `tests/smart_clients`: the client scripts the SMART client and console
+/// tests run, and the virtual environment `.ci/run` makes for them.
+pub fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smart_clients")
+}
+
+/// `FHIRGATE_TEST_PYTHON`, else the virtual environment `.ci/run` makes in
+/// `tests/smart_clients/.venv`, else `python3`.
+#[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
+pub fn python() -> std::ffi::OsString {
+    if let Some(p) = std::env::var_os("FHIRGATE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = clients_dir().join(".venv/bin/python");
+    if venv.is_file() {
+        venv.into_os_string()
+    } else {
+        "python3".into()
     }
 }
 
