@@ -12,7 +12,7 @@ use awc::http::{Method, StatusCode};
 use fhirgate::auth::scopes::Role;
 use serde_json::{json, Value};
 
-use crate::smart_auth::code_flow::{code_of, exchange, public_client, run_flow, user, Choices};
+use crate::smart_auth::code_flow::{granted, public_client, run_flow, user, Choices};
 use crate::smart_auth::{bearer, claims, client_token, post_form, secret_client, spawn_auth};
 use crate::support::server::{on_both_backends, spawn_app, Backend, TestApp};
 
@@ -438,7 +438,7 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
     .await;
     assert_eq!(o.last.status, StatusCode::FOUND);
     // Consent given, a user token, a read and a search under it.
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/*.rs openid fhirUser",
@@ -449,9 +449,6 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     let tok = t["access_token"].as_str().unwrap().to_string();
     let tok_claims = claims(&tok);
     let r_read = rid();
@@ -518,7 +515,7 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
     let _ = get(&app, "/Patient/bp1", &rid(), Some("not.a.token")).await;
 
     // Break-glass: purposeOfUse BTG in the events made under the token.
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/Observation.rs",
@@ -530,9 +527,6 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     let btg = t["access_token"].as_str().unwrap().to_string();
     let r_btg = rid();
     assert_eq!(
