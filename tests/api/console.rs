@@ -17,7 +17,6 @@
 //! (`.ci/run` installs them); nothing is skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use awc::http::{Method, StatusCode};
 use fhirgate::auth::scopes::Role;
@@ -224,29 +223,8 @@ async fn the_console_in_a_browser(backend: Backend) {
     });
     let script = clients_dir().join("console_browser.py");
     let program = python();
-    let shown = program.to_string_lossy().to_string();
-    let output = actix_web::rt::task::spawn_blocking(move || {
-        Command::new(&program)
-            .arg(script)
-            .arg(config.to_string())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {INSTALL}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser script failed ({}): {stderr}\n{INSTALL}",
-        output.status
-    );
-    let out: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let args = vec![script.to_string_lossy().to_string(), config.to_string()];
+    let out = crate::support::run_client(program, args, INSTALL).await;
 
     assert_eq!(out["login_page"]["h1"], json!(["Audit console"]), "{out}");
     let after = &out["after_login"];

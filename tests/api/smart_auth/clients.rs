@@ -10,7 +10,6 @@
 //! to install (`.ci/run` installs them); nothing is skipped.
 
 use std::ffi::OsString;
-use std::process::Command;
 
 use awc::http::{Method, StatusCode};
 use fhirgate::auth::clients::{ClientKind, ClientSpec};
@@ -35,32 +34,8 @@ fn node() -> OsString {
     std::env::var_os("FHIRGATE_NODE").unwrap_or_else(|| "node".into())
 }
 
-/// Runs a client script (off the test's runtime, so the server keeps serving)
-/// and parses the one JSON object it prints.
 async fn run_client(program: OsString, args: Vec<String>) -> Value {
-    let shown = format!("{} {}", program.to_string_lossy(), args[0]);
-    let output = actix_web::rt::task::spawn_blocking(move || {
-        Command::new(&program)
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PUPPETEER_SKIP_DOWNLOAD", "1")
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {INSTALL}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "`{shown}` failed ({}): {stderr}\n{INSTALL}",
-        output.status
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`{shown}` printed no JSON ({e}): {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    crate::support::run_client(program, args, INSTALL).await
 }
 
 /// Two patients, each with Observations; the apps act for the first.

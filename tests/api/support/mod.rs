@@ -47,6 +47,35 @@ pub fn python() -> std::ffi::OsString {
     }
 }
 
+/// Runs a client script of `tests/smart_clients` (off the test's runtime, so the
+/// server keeps serving) and parses the one JSON object it prints; `install`
+/// says what to install when it cannot run or fails.
+pub async fn run_client(program: std::ffi::OsString, args: Vec<String>, install: &str) -> Value {
+    let shown = format!("{} {}", program.to_string_lossy(), args[0]);
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new(&program)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PUPPETEER_SKIP_DOWNLOAD", "1")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {install}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "`{shown}` failed ({}): {stderr}\n{install}",
+        output.status
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`{shown}` printed no JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 /// A package cache holding the packages of `../shared/fhir-packages`, installed
 /// through the same code path a user's `fhirgate packages install FILE` takes.
 #[allow(clippy::disallowed_methods)]
