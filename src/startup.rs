@@ -218,6 +218,25 @@ pub fn search_settings(settings: &Settings) -> SearchSettings {
     }
 }
 
+/// The search engine over the model and the validator's terminology, with the
+/// custom SearchParameters the store holds loaded into its registry.
+fn search_engine(
+    settings: &Settings,
+    model: &Arc<Model>,
+    validator: &Validator,
+    base_url: &str,
+    store: &Store,
+) -> Result<SearchEngine, StartupError> {
+    let search = SearchEngine::new(
+        model.clone(),
+        validator.terminology().clone(),
+        base_url.to_string(),
+        search_settings(settings),
+    );
+    crate::search::reindex::reload_registry(store, &search)?;
+    Ok(search)
+}
+
 /// Everything the handlers share.
 pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, StartupError> {
     if !settings.auth.enabled {
@@ -239,13 +258,9 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings.audit.max_batch,
     );
     let capability = http::capability::build(&model, &base_url, settings);
-    let search = Arc::new(SearchEngine::new(
-        model.clone(),
-        validator.terminology().clone(),
-        base_url.clone(),
-        search_settings(settings),
-    ));
-    crate::search::reindex::reload_registry(&store, &search)?;
+    let search = Arc::new(search_engine(
+        settings, &model, &validator, &base_url, &store,
+    )?);
     crate::search::reindex::start(&store, &search);
     crate::search::audit_index::start(
         &store,
@@ -363,13 +378,7 @@ pub fn import(
     let base_url = settings.base_url();
     let validator = build_validator(settings, &model)?;
     let gate = crate::validation::WriteGate::new(validator.clone(), settings.validation.clone());
-    let search = SearchEngine::new(
-        model.clone(),
-        validator.terminology().clone(),
-        base_url.clone(),
-        search_settings(settings),
-    );
-    crate::search::reindex::reload_registry(&store, &search)?;
+    let search = search_engine(settings, &model, &validator, &base_url, &store)?;
     let audit = AuditWriter::start(
         store.clone(),
         base_url.clone(),
@@ -408,13 +417,7 @@ pub fn audit_report(
     let store = open_store(settings, true)?;
     let base_url = settings.base_url();
     let validator = build_validator(settings, &model)?;
-    let search = SearchEngine::new(
-        model.clone(),
-        validator.terminology().clone(),
-        base_url.clone(),
-        search_settings(settings),
-    );
-    crate::search::reindex::reload_registry(&store, &search)?;
+    let search = search_engine(settings, &model, &validator, &base_url, &store)?;
     let ctx = crate::access::AccessContext::open(format!("cli-{}", uuid::Uuid::new_v4()), None);
     let (events, _) = disclosures::collect(&store, &search, &ctx, patient, period, usize::MAX)?;
     let mut record = crate::audit::AuditRecord::new(

@@ -210,15 +210,7 @@ fn token_request(w: &mut JsonOut, r: &AuditRecord, id: &str, out: &Out) {
     w.string(DCM);
     w.raw(r#","code":"110114","display":"User Authentication"},"subtype":[{"system":"urn:ihe:event-type-code","code":"ITI-71","display":"Get Access Token"}]"#);
     when_and_outcome(w, r, AuditAction::Execute, &recorded);
-    w.raw(r#","agent":["#);
-    client_agent(w, r, (DCM, "110150", "Application"));
-    w.raw(",");
-    auth_server_agent(w, out);
-    if r.ctx.user.is_some() {
-        w.raw(",");
-        user_agent(w, r, (PARTICIPATION, "IRCP", "information recipient"));
-    }
-    w.raw("]");
+    auth_agents(w, r, out);
     source(w, out);
     // ITI-71 allows this one entity: what was asked (never a secret), with the
     // request id in its detail (there is no room for the X-Request-Id entity).
@@ -304,6 +296,19 @@ fn authentication(w: &mut JsonOut, r: &AuditRecord, e: AuthEvent, id: &str, out:
     w.string(e.code());
     w.raw("}]");
     when_and_outcome(w, r, AuditAction::Execute, &recorded);
+    auth_agents(w, r, out);
+    source(w, out);
+    w.raw(r#","entity":["#);
+    transaction_entity(w, r);
+    for p in &r.patients {
+        patient_entity(w, p);
+    }
+    w.raw("]}");
+}
+
+/// `,"agent":[...]` of a token request or an authentication: the client, the
+/// authorization server, and the user when there is one.
+fn auth_agents(w: &mut JsonOut, r: &AuditRecord, out: &Out) {
     w.raw(r#","agent":["#);
     client_agent(w, r, (DCM, "110150", "Application"));
     w.raw(",");
@@ -313,13 +318,6 @@ fn authentication(w: &mut JsonOut, r: &AuditRecord, e: AuthEvent, id: &str, out:
         user_agent(w, r, (PARTICIPATION, "IRCP", "information recipient"));
     }
     w.raw("]");
-    source(w, out);
-    w.raw(r#","entity":["#);
-    transaction_entity(w, r);
-    for p in &r.patients {
-        patient_entity(w, p);
-    }
-    w.raw("]}");
 }
 
 /// `{"resourceType":...,"meta":{...,"profile":[` (the caller writes the profiles).

@@ -55,6 +55,7 @@ pub use authorize::{new_launch, LaunchError};
 pub use bearer::{authenticate, AuthFailure, Authentication, Principal};
 pub use error::{OAuthCode, OAuthError};
 pub use headers::secure_headers;
+pub(crate) use pages::templates;
 pub use session::{Place, Session};
 pub use users::LoginRefused;
 

@@ -32,18 +32,28 @@ pub struct Pages {
     env: Environment<'static>,
 }
 
+/// A template environment holding `(name, source)` templates, each compiled
+/// once (`.html` ones auto-escaped); a template that does not compile is the
+/// error. The authorization pages' and the console's.
+pub(crate) fn templates(
+    sources: &[(&'static str, &'static str)],
+) -> Result<Environment<'static>, String> {
+    let mut env = Environment::new();
+    for &(name, src) in sources {
+        env.add_template(name, src).map_err(|e| e.to_string())?;
+    }
+    Ok(env)
+}
+
 impl Pages {
     pub fn new() -> Result<Pages, String> {
-        let mut env = Environment::new();
-        for (name, src) in [
+        let env = templates(&[
             ("layout.html", include_str!("templates/layout.html")),
             ("login.html", include_str!("templates/login.html")),
             ("patient.html", include_str!("templates/patient.html")),
             ("consent.html", include_str!("templates/consent.html")),
             ("error.html", include_str!("templates/error.html")),
-        ] {
-            env.add_template(name, src).map_err(|e| e.to_string())?;
-        }
+        ])?;
         Ok(Pages { env })
     }
 

@@ -18,8 +18,7 @@ pub struct Pages {
 
 impl Pages {
     pub fn new() -> Result<Pages, String> {
-        let mut env = Environment::new();
-        for (name, src) in [
+        let env = crate::auth::templates(&[
             ("layout.html", include_str!("templates/layout.html")),
             ("login.html", include_str!("templates/login.html")),
             ("message.html", include_str!("templates/message.html")),
@@ -31,9 +30,7 @@ impl Pages {
                 include_str!("templates/disclosures.html"),
             ),
             ("chain.html", include_str!("templates/chain.html")),
-        ] {
-            env.add_template(name, src).map_err(|e| e.to_string())?;
-        }
+        ])?;
         Ok(Pages { env })
     }
 

@@ -12,7 +12,7 @@ use awc::http::{Method, StatusCode};
 use fhirgate::auth::scopes::Role;
 use serde_json::{json, Value};
 
-use crate::smart_auth::code_flow::{code_of, exchange, public_client, run_flow, user, Choices};
+use crate::smart_auth::code_flow::{granted, public_client, run_flow, user, Choices};
 use crate::smart_auth::{bearer, claims, client_token, post_form, secret_client, spawn_auth};
 use crate::support::server::{on_both_backends, spawn_app, Backend, TestApp};
 
@@ -112,6 +112,11 @@ async fn send_as(
         .status
 }
 
+/// A GET with a request id, and a token or none.
+async fn get(app: &TestApp, path: &str, rid: &str, token: Option<&str>) -> StatusCode {
+    send_as(app, Method::GET, path, rid, token, None).await
+}
+
 fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -173,20 +178,12 @@ async fn rest_interactions_make_events_that_meet_their_profiles(backend: Backend
     // Read, vread, update, patch, history, delete.
     let r_read = rid();
     assert_eq!(
-        send_as(&app, Method::GET, "/Patient/p1", &r_read, None, None).await,
+        get(&app, "/Patient/p1", &r_read, None).await,
         StatusCode::OK
     );
     let ev = &events_of(&app, &r_read).await[0];
     assert!(claims_profile(ev, "IHE.BasicAudit.PatientRead"), "{ev}");
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Patient/p1/_history/1",
-        &rid(),
-        None,
-        None,
-    )
-    .await;
+    let _ = get(&app, "/Patient/p1/_history/1", &rid(), None).await;
     let _ = send_as(
         &app,
         Method::PUT,
@@ -211,32 +208,16 @@ async fn rest_interactions_make_events_that_meet_their_profiles(backend: Backend
     );
     let ev = &events_of(&app, &r_patch).await[0];
     assert!(claims_profile(ev, "IHE.BasicAudit.PatientUpdate"), "{ev}");
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Patient/p1/_history",
-        &rid(),
-        None,
-        None,
-    )
-    .await;
-    let _ = send_as(&app, Method::GET, "/Patient/_history", &rid(), None, None).await;
-    let _ = send_as(&app, Method::GET, "/_history", &rid(), None, None).await;
-    let _ = send_as(&app, Method::GET, "/metadata", &rid(), None, None).await;
+    let _ = get(&app, "/Patient/p1/_history", &rid(), None).await;
+    let _ = get(&app, "/Patient/_history", &rid(), None).await;
+    let _ = get(&app, "/_history", &rid(), None).await;
+    let _ = get(&app, "/metadata", &rid(), None).await;
 
     // A search with two patients' data on its page: one Query event naming no
     // patient, one PatientQuery event per patient.
     let r_search = rid();
     assert_eq!(
-        send_as(
-            &app,
-            Method::GET,
-            "/Observation?status=final",
-            &r_search,
-            None,
-            None
-        )
-        .await,
+        get(&app, "/Observation?status=final", &r_search, None).await,
         StatusCode::OK
     );
     let evs = events_of(&app, &r_search).await;
@@ -253,16 +234,8 @@ async fn rest_interactions_make_events_that_meet_their_profiles(backend: Backend
     named.sort();
     assert_eq!(named, vec!["Patient/p2", "Patient/p3"]);
     // A compartment search and a system search.
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Patient/p2/Observation",
-        &rid(),
-        None,
-        None,
-    )
-    .await;
-    let _ = send_as(&app, Method::GET, "/?_type=Patient", &rid(), None, None).await;
+    let _ = get(&app, "/Patient/p2/Observation", &rid(), None).await;
+    let _ = get(&app, "/?_type=Patient", &rid(), None).await;
 
     // Operations: $validate of a resource.
     let r_op = rid();
@@ -310,7 +283,7 @@ async fn rest_interactions_make_events_that_meet_their_profiles(backend: Backend
     // delete of an unknown type, an update with a stale version; and a delete.
     let r_missing = rid();
     assert_eq!(
-        send_as(&app, Method::GET, "/Patient/nope", &r_missing, None, None).await,
+        get(&app, "/Patient/nope", &r_missing, None).await,
         StatusCode::NOT_FOUND
     );
     let ev = &events_of(&app, &r_missing).await[0];
@@ -332,24 +305,8 @@ async fn rest_interactions_make_events_that_meet_their_profiles(backend: Backend
     .is_client_error());
     let ev = &events_of(&app, &r_bad).await[0];
     assert!(claims_profile(ev, "AuditEvent.Failure.Create"), "{ev}");
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Observation?nonsense=1",
-        &rid(),
-        None,
-        None,
-    )
-    .await;
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Patient/p1/_history/99",
-        &rid(),
-        None,
-        None,
-    )
-    .await;
+    let _ = get(&app, "/Observation?nonsense=1", &rid(), None).await;
+    let _ = get(&app, "/Patient/p1/_history/99", &rid(), None).await;
     let _ = send_as(
         &app,
         Method::PUT,
@@ -481,7 +438,7 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
     .await;
     assert_eq!(o.last.status, StatusCode::FOUND);
     // Consent given, a user token, a read and a search under it.
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/*.rs openid fhirUser",
@@ -492,29 +449,18 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     let tok = t["access_token"].as_str().unwrap().to_string();
     let tok_claims = claims(&tok);
     let r_read = rid();
     assert_eq!(
-        send_as(&app, Method::GET, "/Patient/bp1", &r_read, Some(&tok), None).await,
+        get(&app, "/Patient/bp1", &r_read, Some(&tok)).await,
         StatusCode::OK
     );
     let ev = &events_of(&app, &r_read).await[0];
     assert_token_use(ev, &client_id, Some("Practitioner/d1"), &tok_claims);
     let r_search = rid();
     assert_eq!(
-        send_as(
-            &app,
-            Method::GET,
-            "/Observation",
-            &r_search,
-            Some(&tok),
-            None
-        )
-        .await,
+        get(&app, "/Observation", &r_search, Some(&tok)).await,
         StatusCode::OK
     );
     for ev in events_of(&app, &r_search).await {
@@ -524,15 +470,7 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
     // failure and as an authorization decision with the reason.
     let r_denied = rid();
     assert_eq!(
-        send_as(
-            &app,
-            Method::GET,
-            "/AuditEvent",
-            &r_denied,
-            Some(&tok),
-            None
-        )
-        .await,
+        get(&app, "/AuditEvent", &r_denied, Some(&tok)).await,
         StatusCode::FORBIDDEN
     );
     let evs = events_of(&app, &r_denied).await;
@@ -573,19 +511,11 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         .iter()
         .any(|e| claims_profile(e, "AuditEvent.Failure.PatientCreate") && e["outcome"] == "4"));
     // A missing token (401).
-    let _ = send_as(&app, Method::GET, "/Patient/bp1", &rid(), None, None).await;
-    let _ = send_as(
-        &app,
-        Method::GET,
-        "/Patient/bp1",
-        &rid(),
-        Some("not.a.token"),
-        None,
-    )
-    .await;
+    let _ = get(&app, "/Patient/bp1", &rid(), None).await;
+    let _ = get(&app, "/Patient/bp1", &rid(), Some("not.a.token")).await;
 
     // Break-glass: purposeOfUse BTG in the events made under the token.
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/Observation.rs",
@@ -597,13 +527,10 @@ async fn token_and_authorization_events_meet_their_profiles(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     let btg = t["access_token"].as_str().unwrap().to_string();
     let r_btg = rid();
     assert_eq!(
-        send_as(&app, Method::GET, "/Patient/bp1", &r_btg, Some(&btg), None).await,
+        get(&app, "/Patient/bp1", &r_btg, Some(&btg)).await,
         StatusCode::OK
     );
     let ev = &events_of(&app, &r_btg).await[0];

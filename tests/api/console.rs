@@ -16,9 +16,7 @@
 //! A missing browser or Python package fails the test with what to install
 //! (`.ci/run` installs them); nothing is skipped.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use awc::http::{Method, StatusCode};
 use fhirgate::auth::scopes::Role;
@@ -27,6 +25,7 @@ use serde_json::{json, Value};
 use crate::smart_auth::code_flow::user;
 use crate::smart_auth::{client_token, form_body, raw, spawn_auth};
 use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
+use crate::support::{clients_dir, python};
 
 const INSTALL: &str = "install the console test's dependencies as .ci/run does: \
      `apt-get install -y chromium chromium-driver`, \
@@ -35,24 +34,6 @@ const INSTALL: &str = "install the console test's dependencies as .ci/run does: 
 
 fn text(r: &Reply) -> String {
     String::from_utf8_lossy(&r.body).to_string()
-}
-
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smart_clients")
-}
-
-/// `FHIRGATE_TEST_PYTHON`, else the virtual environment `.ci/run` makes.
-#[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
-fn python() -> OsString {
-    if let Some(p) = std::env::var_os("FHIRGATE_TEST_PYTHON") {
-        return p;
-    }
-    let venv = clients_dir().join(".venv/bin/python");
-    if venv.is_file() {
-        venv.into_os_string()
-    } else {
-        "python3".into()
-    }
 }
 
 /// Where the screenshots go: `FHIRGATE_CONSOLE_SCREENSHOTS` (e.g. `docs`), else
@@ -65,19 +46,14 @@ fn screenshot_dir(tmp: &Path) -> PathBuf {
     }
 }
 
-/// A FHIR request with a token and a chosen request id.
+/// A FHIR request with a token and a chosen request id: a POST of the body, or
+/// a GET.
 async fn fhir(app: &TestApp, path: &str, token: &str, body: Option<&Value>, rid: &str) -> Reply {
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("Content-Type", "application/fhir+json"),
-        ("Authorization", auth.as_str()),
-        ("X-Request-Id", rid),
-    ];
-    let (method, bytes) = match body {
-        Some(b) => (Method::POST, Some(serde_json::to_vec(b).unwrap())),
-        None => (Method::GET, None),
+    let method = match body {
+        Some(_) => Method::POST,
+        None => Method::GET,
     };
-    app.send(method, path, &headers, bytes.as_deref()).await
+    crate::support::audit::send(app, method, path, token, body, rid).await
 }
 
 /// The AuditEvents the browser and the HTTP test look for.
@@ -204,7 +180,7 @@ async fn the_console_in_a_browser(backend: Backend) {
     let seeded = seed(&app).await;
     let p1 = &seeded.p1;
     // The expected disclosures, from the API.
-    let auditor = crate::disclosures::user_token(
+    let auditor = crate::support::audit::user_token(
         &app,
         "cora-api",
         "Practitioner/c2",
@@ -247,29 +223,8 @@ async fn the_console_in_a_browser(backend: Backend) {
     });
     let script = clients_dir().join("console_browser.py");
     let program = python();
-    let shown = program.to_string_lossy().to_string();
-    let output = actix_web::rt::task::spawn_blocking(move || {
-        Command::new(&program)
-            .arg(script)
-            .arg(config.to_string())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {INSTALL}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser script failed ({}): {stderr}\n{INSTALL}",
-        output.status
-    );
-    let out: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let args = vec![script.to_string_lossy().to_string(), config.to_string()];
+    let out = crate::support::run_client(program, args, INSTALL).await;
 
     assert_eq!(out["login_page"]["h1"], json!(["Audit console"]), "{out}");
     let after = &out["after_login"];

@@ -12,62 +12,17 @@
 use std::collections::BTreeSet;
 
 use awc::http::{Method, StatusCode};
+use fhirgate::audit::disclosures::COLUMNS;
 use fhirgate::auth::scopes::Role;
 use serde_json::{json, Value};
 
-use crate::smart_auth::code_flow::{code_of, exchange, public_client, run_flow, user, Choices};
 use crate::smart_auth::{client_token, spawn_auth};
+use crate::support::audit::{request_id, send, user_token};
 use crate::support::process::cli;
 use crate::support::server::{on_both_backends, Backend, Reply, TestApp};
 
 fn text(r: &Reply) -> String {
     String::from_utf8_lossy(&r.body).to_string()
-}
-
-/// A user's token from the code flow.
-pub(crate) async fn user_token(
-    app: &TestApp,
-    name: &str,
-    fhir_user: &str,
-    role: Role,
-    scope: &str,
-) -> String {
-    let client_id = public_client(app);
-    user(app, name, fhir_user, role, false);
-    let o = run_flow(app, &client_id, scope, name, Choices::default()).await;
-    let code = code_of(&o);
-    let t = exchange(app, &client_id, &code, &o.pkce.verifier).await;
-    assert_eq!(t.status, StatusCode::OK, "{}", text(&t));
-    t.json()["access_token"].as_str().unwrap().to_string()
-}
-
-/// A FHIR request with a token and a chosen request id.
-async fn send(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-    request_id: &str,
-) -> Reply {
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("Content-Type", "application/fhir+json"),
-        ("Authorization", auth.as_str()),
-        ("X-Request-Id", request_id),
-    ];
-    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
-    app.send(method, path, &headers, bytes.as_deref()).await
-}
-
-/// The request id an AuditEvent records.
-fn request_id(ev: &Value) -> String {
-    ev["entity"]
-        .as_array()
-        .and_then(|es| es.iter().find(|e| e["type"]["code"] == "XrequestId"))
-        .and_then(|e| e["what"]["identifier"]["value"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The AuditEvents of a searchset Bundle, every page followed.
@@ -93,6 +48,37 @@ async fn all_events(app: &TestApp, token: &str, first: Reply) -> Vec<Value> {
             Some(n) => page = send(app, Method::GET, &n, token, None, "next-page").await,
             None => return events,
         }
+    }
+}
+
+/// A caller's accesses, each under the request id `{run}-{label}` and followed
+/// by a pause (so that the next one is recorded at a later instant).
+struct Caller<'a> {
+    app: &'a TestApp,
+    token: &'a str,
+    run: &'a str,
+}
+
+impl Caller<'_> {
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>, label: &str) -> Reply {
+        let request_id = format!("{}-{label}", self.run);
+        let r = send(self.app, method, path, self.token, body, &request_id).await;
+        pause().await;
+        r
+    }
+
+    /// A create that must succeed: the new resource's id.
+    async fn create(&self, path: &str, body: &Value, label: &str) -> String {
+        let r = self.send(Method::POST, path, Some(body), label).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// A GET that must be answered with `status`.
+    async fn get(&self, path: &str, label: &str, status: StatusCode) -> Reply {
+        let r = self.send(Method::GET, path, None, label).await;
+        assert_eq!(r.status, status, "{}", text(&r));
+        r
     }
 }
 
@@ -150,120 +136,47 @@ async fn disclosures_list_exactly_the_accesses_to_the_patient(backend: Backend) 
     let start = now();
     pause().await;
     let patient = json!({"resourceType": "Patient", "name": [{"family": "Disclosed"}]});
-    let created = |r: Reply| -> String {
-        assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
-        r.json()["id"].as_str().unwrap().to_string()
+    let as_writer = Caller {
+        app: &app,
+        token: &writer_token,
+        run: &run,
     };
-    let p1 = created(
-        send(
-            &app,
-            Method::POST,
-            "/Patient",
-            &writer_token,
-            Some(&patient),
-            &rid("create-p1"),
-        )
-        .await,
-    );
-    pause().await;
-    let p2 = created(
-        send(
-            &app,
-            Method::POST,
-            "/Patient",
-            &writer_token,
-            Some(&patient),
-            &rid("create-p2"),
-        )
-        .await,
-    );
-    pause().await;
+    let as_outsider = Caller {
+        app: &app,
+        token: &outsider_token,
+        run: &run,
+    };
+    let p1 = as_writer.create("/Patient", &patient, "create-p1").await;
+    let p2 = as_writer.create("/Patient", &patient, "create-p2").await;
     let obs = |p: &str| {
         json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
             "subject": {"reference": format!("Patient/{p}")}})
     };
-    created(
-        send(
-            &app,
-            Method::POST,
-            "/Observation",
-            &writer_token,
-            Some(&obs(&p1)),
-            &rid("create-o1"),
-        )
-        .await,
-    );
-    pause().await;
-    created(
-        send(
-            &app,
-            Method::POST,
-            "/Observation",
-            &writer_token,
-            Some(&obs(&p2)),
-            &rid("create-o2"),
-        )
-        .await,
-    );
-    pause().await;
-    let r = send(
-        &app,
-        Method::GET,
-        &format!("/Patient/{p1}"),
-        &writer_token,
-        None,
-        &rid("read-p1"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
-    pause().await;
-    let r = send(
-        &app,
-        Method::GET,
-        &format!("/Patient/{p2}"),
-        &writer_token,
-        None,
-        &rid("read-p2"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
-    pause().await;
+    as_writer
+        .create("/Observation", &obs(&p1), "create-o1")
+        .await;
+    as_writer
+        .create("/Observation", &obs(&p2), "create-o2")
+        .await;
+    as_writer
+        .get(&format!("/Patient/{p1}"), "read-p1", StatusCode::OK)
+        .await;
+    as_writer
+        .get(&format!("/Patient/{p2}"), "read-p2", StatusCode::OK)
+        .await;
     let middle = now();
     pause().await;
     // A comma in the query: the report's CSV must quote the entity field.
-    let r = send(
-        &app,
-        Method::GET,
-        &format!("/Observation?subject=Patient/{p1}&status=final,amended"),
-        &writer_token,
-        None,
-        &rid("search-o1"),
-    )
-    .await;
+    let search = format!("/Observation?subject=Patient/{p1}&status=final,amended");
+    let r = as_writer.get(&search, "search-o1", StatusCode::OK).await;
     assert_eq!(r.json()["total"], 1, "{}", text(&r));
-    pause().await;
-    let r = send(
-        &app,
-        Method::GET,
-        &format!("/Patient/{p1}"),
-        &outsider_token,
-        None,
-        &rid("denied-p1"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
-    pause().await;
-    let r = send(
-        &app,
-        Method::GET,
-        "/Observation?status=final",
-        &outsider_token,
-        None,
-        &rid("search-all"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
-    pause().await;
+    let denied = StatusCode::FORBIDDEN;
+    as_outsider
+        .get(&format!("/Patient/{p1}"), "denied-p1", denied)
+        .await;
+    as_outsider
+        .get("/Observation?status=final", "search-all", StatusCode::OK)
+        .await;
     let end = now();
     pause().await;
 
@@ -451,39 +364,13 @@ async fn disclosures_list_exactly_the_accesses_to_the_patient(backend: Backend) 
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(
-            keys,
-            [
-                "recorded",
-                "action",
-                "subtype",
-                "outcome",
-                "user",
-                "client",
-                "address",
-                "entity",
-                "purposeOfUse"
-            ]
-        );
+        assert_eq!(keys, COLUMNS);
         assert_eq!(row["recorded"], ev["recorded"]);
         assert_eq!(row["action"], ev["action"]);
         assert_eq!(row["address"], "127.0.0.1", "{row}");
     }
     let csv = parse_csv(&report("csv"));
-    assert_eq!(
-        csv[0],
-        [
-            "recorded",
-            "action",
-            "subtype",
-            "outcome",
-            "user",
-            "client",
-            "address",
-            "entity",
-            "purposeOfUse"
-        ]
-    );
+    assert_eq!(csv[0], COLUMNS);
     assert_eq!(csv.len(), api.len() + 1, "{csv:?}");
     let by_label = |label: &str| -> &Vec<String> {
         let i = api

@@ -10,8 +10,6 @@
 //! to install (`.ci/run` installs them); nothing is skipped.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use awc::http::{Method, StatusCode};
 use fhirgate::auth::clients::{ClientKind, ClientSpec};
@@ -21,6 +19,7 @@ use serde_json::{json, Value};
 use super::code_flow::user;
 use super::*;
 use crate::support::process::free_port;
+use crate::support::python;
 use crate::support::server::{Backend, TestApp};
 
 const INSTALL: &str = "install the SMART client test dependencies as .ci/run does: \
@@ -29,57 +28,14 @@ const INSTALL: &str = "install the SMART client test dependencies as .ci/run doe
      `python3 -m venv tests/smart_clients/.venv && \
      tests/smart_clients/.venv/bin/pip install -r tests/smart_clients/requirements.txt`";
 
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smart_clients")
-}
-
 /// `FHIRGATE_NODE`, else `node`.
 #[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
 fn node() -> OsString {
     std::env::var_os("FHIRGATE_NODE").unwrap_or_else(|| "node".into())
 }
 
-/// `FHIRGATE_TEST_PYTHON`, else the virtual environment `.ci/run` makes in
-/// `tests/smart_clients/.venv`, else `python3`.
-#[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
-fn python() -> OsString {
-    if let Some(p) = std::env::var_os("FHIRGATE_TEST_PYTHON") {
-        return p;
-    }
-    let venv = clients_dir().join(".venv/bin/python");
-    if venv.is_file() {
-        venv.into_os_string()
-    } else {
-        "python3".into()
-    }
-}
-
-/// Runs a client script (off the test's runtime, so the server keeps serving)
-/// and parses the one JSON object it prints.
 async fn run_client(program: OsString, args: Vec<String>) -> Value {
-    let shown = format!("{} {}", program.to_string_lossy(), args[0]);
-    let output = actix_web::rt::task::spawn_blocking(move || {
-        Command::new(&program)
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PUPPETEER_SKIP_DOWNLOAD", "1")
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {INSTALL}"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "`{shown}` failed ({}): {stderr}\n{INSTALL}",
-        output.status
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`{shown}` printed no JSON ({e}): {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    crate::support::run_client(program, args, INSTALL).await
 }
 
 /// Two patients, each with Observations; the apps act for the first.

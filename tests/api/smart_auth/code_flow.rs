@@ -222,6 +222,20 @@ pub async fn exchange(app: &TestApp, client_id: &str, code: &str, verifier: &str
     .await
 }
 
+/// The whole flow, then the code's exchange: the token response's JSON.
+pub async fn granted(
+    app: &TestApp,
+    client_id: &str,
+    scope: &str,
+    username: &str,
+    c: Choices<'_>,
+) -> Value {
+    let o = run_flow(app, client_id, scope, username, c).await;
+    exchange(app, client_id, &code_of(&o), &o.pkce.verifier)
+        .await
+        .json()
+}
+
 /// The code of a successful flow.
 pub fn code_of(o: &Outcome) -> String {
     assert_eq!(
@@ -600,7 +614,7 @@ async fn clinicians_pick_a_patient_and_may_break_the_glass(backend: Backend) {
     user(&app, "doc", "Practitioner/d1", Role::Clinician, true);
     user(&app, "auditor", "Practitioner/a1", Role::Compliance, false);
 
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/*.rs openid fhirUser",
@@ -611,14 +625,11 @@ async fn clinicians_pick_a_patient_and_may_break_the_glass(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     assert_eq!(t["patient"], p.as_str());
     assert_eq!(t["need_patient_banner"], true);
 
     // Break-glass: user/*.rs for at most an hour, purpose of use BTG in every AuditEvent.
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch/patient patient/Observation.rs",
@@ -630,9 +641,6 @@ async fn clinicians_pick_a_patient_and_may_break_the_glass(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     assert!(
         t["scope"]
             .as_str()
@@ -695,7 +703,7 @@ async fn an_ehr_launch_carries_patient_and_encounter_once(backend: Backend) {
     let launch =
         fhirgate::auth::new_launch(&app.store, "Patient/p9", Some("Encounter/e9"), Some("doc"))
             .unwrap();
-    let o = run_flow(
+    let t = granted(
         &app,
         &client_id,
         "launch openid fhirUser patient/*.rs",
@@ -706,9 +714,6 @@ async fn an_ehr_launch_carries_patient_and_encounter_once(backend: Backend) {
         },
     )
     .await;
-    let t = exchange(&app, &client_id, &code_of(&o), &o.pkce.verifier)
-        .await
-        .json();
     assert_eq!(t["patient"], "p9");
     assert_eq!(t["encounter"], "e9");
     let again = raw(

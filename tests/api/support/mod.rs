@@ -5,6 +5,7 @@
 //! a server, so they are read here with `std::env` (allowed function by function) rather
 //! than through `config::Settings`.
 
+pub mod audit;
 pub mod process;
 pub mod server;
 
@@ -23,6 +24,56 @@ pub fn shared_dir() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
     }
+}
+
+/// `tests/smart_clients`: the client scripts the SMART client and console
+/// tests run, and the virtual environment `.ci/run` makes for them.
+pub fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smart_clients")
+}
+
+/// `FHIRGATE_TEST_PYTHON`, else the virtual environment `.ci/run` makes in
+/// `tests/smart_clients/.venv`, else `python3`.
+#[allow(clippy::disallowed_methods)] // a test's own knob, not a server setting
+pub fn python() -> std::ffi::OsString {
+    if let Some(p) = std::env::var_os("FHIRGATE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = clients_dir().join(".venv/bin/python");
+    if venv.is_file() {
+        venv.into_os_string()
+    } else {
+        "python3".into()
+    }
+}
+
+/// Runs a client script of `tests/smart_clients` (off the test's runtime, so the
+/// server keeps serving) and parses the one JSON object it prints; `install`
+/// says what to install when it cannot run or fails.
+pub async fn run_client(program: std::ffi::OsString, args: Vec<String>, install: &str) -> Value {
+    let shown = format!("{} {}", program.to_string_lossy(), args[0]);
+    let output = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new(&program)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PUPPETEER_SKIP_DOWNLOAD", "1")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("cannot run `{shown}` ({e}): {install}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "`{shown}` failed ({}): {stderr}\n{install}",
+        output.status
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`{shown}` printed no JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 /// A package cache holding the packages of `../shared/fhir-packages`, installed
