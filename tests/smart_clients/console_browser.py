@@ -18,6 +18,7 @@ import os
 import sys
 
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -44,11 +45,24 @@ def browser():
 WAIT_SECS = 60
 
 
+def gone(element):
+    """A wait condition: `element`'s page has been replaced. Chromium reports an element
+    of a page being torn down either as stale or as "Node with given id does not belong to
+    the document" (a WebDriverException that staleness_of does not expect)."""
+    def check(_driver):
+        try:
+            element.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+    return check
+
+
 def navigate(driver, action):
     """Runs `action` (a click or a get) and waits until the next page stands."""
     old = driver.find_element(By.TAG_NAME, "html")
     action()
-    WebDriverWait(driver, WAIT_SECS).until(EC.staleness_of(old))
+    WebDriverWait(driver, WAIT_SECS).until(gone(old))
     WebDriverWait(driver, WAIT_SECS).until(
         EC.presence_of_element_located((By.TAG_NAME, "h1")))
 
