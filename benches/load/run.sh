@@ -29,25 +29,10 @@ if [ ! -x "$BIN" ]; then
 fi
 WORK="$(mktemp -d)"
 PORT="${BENCH_PORT:-18181}"
-case "$BACKEND" in
-  sqlite) DB="sqlite://$WORK/bench.db" ;;
-  postgres)
-    NAME="fhirgate_bench_$$"
-    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $NAME" >/dev/null
-    DB="postgres://postgres@127.0.0.1:5432/$NAME" ;;
-  *) echo "backend: sqlite or postgres" >&2; exit 2 ;;
-esac
-cleanup() {
-  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-  [ "$BACKEND" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null || true
-  if [ -n "${SERVER_LOG:-}" ] && [ -f "$WORK/server.log" ]; then cp "$WORK/server.log" "$SERVER_LOG" || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
-if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
-  "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
-fi
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_database bench
+bench_core_package
 if [ "${US_CORE:-0}" = 1 ]; then
   if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.us.core#6.1.0" ] && [ -d ../shared/fhir-packages ]; then
     "$BIN" packages install ../shared/fhir-packages/hl7.fhir.us.core-6.1.0.tgz

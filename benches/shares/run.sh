@@ -18,25 +18,10 @@ BIN="${FHIRGATE_BIN:-target/release/fhirgate}"
 [ -x "$BIN" ] || { echo "$BIN is not built (cargo build --release, or FHIRGATE_BIN=...)" >&2; exit 1; }
 WORK="$(mktemp -d)"
 PORT="${BENCH_PORT:-18182}"
-case "$BACKEND" in
-  sqlite) DB="sqlite://$WORK/bench.db" ;;
-  postgres)
-    NAME="fhirgate_shares_$$"
-    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $NAME" >/dev/null
-    DB="postgres://postgres@127.0.0.1:5432/$NAME" ;;
-  *) echo "backend: sqlite or postgres" >&2; exit 2 ;;
-esac
-cleanup() {
-  jobs -p | xargs -r kill 2>/dev/null || true
-  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-  [ "$BACKEND" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
-if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
-  "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
-fi
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_database shares
+bench_core_package
 head -c 32 /dev/urandom | base64 > "$WORK/master.key"
 FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
 FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \

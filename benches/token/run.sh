@@ -34,25 +34,10 @@ VENV="${BENCH_VENV:-target/bench-venv}"
   || "$VENV/bin/pip" install -q "PyJWT==2.10.1" "cryptography==44.0.0"
 WORK="$(mktemp -d)"
 PORT="${BENCH_PORT:-18183}"
-case "$BACKEND" in
-  sqlite) DB="sqlite://$WORK/bench.db" ;;
-  postgres)
-    NAME="fhirgate_token_bench_$$"
-    psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $NAME" >/dev/null
-    DB="postgres://postgres@127.0.0.1:5432/$NAME" ;;
-  *) echo "backend: sqlite or postgres" >&2; exit 2 ;;
-esac
-cleanup() {
-  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
-  [ "$BACKEND" = postgres ] && psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $NAME WITH (FORCE)" >/dev/null || true
-  if [ -n "${SERVER_LOG:-}" ] && [ -f "$WORK/server.log" ]; then cp "$WORK/server.log" "$SERVER_LOG" || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-export FHIRGATE_PACKAGES__CACHE="${FHIRGATE_PACKAGES__CACHE:-$HOME/.fhir/packages}"
-if [ ! -d "$FHIRGATE_PACKAGES__CACHE/hl7.fhir.r4.core#4.0.1" ] && [ -d ../shared/fhir-packages ]; then
-  "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
-fi
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_database token_bench
+bench_core_package
 export FHIRGATE_DATABASE__URL="$DB" FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_AUTH__ENABLED=true \
   FHIRGATE_CRYPTO__DEV_KEY_FILE="$WORK/dev.key" FHIRGATE_LOG__LEVEL=warn \
   FHIRGATE_RATELIMIT__PER_CLIENT_PER_SEC=0 FHIRGATE_RATELIMIT__AUTH_PER_ADDR_PER_MIN=0
