@@ -32,3 +32,21 @@ bench_core_package() {
     "$BIN" packages install ../shared/fhir-packages/hl7.fhir.r4.core-4.0.1.tgz
   fi
 }
+
+# bench_serve [NAME=value ...]: starts `$BIN serve` on $PORT with $DB, a fresh master key,
+# authorization off, warnings only (and the NAME=value settings given), sets SERVER and
+# BASE, and waits until it is ready (a server that exits meanwhile prints its log).
+bench_serve() {
+  head -c 32 /dev/urandom | base64 > "$WORK/master.key"
+  env FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
+    FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \
+    FHIRGATE_LOG__LEVEL="${FHIRGATE_LOG__LEVEL:-warn}" "$@" \
+    "$BIN" serve > "$WORK/server.log" 2>&1 &
+  SERVER=$!
+  BASE="http://127.0.0.1:$PORT/fhir"
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && return 0
+    kill -0 "$SERVER" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+}

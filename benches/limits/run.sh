@@ -15,16 +15,7 @@ PORT="${BENCH_PORT:-18183}"
 . benches/lib.sh
 bench_database limits
 bench_core_package
-head -c 32 /dev/urandom | base64 > "$WORK/master.key"
-FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
-FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \
-FHIRGATE_LOG__LEVEL=warn "$BIN" serve > "$WORK/server.log" 2>&1 &
-SERVER=$!
-BASE="http://127.0.0.1:$PORT/fhir"
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
-  sleep 0.1
-done
+bench_serve
 python3 - "$WORK/seed.json" "${PATIENTS:-3000}" <<'PY'
 import json, random, sys
 random.seed(1)

@@ -32,18 +32,8 @@ PORT="${BENCH_PORT:-18183}"
 . benches/lib.sh
 bench_database memory
 bench_core_package
-head -c 32 /dev/urandom | base64 > "$WORK/master.key"
 # shellcheck disable=SC2086 # SERVER_ENV is a list of NAME=value words
-FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
-FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \
-FHIRGATE_LOG__LEVEL="${FHIRGATE_LOG__LEVEL:-warn}" \
-  env ${SERVER_ENV:-} "$BIN" serve > "$WORK/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
-  sleep 0.1
-done
+bench_serve ${SERVER_ENV:-}
 echo "# ${LABEL:-$BIN} on $BACKEND (SERVER_ENV=${SERVER_ENV:-none}), $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$SERVER" "$PORT" <<'PY'
 import http.client, json, random, sys, threading, time

@@ -22,17 +22,7 @@ PORT="${BENCH_PORT:-18182}"
 . benches/lib.sh
 bench_database shares
 bench_core_package
-head -c 32 /dev/urandom | base64 > "$WORK/master.key"
-FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
-FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \
-FHIRGATE_SEARCH__MAX_HAS_DEPTH=4 FHIRGATE_LOG__LEVEL=warn \
-  "$BIN" serve > "$WORK/server.log" 2>&1 &
-SERVER=$!
-BASE="http://127.0.0.1:$PORT/fhir"
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
-  sleep 0.1
-done
+bench_serve FHIRGATE_SEARCH__MAX_HAS_DEPTH=4
 python3 - "$WORK/seed.json" <<'PY'
 import json, sys
 entries = [{"resource": {"resourceType": "Patient", "id": f"p{p}"},

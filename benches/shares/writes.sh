@@ -17,17 +17,7 @@ PORT="${BENCH_PORT:-18184}"
 . benches/lib.sh
 bench_database writes
 bench_core_package
-head -c 32 /dev/urandom | base64 > "$WORK/master.key"
-FHIRGATE_SERVER__LISTEN="127.0.0.1:$PORT" FHIRGATE_DATABASE__URL="$DB" \
-FHIRGATE_CRYPTO__MASTER_KEY_FILE="$WORK/master.key" FHIRGATE_AUTH__ENABLED=false \
-FHIRGATE_SERVER__REQUEST_TIMEOUT_SECS="${FHIRGATE_SERVER__REQUEST_TIMEOUT_SECS:-600}" \
-FHIRGATE_LOG__LEVEL=warn "$BIN" serve > "$WORK/server.log" 2>&1 &
-SERVER=$!
-BASE="http://127.0.0.1:$PORT/fhir"
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
-  sleep 0.1
-done
+bench_serve FHIRGATE_SERVER__REQUEST_TIMEOUT_SECS="${FHIRGATE_SERVER__REQUEST_TIMEOUT_SECS:-600}"
 curl -sf -o /dev/null -X PUT -H 'Content-Type: application/fhir+json' \
   -d '{"resourceType":"Patient","id":"p1"}' "$BASE/Patient/p1"
 python3 - "$WORK/big.json" "${NAMES:-10000}" <<'PY'
