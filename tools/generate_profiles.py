@@ -5,9 +5,12 @@ fhirgate's AuditEvents follow IHE BALP. BALP's profiles fix `outcome` to success
 failure and denial events claim variants made here: each is the BALP profile's snapshot
 with the success-only rules lifted (and, where fhirgate's event has a different reason to
 exist, a few slices relaxed), rebased on the core AuditEvent. The snapshots are derived
-from the BALP package, not written by hand, so that a new BALP release is one re-run:
+from the BALP package, not written by hand, and not committed (they copy BALP's and the
+core specification's element definitions): a set-up step makes them, from the package's
+.tgz or its folder in the package cache:
 
     python3 tools/generate_profiles.py ../shared/fhir-packages/ihe.iti.balp-1.1.4.tgz
+    python3 tools/generate_profiles.py ~/.fhir/packages/ihe.iti.balp#1.1.4
 
 The BALP package itself is not committed (CC-BY-4.0, downloaded like any package).
 """
@@ -26,9 +29,18 @@ VERSION = "0.1.0"
 OUT = Path(__file__).resolve().parent.parent / "profiles"
 
 
-def balp(tgz):
+def balp(source):
+    """The BALP StructureDefinitions, from the package's .tgz or from its folder in a
+    package cache (`~/.fhir/packages/ihe.iti.balp#1.1.4`, after `fhirgate packages
+    install`)."""
     out = {}
-    with tarfile.open(tgz) as t:
+    folder = Path(source)
+    if folder.is_dir():
+        for f in sorted((folder / "package").glob("StructureDefinition-*.json")):
+            sd = json.loads(f.read_text())
+            out[sd["url"]] = sd
+        return out
+    with tarfile.open(source) as t:
         for m in t.getmembers():
             if m.name.startswith("package/StructureDefinition-") and m.name.endswith(".json"):
                 sd = json.load(t.extractfile(m))

@@ -72,7 +72,8 @@ async fn validate_all(app: &TestApp) -> Vec<Value> {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} AuditEvents do not meet the profiles they claim:\n{}",
+        "{} of {} AuditEvents do not meet the profiles they claim (fhirgate's own profiles are \
+         derived by a set-up step: `python3 tools/generate_profiles.py ihe.iti.balp-1.1.4.tgz`):\n{}",
         failures.len(),
         events.len(),
         failures.join("\n\n")
