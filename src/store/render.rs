@@ -836,14 +836,9 @@ fn flatten<'f>(filters: &'f [Filter], out: &mut Vec<&'f Filter>) {
 /// How many conditions on index rows a conjunction has, counting those of the
 /// conjunctions inside it.
 fn conditions_on_rows(filters: &[Filter]) -> usize {
-    filters
-        .iter()
-        .map(|f| match f {
-            Filter::All(inner) => conditions_on_rows(inner),
-            Filter::Any(one) if one.len() == 1 => conditions_on_rows(one),
-            other => usize::from(on_index_rows(other).is_some()),
-        })
-        .sum()
+    let mut flat = Vec::new();
+    flatten(filters, &mut flat);
+    flat.iter().filter(|f| on_index_rows(f).is_some()).count()
 }
 
 /// The index table and parameters of a filter that is one condition on rows of
