@@ -34,7 +34,7 @@ use openssl::pkey::{PKey, Private, Public};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::store::{Checkpoint, Link, RawAudit, Store, StoreError};
+use crate::store::{Checkpoint, Link, RawAudit, Store, StoreError, StoredLink};
 
 /// Rows linked per chainer batch.
 const BATCH: usize = 2000;
@@ -626,56 +626,8 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
     let kept_from = walk.kept_from;
     checkpoints.retain(|(c, _)| c.pos >= kept_from);
     let state = store.audit_chain_state()?;
-    let mut next_cp = 0;
-    loop {
-        let links = store.audit_chain_links(walk.expected, VERIFY_BATCH)?;
-        let n = links.len();
-        for link in links {
-            let expected = walk.expected;
-            if link.pos != expected {
-                return Ok(walk.broken(
-                    expected,
-                    format!(
-                        "missing: the chain has no link at position {expected} (the next is {})",
-                        link.pos
-                    ),
-                ));
-            }
-            let Some(row) = &link.row else {
-                return Ok(walk.broken(
-                    expected,
-                    format!(
-                        "missing: the AuditEvent linked at position {expected} (seq {}) is gone",
-                        link.seq
-                    ),
-                ));
-            };
-            let h = link_hash(&walk.prev, link.pos, row);
-            if link.hash != h {
-                return Ok(walk.broken(
-                    expected,
-                    format!(
-                        "changed: the AuditEvent at position {expected} (id {}) is not what was linked",
-                        row.audit_id
-                    ),
-                ));
-            }
-            while next_cp < checkpoints.len() && checkpoints[next_cp].0.pos == expected {
-                let (cp, from) = &checkpoints[next_cp];
-                if cp.hash != h {
-                    return Ok(walk.broken(
-                        expected,
-                        format!("changed: the chain at position {expected} does not match the checkpoint of the {from} signed at that position"),
-                    ));
-                }
-                next_cp += 1;
-            }
-            walk.prev = h;
-            walk.expected += 1;
-        }
-        if n < VERIFY_BATCH {
-            break;
-        }
+    if let Some(broken) = walk_links(store, &mut walk, &checkpoints)? {
+        return Ok(broken);
     }
     let head_pos = walk.expected - 1;
     if let Some((cp, from)) = checkpoints.iter().find(|(c, _)| c.pos > head_pos) {
@@ -709,6 +661,100 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
         kept_from,
         broken: None,
     })
+}
+
+/// Walks the links from `walk.expected` to the end: each link's position and
+/// hash against its row as stored, and the checkpoints at its position. A
+/// reader thread fetches the next batch while this one hashes (the database's
+/// work and the hashing overlap). Some(verdict) at the first break.
+fn walk_links(
+    store: &Store,
+    walk: &mut Walk,
+    checkpoints: &[(Checkpoint, &'static str)],
+) -> Result<Option<Verdict>, ChainError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredLink>, StoreError>>(2);
+        let from = walk.expected;
+        scope.spawn(move || {
+            let mut from = from;
+            loop {
+                let batch = store.audit_chain_links(from, VERIFY_BATCH);
+                let next = match &batch {
+                    Ok(links) if links.len() == VERIFY_BATCH => links.last().map(|l| l.pos + 1),
+                    _ => None,
+                };
+                // The walk stopped (a break, an error): nothing more to read.
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                match next {
+                    Some(n) => from = n,
+                    None => return,
+                }
+            }
+        });
+        let mut next_cp = 0;
+        for links in rx {
+            for link in links? {
+                if let Some(broken) = check_link(walk, &link, checkpoints, &mut next_cp) {
+                    return Ok(Some(broken));
+                }
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// One link: its position, its row, its hash, and the checkpoints signed at its
+/// position. Some(verdict) when it breaks the chain; otherwise the walk moves on.
+fn check_link(
+    walk: &mut Walk,
+    link: &StoredLink,
+    checkpoints: &[(Checkpoint, &'static str)],
+    next_cp: &mut usize,
+) -> Option<Verdict> {
+    let expected = walk.expected;
+    if link.pos != expected {
+        return Some(walk.broken(
+            expected,
+            format!(
+                "missing: the chain has no link at position {expected} (the next is {})",
+                link.pos
+            ),
+        ));
+    }
+    let Some(row) = &link.row else {
+        return Some(walk.broken(
+            expected,
+            format!(
+                "missing: the AuditEvent linked at position {expected} (seq {}) is gone",
+                link.seq
+            ),
+        ));
+    };
+    let h = link_hash(&walk.prev, link.pos, row);
+    if link.hash != h {
+        return Some(walk.broken(
+            expected,
+            format!(
+                "changed: the AuditEvent at position {expected} (id {}) is not what was linked",
+                row.audit_id
+            ),
+        ));
+    }
+    while *next_cp < checkpoints.len() && checkpoints[*next_cp].0.pos == expected {
+        let (cp, from) = &checkpoints[*next_cp];
+        if cp.hash != h {
+            return Some(walk.broken(
+                expected,
+                format!("changed: the chain at position {expected} does not match the checkpoint of the {from} signed at that position"),
+            ));
+        }
+        *next_cp += 1;
+    }
+    walk.prev = h;
+    walk.expected += 1;
+    None
 }
 
 /// Starts this node's background chainer: a round every `interval`, and a full
