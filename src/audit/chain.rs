@@ -40,6 +40,8 @@ use crate::store::{Checkpoint, Link, RawAudit, Store, StoreError, StoredLink};
 const BATCH: usize = 2000;
 /// Links read per verification batch.
 const VERIFY_BATCH: usize = 5000;
+/// Threads reading links for a verification (the walk hashes meanwhile).
+const READERS: usize = 2;
 const HASH_DOMAIN: &[u8] = b"fhirgate:audit-chain:v1";
 const CHECKPOINT_DOMAIN: &[u8] = b"fhirgate:audit-checkpoint:v1";
 const PURGE_DOMAIN: &[u8] = b"fhirgate:audit-purge:v1";
@@ -626,7 +628,7 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
     let kept_from = walk.kept_from;
     checkpoints.retain(|(c, _)| c.pos >= kept_from);
     let state = store.audit_chain_state()?;
-    if let Some(broken) = walk_links(store, &mut walk, &checkpoints)? {
+    if let Some(broken) = walk_links(store, &mut walk, &checkpoints, state.head_pos)? {
         return Ok(broken);
     }
     let head_pos = walk.expected - 1;
@@ -663,38 +665,42 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
     })
 }
 
-/// Walks the links from `walk.expected` to the end: each link's position and
-/// hash against its row as stored, and the checkpoints at its position. A
-/// reader thread fetches the next batch while this one hashes (the database's
-/// work and the hashing overlap). Some(verdict) at the first break.
+/// Walks the links from `walk.expected` through `until` (the chainer's head when
+/// the verification began): each link's position and hash against its row as
+/// stored, and the checkpoints at its position. A reader thread fetches the next
+/// range of positions while this one hashes (the database's work and the
+/// hashing overlap). Some(verdict) at the first break.
 fn walk_links(
     store: &Store,
     walk: &mut Walk,
     checkpoints: &[(Checkpoint, &'static str)],
+    until: i64,
 ) -> Result<Option<Verdict>, ChainError> {
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredLink>, StoreError>>(2);
-        let from = walk.expected;
-        scope.spawn(move || {
-            let mut from = from;
-            loop {
-                let batch = store.audit_chain_links(from, VERIFY_BATCH);
-                let next = match &batch {
-                    Ok(links) if links.len() == VERIFY_BATCH => links.last().map(|l| l.pos + 1),
-                    _ => None,
-                };
-                // The walk stopped (a break, an error): nothing more to read.
-                if tx.send(batch).is_err() {
-                    return;
+        // Readers take every READERS-th range; the walk takes their batches in
+        // turn, so it sees the positions in order.
+        let mut batches = Vec::with_capacity(READERS);
+        for k in 0..READERS {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredLink>, StoreError>>(1);
+            batches.push(rx);
+            let first = walk.expected + (k * VERIFY_BATCH) as i64;
+            scope.spawn(move || {
+                let mut from = first;
+                while from <= until {
+                    let batch = store.audit_chain_links(from, VERIFY_BATCH);
+                    let failed = batch.is_err();
+                    // The walk stopped (a break, an error): nothing more to read.
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                    from += (READERS * VERIFY_BATCH) as i64;
                 }
-                match next {
-                    Some(n) => from = n,
-                    None => return,
-                }
-            }
-        });
+            });
+        }
         let mut next_cp = 0;
-        for links in rx {
+        let mut turn = 0;
+        while let Ok(links) = batches[turn % READERS].recv() {
+            turn += 1;
             for link in links? {
                 if let Some(broken) = check_link(walk, &link, checkpoints, &mut next_cp) {
                     return Ok(Some(broken));

@@ -346,8 +346,11 @@ fn insert_gaps(c: &mut AnyConn, gaps: &[i64], seen: i64) -> Result<(), StoreErro
     Ok(())
 }
 
-/// The links from position `from` on, at most `limit`, in position order, each
-/// with its AuditEvent row as stored now.
+/// The links at positions `from` .. `from + limit` (exclusive), in position
+/// order, each with its AuditEvent row as stored now. A bounded range, not
+/// `LIMIT` over an open one: PostgreSQL then plans it as the small read it is
+/// (for an open range it planned a parallel scan whose workers' start-up cost
+/// 20 ms per batch: a third of `audit verify`'s time over 2.5 million links).
 pub(crate) fn links(pool: &DbPool, from: i64, limit: usize) -> Result<Vec<StoredLink>, StoreError> {
     pool.read(|c| {
         let mut sql = c.sql();
@@ -357,8 +360,9 @@ pub(crate) fn links(pool: &DbPool, from: i64, limit: usize) -> Result<Vec<Stored
              WHERE l.pos >= ",
         )
         .i64(from)
-        .push(" ORDER BY l.pos LIMIT ")
-        .i64(limit as i64);
+        .push(" AND l.pos < ")
+        .i64(from.saturating_add(limit as i64))
+        .push(" ORDER BY l.pos");
         Ok(c.load::<LinkRow>(sql)?
             .into_iter()
             .map(|r| {
