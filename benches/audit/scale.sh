@@ -13,6 +13,9 @@
 #   load is skipped): loading 10 million events takes a long time.
 # PATIENTS, USERS, DAYS: the loader's --patients (100,000), --users (5,000), --days (730).
 # FHIRGATE_BIN=path runs that server binary instead of target/release/fhirgate.
+# SEARCHES_ONLY=1 skips the size, verify and tamper steps. COLD=1 empties the operating
+#   system's page cache and restarts PostgreSQL before the searches (root only), so the
+#   first pass reads from disk, as after a restart or when the index exceeds memory.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EVENTS="${1:?usage: benches/audit/scale.sh EVENTS [ROUNDS]}"
@@ -57,6 +60,7 @@ else
   echo "=== reusing $NAME (no load)"
 fi
 
+if [ "${SEARCHES_ONLY:-0}" != 1 ]; then
 echo "=== size"
 psql -h 127.0.0.1 -U postgres -d "$NAME" -tA -F ' ' -c "
   SELECT 'audit_log rows', count(*) FROM audit_log
@@ -83,6 +87,14 @@ psql -q -h 127.0.0.1 -U postgres -d "$NAME" -c "UPDATE audit_log a SET body = t.
 cat "$WORK/tampered.json"
 echo "exit code $rc (1: broken) for seq $MID"
 [ "$rc" = 1 ] || { echo "the changed AuditEvent was not caught" >&2; exit 1; }
+fi
+
+if [ "${COLD:-0}" = 1 ]; then
+  echo "=== cold: page cache dropped, PostgreSQL restarted"
+  sync && echo 3 > /proc/sys/vm/drop_caches
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main restart
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
 
 echo "=== searches ($ROUNDS per shape, one client, keep-alive)"
 export FHIRGATE_PACKAGES__CACHE
