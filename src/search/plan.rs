@@ -164,19 +164,6 @@ impl Planner<'_> {
             }
             _ => {}
         }
-        // AuditEvent `date` is AuditEvent.recorded, which the audit log keeps as
-        // its rows' time (one clock reading makes both): an AuditEvent search's
-        // own rows (depth 0: they are the audit log's) compare that column, as
-        // `_lastUpdated` does, instead of a look-up into the date index per
-        // match (benches/audit/scale.sh: the patient-and-date search).
-        if code == "date"
-            && modifier.is_none()
-            && depth == 0
-            && types.len() == 1
-            && types[0] == crate::audit::RESOURCE_TYPE
-        {
-            return self.last_updated(name, None, value);
-        }
         let r = self.resolve(types, code)?;
         if modifier == Some(&Modifier::Missing) {
             return self.missing(name, &r, value);

@@ -668,7 +668,93 @@ async fn index_follows_updates_and_deletes(backend: Backend) {
     app.stop().await;
 }
 
+/// A resource with more index rows than one insert statement takes (SQLite
+/// writes them in chunks of up to 128 rows, a power of two each): every row is
+/// written, whatever chunk it fell in. 300 identifiers (several blind forms
+/// each) and 200 quantities (numbers) of one resource, each found on its own.
+async fn every_index_row_of_a_large_resource_is_written(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let identifiers: Vec<Value> = (0..300)
+        .map(|i| json!({"system": "urn:test:chunks", "value": format!("v{i}")}))
+        .collect();
+    let r = app
+        .put_json(
+            "/Patient/many-ids",
+            &json!({"resourceType": "Patient", "id": "many-ids", "identifier": identifiers}),
+        )
+        .await;
+    assert!(
+        r.status.is_success(),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let components: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({"code": {"text": "c"}, "valueQuantity": {"value": 1000 + i, "unit": "mg",
+                "system": "http://unitsofmeasure.org", "code": "mg"}})
+        })
+        .collect();
+    let r = app
+        .put_json(
+            "/Observation/many-values",
+            &json!({"resourceType": "Observation", "id": "many-values", "status": "final",
+                "code": {"text": "x"}, "component": components}),
+        )
+        .await;
+    assert!(
+        r.status.is_success(),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    for i in 0..300 {
+        let q = format!("/Patient?identifier=urn:test:chunks|v{i}");
+        assert_eq!(match_ids(&search(&app, &q).await), vec!["many-ids"], "{q}");
+    }
+    for i in 0..200 {
+        let q = format!("/Observation?component-value-quantity={}", 1000 + i);
+        assert_eq!(
+            match_ids(&search(&app, &q).await),
+            vec!["many-values"],
+            "{q}"
+        );
+    }
+    // Every row extraction makes is in the database, no more, no fewer.
+    let mut expected = [0usize; 5];
+    for path in ["/Patient/many-ids", "/Observation/many-values"] {
+        let rows = app
+            .state
+            .search
+            .stored_index_rows(&app.get(path).await.json());
+        let distinct: BTreeSet<_> = rows.blind.iter().collect();
+        for (n, rows) in expected.iter_mut().zip([
+            distinct.len(),
+            rows.dates.len(),
+            rows.numbers.len(),
+            rows.references.len(),
+            rows.uris.len(),
+        ]) {
+            *n += rows;
+        }
+    }
+    assert!(expected[0] > 600 && expected[2] >= 200, "{expected:?}");
+    let written: Vec<usize> = app
+        .db
+        .written_rows()
+        .into_iter()
+        .filter(|(t, _)| t.starts_with("search_"))
+        .map(|(_, n)| n as usize)
+        .collect();
+    assert_eq!(written, expected);
+    // And nothing that was not written.
+    assert!(match_ids(&search(&app, "/Patient?identifier=urn:test:chunks|v300").await).is_empty());
+    assert!(
+        match_ids(&search(&app, "/Observation?component-value-quantity=1200").await).is_empty()
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    every_index_row_of_a_large_resource_is_written,
     every_parameter_type_has_its_known_answers,
     includes_totals_and_result_controls,
     paging_is_stable_while_resources_are_added,
