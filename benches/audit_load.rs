@@ -35,7 +35,7 @@ use fhirgate::access::AccessContext;
 use fhirgate::audit::chain::Chainer;
 use fhirgate::audit::{AuditRecord, AuthEvent, Interaction, Outcome};
 use fhirgate::config::Settings;
-use fhirgate::search::SearchEngine;
+use fhirgate::search::{audit_index, SearchEngine};
 use fhirgate::store::{IndexedAudit, Store};
 
 /// Interactions per transaction of the inserting threads.
@@ -308,32 +308,14 @@ fn index(settings: &Settings, store: &Store, base: &str) -> anyhow::Result<u64> 
         if found.is_empty() {
             return Ok(indexed);
         }
-        let through = found
-            .iter()
-            .map(|(s, _)| *s)
-            .max()
-            .unwrap_or(state.after_seq)
-            .max(state.after_seq);
+        let through = audit_index::reached(&state, &found);
         let chunk = found.len().div_ceil(workers);
         let rows: Vec<IndexedAudit> = std::thread::scope(|s| {
             let parts: Vec<_> = found
                 .chunks(chunk)
                 .map(|part| {
                     let engine = &engine;
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|(seq, v)| IndexedAudit {
-                                seq: *seq,
-                                rows: v
-                                    .as_ref()
-                                    .and_then(|v| {
-                                        serde_json::from_slice::<serde_json::Value>(&v.body).ok()
-                                    })
-                                    .map(|r| engine.stored_index_rows(&r))
-                                    .unwrap_or_default(),
-                            })
-                            .collect::<Vec<_>>()
-                    })
+                    s.spawn(move || audit_index::extract(engine, part))
                 })
                 .collect();
             parts

@@ -667,8 +667,8 @@ pub fn verify(store: &Store, options: &VerifyOptions) -> Result<Verdict, ChainEr
 
 /// Walks the links from `walk.expected` through `until` (the chainer's head when
 /// the verification began): each link's position and hash against its row as
-/// stored, and the checkpoints at its position. A reader thread fetches the next
-/// range of positions while this one hashes (the database's work and the
+/// stored, and the checkpoints at its position. [`READERS`] threads fetch the
+/// next ranges of positions while this one hashes (the database's work and the
 /// hashing overlap). Some(verdict) at the first break.
 fn walk_links(
     store: &Store,

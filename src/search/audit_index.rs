@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::SearchEngine;
-use crate::store::{IndexedAudit, Store, StoreError, WeakStore};
+use crate::store::{AuditIndexState, IndexedAudit, Store, StoreError, StoredVersion, WeakStore};
 
 /// AuditEvents read, extracted and committed per batch by a search's catch-up.
 const BATCH: usize = 1000;
@@ -71,28 +71,39 @@ fn batch(engine: &SearchEngine, store: &Store, size: usize) -> Result<Option<i64
     if found.is_empty() {
         return Ok(Some(state.after_seq));
     }
-    let through = found
+    let through = reached(&state, &found);
+    let rows = extract(engine, &found);
+    // Lost to another indexer: it moved the state; the next batch reads it again.
+    let committed = store.audit_index_commit(&state, &rows, through)?;
+    Ok((committed && tail < size).then_some(through))
+}
+
+/// The position the index reaches once `found` (a batch read over `state`) is
+/// committed.
+pub fn reached(state: &AuditIndexState, found: &[(i64, Option<StoredVersion>)]) -> i64 {
+    found
         .iter()
         .map(|(s, _)| *s)
         .max()
         .unwrap_or(state.after_seq)
-        .max(state.after_seq);
-    let rows: Vec<IndexedAudit> = found
+        .max(state.after_seq)
+}
+
+/// The index rows of a batch's AuditEvents. A row that does not open or parse
+/// gets no index rows: the indexer passes it instead of stopping every
+/// AuditEvent search.
+pub fn extract(engine: &SearchEngine, found: &[(i64, Option<StoredVersion>)]) -> Vec<IndexedAudit> {
+    found
         .iter()
         .map(|(seq, v)| IndexedAudit {
             seq: *seq,
-            // A row that does not open or parse gets no index rows: the
-            // indexer passes it instead of stopping every AuditEvent search.
             rows: v
                 .as_ref()
                 .and_then(|v| serde_json::from_slice::<Value>(&v.body).ok())
                 .map(|r| engine.stored_index_rows(&r))
                 .unwrap_or_default(),
         })
-        .collect();
-    // Lost to another indexer: it moved the state; the next batch reads it again.
-    let committed = store.audit_index_commit(&state, &rows, through)?;
-    Ok((committed && tail < size).then_some(through))
+        .collect()
 }
 
 /// Starts the background indexer of this node (`interval` between rounds; zero:

@@ -278,7 +278,7 @@ const SQLITE_CHUNK: usize = 128;
 /// One statement per chunk of rows, every value a bound parameter. (Before: one
 /// statement per table with the rows as one JSON array unpacked by `json_each` and
 /// `json_extract`: SQLite's JSON functions were a fifth of the audit indexer's
-/// time, benches/audit/index.sh.)
+/// time: `perf` during benches/audit/catchup.sh.)
 fn sqlite_insert(c: &mut AnyConn, p: Table) -> Result<(), StoreError> {
     use Bind::{Text, F64, I64};
     sqlite_rows(
