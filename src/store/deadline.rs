@@ -98,11 +98,20 @@ pub(super) fn budget() -> Option<Duration> {
 }
 
 /// What is left of the current thread's deadline, once more than `spent` of its
-/// budget is used up; None without a deadline or while less is spent.
-pub(super) fn remaining_after(spent: Duration) -> Option<Duration> {
+/// budget is used up, as PostgreSQL's `statement_timeout` in milliseconds; None
+/// without a deadline or while less is spent.
+pub(super) fn statement_timeout_after(spent: Duration) -> Option<u128> {
     let d = current()?;
     let left = d.at.saturating_duration_since(Instant::now());
-    (d.budget.saturating_sub(left) > spent).then_some(left)
+    (d.budget.saturating_sub(left) > spent).then(|| timeout_millis(left))
+}
+
+/// `left` in whole milliseconds, rounded up, plus one: PostgreSQL must not stop a
+/// statement before the deadline has passed here, or its error would not be
+/// classified as the deadline's ([`passed`]) and the client would get a 500 instead
+/// of 400 `too-costly`. Truncating 1,234.9 ms to 1,234 did exactly that, now and then.
+fn timeout_millis(left: Duration) -> u128 {
+    left.as_nanos().div_ceil(1_000_000) + 1
 }
 
 /// Virtual-machine steps between two looks at the clock (a look costs tens of
@@ -148,4 +157,37 @@ unsafe extern "C" fn register(
 /// passed or the request was cancelled.
 extern "C" fn progress(_: *mut std::os::raw::c_void) -> std::os::raw::c_int {
     std::os::raw::c_int::from(passed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_stops_a_statement_only_after_the_deadline() {
+        for (left, expected) in [
+            (Duration::from_nanos(1_234_900_000), 1_236),
+            (Duration::from_millis(1_234), 1_235),
+            (Duration::from_nanos(1), 2),
+            (Duration::ZERO, 1),
+        ] {
+            let ms = timeout_millis(left);
+            assert_eq!(ms, expected, "{left:?}");
+            assert!(
+                Duration::from_millis(ms as u64) > left,
+                "{left:?} -> {ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_statement_gets_what_is_left() {
+        let budget = Duration::from_millis(1_500);
+        let _g = Guard::new(Some(budget));
+        // Less than `spent` used: the session's timeout (the whole budget) applies.
+        assert_eq!(statement_timeout_after(Duration::from_secs(1)), None);
+        std::thread::sleep(Duration::from_millis(20));
+        let ms = statement_timeout_after(Duration::from_millis(10)).expect("spent");
+        assert!((1..=1_481).contains(&ms), "{ms}");
+    }
 }

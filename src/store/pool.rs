@@ -465,14 +465,11 @@ impl DbPool {
         conn.transaction(|c| {
             // A write that starts late in its request gets what is left of the
             // budget (the session's statement_timeout is the whole budget).
-            if let (AnyConn::Pg(_), Some(left)) = (
+            if let (AnyConn::Pg(_), Some(ms)) = (
                 &*c,
-                super::deadline::remaining_after(Duration::from_secs(1)),
+                super::deadline::statement_timeout_after(Duration::from_secs(1)),
             ) {
-                c.batch(&format!(
-                    "SET LOCAL statement_timeout = {}",
-                    left.as_millis().max(1)
-                ))?;
+                c.batch(&format!("SET LOCAL statement_timeout = {ms}"))?;
             }
             body(c)
         })
@@ -495,16 +492,13 @@ impl DbPool {
         // search's count or includes after its page) runs in a transaction limited
         // to what is left of the budget (`SET LOCAL` ends with it, so the pooled
         // connection keeps the whole budget for the next request).
-        if let (Pooled::Pg(c), Some(left)) = (
+        if let (Pooled::Pg(c), Some(ms)) = (
             &mut conn.conn,
-            super::deadline::remaining_after(Duration::from_secs(1)),
+            super::deadline::statement_timeout_after(Duration::from_secs(1)),
         ) {
             return diesel::Connection::transaction(&mut c.conn, |c| {
                 let mut any = AnyConn::Pg(c);
-                any.batch(&format!(
-                    "SET LOCAL statement_timeout = {}",
-                    left.as_millis().max(1)
-                ))?;
+                any.batch(&format!("SET LOCAL statement_timeout = {ms}"))?;
                 body(&mut any)
             });
         }
