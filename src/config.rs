@@ -26,6 +26,7 @@ pub struct Settings {
     pub validation: ValidationSettings,
     pub bundle: BundleSettings,
     pub ratelimit: RateLimitSettings,
+    pub subscriptions: SubscriptionSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,6 +342,47 @@ impl Default for AuditSettings {
             checkpoint_file: None,
             verify_interval_secs: 3600,
             retention_days: MIN_AUDIT_RETENTION_DAYS,
+        }
+    }
+}
+
+/// FHIR Subscriptions (DESIGN section 13).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionSettings {
+    /// Subscriptions are accepted and delivered; off: a Subscription is refused
+    /// (422) and this node delivers nothing.
+    pub enabled: bool,
+    /// Endpoints may be `http` (and full-resource payloads go over it): for
+    /// development only.
+    pub allow_http: bool,
+    /// Host names or IP addresses that may be private, loopback or link-local
+    /// (matched exactly against the endpoint's host and each address it
+    /// resolves to).
+    pub allowed_hosts: Vec<String>,
+    /// Hours a failing endpoint is retried before the subscription's status
+    /// becomes `error`.
+    pub retry_hours: u64,
+    /// Milliseconds before the first retry of a failed delivery (at most 5,000:
+    /// DESIGN section 13); the wait then doubles up to 10 minutes.
+    pub first_retry_ms: u64,
+    /// Seconds one delivery may take (connect, send, answer).
+    pub delivery_timeout_secs: u64,
+    /// Milliseconds between the delivery worker's looks at the outbox when
+    /// nothing woke it (a write on this node wakes it at once).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        SubscriptionSettings {
+            enabled: true,
+            allow_http: false,
+            allowed_hosts: Vec::new(),
+            retry_hours: 24,
+            first_retry_ms: 5000,
+            delivery_timeout_secs: 10,
+            poll_interval_ms: 500,
         }
     }
 }

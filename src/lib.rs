@@ -18,6 +18,7 @@ pub mod patch;
 pub mod search;
 pub mod startup;
 pub mod store;
+pub mod subscription;
 pub mod telemetry;
 pub mod terminology;
 pub mod validation;

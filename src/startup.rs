@@ -262,6 +262,8 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         settings, &model, &validator, &base_url, &store,
     )?);
     crate::search::reindex::start(&store, &search);
+    crate::subscription::install(&store, &search);
+    crate::subscription::worker::start(&store, &search, &audit, &settings.subscriptions, &base_url);
     crate::search::audit_index::start(
         &store,
         &search,
@@ -378,7 +380,10 @@ pub fn import(
     let base_url = settings.base_url();
     let validator = build_validator(settings, &model)?;
     let gate = crate::validation::WriteGate::new(validator.clone(), settings.validation.clone());
-    let search = search_engine(settings, &model, &validator, &base_url, &store)?;
+    let search = Arc::new(search_engine(
+        settings, &model, &validator, &base_url, &store,
+    )?);
+    crate::subscription::install(&store, &search);
     let audit = AuditWriter::start(
         store.clone(),
         base_url.clone(),
@@ -397,6 +402,7 @@ pub fn import(
         ctx: &ctx,
         base_url: &base_url,
         return_bodies: false,
+        subscriptions: &settings.subscriptions,
     };
     Ok(crate::bulk::import(&env, options, report)?)
 }

@@ -47,6 +47,76 @@ pub struct AccessContext {
     pub grant: Grant,
 }
 
+/// Who owns something that acts later on their behalf (a Subscription): what is
+/// kept of an [`AccessContext`] so the same grant can be compiled again (SMART
+/// scopes come and go with tokens; a subscription notifies what its creator
+/// could search when it was written).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub client_id: Option<String>,
+    pub user: Option<String>,
+    pub subject: Option<String>,
+    /// `Grant::Open` (development mode, the command line, `system/*`).
+    pub open: bool,
+    pub operator: bool,
+    pub permissions: Vec<OwnedPermission>,
+    pub patient: Option<String>,
+}
+
+/// A [`Permission`] as an [`Owner`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnedPermission {
+    /// `patient`, `user` or `system`.
+    pub level: String,
+    pub resource_type: Option<String>,
+    /// The action letters (`cruds`).
+    pub actions: String,
+    pub query: Option<String>,
+}
+
+impl Owner {
+    /// The owner's grant again, compiled with the search engine; an owner whose
+    /// permissions no longer compile gets nothing (deny by default).
+    pub fn context(&self, engine: &crate::search::SearchEngine, request_id: &str) -> AccessContext {
+        let grant = if self.open {
+            Grant::Open
+        } else {
+            let permissions: Vec<Permission> = self
+                .permissions
+                .iter()
+                .filter_map(|p| {
+                    Some(Permission {
+                        level: match p.level.as_str() {
+                            "patient" => Level::Patient,
+                            "user" => Level::User,
+                            "system" => Level::System,
+                            _ => return None,
+                        },
+                        resource_type: p.resource_type.clone(),
+                        actions: Actions::parse_v2(&p.actions)?,
+                        query: p.query.clone(),
+                    })
+                })
+                .collect();
+            match Grant::compile(&permissions, self.patient.as_deref(), engine) {
+                Ok(g) if self.operator => g.with_operator(),
+                Ok(g) => g,
+                Err(_) => Grant::Restricted(std::sync::Arc::new(grant::Rules::default())),
+            }
+        };
+        AccessContext {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            subject: self.subject.clone(),
+            token_id: None,
+            purpose_of_use: None,
+            remote_addr: None,
+            request_id: request_id.to_string(),
+            grant,
+        }
+    }
+}
+
 /// A purpose of use (v3 ActReason), e.g. `BTG` for break-glass access.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurposeOfUse {
@@ -78,6 +148,42 @@ impl AccessContext {
             remote_addr,
             request_id: request_id.into(),
             grant: Grant::Open,
+        }
+    }
+
+    /// What is kept of this caller for work done later on its behalf.
+    pub fn owner(&self) -> Owner {
+        let (open, operator, permissions, patient) = match &self.grant {
+            Grant::Open => (true, true, Vec::new(), None),
+            Grant::Restricted(rules) => (
+                false,
+                rules.operator,
+                rules
+                    .permissions
+                    .iter()
+                    .map(|p| OwnedPermission {
+                        level: match p.level {
+                            Level::Patient => "patient",
+                            Level::User => "user",
+                            Level::System => "system",
+                        }
+                        .to_string(),
+                        resource_type: p.resource_type.clone(),
+                        actions: p.actions.to_string(),
+                        query: p.query.clone(),
+                    })
+                    .collect(),
+                rules.patient.clone(),
+            ),
+        };
+        Owner {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            subject: self.subject.clone(),
+            open,
+            operator,
+            permissions,
+            patient,
         }
     }
 

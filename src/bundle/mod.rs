@@ -274,6 +274,8 @@ pub struct Env<'a> {
     pub base_url: &'a str,
     /// Put each stored resource into its entry's result (`Prefer: return=representation`).
     pub return_bodies: bool,
+    /// What a Subscription written must satisfy (`subscriptions.*`).
+    pub subscriptions: &'a crate::config::SubscriptionSettings,
 }
 
 /// Work done inside a transaction besides the entries' writes, committed with them
@@ -287,6 +289,7 @@ pub struct EntryChecks<'a> {
     pub model: &'a Model,
     pub gate: &'a crate::validation::WriteGate,
     pub search: &'a SearchEngine,
+    pub subscriptions: &'a crate::config::SubscriptionSettings,
 }
 
 impl<'a> Env<'a> {
@@ -295,6 +298,7 @@ impl<'a> Env<'a> {
             model: self.model,
             gate: self.gate,
             search: self.search,
+            subscriptions: self.subscriptions,
         }
     }
 }
@@ -309,8 +313,12 @@ pub fn validate_entry(checks: EntryChecks<'_>, resource: &Value, location: &str)
     if crate::fhir::outcome::has_errors(&issues) {
         return issues;
     }
-    if resource.get("resourceType").and_then(Value::as_str) == Some("SearchParameter") {
-        issues.extend(checks.search.check_search_parameter(resource));
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("SearchParameter") => issues.extend(checks.search.check_search_parameter(resource)),
+        Some(crate::subscription::rules::RESOURCE_TYPE) => issues.extend(
+            crate::subscription::rules::check(resource, checks.search, checks.subscriptions),
+        ),
+        _ => {}
     }
     issues.extend(checks.gate.check(resource, Some(location)));
     issues

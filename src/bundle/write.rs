@@ -45,6 +45,9 @@ pub(super) fn prepare(
         if let Some(o) = resource.as_object_mut() {
             o.insert("id".into(), Value::String(id.clone()));
         }
+        if w.resource_type == crate::subscription::rules::RESOURCE_TYPE {
+            crate::subscription::rules::activate(&mut resource);
+        }
         let location = w.entry.origin.resource_location(&w.resource_type);
         match rewrite(
             env,
@@ -231,7 +234,10 @@ impl<'a> Version<'a> {
             prepare: callbacks.0.as_ref(),
             audit: callbacks.1.as_ref(),
             index: self.index,
-            effects: env.search.write_effects(self.rt),
+            effects: crate::store::Effects {
+                subscription: crate::subscription::rules::effect(self.rt, self.resource),
+                ..env.search.write_effects(self.rt)
+            },
         }
     }
 }

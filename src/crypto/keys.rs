@@ -229,6 +229,17 @@ impl Keyring {
         Ok(i64::from_be_bytes(first))
     }
 
+    /// A secret derived from the index key for `label` (a subscription's HMAC
+    /// key): 32 bytes, base64url. The label is domain-separated from every blind
+    /// index value, so a secret never equals an index value and reveals nothing
+    /// of the key.
+    pub fn derive_secret(&self, label: &str) -> Result<String, KeyError> {
+        let mut mac = self.index_mac.clone().ok_or(KeyError::UnknownDataKey(0))?;
+        mac.update(b"fhirgate:derived-secret\0");
+        mac.update(label.as_bytes());
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
     /// Seals a page cursor (it may hold values of the query and sort keys).
     pub fn seal_cursor(&self, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         let k = self

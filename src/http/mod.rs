@@ -21,6 +21,7 @@ pub mod patch;
 pub mod reindex;
 pub mod resources;
 pub mod search;
+pub mod subscriptions;
 pub mod validate;
 pub mod write;
 
@@ -83,6 +84,7 @@ impl AppState {
             ctx,
             base_url: &self.base_url,
             return_bodies,
+            subscriptions: &self.settings.subscriptions,
         }
     }
 }
@@ -112,6 +114,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     fhir_resource("/Patient/{id}/$disclosures")
                         .route(web::get().to(disclosures::get)),
+                )
+                .service(
+                    fhir_resource("/Subscription/{id}/$events")
+                        .route(web::get().to(subscriptions::events)),
                 )
                 .service(fhir_resource("/$reindex").route(web::post().to(reindex::all)))
                 .service(fhir_resource("/$reindex/{job}").route(web::get().to(reindex::status)))

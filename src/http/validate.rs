@@ -24,11 +24,17 @@ pub fn check_write(
     resource_type: &str,
     resource: &Value,
 ) -> Result<(), ApiError> {
-    if resource_type == "SearchParameter" {
-        let issues = state.search.check_search_parameter(resource);
-        if !issues.is_empty() {
-            return Err(ApiError::Unprocessable(issues));
-        }
+    let issues = match resource_type {
+        "SearchParameter" => state.search.check_search_parameter(resource),
+        crate::subscription::rules::RESOURCE_TYPE => crate::subscription::rules::check(
+            resource,
+            &state.search,
+            &state.settings.subscriptions,
+        ),
+        _ => Vec::new(),
+    };
+    if !issues.is_empty() {
+        return Err(ApiError::Unprocessable(issues));
     }
     let issues = state.gate.check(resource, None);
     if outcome::has_errors(&issues) {

@@ -136,7 +136,15 @@ pub(super) fn reply(state: &AppState, req: &HttpRequest, done: Done) -> Result<R
                     "{resource_type}/{id} version {version} stored"
                 ))),
             };
-            let reply = version_headers(Reply::new(status, body), version, last_updated);
+            let mut reply = version_headers(Reply::new(status, body), version, last_updated);
+            // A new Subscription's secret, shown this once (DESIGN section 13).
+            if created && resource_type == crate::subscription::rules::RESOURCE_TYPE {
+                let secret = state.store.subscription_secret_of(&id, version)?;
+                reply = reply.header(
+                    header::HeaderName::from_static("x-fhirgate-subscription-secret"),
+                    secret,
+                );
+            }
             Ok(if created {
                 reply.header(header::LOCATION, location)
             } else {

@@ -184,6 +184,7 @@ impl SearchEngine {
     pub fn write_effects(&self, resource_type: &str) -> crate::store::Effects {
         crate::store::Effects {
             registers_search_param: resource_type == "SearchParameter",
+            subscription: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod read;
 mod render;
 mod share;
 mod sql;
+mod subscriptions;
 mod tables;
 mod txn;
 mod write;
@@ -51,6 +52,9 @@ pub use query::{
 };
 pub use read::{HistoryRow, HistoryScope, StoredVersion, WriteMethod};
 pub use share::{Full, ShareSizes, ShareState, Work, WorkGuard};
+pub use subscriptions::{
+    Attempt, CompileCriteria, Criteria, DeliveryRow, EventRow, Registered, SubscriptionEffect,
+};
 pub use txn::{Lookup, Txn, TxnError};
 pub use write::{AuditOf, Effects, Prepare, WriteKind, WriteRequest, WriteResult};
 
@@ -228,6 +232,8 @@ pub struct Store {
     keyring: Arc<RwLock<Option<Arc<Keyring>>>>,
     /// The budget of one request's store work ([`Store::call`]); None: unbounded.
     request_timeout: Option<Duration>,
+    /// This node's compiled subscription criteria (store::subscriptions).
+    subscriptions: Arc<subscriptions::Registry>,
 }
 
 /// A handle that does not keep the store alive (background workers).
@@ -238,6 +244,7 @@ pub struct WeakStore {
     backend: Backend,
     keyring: std::sync::Weak<RwLock<Option<Arc<Keyring>>>>,
     request_timeout: Option<Duration>,
+    subscriptions: std::sync::Weak<subscriptions::Registry>,
 }
 
 impl WeakStore {
@@ -248,6 +255,7 @@ impl WeakStore {
             backend: self.backend,
             keyring: self.keyring.upgrade()?,
             request_timeout: self.request_timeout,
+            subscriptions: self.subscriptions.upgrade()?,
         })
     }
 }
@@ -284,6 +292,7 @@ impl Store {
             backend: pools.backend,
             keyring: Arc::new(RwLock::new(None)),
             request_timeout,
+            subscriptions: Arc::new(subscriptions::Registry::default()),
         })
     }
 
@@ -303,6 +312,7 @@ impl Store {
             backend: self.backend,
             keyring: Arc::downgrade(&self.keyring),
             request_timeout: self.request_timeout,
+            subscriptions: Arc::downgrade(&self.subscriptions),
         }
     }
 
@@ -829,7 +839,7 @@ impl Store {
         body: &mut dyn FnMut(&mut dyn Txn) -> Result<R, E>,
     ) -> Result<R, E> {
         let ring = self.keyring()?;
-        txn::transaction(&self.pool, &ring, ctx, body)
+        txn::transaction(&self.pool, &ring, ctx, &self.subscriptions, body)
     }
 
     /// Runs `body` on a connection outside any transaction (reads only), for `ctx`.
@@ -839,7 +849,7 @@ impl Store {
         body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let ring = self.keyring()?;
-        txn::lookup(&self.pool, &ring, ctx, body)
+        txn::lookup(&self.pool, &ring, ctx, &self.subscriptions, body)
     }
 
     /// One new resource with a server-assigned id, written on its own: its rows
@@ -857,15 +867,34 @@ impl Store {
             write::Planned::Write(rows) => *rows,
             write::Planned::Unchanged(r) => return Ok(r),
         };
-        if self.backend == Backend::Postgres && write::alone_is_possible(ctx, &rows) {
-            return self.pool.read(|c| write::apply_alone(c, rows));
-        }
         let mut rows = Some(rows);
+        if self.backend == Backend::Postgres
+            && rows
+                .as_ref()
+                .is_some_and(|r| write::alone_is_possible(ctx, r))
+        {
+            // Alone only when no subscription could be told of it (the
+            // generation is read first, as a transaction would).
+            let subs = &self.subscriptions;
+            let alone = self.pool.read(|c| {
+                if !subs.none_for(c, &ring, req.resource_type)? {
+                    return Ok(None);
+                }
+                let r = rows
+                    .take()
+                    .ok_or(StoreError::Internal("a create ran twice"))?;
+                write::apply_alone(c, r).map(Some)
+            })?;
+            if let Some(done) = alone {
+                return Ok(done);
+            }
+        }
+        let subs = &self.subscriptions;
         let mut written = self.pool.write(|c| {
             let rows = rows
                 .take()
                 .ok_or(StoreError::Internal("a create ran twice"))?;
-            write::apply(c, &ring, ctx, vec![rows])
+            write::apply(c, &ring, ctx, subs, vec![rows])
         })?;
         written
             .pop()

@@ -19,6 +19,7 @@ use super::audit_log::{self, AuditRow};
 use super::conn::AnyConn;
 use super::pool::DbPool;
 use super::read::{condition_matches, version};
+use super::subscriptions::Registry;
 use super::write::{apply, current_row, rows_of, Planned, WriteKind};
 use super::{Condition, StoreError, StoredVersion, WriteRequest, WriteResult};
 use crate::access::{AccessContext, Action};
@@ -108,6 +109,7 @@ struct On<'a, 'c> {
     c: &'a mut AnyConn<'c>,
     ring: &'a Keyring,
     ctx: &'a AccessContext,
+    subs: &'a Registry,
 }
 
 impl Lookup for On<'_, '_> {
@@ -199,7 +201,7 @@ impl Txn for On<'_, '_> {
         )? {
             Planned::Unchanged(r) => Ok(r),
             Planned::Write(rows) => {
-                let mut written = apply(self.c, self.ring, self.ctx, vec![*rows])?;
+                let mut written = apply(self.c, self.ring, self.ctx, self.subs, vec![*rows])?;
                 written.pop().ok_or(StoreError::Contention)
             }
         }
@@ -217,7 +219,7 @@ impl Txn for On<'_, '_> {
                 Planned::Unchanged(_) => return Err(StoreError::Contention),
             }
         }
-        apply(self.c, self.ring, self.ctx, rows)
+        apply(self.c, self.ring, self.ctx, self.subs, rows)
     }
 
     fn existing(
@@ -324,12 +326,13 @@ pub(super) fn transaction<R, E: TxnError>(
     pool: &DbPool,
     ring: &Keyring,
     ctx: &AccessContext,
+    subs: &Registry,
     body: &mut dyn FnMut(&mut dyn Txn) -> Result<R, E>,
 ) -> Result<R, E> {
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
         let outcome: Result<R, Stop<E>> = pool.write(|c| {
-            let mut t = On { c, ring, ctx };
+            let mut t = On { c, ring, ctx, subs };
             body(&mut t).map_err(Stop::Caller)
         });
         match outcome {
@@ -352,10 +355,11 @@ pub(super) fn lookup<R>(
     pool: &DbPool,
     ring: &Keyring,
     ctx: &AccessContext,
+    subs: &Registry,
     body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
     pool.read(|c| {
-        let mut t = On { c, ring, ctx };
+        let mut t = On { c, ring, ctx, subs };
         body(&mut t)
     })
 }

@@ -29,6 +29,7 @@ use super::conn::AnyConn;
 use super::index::{self, Blinded, IndexRows};
 use super::read::{aad, count_visible, WriteMethod};
 use super::sql::Bind;
+use super::subscriptions::{self, Registry, SubscriptionEffect};
 use super::StoreError;
 use crate::access::{AccessContext, Action};
 use crate::crypto::Keyring;
@@ -53,10 +54,13 @@ pub type AuditOf<'a> = dyn Fn(&WriteResult) -> Result<AuditRow, StoreError> + 'a
 /// What else a write changes in the database, declared by the module that owns
 /// the behaviour (the search module for SearchParameters), so the store never
 /// decides by a resource type's name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effects {
     /// A SearchParameter: pending until reindexed; every node reloads its registry.
     pub registers_search_param: bool,
+    /// A Subscription: its delivery row is made, changed or (on delete) removed,
+    /// and every node reloads its criteria (store::subscriptions).
+    pub subscription: Option<SubscriptionEffect>,
 }
 
 pub struct WriteRequest<'a> {
@@ -265,7 +269,7 @@ pub(crate) fn rows_of(
         sealed,
         index,
         audit,
-        effects: req.effects,
+        effects: req.effects.clone(),
     })))
 }
 
@@ -337,11 +341,27 @@ pub(crate) fn apply(
     c: &mut AnyConn,
     ring: &Keyring,
     ctx: &AccessContext,
+    subs: &Registry,
     mut rows: Vec<VersionRows>,
 ) -> Result<Vec<WriteResult>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // A delete notifies the subscriptions the resource matched before it: its
+    // index rows are gone once the current row moves.
+    let removed: Vec<(&str, &str, i64, &'static str)> = rows
+        .iter()
+        .filter(|v| v.deleted && v.replaces.is_some_and(|r| !r.deleted))
+        .map(|v| {
+            (
+                v.resource_type.as_str(),
+                v.id.as_str(),
+                v.result.version,
+                "delete",
+            )
+        })
+        .collect();
+    let mut notifications = subs.matches(c, ring, &removed)?;
     // Bodies are a few kB each: chunks keep a statement to a few MB.
     for chunk in rows.chunks_mut(200) {
         let mut sql = c.sql();
@@ -413,8 +433,38 @@ pub(crate) fn apply(
         .map(|v| (v.result.rid, &v.index))
         .collect();
     index::insert(c, &with_index)?;
+    let live: Vec<(&str, &str, i64, &'static str)> = rows
+        .iter()
+        .filter(|v| !v.deleted)
+        .map(|v| {
+            let action = if v.result.created { "create" } else { "update" };
+            (
+                v.resource_type.as_str(),
+                v.id.as_str(),
+                v.result.version,
+                action,
+            )
+        })
+        .collect();
+    notifications.extend(subs.matches(c, ring, &live)?);
+    if !notifications.is_empty() {
+        subscriptions::store_notifications(c, &notifications, crate::fhir::now_micros())?;
+    }
     for v in rows.iter().filter(|v| v.effects.registers_search_param) {
         super::jobs::register_search_param(c, &v.id, v.result.version, v.deleted)?;
+    }
+    for v in &rows {
+        if let Some(effect) = &v.effects.subscription {
+            subscriptions::register(
+                c,
+                ring,
+                ctx,
+                &v.resource_type,
+                &v.id,
+                v.result.version,
+                (!v.deleted).then_some(effect),
+            )?;
+        }
     }
     let audits: Vec<SealedAudit> = rows.iter().map(|v| v.audit.clone()).collect();
     audit_log::append(c, &audits)?;

@@ -45,7 +45,7 @@ async fn all_events(app: &TestApp) -> Vec<Value> {
 
 /// Validates every AuditEvent against every profile it claims (named explicitly,
 /// so an unknown profile is an error, not a warning); returns the events.
-async fn validate_all(app: &TestApp) -> Vec<Value> {
+pub(crate) async fn validate_all(app: &TestApp) -> Vec<Value> {
     let events = all_events(app).await;
     assert!(!events.is_empty());
     let mut failures = Vec::new();

@@ -46,6 +46,7 @@ mod search_us_core;
 mod shutdown;
 mod smart_auth;
 mod startup;
+mod subscriptions;
 mod synthetic;
 mod tidy;
 mod validation_examples;

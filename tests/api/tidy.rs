@@ -91,7 +91,12 @@ fn the_store_writes_through_one_path_and_one_audit_sink() {
                 "{name} writes AuditEvent rows outside the audit sink"
             );
         }
-        for type_name in ["\"AuditEvent\"", "\"SearchParameter\"", "\"Patient\""] {
+        for type_name in [
+            "\"AuditEvent\"",
+            "\"SearchParameter\"",
+            "\"Patient\"",
+            "\"Subscription\"",
+        ] {
             let code: String = text
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("//"))

@@ -1,0 +1,4 @@
+DROP TABLE subscription_attempts;
+DROP TABLE subscription_events;
+DROP TABLE subscription_state;
+DROP TABLE subscriptions;

@@ -1,0 +1,722 @@
+//! The store's side of FHIR Subscriptions (issue 15): the rows beside each
+//! Subscription resource (`subscriptions`: status, owner, event counter, the
+//! delivery lease and retry schedule), the notifications (`subscription_events`),
+//! the record of every delivery attempt (`subscription_attempts`), and the
+//! matching of a write against every active subscription **inside the write's
+//! transaction** ([`Registry::notify`], called by `write::apply`), so a committed
+//! change always has its notification and a rolled-back one never does.
+//!
+//! What a criteria string means is the subscription module's (it compiles them
+//! with the search engine into [`Criteria`], through [`CompileCriteria`]); the
+//! store evaluates the compiled filters in SQL on the rows just written, narrowed
+//! to what the subscription's owner may read, so a notification never reports
+//! what its owner could not search. Each node keeps the compiled criteria in
+//! memory and reloads them when `subscription_state.generation` moved (every write
+//! of a Subscription moves it, in its own transaction).
+//!
+//! Architecture invariant: nothing here decides by a resource type's name; the
+//! rows of a Subscription are written because its writer declared the effect.
+
+use std::sync::{Arc, OnceLock};
+
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+use diesel::QueryableByName;
+use parking_lot::Mutex;
+
+use super::conn::AnyConn;
+use super::query::{self, Filter, Query};
+use super::read::version;
+use super::sql::Bind;
+use super::{StoreError, Verify};
+use crate::access::{AccessContext, Action};
+use crate::crypto::Keyring;
+
+/// A subscription's criteria as the subscription module compiled them.
+pub struct Criteria {
+    pub subscription_id: String,
+    /// The type the criteria search (`Observation?...`).
+    pub resource_type: String,
+    /// The search's filters (ANDed).
+    pub filters: Vec<Filter>,
+    /// What the blind index only approximates, decided on the decrypted body.
+    pub verify: Option<Arc<Verify>>,
+    /// The subscription's owner: what it may search is what it hears of.
+    pub owner: AccessContext,
+    /// `Subscription.end` (Unix microseconds): no notification after it.
+    pub end: Option<i64>,
+}
+
+/// What writing a Subscription resource changes besides its version, declared by
+/// the subscription module (`Effects::subscription`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEffect {
+    /// The type its criteria search.
+    pub criteria_type: String,
+    /// `rest-hook` or `websocket`.
+    pub channel: String,
+    /// The resource's status as stored (`active`, `off`, `error`, `requested`).
+    pub status: String,
+}
+
+/// A registered Subscription for compiling: its id, current body and its owner
+/// as recorded at its last write (the JSON of [`crate::access::Owner`]).
+pub struct Registered {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub owner: Vec<u8>,
+}
+
+/// Compiles registered Subscriptions into criteria (the subscription module).
+/// A Subscription whose criteria no longer compile (a SearchParameter removed)
+/// is left out, with a warning in the log.
+pub trait CompileCriteria: Send + Sync {
+    fn compile(&self, registered: Vec<Registered>) -> Vec<Criteria>;
+}
+
+/// One notification to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub subscription_id: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version: i64,
+    /// `create`, `update` or `delete`.
+    pub action: &'static str,
+}
+
+/// A stored notification.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct EventRow {
+    #[diesel(sql_type = BigInt)]
+    pub event_number: i64,
+    #[diesel(sql_type = Text)]
+    pub resource_type: String,
+    #[diesel(sql_type = Text)]
+    pub resource_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version_id: i64,
+    #[diesel(sql_type = Text)]
+    pub action: String,
+    /// Unix microseconds of the change.
+    #[diesel(sql_type = BigInt)]
+    pub recorded: i64,
+}
+
+/// The delivery state of one subscription.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DeliveryRow {
+    #[diesel(sql_type = Text)]
+    pub subscription_id: String,
+    #[diesel(sql_type = Text)]
+    pub channel: String,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = BigInt)]
+    pub created_version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_event: i64,
+    #[diesel(sql_type = BigInt)]
+    pub delivered: i64,
+    #[diesel(sql_type = BigInt)]
+    pub attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    pub next_attempt: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub failing_since: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+}
+
+const DELIVERY_COLUMNS: &str = "subscription_id, channel, status, created_version, last_event, \
+     delivered, attempts, next_attempt, failing_since, error";
+
+/// Each node's compiled criteria, reloaded when the database's generation moved.
+#[derive(Default)]
+pub struct Registry {
+    compiler: OnceLock<Arc<dyn CompileCriteria>>,
+    loaded: Mutex<Option<(i64, Arc<Vec<Criteria>>)>>,
+    /// Notifications were stored since the last look (the caller wakes the
+    /// delivery worker after its commit).
+    notified: std::sync::atomic::AtomicBool,
+}
+
+#[derive(QueryableByName)]
+struct Generation {
+    #[diesel(sql_type = BigInt)]
+    generation: i64,
+}
+
+#[derive(QueryableByName)]
+struct OwnerLine {
+    #[diesel(sql_type = Text)]
+    subscription_id: String,
+    #[diesel(sql_type = Text)]
+    resource_type: String,
+    #[diesel(sql_type = BigInt)]
+    key_id: i64,
+    #[diesel(sql_type = Binary)]
+    owner: Vec<u8>,
+}
+
+#[derive(QueryableByName)]
+struct LastEvent {
+    #[diesel(sql_type = BigInt)]
+    last_event: i64,
+}
+
+/// The associated data of a subscription's sealed owner: it opens only in its row.
+fn owner_aad(id: &str) -> Vec<u8> {
+    format!("subscription-owner/{id}").into_bytes()
+}
+
+impl Registry {
+    /// Sets the compiler (once, at start-up); without one, nothing is matched.
+    pub fn set_compiler(&self, compiler: Arc<dyn CompileCriteria>) {
+        let _ = self.compiler.set(compiler);
+    }
+
+    /// The compiled criteria as of the database's generation (read on `c`, so a
+    /// write transaction matches against the subscriptions it sees).
+    fn current(&self, c: &mut AnyConn, ring: &Keyring) -> Result<Arc<Vec<Criteria>>, StoreError> {
+        let Some(compiler) = self.compiler.get() else {
+            return Ok(Arc::new(Vec::new()));
+        };
+        let mut sql = c.sql();
+        sql.push("SELECT generation FROM subscription_state WHERE id = 1");
+        let generation = c
+            .load::<Generation>(sql)?
+            .first()
+            .map_or(0, |g| g.generation);
+        if let Some((g, criteria)) = self.loaded.lock().as_ref() {
+            if *g == generation {
+                return Ok(criteria.clone());
+            }
+        }
+        let mut sql = c.sql();
+        sql.push(
+            "SELECT subscription_id, resource_type, key_id, owner FROM subscriptions \
+             WHERE status = 'active' ORDER BY subscription_id",
+        );
+        let mut registered = Vec::new();
+        let system = AccessContext::system();
+        for line in c.load::<OwnerLine>(sql)? {
+            let owner =
+                ring.open_box(line.key_id, &line.owner, &owner_aad(&line.subscription_id))?;
+            let Some(current) = version(
+                c,
+                ring,
+                &system,
+                Action::Read,
+                &line.resource_type,
+                &line.subscription_id,
+                None,
+            )?
+            else {
+                continue;
+            };
+            if current.deleted {
+                continue;
+            }
+            registered.push(Registered {
+                id: line.subscription_id,
+                body: current.body,
+                owner,
+            });
+        }
+        let criteria = Arc::new(compiler.compile(registered));
+        *self.loaded.lock() = Some((generation, criteria.clone()));
+        Ok(criteria)
+    }
+
+    /// True when no active subscription searches `resource_type` as of the
+    /// database's generation read on `c`.
+    pub(crate) fn none_for(
+        &self,
+        c: &mut AnyConn,
+        ring: &Keyring,
+        resource_type: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(!self
+            .current(c, ring)?
+            .iter()
+            .any(|s| s.resource_type == resource_type))
+    }
+
+    /// The notifications of versions just written (`written`: type, id, version,
+    /// action; their index rows are the ones to match, so call it before a
+    /// delete removes them and after a create or update wrote them).
+    pub(crate) fn matches(
+        &self,
+        c: &mut AnyConn,
+        ring: &Keyring,
+        written: &[(&str, &str, i64, &'static str)],
+    ) -> Result<Vec<Notification>, StoreError> {
+        if written.is_empty() {
+            return Ok(Vec::new());
+        }
+        let criteria = self.current(c, ring)?;
+        let now = crate::fhir::now_micros();
+        let mut out = Vec::new();
+        for s in criteria
+            .iter()
+            .filter(|s| s.end.is_none_or(|end| now < end))
+        {
+            let of_type: Vec<&(&str, &str, i64, &str)> =
+                written.iter().filter(|w| w.0 == s.resource_type).collect();
+            if of_type.is_empty() {
+                continue;
+            }
+            let mut filters = s.filters.clone();
+            filters.push(Filter::Ids(
+                of_type.iter().map(|w| w.1.to_string()).collect(),
+            ));
+            let q = Query {
+                types: Some(vec![s.resource_type.clone()]),
+                filters,
+                limit: of_type.len(),
+                ..Query::default()
+            };
+            let ids: Vec<String> = match &s.verify {
+                None => query::run_ids(c, ring, &s.owner, &q)?
+                    .into_iter()
+                    .map(|(_, id)| id)
+                    .collect(),
+                Some(verify) => query::run_page(c, ring, &s.owner, &q)?
+                    .into_iter()
+                    .filter(|h| verify(&h.version))
+                    .map(|h| h.version.id)
+                    .collect(),
+            };
+            for w in of_type {
+                if ids.iter().any(|id| id == w.1) {
+                    out.push(Notification {
+                        subscription_id: s.subscription_id.clone(),
+                        resource_type: w.0.to_string(),
+                        resource_id: w.1.to_string(),
+                        version: w.2,
+                        action: w.3,
+                    });
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.notified
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(out)
+    }
+}
+
+/// Stores notifications with the next event numbers of their subscriptions (in
+/// the caller's transaction: the counter's row stays locked until commit, so
+/// numbers follow commit order per subscription).
+pub(crate) fn store_notifications(
+    c: &mut AnyConn,
+    notifications: &[Notification],
+    recorded: i64,
+) -> Result<(), StoreError> {
+    let mut by_subscription: std::collections::BTreeMap<&str, Vec<&Notification>> =
+        Default::default();
+    for n in notifications {
+        by_subscription
+            .entry(n.subscription_id.as_str())
+            .or_default()
+            .push(n);
+    }
+    for (id, ns) in by_subscription {
+        let mut sql = c.sql();
+        sql.push("UPDATE subscriptions SET last_event = last_event + ")
+            .i64(ns.len() as i64)
+            .push(" WHERE subscription_id = ")
+            .text(id)
+            .push(" RETURNING last_event");
+        let Some(last) = c.load::<LastEvent>(sql)?.first().map(|l| l.last_event) else {
+            // Deleted in this very transaction: nothing to tell.
+            continue;
+        };
+        let first = last - ns.len() as i64 + 1;
+        let mut sql = c.sql();
+        sql.push(
+            "INSERT INTO subscription_events (subscription_id, event_number, resource_type, \
+             resource_id, version_id, action, recorded) VALUES ",
+        );
+        for (i, n) in ns.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push("(")
+                .text(id)
+                .push(", ")
+                .i64(first + i as i64)
+                .push(", ")
+                .text(&n.resource_type)
+                .push(", ")
+                .text(&n.resource_id)
+                .push(", ")
+                .i64(n.version)
+                .push(", ")
+                .text(n.action)
+                .push(", ")
+                .i64(recorded)
+                .push(")");
+        }
+        c.execute(sql)?;
+    }
+    Ok(())
+}
+
+/// Records a write of a Subscription resource (in its transaction): its row is
+/// made on creation (with `created_version`, from which its secret is derived),
+/// changed on update (a return to `active` starts its retries afresh), and removed
+/// with its events on delete; every node reloads its criteria.
+pub(crate) fn register(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    owner: &AccessContext,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    effect: Option<&SubscriptionEffect>,
+) -> Result<(), StoreError> {
+    match effect {
+        None => {
+            for table in ["subscription_events", "subscriptions"] {
+                let mut sql = c.sql();
+                sql.push(&format!("DELETE FROM {table} WHERE subscription_id = "))
+                    .text(id);
+                c.execute(sql)?;
+            }
+        }
+        Some(e) => {
+            let owner_json = serde_json::to_vec(&owner.owner())
+                .map_err(|_| StoreError::Internal("a subscription's owner is not JSON"))?;
+            let (key_id, sealed) = ring.seal(&owner_json, &owner_aad(id))?;
+            let mut sql = c.sql();
+            sql.push("UPDATE subscriptions SET criteria_type = ")
+                .text(&e.criteria_type)
+                .push(", resource_type = ")
+                .text(resource_type)
+                .push(", channel = ")
+                .text(&e.channel)
+                .push(", key_id = ")
+                .i64(key_id)
+                .push(", owner = ")
+                .bind(Bind::Bytes(sealed.clone()))
+                .push(", attempts = CASE WHEN status = 'active' THEN attempts ELSE 0 END")
+                .push(", failing_since = CASE WHEN status = 'active' THEN failing_since ELSE NULL END")
+                .push(", next_attempt = CASE WHEN status = 'active' THEN next_attempt ELSE 0 END")
+                .push(", error = CASE WHEN status = 'active' THEN error ELSE NULL END")
+                .push(", status = ")
+                .text(&e.status)
+                .push(" WHERE subscription_id = ")
+                .text(id);
+            if c.execute(sql)? == 0 {
+                let mut sql = c.sql();
+                sql.push(
+                    "INSERT INTO subscriptions (subscription_id, resource_type, criteria_type, \
+                     channel, status, created_version, key_id, owner, last_event, delivered, \
+                     attempts, next_attempt, lease_until) VALUES (",
+                )
+                .text(id)
+                .push(", ")
+                .text(resource_type)
+                .push(", ")
+                .text(&e.criteria_type)
+                .push(", ")
+                .text(&e.channel)
+                .push(", ")
+                .text(&e.status)
+                .push(", ")
+                .i64(version)
+                .push(", ")
+                .i64(key_id)
+                .push(", ")
+                .bind(Bind::Bytes(sealed))
+                .push(", 0, 0, 0, 0, 0)");
+                c.execute(sql)?;
+            }
+        }
+    }
+    let mut sql = c.sql();
+    sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
+    c.execute(sql)?;
+    Ok(())
+}
+
+/// The secret of a subscription (HMAC key of its deliveries): derived from the
+/// index key, its id and the version that created it, so it is never stored and
+/// a Subscription deleted and created again gets a new one.
+pub(crate) fn secret(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    let Some(row) = delivery_row(c, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(ring.derive_secret(&format!(
+        "subscription/{id}/{}",
+        row.created_version
+    ))?))
+}
+
+pub(crate) fn delivery_row(c: &mut AnyConn, id: &str) -> Result<Option<DeliveryRow>, StoreError> {
+    let mut sql = c.sql();
+    sql.push(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM subscriptions WHERE subscription_id = "
+    ))
+    .text(id);
+    Ok(c.load::<DeliveryRow>(sql)?.into_iter().next())
+}
+
+/// The owner of a subscription (the JSON of [`crate::access::Owner`]) and the
+/// resource type it is stored under.
+pub(crate) fn owner(
+    c: &mut AnyConn,
+    ring: &Keyring,
+    id: &str,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    let mut sql = c.sql();
+    sql.push(
+        "SELECT subscription_id, resource_type, key_id, owner FROM subscriptions \
+         WHERE subscription_id = ",
+    )
+    .text(id);
+    let Some(line) = c.load::<OwnerLine>(sql)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let owner = ring.open_box(line.key_id, &line.owner, &owner_aad(id))?;
+    Ok(Some((line.resource_type, owner)))
+}
+
+/// Up to `limit` active subscriptions with undelivered events that are due and
+/// not leased (by another node, or by this node's delivery of them still
+/// running); a lease of a node that died runs out.
+pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut sql = c.sql();
+    sql.push(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM subscriptions WHERE status = 'active' \
+         AND channel = 'rest-hook' AND last_event > delivered AND next_attempt <= "
+    ))
+    .i64(now)
+    .push(" AND (lease_owner IS NULL OR lease_until < ")
+    .i64(now)
+    .push(") ORDER BY next_attempt, subscription_id LIMIT ")
+    .i64(limit);
+    c.load::<DeliveryRow>(sql)
+}
+
+/// Leases the subscriptions `due` found for `node` until `until`: those leased
+/// meanwhile are left out.
+pub(crate) fn lease(
+    c: &mut AnyConn,
+    node: &str,
+    now: i64,
+    until: i64,
+    due: Vec<DeliveryRow>,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut claimed = Vec::new();
+    for d in due {
+        let mut sql = c.sql();
+        sql.push("UPDATE subscriptions SET lease_owner = ")
+            .text(node)
+            .push(", lease_until = ")
+            .i64(until)
+            .push(" WHERE subscription_id = ")
+            .text(&d.subscription_id)
+            .push(" AND (lease_owner IS NULL OR lease_until < ")
+            .i64(now)
+            .push(")");
+        if c.execute(sql)? == 1 {
+            claimed.push(d);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Gives a lease back.
+pub(crate) fn release(c: &mut AnyConn, node: &str, id: &str) -> Result<(), StoreError> {
+    let mut sql = c.sql();
+    sql.push(
+        "UPDATE subscriptions SET lease_owner = NULL, lease_until = 0 WHERE subscription_id = ",
+    )
+    .text(id)
+    .push(" AND lease_owner = ")
+    .text(node);
+    c.execute(sql)?;
+    Ok(())
+}
+
+/// Events of a subscription after `since`, in order, at most `limit`.
+pub(crate) fn events(
+    c: &mut AnyConn,
+    id: &str,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut sql = c.sql();
+    sql.push(
+        "SELECT event_number, resource_type, resource_id, version_id, action, recorded \
+         FROM subscription_events WHERE subscription_id = ",
+    )
+    .text(id)
+    .push(" AND event_number > ")
+    .i64(since)
+    .push(" ORDER BY event_number LIMIT ")
+    .i64(limit);
+    c.load::<EventRow>(sql)
+}
+
+/// The outcome of one delivery attempt, as recorded.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub node: &'a str,
+    pub event_number: i64,
+    pub at: i64,
+    /// True: the event (and every one before it) is delivered.
+    pub delivered: bool,
+    pub status_code: Option<u16>,
+    pub detail: &'a str,
+    /// When to try again (failures).
+    pub next_attempt: i64,
+    /// Give up: the subscription's status becomes `error` with this text.
+    pub error: Option<&'a str>,
+    /// The lease runs on until then.
+    pub lease_until: i64,
+}
+
+/// Records an attempt and moves the subscription's state on, only while `node`
+/// holds its lease (a node whose lease ran out records nothing).
+pub(crate) fn record_attempt(
+    c: &mut AnyConn,
+    id: &str,
+    a: &Attempt<'_>,
+) -> Result<bool, StoreError> {
+    let mut sql = c.sql();
+    sql.push("UPDATE subscriptions SET lease_until = ")
+        .i64(a.lease_until)
+        .push(", ");
+    if a.delivered {
+        sql.push("delivered = ")
+            .i64(a.event_number)
+            .push(", attempts = 0, failing_since = NULL, next_attempt = 0, error = NULL");
+    } else {
+        sql.push("attempts = attempts + 1, failing_since = COALESCE(failing_since, ")
+            .i64(a.at)
+            .push("), next_attempt = ")
+            .i64(a.next_attempt);
+        if let Some(e) = a.error {
+            sql.push(", status = 'error', error = ").text(e);
+        }
+    }
+    sql.push(" WHERE subscription_id = ")
+        .text(id)
+        .push(" AND lease_owner = ")
+        .text(a.node);
+    if c.execute(sql)? != 1 {
+        return Ok(false);
+    }
+    let mut sql = c.sql();
+    sql.push(
+        "INSERT INTO subscription_attempts (subscription_id, event_number, attempted, node, \
+         outcome, status_code, detail) VALUES (",
+    )
+    .text(id)
+    .push(", ")
+    .i64(a.event_number)
+    .push(", ")
+    .i64(a.at)
+    .push(", ")
+    .text(a.node)
+    .push(", ")
+    .text(if a.delivered { "delivered" } else { "failed" })
+    .push(", ");
+    match a.status_code {
+        Some(s) => {
+            sql.i64(i64::from(s));
+        }
+        None => {
+            sql.push("NULL");
+        }
+    }
+    sql.push(", ").text(a.detail).push(")");
+    c.execute(sql)?;
+    Ok(true)
+}
+
+impl super::Store {
+    /// True once after a write stored notifications (wake the delivery worker).
+    pub fn take_notified(&self) -> bool {
+        self.subscriptions
+            .notified
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets what compiles Subscriptions into criteria (once, at start-up).
+    pub fn set_criteria_compiler(&self, compiler: Arc<dyn CompileCriteria>) {
+        self.subscriptions.set_compiler(compiler);
+    }
+
+    /// A subscription's secret, None when it has no delivery row (deleted, or
+    /// never a Subscription).
+    pub fn subscription_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let ring = self.keyring()?;
+        self.pool.read(|c| secret(c, &ring, id))
+    }
+
+    /// The secret of a subscription created as version `version` (no database:
+    /// it is derived, [`secret`]).
+    pub fn subscription_secret_of(&self, id: &str, version: i64) -> Result<String, StoreError> {
+        Ok(self
+            .keyring()?
+            .derive_secret(&format!("subscription/{id}/{version}"))?)
+    }
+
+    /// A subscription's delivery state.
+    pub fn subscription_state(&self, id: &str) -> Result<Option<DeliveryRow>, StoreError> {
+        self.pool.read(|c| delivery_row(c, id))
+    }
+
+    /// A subscription's owner as recorded (JSON of [`crate::access::Owner`]) and
+    /// the resource type its resource is stored under.
+    pub fn subscription_owner(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let ring = self.keyring()?;
+        self.pool.read(|c| owner(c, &ring, id))
+    }
+
+    /// Leases due subscriptions for `node` (store::subscriptions::due, lease).
+    pub fn claim_subscriptions(
+        &self,
+        node: &str,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        // A look first, without the writer's turn: most rounds find nothing.
+        let found = self.pool.read(|c| due(c, now, limit))?;
+        if found.is_empty() {
+            return Ok(found);
+        }
+        self.pool.write(|c| lease(c, node, now, until, found))
+    }
+
+    /// Gives a subscription's lease back.
+    pub fn release_subscription(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        self.pool.write(|c| release(c, node, id))
+    }
+
+    /// Stored events of a subscription after `since` (at most `limit`).
+    pub fn subscription_events(
+        &self,
+        id: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        self.pool.read(|c| events(c, id, since, limit))
+    }
+
+    /// Records a delivery attempt; false when `node` no longer holds the lease.
+    pub fn record_delivery(&self, id: &str, attempt: &Attempt<'_>) -> Result<bool, StoreError> {
+        self.pool.write(|c| record_attempt(c, id, attempt))
+    }
+}

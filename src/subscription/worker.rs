@@ -1,0 +1,411 @@
+//! The delivery worker: one per node. It leases subscriptions with undelivered
+//! events from the database (two nodes never deliver one subscription at once; a
+//! dead node's lease runs out after [`LEASE`]), sends each subscription's events
+//! in order over its rest-hook, and records every attempt. A failure waits before
+//! the next try (the first within 5 s, then doubling up to 10 minutes, with
+//! jitter); after `subscriptions.retry_hours` of failures the subscription's
+//! status becomes `error`. Each subscription is delivered on a thread of its own
+//! (at most [`PARALLEL`] at once), so a slow endpoint holds up only itself.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde_json::{json, Value};
+
+use super::deliver::{self, Outcome};
+use super::rules::{self, Payload};
+use crate::access::{AccessContext, Owner};
+use crate::audit::{AuditRecord, AuditWriter, Interaction};
+use crate::config::SubscriptionSettings;
+use crate::search::SearchEngine;
+use crate::store::{Attempt, DeliveryRow, EventRow, Store, WeakStore};
+
+/// How long a node holds a subscription without renewing (each attempt renews).
+pub const LEASE: Duration = Duration::from_secs(20);
+/// Subscriptions delivered at once by one node.
+pub const PARALLEL: usize = 8;
+/// Events sent per lease before the worker looks at the others again.
+const EVENTS_PER_TURN: i64 = 100;
+/// The first retry comes within this at the latest (DESIGN section 13;
+/// `subscriptions.first_retry_ms`)...
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// ...then the wait doubles up to this.
+const MAX_RETRY: Duration = Duration::from_secs(600);
+
+/// Wakes the delivery workers of this process at once (a write that stored
+/// notifications); without it they look every `poll_interval_ms`.
+static WAKE: Mutex<u64> = Mutex::new(0);
+static WOKEN: Condvar = Condvar::new();
+
+pub fn wake() {
+    *WAKE.lock() += 1;
+    WOKEN.notify_all();
+}
+
+fn wait(last: &mut u64, timeout: Duration) {
+    let mut n = WAKE.lock();
+    if *n == *last {
+        WOKEN.wait_for(&mut n, timeout);
+    }
+    *last = *n;
+}
+
+/// What a delivery needs, shared by the worker's threads.
+struct Worker {
+    store: WeakStore,
+    engine: Weak<SearchEngine>,
+    audit: AuditWriter,
+    settings: SubscriptionSettings,
+    node: String,
+    base_url: String,
+    busy: AtomicUsize,
+}
+
+/// Starts this node's delivery worker (nothing when subscriptions are off).
+pub fn start(
+    store: &Store,
+    engine: &Arc<SearchEngine>,
+    audit: &AuditWriter,
+    settings: &SubscriptionSettings,
+    base_url: &str,
+) {
+    if !settings.enabled {
+        return;
+    }
+    let worker = Arc::new(Worker {
+        store: store.downgrade(),
+        engine: Arc::downgrade(engine),
+        audit: audit.clone(),
+        settings: settings.clone(),
+        node: format!("node-{}", uuid::Uuid::new_v4()),
+        base_url: base_url.trim_end_matches('/').to_string(),
+        busy: AtomicUsize::new(0),
+    });
+    let poll = Duration::from_millis(settings.poll_interval_ms.max(10));
+    let spawned = std::thread::Builder::new()
+        .name("subscription-delivery".into())
+        .spawn(move || {
+            let mut seen = 0;
+            loop {
+                let Some(store) = worker.store.upgrade() else {
+                    return;
+                };
+                worker.round(&store);
+                drop(store);
+                wait(&mut seen, poll);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "the subscription delivery worker could not start");
+    }
+}
+
+impl Worker {
+    /// Leases what is due and hands each subscription to a thread of its own.
+    fn round(self: &Arc<Self>, store: &Store) {
+        let free = PARALLEL.saturating_sub(self.busy.load(Ordering::SeqCst));
+        if free == 0 {
+            return;
+        }
+        let now = crate::fhir::now_micros();
+        let until = now + LEASE.as_micros() as i64;
+        let due = match store.claim_subscriptions(&self.node, now, until, free as i64) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscriptions due could not be read; trying again");
+                return;
+            }
+        };
+        for row in due {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            let me = self.clone();
+            let store = store.clone();
+            let spawned = std::thread::Builder::new()
+                .name("subscription-send".into())
+                .spawn(move || {
+                    let id = row.subscription_id.clone();
+                    if let Err(e) = me.deliver(&store, row) {
+                        tracing::warn!(subscription.id = %id, error = %e, "a subscription's delivery stopped; it is tried again");
+                    }
+                    let _ = store.release_subscription(&me.node, &id);
+                    me.busy.fetch_sub(1, Ordering::SeqCst);
+                    wake();
+                });
+            if spawned.is_err() {
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Sends a leased subscription's next events in order until one fails or
+    /// none is left (of this turn).
+    fn deliver(&self, store: &Store, leased: DeliveryRow) -> Result<(), String> {
+        let id = leased.subscription_id.as_str();
+        // The state as of the lease (what was read before it may be behind a
+        // delivery that ended in between).
+        let row = store
+            .subscription_state(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the subscription is gone")?;
+        if row.status != "active" {
+            return Ok(());
+        }
+        let engine = self.engine.upgrade().ok_or("the server is stopping")?;
+        let (resource_type, owner) = store
+            .subscription_owner(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the subscription is gone")?;
+        let owner: Owner = serde_json::from_slice(&owner).map_err(|e| e.to_string())?;
+        let owner = owner.context(&engine, &format!("subscription-{id}"));
+        let system = AccessContext::system();
+        let Some(current) = store
+            .read(&system, &resource_type, id, None)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let subscription: Value =
+            serde_json::from_slice(&current.body).map_err(|e| e.to_string())?;
+        let secret = store
+            .subscription_secret(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the subscription has no secret")?;
+        let channel = rules::channel(&subscription, &self.settings);
+        let events = store
+            .subscription_events(id, row.delivered, EVENTS_PER_TURN)
+            .map_err(|e| e.to_string())?;
+        let mut attempts = row.attempts;
+        let mut failing_since = row.failing_since;
+        for event in events {
+            let now = crate::fhir::now_micros();
+            let (outcome, host) = match &channel {
+                Ok(ch) => {
+                    let body = self.payload(store, &owner, ch.payload, &event);
+                    let mut headers = ch.headers.clone();
+                    headers.push((
+                        "X-Fhirgate-Signature".into(),
+                        deliver::signature(&secret, &body),
+                    ));
+                    headers.push((
+                        "X-Fhirgate-Event-Number".into(),
+                        event.event_number.to_string(),
+                    ));
+                    let request = deliver::Request {
+                        url: &ch.endpoint,
+                        headers: &headers,
+                        body: &body,
+                        content_type: (!body.is_empty()).then_some("application/fhir+json"),
+                        timeout: Duration::from_secs(self.settings.delivery_timeout_secs.max(1)),
+                    };
+                    (
+                        deliver::post(&request, &rules::endpoint_rules(&self.settings)),
+                        host_of(&ch.endpoint),
+                    )
+                }
+                Err(issue) => (
+                    Outcome::Failed {
+                        status: None,
+                        detail: issue.diagnostics.clone(),
+                    },
+                    None,
+                ),
+            };
+            let delivered = matches!(outcome, Outcome::Delivered { .. });
+            let (status_code, detail) = match &outcome {
+                Outcome::Delivered { status } => (Some(*status), String::new()),
+                Outcome::Failed { status, detail } => (*status, detail.clone()),
+                Outcome::Refused(e) => (None, e.to_string()),
+            };
+            let (next_attempt, error) = if delivered {
+                (0, None)
+            } else {
+                attempts += 1;
+                let since = *failing_since.get_or_insert(now);
+                let give_up =
+                    now - since >= (self.settings.retry_hours as i64).saturating_mul(3_600_000_000);
+                let error = give_up.then(|| {
+                    format!(
+                        "event {} could not be delivered for {} hours: {detail}",
+                        event.event_number, self.settings.retry_hours
+                    )
+                });
+                (
+                    now + backoff(attempts, self.first_retry()).as_micros() as i64,
+                    error,
+                )
+            };
+            let recorded = store
+                .record_delivery(
+                    id,
+                    &Attempt {
+                        node: &self.node,
+                        event_number: event.event_number,
+                        at: now,
+                        delivered,
+                        status_code,
+                        detail: &detail,
+                        next_attempt,
+                        error: error.as_deref(),
+                        lease_until: crate::fhir::now_micros() + LEASE.as_micros() as i64,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            self.audit_attempt(
+                store,
+                &owner,
+                id,
+                &event,
+                host.as_deref(),
+                delivered,
+                &detail,
+            );
+            if !recorded {
+                return Err("the lease ran out".into());
+            }
+            if !delivered {
+                if let Some(e) = error {
+                    tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn first_retry(&self) -> Duration {
+        Duration::from_millis(self.settings.first_retry_ms).min(FIRST_RETRY)
+    }
+
+    /// The body of one notification (empty for a ping).
+    fn payload(
+        &self,
+        store: &Store,
+        owner: &AccessContext,
+        payload: Payload,
+        e: &EventRow,
+    ) -> Vec<u8> {
+        if payload == Payload::Empty {
+            return Vec::new();
+        }
+        let resource = match (payload, e.action.as_str()) {
+            (Payload::FullResource, "create" | "update") => store
+                .read(owner, &e.resource_type, &e.resource_id, Some(e.version_id))
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<Value>(&v.body).ok()),
+            _ => None,
+        };
+        let url = format!("{}/{}", e.resource_type, e.resource_id);
+        let (method, status) = match e.action.as_str() {
+            "create" => ("POST", "201 Created"),
+            "delete" => ("DELETE", "204 No Content"),
+            _ => ("PUT", "200 OK"),
+        };
+        let mut entry = json!({
+            "fullUrl": format!("{}/{url}/_history/{}", self.base_url, e.version_id),
+            "request": {"method": method, "url": url},
+            "response": {
+                "status": status,
+                "etag": format!("W/\"{}\"", e.version_id),
+                "lastModified": crate::fhir::instant(e.recorded),
+            },
+        });
+        if let (Some(r), Some(o)) = (resource, entry.as_object_mut()) {
+            o.insert("resource".into(), r);
+        }
+        let bundle = json!({
+            "resourceType": "Bundle",
+            "type": "history",
+            "timestamp": crate::fhir::instant(crate::fhir::now_micros()),
+            "entry": [entry],
+        });
+        serde_json::to_vec(&bundle).unwrap_or_default()
+    }
+
+    /// Each attempt is an AuditEvent: the subscription, the endpoint's host, the
+    /// event number and the outcome (never the payload or header values).
+    #[allow(clippy::too_many_arguments)]
+    fn audit_attempt(
+        &self,
+        store: &Store,
+        owner: &AccessContext,
+        id: &str,
+        e: &EventRow,
+        host: Option<&str>,
+        delivered: bool,
+        detail: &str,
+    ) {
+        let mut ctx = owner.clone();
+        ctx.remote_addr = host.map(str::to_string);
+        let mut record =
+            AuditRecord::new(Interaction::Operation("subscription-delivery".into()), &ctx);
+        record.resource_type = Some(rules::RESOURCE_TYPE.to_string());
+        record.id = Some(id.to_string());
+        record.query = Some(format!("event={}", e.event_number));
+        if !delivered {
+            record.outcome = crate::audit::Outcome::ServerError(format!(
+                "delivery of event {} failed: {detail}",
+                e.event_number
+            ));
+        }
+        if let Err(err) = store.append_audits(&self.audit.rows(&record)) {
+            tracing::error!(subscription.id = %id, error = %err, "a delivery's AuditEvent could not be stored");
+        }
+    }
+}
+
+/// The host of an endpoint URL, for the audit trail.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(authority.rsplit('@').next()?.to_string())
+}
+
+/// The wait before the next try after `attempts` failures: `first` at most,
+/// then doubling up to 10 minutes, less a random quarter (jitter: receivers that
+/// come back are not hit by every subscription at once).
+pub fn backoff(attempts: i64, first: Duration) -> Duration {
+    let doublings = attempts.saturating_sub(1).clamp(0, 16) as u32;
+    let full = first
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(MAX_RETRY);
+    let mut r = [0u8; 2];
+    let jitter = if openssl::rand::rand_bytes(&mut r).is_ok() {
+        f64::from(u16::from_be_bytes(r)) / f64::from(u16::MAX) * 0.25
+    } else {
+        0.0
+    };
+    full.mul_f64(1.0 - jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_start_within_five_seconds_and_double_up_to_ten_minutes() {
+        for (attempts, max) in [(1, 5), (2, 10), (3, 20), (4, 40), (8, 600), (40, 600)] {
+            let w = backoff(attempts, FIRST_RETRY);
+            assert!(w <= Duration::from_secs(max), "{attempts}: {w:?}");
+            assert!(
+                w >= Duration::from_secs(max).mul_f64(0.75) - Duration::from_millis(1),
+                "{attempts}: {w:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_audited_host_has_no_credentials_or_path() {
+        assert_eq!(
+            host_of("https://u:p@example.org:8443/hook?x=1").as_deref(),
+            Some("example.org:8443")
+        );
+        assert_eq!(
+            host_of("http://127.0.0.1:9/").as_deref(),
+            Some("127.0.0.1:9")
+        );
+        assert_eq!(host_of("nonsense"), None);
+    }
+}
