@@ -23,6 +23,7 @@ pub mod resources;
 pub mod search;
 pub mod subscriptions;
 pub mod validate;
+pub mod websocket;
 pub mod write;
 
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     fhir_resource("/Patient/{id}/$disclosures")
                         .route(web::get().to(disclosures::get)),
                 )
+                .service(fhir_resource("/$websocket").route(web::get().to(websocket::open)))
                 .service(
                     fhir_resource("/Subscription/{id}/$events")
                         .route(web::get().to(subscriptions::events)),

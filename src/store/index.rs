@@ -97,6 +97,16 @@ pub(crate) struct Blinded {
 }
 
 impl Blinded {
+    /// True when one of the blind rows is `(pid, h)`.
+    pub fn has_blind(&self, key: (i64, i64)) -> bool {
+        self.blind.contains(&key)
+    }
+
+    /// The reference rows (pid, target).
+    pub fn references(&self) -> &[(i64, RefValue)] {
+        &self.references
+    }
+
     pub fn is_empty(&self) -> bool {
         self.blind.is_empty()
             && self.dates.is_empty()

@@ -8,7 +8,7 @@ use diesel::r2d2::{
     ConnectionManager, CustomizeConnection, ManageConnection, Pool, PooledConnection,
     R2D2Connection,
 };
-use diesel::{PgConnection, RunQueryDsl, SqliteConnection};
+use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::conn::AnyConn;
@@ -75,6 +75,8 @@ pub struct DbPool {
     /// None: no shares (the audit writer's own pool).
     shares: Option<std::sync::Arc<Shares>>,
     timeout: Duration,
+    /// PostgreSQL: the URL, for a connection of its own that LISTENs.
+    listen_url: Option<String>,
 }
 
 #[derive(Clone)]
@@ -347,11 +349,13 @@ impl DbPool {
                     conns: Conns::Sqlite(build(size)?, queue.clone()),
                     shares: Some(std::sync::Arc::new(Shares::new(size, shares))),
                     timeout,
+                    listen_url: None,
                 },
                 audit: DbPool {
                     conns: Conns::Sqlite(build(AUDIT_CONNECTIONS[0])?, queue),
                     shares: None,
                     timeout,
+                    listen_url: None,
                 },
                 backend: Backend::Sqlite,
             })
@@ -380,11 +384,13 @@ impl DbPool {
                     conns: Conns::Pg(build(size)),
                     shares: Some(std::sync::Arc::new(Shares::new(size, shares))),
                     timeout,
+                    listen_url: Some(url.to_string()),
                 },
                 audit: DbPool {
                     conns: Conns::Pg(build(AUDIT_CONNECTIONS[1])),
                     shares: None,
                     timeout,
+                    listen_url: None,
                 },
                 backend: Backend::Postgres,
             })
@@ -393,6 +399,24 @@ impl DbPool {
                 url.split('@').next_back().unwrap_or(url).to_string(),
             ))
         }
+    }
+
+    /// PostgreSQL: a connection of its own (not pooled) that LISTENs on
+    /// `channel`; None for SQLite.
+    pub fn listener(&self, channel: &str) -> Option<Result<PgConnection, StoreError>> {
+        let url = self.listen_url.as_deref()?;
+        Some((|| {
+            let mut c = PgConnection::establish(url).map_err(|e| {
+                StoreError::Unavailable(Unavailable::ConnectionLost(
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::ClosedConnection,
+                        Box::new(e.to_string()),
+                    ),
+                ))
+            })?;
+            c.batch_execute(&format!("LISTEN {channel}"))?;
+            Ok(c)
+        })())
     }
 
     /// A connection; for a thread doing expensive work (store::share), only with

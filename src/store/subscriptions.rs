@@ -24,7 +24,8 @@ use diesel::QueryableByName;
 use parking_lot::Mutex;
 
 use super::conn::AnyConn;
-use super::query::{self, Filter, Query};
+use super::index::{blind_key, Blinded};
+use super::query::{self, Filter, Query, RefTarget};
 use super::read::version;
 use super::sql::Bind;
 use super::{StoreError, Verify};
@@ -130,11 +131,90 @@ pub struct DeliveryRow {
 const DELIVERY_COLUMNS: &str = "subscription_id, channel, status, created_version, last_event, \
      delivered, attempts, next_attempt, failing_since, error";
 
+/// One written version as matching sees it.
+pub(crate) struct Written<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub version: i64,
+    /// `create`, `update` or `delete`.
+    pub action: &'static str,
+    /// Its index rows as written (None for a delete: the rows are in the database).
+    pub index: Option<&'a Blinded>,
+}
+
+/// A condition every match of a subscription meets, checked in memory on the
+/// rows a write made before any SQL runs: with many subscriptions, most are
+/// ruled out by a token or reference they name that the resource lacks.
+enum Need {
+    /// One of these (pid, blind value) rows.
+    Blind(Vec<(i64, i64)>),
+    /// A reference to one of these local targets.
+    Reference(Vec<LocalTarget>),
+}
+
+/// A reference through one of the pids to a local target (type among the types,
+/// any when empty; id).
+type LocalTarget = (Vec<i64>, Vec<String>, String);
+
+impl Need {
+    fn met_by(&self, rows: &Blinded) -> bool {
+        match self {
+            Need::Blind(any) => any.iter().any(|k| rows.has_blind(*k)),
+            Need::Reference(any) => any.iter().any(|(pids, types, id)| {
+                rows.references().iter().any(|(pid, r)| {
+                    pids.contains(pid)
+                        && r.target_id == *id
+                        && (types.is_empty() || types.contains(&r.target_type))
+                })
+            }),
+        }
+    }
+}
+
+/// The needs of a conjunction of filters (those it can tell in memory).
+fn needs(ring: &Keyring, filters: &[Filter], out: &mut Vec<Need>) -> Result<(), StoreError> {
+    for f in filters {
+        match f {
+            Filter::All(inner) => needs(ring, inner, out)?,
+            Filter::Blind { pids, values } => {
+                let mut any = Vec::with_capacity(pids.len() * values.len());
+                for v in values {
+                    let h = blind_key(ring, v)?;
+                    any.extend(pids.iter().map(|p| (*p, h)));
+                }
+                out.push(Need::Blind(any));
+            }
+            Filter::Reference { pids, targets } => {
+                let locals: Option<Vec<LocalTarget>> = targets
+                    .iter()
+                    .map(|t| match t {
+                        RefTarget::Local { types, id } => {
+                            Some((pids.clone(), types.clone(), id.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(any) = locals {
+                    out.push(Need::Reference(any));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A subscription's criteria with its needs.
+struct Compiled {
+    criteria: Criteria,
+    needs: Vec<Need>,
+}
+
 /// Each node's compiled criteria, reloaded when the database's generation moved.
 #[derive(Default)]
 pub struct Registry {
     compiler: OnceLock<Arc<dyn CompileCriteria>>,
-    loaded: Mutex<Option<(i64, Arc<Vec<Criteria>>)>>,
+    loaded: Mutex<Option<(i64, Arc<Vec<Compiled>>)>>,
     /// Notifications were stored since the last look (the caller wakes the
     /// delivery worker after its commit).
     notified: std::sync::atomic::AtomicBool,
@@ -177,7 +257,7 @@ impl Registry {
 
     /// The compiled criteria as of the database's generation (read on `c`, so a
     /// write transaction matches against the subscriptions it sees).
-    fn current(&self, c: &mut AnyConn, ring: &Keyring) -> Result<Arc<Vec<Criteria>>, StoreError> {
+    fn current(&self, c: &mut AnyConn, ring: &Keyring) -> Result<Arc<Vec<Compiled>>, StoreError> {
         let Some(compiler) = self.compiler.get() else {
             return Ok(Arc::new(Vec::new()));
         };
@@ -223,9 +303,15 @@ impl Registry {
                 owner,
             });
         }
-        let criteria = Arc::new(compiler.compile(registered));
-        *self.loaded.lock() = Some((generation, criteria.clone()));
-        Ok(criteria)
+        let mut compiled = Vec::new();
+        for criteria in compiler.compile(registered) {
+            let mut n = Vec::new();
+            needs(ring, &criteria.filters, &mut n)?;
+            compiled.push(Compiled { criteria, needs: n });
+        }
+        let compiled = Arc::new(compiled);
+        *self.loaded.lock() = Some((generation, compiled.clone()));
+        Ok(compiled)
     }
 
     /// True when no active subscription searches `resource_type` as of the
@@ -239,41 +325,48 @@ impl Registry {
         Ok(!self
             .current(c, ring)?
             .iter()
-            .any(|s| s.resource_type == resource_type))
+            .any(|s| s.criteria.resource_type == resource_type))
     }
 
-    /// The notifications of versions just written (`written`: type, id, version,
-    /// action; their index rows are the ones to match, so call it before a
-    /// delete removes them and after a create or update wrote them).
+    /// The notifications of versions just written (their index rows are the
+    /// ones to match: call it before a delete removes them and after a create or
+    /// update wrote them).
     pub(crate) fn matches(
         &self,
         c: &mut AnyConn,
         ring: &Keyring,
-        written: &[(&str, &str, i64, &'static str)],
+        written: &[Written<'_>],
     ) -> Result<Vec<Notification>, StoreError> {
         if written.is_empty() {
             return Ok(Vec::new());
         }
-        let criteria = self.current(c, ring)?;
+        let compiled = self.current(c, ring)?;
         let now = crate::fhir::now_micros();
         let mut out = Vec::new();
-        for s in criteria
-            .iter()
-            .filter(|s| s.end.is_none_or(|end| now < end))
-        {
-            let of_type: Vec<&(&str, &str, i64, &str)> =
-                written.iter().filter(|w| w.0 == s.resource_type).collect();
-            if of_type.is_empty() {
+        for sub in compiled.iter() {
+            let s = &sub.criteria;
+            if s.end.is_some_and(|end| now >= end) {
+                continue;
+            }
+            let candidates: Vec<&Written> = written
+                .iter()
+                .filter(|w| w.resource_type == s.resource_type)
+                .filter(|w| {
+                    w.index
+                        .is_none_or(|rows| sub.needs.iter().all(|n| n.met_by(rows)))
+                })
+                .collect();
+            if candidates.is_empty() {
                 continue;
             }
             let mut filters = s.filters.clone();
             filters.push(Filter::Ids(
-                of_type.iter().map(|w| w.1.to_string()).collect(),
+                candidates.iter().map(|w| w.id.to_string()).collect(),
             ));
             let q = Query {
                 types: Some(vec![s.resource_type.clone()]),
                 filters,
-                limit: of_type.len(),
+                limit: candidates.len(),
                 ..Query::default()
             };
             let ids: Vec<String> = match &s.verify {
@@ -287,14 +380,14 @@ impl Registry {
                     .map(|h| h.version.id)
                     .collect(),
             };
-            for w in of_type {
-                if ids.iter().any(|id| id == w.1) {
+            for w in candidates {
+                if ids.iter().any(|id| id == w.id) {
                     out.push(Notification {
                         subscription_id: s.subscription_id.clone(),
-                        resource_type: w.0.to_string(),
-                        resource_id: w.1.to_string(),
-                        version: w.2,
-                        action: w.3,
+                        resource_type: w.resource_type.to_string(),
+                        resource_id: w.id.to_string(),
+                        version: w.version,
+                        action: w.action,
                     });
                 }
             }
@@ -307,14 +400,22 @@ impl Registry {
     }
 }
 
+/// The PostgreSQL channel on which a commit that stored notifications wakes
+/// every node's delivery worker and websockets.
+const CHANNEL: &str = "fhirgate_subscription_events";
+
 /// Stores notifications with the next event numbers of their subscriptions (in
 /// the caller's transaction: the counter's row stays locked until commit, so
-/// numbers follow commit order per subscription).
+/// numbers follow commit order per subscription). On PostgreSQL the
+/// transaction also NOTIFYs every node (sent at commit, never on rollback).
 pub(crate) fn store_notifications(
     c: &mut AnyConn,
     notifications: &[Notification],
     recorded: i64,
 ) -> Result<(), StoreError> {
+    if c.backend() == super::Backend::Postgres && !notifications.is_empty() {
+        c.batch(&format!("NOTIFY {CHANNEL}"))?;
+    }
     let mut by_subscription: std::collections::BTreeMap<&str, Vec<&Notification>> =
         Default::default();
     for n in notifications {
@@ -645,6 +746,54 @@ pub(crate) fn record_attempt(
 }
 
 impl super::Store {
+    /// PostgreSQL: calls `wake` whenever a transaction of any node committed
+    /// notifications (LISTEN on a connection of its own, looked at every 20 ms;
+    /// after a lost connection, again a second later). Nothing on SQLite, whose
+    /// one node knows its own writes. The thread ends with the store.
+    pub fn on_notifications(&self, wake: fn()) {
+        if self.backend != super::Backend::Postgres {
+            return;
+        }
+        let pool = Arc::downgrade(&self.pool);
+        let spawned = std::thread::Builder::new()
+            .name("subscription-listen".into())
+            .spawn(move || loop {
+                let conn = match pool.upgrade() {
+                    None => return,
+                    Some(p) => p.listener(CHANNEL),
+                };
+                let Some(Ok(mut conn)) = conn else {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                };
+                // Notifications sent while no connection listened are found by
+                // the worker's poll; wake once now for them.
+                wake();
+                'listening: loop {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    if pool.strong_count() == 0 {
+                        return;
+                    }
+                    let mut woke = false;
+                    for n in conn.notifications_iter() {
+                        match n {
+                            Ok(_) => woke = true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the subscription listener lost its connection; reconnecting");
+                                break 'listening;
+                            }
+                        }
+                    }
+                    if woke {
+                        wake();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the subscription listener could not start");
+        }
+    }
+
     /// True once after a write stored notifications (wake the delivery worker).
     pub fn take_notified(&self) -> bool {
         self.subscriptions
@@ -713,6 +862,22 @@ impl super::Store {
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
         self.pool.read(|c| events(c, id, since, limit))
+    }
+
+    /// Marks a subscription's events up to `event_number` delivered (a websocket
+    /// sent their pings); never moves back.
+    pub fn advance_delivered(&self, id: &str, event_number: i64) -> Result<(), StoreError> {
+        self.pool.write(|c| {
+            let mut sql = c.sql();
+            sql.push("UPDATE subscriptions SET delivered = ")
+                .i64(event_number)
+                .push(" WHERE subscription_id = ")
+                .text(id)
+                .push(" AND delivered < ")
+                .i64(event_number);
+            c.execute(sql)?;
+            Ok(())
+        })
     }
 
     /// Records a delivery attempt; false when `node` no longer holds the lease.

@@ -29,7 +29,7 @@ use super::conn::AnyConn;
 use super::index::{self, Blinded, IndexRows};
 use super::read::{aad, count_visible, WriteMethod};
 use super::sql::Bind;
-use super::subscriptions::{self, Registry, SubscriptionEffect};
+use super::subscriptions::{self, Registry, SubscriptionEffect, Written};
 use super::StoreError;
 use crate::access::{AccessContext, Action};
 use crate::crypto::Keyring;
@@ -349,16 +349,15 @@ pub(crate) fn apply(
     }
     // A delete notifies the subscriptions the resource matched before it: its
     // index rows are gone once the current row moves.
-    let removed: Vec<(&str, &str, i64, &'static str)> = rows
+    let removed: Vec<Written> = rows
         .iter()
         .filter(|v| v.deleted && v.replaces.is_some_and(|r| !r.deleted))
-        .map(|v| {
-            (
-                v.resource_type.as_str(),
-                v.id.as_str(),
-                v.result.version,
-                "delete",
-            )
+        .map(|v| Written {
+            resource_type: &v.resource_type,
+            id: &v.id,
+            version: v.result.version,
+            action: "delete",
+            index: None,
         })
         .collect();
     let mut notifications = subs.matches(c, ring, &removed)?;
@@ -433,17 +432,15 @@ pub(crate) fn apply(
         .map(|v| (v.result.rid, &v.index))
         .collect();
     index::insert(c, &with_index)?;
-    let live: Vec<(&str, &str, i64, &'static str)> = rows
+    let live: Vec<Written> = rows
         .iter()
         .filter(|v| !v.deleted)
-        .map(|v| {
-            let action = if v.result.created { "create" } else { "update" };
-            (
-                v.resource_type.as_str(),
-                v.id.as_str(),
-                v.result.version,
-                action,
-            )
+        .map(|v| Written {
+            resource_type: &v.resource_type,
+            id: &v.id,
+            version: v.result.version,
+            action: if v.result.created { "create" } else { "update" },
+            index: Some(&v.index),
         })
         .collect();
     notifications.extend(subs.matches(c, ring, &live)?);

@@ -190,11 +190,13 @@ pub fn check(
                 issues.push(issue);
             }
         }
+        // Pings over `GET /fhir/$websocket` to a client that binds it.
+        Some("websocket") => {}
         Some(other) => issues.push(
             Issue::error(
                 "not-supported",
                 format!(
-                    "channel type `{other}` is not supported: fhirgate delivers over rest-hook"
+                    "channel type `{other}` is not supported: fhirgate delivers over rest-hook and websocket"
                 ),
             )
             .at("Subscription.channel.type"),

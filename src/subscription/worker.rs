@@ -39,9 +39,27 @@ const MAX_RETRY: Duration = Duration::from_secs(600);
 static WAKE: Mutex<u64> = Mutex::new(0);
 static WOKEN: Condvar = Condvar::new();
 
+/// The same wake-ups for async waiters (bound websockets).
+static ASYNC_WAKE: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::OnceLock::new();
+
+fn async_wake() -> &'static tokio::sync::watch::Sender<u64> {
+    ASYNC_WAKE.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
+/// Woken whenever [`wake`] is called (a websocket session waits on it).
+pub fn wakes() -> tokio::sync::watch::Receiver<u64> {
+    async_wake().subscribe()
+}
+
 pub fn wake() {
-    *WAKE.lock() += 1;
+    let n = {
+        let mut n = WAKE.lock();
+        *n += 1;
+        *n
+    };
     WOKEN.notify_all();
+    async_wake().send_replace(n);
 }
 
 fn wait(last: &mut u64, timeout: Duration) {
@@ -83,6 +101,8 @@ pub fn start(
         base_url: base_url.trim_end_matches('/').to_string(),
         busy: AtomicUsize::new(0),
     });
+    // Other nodes' commits wake this one (PostgreSQL LISTEN/NOTIFY).
+    store.on_notifications(wake);
     let poll = Duration::from_millis(settings.poll_interval_ms.max(10));
     let spawned = std::thread::Builder::new()
         .name("subscription-delivery".into())

@@ -50,6 +50,8 @@ struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Received>>>,
     refused: Arc<Mutex<usize>>,
+    /// How many POSTs are answered 500 before the receiver "recovers".
+    fail_first: Arc<Mutex<usize>>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -57,15 +59,16 @@ impl Receiver {
     async fn start(fail_first: usize) -> Receiver {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let refused: Arc<Mutex<usize>> = Arc::default();
-        let (g, r) = (got.clone(), refused.clone());
+        let limit = Arc::new(Mutex::new(fail_first));
+        let (g, r, l) = (got.clone(), refused.clone(), limit.clone());
         let server = HttpServer::new(move || {
-            let (g, r) = (g.clone(), r.clone());
+            let (g, r, l) = (g.clone(), r.clone(), l.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (g, r) = (g.clone(), r.clone());
+                let (g, r, l) = (g.clone(), r.clone(), l.clone());
                 async move {
                     {
                         let mut refused = r.lock().unwrap();
-                        if *refused < fail_first {
+                        if *refused < *l.lock().unwrap() {
                             *refused += 1;
                             return HttpResponse::InternalServerError().finish();
                         }
@@ -93,6 +96,7 @@ impl Receiver {
             url: format!("http://127.0.0.1:{port}/hook"),
             got,
             refused,
+            fail_first: limit,
             handle,
         }
     }
@@ -396,7 +400,7 @@ async fn unsafe_or_unsupported_subscriptions_are_refused(backend: Backend) {
         assert_eq!(code, "invalid", "{criteria}: {diagnostics}");
         assert_eq!(expression.as_deref(), Some("Subscription.criteria"));
     }
-    for channel in ["email", "sms", "message", "websocket"] {
+    for channel in ["email", "sms", "message"] {
         let mut s = subscription(hook, CRITERIA);
         s["channel"]["type"] = json!(channel);
         let r = app.post_json("/Subscription", &s).await;
@@ -436,3 +440,345 @@ on_both_backends!(
     a_failing_receiver_gets_everything_in_order_once_it_recovers,
     unsafe_or_unsupported_subscriptions_are_refused,
 );
+
+/// A websocket client of `GET /fhir/$websocket`.
+struct Socket {
+    conn: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl Socket {
+    async fn open(app: &TestApp) -> Socket {
+        let url = format!("{}/$websocket", app.base.replace("http://", "ws://"));
+        let (_, conn) = awc::Client::new()
+            .ws(url)
+            .connect()
+            .await
+            .expect("websocket handshake");
+        Socket { conn }
+    }
+
+    async fn send(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.conn
+            .send(awc::ws::Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text message (websocket pings are answered and skipped), or
+    /// None when none comes within `wait`.
+    async fn next_text(&mut self, wait: Duration) -> Option<String> {
+        use futures_util::{SinkExt, StreamExt};
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.conn.next())
+                .await
+                .ok()??;
+            match frame.expect("a websocket frame") {
+                awc::ws::Frame::Text(b) => return Some(String::from_utf8_lossy(&b).to_string()),
+                awc::ws::Frame::Ping(b) => {
+                    let _ = self.conn.send(awc::ws::Message::Pong(b)).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+const QUIET: Duration = Duration::from_millis(1500);
+
+async fn a_websocket_binds_hears_pings_and_catches_up_after_reconnecting(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut ws_sub = subscription("", CRITERIA);
+    ws_sub["channel"] = json!({"type": "websocket"});
+    let r = app.post_json("/Subscription", &ws_sub).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+
+    let mut socket = Socket::open(&app).await;
+    socket.send(&format!("bind {id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("bound {id}").as_str())
+    );
+    create(&app, &observation(GLUCOSE, 90.0)).await;
+    create(&app, &observation("718-7", 13.0)).await;
+    create(&app, &observation(GLUCOSE, 91.0)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            socket.next_text(WAIT).await.as_deref(),
+            Some(format!("ping {id}").as_str())
+        );
+    }
+    assert_eq!(
+        socket.next_text(QUIET).await,
+        None,
+        "a ping for a change that does not match"
+    );
+    drop(socket);
+
+    // Closed: the notifications wait for the next bind.
+    create(&app, &observation(GLUCOSE, 92.0)).await;
+    create(&app, &observation(GLUCOSE, 93.0)).await;
+    let mut socket = Socket::open(&app).await;
+    socket.send(&format!("bind {id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("bound {id}").as_str())
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            socket.next_text(WAIT).await.as_deref(),
+            Some(format!("ping {id}").as_str())
+        );
+    }
+    assert_eq!(
+        socket.next_text(QUIET).await,
+        None,
+        "a notification pinged twice"
+    );
+    // $events says what happened.
+    let b = app.get(&format!("/Subscription/{id}/$events")).await.json();
+    assert_eq!(b["entry"].as_array().map(Vec::len), Some(5), "{b}");
+
+    socket.send(&format!("unbind {id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("unbound {id}").as_str())
+    );
+    create(&app, &observation(GLUCOSE, 94.0)).await;
+    assert_eq!(socket.next_text(QUIET).await, None, "a ping after unbind");
+    socket.send("bind no-such-subscription").await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(
+        answer.starts_with("error no-such-subscription:"),
+        "{answer}"
+    );
+    let (rest_hook, _) = {
+        let receiver = Receiver::start(0).await;
+        let made = subscribe(&app, &receiver.url).await;
+        receiver.handle.stop(false).await;
+        made
+    };
+    socket.send(&format!("bind {rest_hook}")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(answer.contains("not a websocket subscription"), "{answer}");
+    socket.send("subscribe everything").await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(answer.starts_with("error:"), "{answer}");
+    app.stop().await;
+}
+
+on_both_backends!(a_websocket_binds_hears_pings_and_catches_up_after_reconnecting);
+
+/// Starts a fhirgate process on `url` allowed to deliver to loopback; `poll_ms`
+/// its delivery worker's poll.
+fn node(
+    url: &str,
+    dir: &std::path::Path,
+    name: &str,
+    poll_ms: &str,
+) -> crate::support::process::ServerProcess {
+    let key = dir.join("master.key");
+    if !key.exists() {
+        fhirgate::crypto::MasterKey::generate()
+            .unwrap()
+            .write_new_file(&key)
+            .unwrap();
+    }
+    crate::support::process::start(
+        url,
+        &key,
+        &dir.join(format!("{name}.log")),
+        &[
+            ("FHIRGATE_SUBSCRIPTIONS__ALLOW_HTTP", "true"),
+            ("FHIRGATE_SUBSCRIPTIONS__ALLOWED_HOSTS", "[\"127.0.0.1\"]"),
+            ("FHIRGATE_SUBSCRIPTIONS__FIRST_RETRY_MS", "200"),
+            ("FHIRGATE_SUBSCRIPTIONS__POLL_INTERVAL_MS", poll_ms),
+        ],
+    )
+}
+
+async fn post_to(
+    client: &awc::Client,
+    base: &str,
+    path: &str,
+    body: &Value,
+) -> (StatusCode, Value, Option<String>) {
+    let mut r = client
+        .post(format!("{base}{path}"))
+        .insert_header(("Content-Type", "application/fhir+json"))
+        .send_json(body)
+        .await
+        .expect("POST");
+    let b = r.body().await.expect("body");
+    let secret = r
+        .headers()
+        .get("x-fhirgate-subscription-secret")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (
+        r.status(),
+        serde_json::from_slice(&b).unwrap_or(Value::Null),
+        secret,
+    )
+}
+
+/// Two nodes on one PostgreSQL database, each polling only once a minute: a
+/// write on node A reaches a websocket bound on node B (woken by LISTEN/NOTIFY),
+/// and rest-hook notifications written on both nodes arrive exactly once each,
+/// in order, though both nodes' workers run.
+#[actix_rt::test]
+async fn two_nodes_deliver_every_event_once_and_wake_each_other() {
+    let receiver = Receiver::start(0).await;
+    let db = crate::support::server::PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&db.url, dir.path(), "a", "60000");
+    let b = node(&db.url, dir.path(), "b", "60000");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let (status, made, secret) = post_to(
+        &client,
+        &a.base,
+        "/Subscription",
+        &subscription(&receiver.url, CRITERIA),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let secret = secret.expect("secret");
+    let mut ws_sub = subscription("", CRITERIA);
+    ws_sub["channel"] = json!({"type": "websocket"});
+    let (status, ws_made, _) = post_to(&client, &a.base, "/Subscription", &ws_sub).await;
+    assert_eq!(status, StatusCode::CREATED, "{ws_made}");
+    let ws_id = ws_made["id"].as_str().unwrap().to_string();
+
+    let url = format!("{}/$websocket", b.base.replace("http://", "ws://"));
+    let (_, conn) = awc::Client::new()
+        .ws(url)
+        .connect()
+        .await
+        .expect("websocket on node B");
+    let mut socket = Socket { conn };
+    socket.send(&format!("bind {ws_id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("bound {ws_id}").as_str())
+    );
+
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, o, _) = post_to(
+            &client,
+            base,
+            "/Observation",
+            &observation(GLUCOSE, i as f64),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{o}");
+        written.push(o["id"].as_str().unwrap().to_string());
+        if i == 0 {
+            // Written on node A, heard on node B (its poll is a minute away).
+            assert_eq!(
+                socket.next_text(WAIT).await.as_deref(),
+                Some(format!("ping {ws_id}").as_str())
+            );
+        }
+    }
+    for _ in 1..20 {
+        assert_eq!(
+            socket.next_text(WAIT).await.as_deref(),
+            Some(format!("ping {ws_id}").as_str())
+        );
+    }
+    let got = receiver.wait_for(20).await;
+    actix_rt::time::sleep(QUIET).await;
+    let got_after = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 20, "{got:#?}");
+    assert_eq!(
+        got_after.len(),
+        20,
+        "an event delivered twice: {got_after:#?}"
+    );
+    let numbers: Vec<i64> = got.iter().map(Received::event_number).collect();
+    assert_eq!(numbers, (1..=20).collect::<Vec<i64>>());
+    let mut ids: Vec<String> = got.iter().map(|r| entry(r).1).collect();
+    ids.sort();
+    let mut expected: Vec<String> = written
+        .iter()
+        .map(|id| format!("Observation/{id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    for r in &got {
+        assert_signed(r, &secret);
+    }
+    drop((a, b));
+    receiver.handle.stop(false).await;
+}
+
+/// SIGKILL while notifications wait (the receiver refuses them): after a
+/// restart on the same database every committed change is delivered, in
+/// order, none lost (the dead node's lease runs out first).
+async fn notifications_survive_sigkill(backend: Backend) {
+    let receiver = Receiver::start(usize::MAX).await;
+    let db = Database::new(backend);
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.settings().database.url;
+    let first = node(&url, dir.path(), "first", "100");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let (status, made, secret) = post_to(
+        &client,
+        &first.base,
+        "/Subscription",
+        &subscription(&receiver.url, CRITERIA),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let mut written = Vec::new();
+    for v in 0..5 {
+        let (status, o, _) = post_to(
+            &client,
+            &first.base,
+            "/Observation",
+            &observation(GLUCOSE, v as f64),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        written.push(format!("Observation/{}", o["id"].as_str().unwrap()));
+    }
+    // Refused at least once: the deliveries were under way.
+    for _ in 0..100 {
+        if *receiver.refused.lock().unwrap() > 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(*receiver.refused.lock().unwrap() > 0);
+    let mut first = first;
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    assert!(receiver.got.lock().unwrap().is_empty());
+    *receiver.fail_first.lock().unwrap() = 0;
+    let second = node(&url, dir.path(), "second", "100");
+    let got = receiver.wait_for(5).await;
+    assert_eq!(got.len(), 5, "{got:#?}");
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.event_number(), i as i64 + 1);
+        assert_eq!(entry(r).1, written[i]);
+        assert_signed(r, secret.as_deref().unwrap());
+    }
+    drop(second);
+    receiver.handle.stop(false).await;
+}
+
+on_both_backends!(notifications_survive_sigkill);
