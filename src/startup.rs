@@ -263,7 +263,25 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     )?);
     crate::search::reindex::start(&store, &search);
     crate::subscription::install(&store, &search);
-    crate::subscription::worker::start(&store, &search, &audit, &settings.subscriptions, &base_url);
+    let metrics = http::ops::Metrics::new();
+    let compartment = Arc::new(PatientCompartment::new(model.clone()));
+    let gate = Arc::new(crate::validation::WriteGate::new(
+        validator.clone(),
+        settings.validation.clone(),
+    ));
+    crate::subscription::worker::start(
+        &store,
+        &search,
+        &audit,
+        &settings.subscriptions,
+        &base_url,
+        &metrics.subscriptions,
+        crate::subscription::worker::WritePath {
+            model: model.clone(),
+            compartment: compartment.clone(),
+            gate: gate.clone(),
+        },
+    );
     crate::search::audit_index::start(
         &store,
         &search,
@@ -284,17 +302,14 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
         auth,
         settings: settings.clone(),
         base_url,
-        compartment: Arc::new(PatientCompartment::new(model.clone())),
+        compartment,
         search,
-        gate: Arc::new(crate::validation::WriteGate::new(
-            validator.clone(),
-            settings.validation.clone(),
-        )),
+        gate,
         validator,
         model,
         store,
         audit,
-        metrics: http::ops::Metrics::new(),
+        metrics,
         capability,
         chainer,
         console: Arc::new(crate::console::Pages::new().map_err(StartupError::Console)?),

@@ -27,6 +27,12 @@ pub struct Metrics {
     /// The last periodic verification of the audit chain: 1 verified, 0 broken,
     /// -1 none yet.
     audit_chain_ok: IntGauge,
+    /// Rest-hook deliveries of this node (subscription::worker).
+    pub subscriptions: crate::subscription::worker::DeliveryMetrics,
+    /// Notifications not yet delivered, in all, and per subscription that has
+    /// any (read from the database at each scrape: every node sees the same).
+    outbox_depth: IntGauge,
+    lag: prometheus::IntGaugeVec,
 }
 
 /// Counts a FHIR request in flight until it is dropped (also when the handler fails).
@@ -81,12 +87,32 @@ impl Metrics {
         .expect("static metric definition");
         let _ = registry.register(Box::new(in_flight.clone()));
         let _ = registry.register(Box::new(audit_chain_ok.clone()));
+        let subscriptions = crate::subscription::worker::DeliveryMetrics::new();
+        subscriptions.register(&registry);
+        let outbox_depth = IntGauge::new(
+            "fhirgate_subscription_outbox_depth",
+            "Notifications stored and not yet delivered, over every active subscription",
+        )
+        .expect("static metric definition");
+        let lag = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "fhirgate_subscription_lag_events",
+                "Notifications not yet delivered, per active subscription that has any",
+            ),
+            &["subscription"],
+        )
+        .expect("static metric definition");
+        let _ = registry.register(Box::new(outbox_depth.clone()));
+        let _ = registry.register(Box::new(lag.clone()));
         Metrics {
             registry,
             requests,
             duration,
             in_flight,
             audit_chain_ok,
+            subscriptions,
+            outbox_depth,
+            lag,
         }
     }
 
@@ -159,6 +185,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .chain_ok
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    match state.store.call(|s| s.subscription_lags()).await {
+        Ok(lags) => {
+            state.metrics.lag.reset();
+            let mut depth = 0;
+            for (id, lag) in lags {
+                depth += lag;
+                state.metrics.lag.with_label_values(&[&id]).set(lag);
+            }
+            state.metrics.outbox_depth.set(depth);
+        }
+        Err(e) => tracing::warn!(error = %e, "the subscription outbox could not be measured"),
+    }
     let families = state.metrics.registry.gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
         tracing::error!(error = %e, "metrics encoding failed");

@@ -864,6 +864,29 @@ impl super::Store {
         self.pool.read(|c| events(c, id, since, limit))
     }
 
+    /// (subscription id, undelivered events) of the active subscriptions that
+    /// have any.
+    pub fn subscription_lags(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Lag {
+            #[diesel(sql_type = Text)]
+            subscription_id: String,
+            #[diesel(sql_type = BigInt)]
+            lag: i64,
+        }
+        self.pool.read(|c| {
+            let mut sql = c.sql();
+            sql.push(
+                "SELECT subscription_id, last_event - delivered AS lag FROM subscriptions \
+                 WHERE status = 'active' AND last_event > delivered ORDER BY subscription_id",
+            );
+            Ok(c.load::<Lag>(sql)?
+                .into_iter()
+                .map(|l| (l.subscription_id, l.lag))
+                .collect())
+        })
+    }
+
     /// Marks a subscription's events up to `event_number` delivered (a websocket
     /// sent their pings); never moves back.
     pub fn advance_delivered(&self, id: &str, event_number: i64) -> Result<(), StoreError> {

@@ -70,15 +70,72 @@ fn wait(last: &mut u64, timeout: Duration) {
     *last = *n;
 }
 
+/// The delivery metrics (registered with the server's Prometheus registry).
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    /// Attempts by outcome: `delivered`, `failed` (the endpoint's answer or a
+    /// network error), `refused` (the endpoint's addresses are not allowed).
+    pub deliveries: prometheus::IntCounterVec,
+    /// From the change's commit to the receiver's 2xx, in seconds.
+    pub latency: prometheus::Histogram,
+}
+
+impl DeliveryMetrics {
+    pub fn new() -> DeliveryMetrics {
+        DeliveryMetrics {
+            deliveries: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "fhirgate_subscription_deliveries_total",
+                    "rest-hook delivery attempts of this node by outcome (delivered, failed, refused)",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric definition"),
+            latency: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "fhirgate_subscription_delivery_latency_seconds",
+                    "From a change's commit to its notification's delivery (rest-hook, this node)",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+                ]),
+            )
+            .expect("static metric definition"),
+        }
+    }
+
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let _ = registry.register(Box::new(self.deliveries.clone()));
+        let _ = registry.register(Box::new(self.latency.clone()));
+    }
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        DeliveryMetrics::new()
+    }
+}
+
+/// What the worker needs to write a Subscription's new status through the one
+/// write path (bundle) as the server itself.
+#[derive(Clone)]
+pub struct WritePath {
+    pub model: Arc<crate::fhir::Model>,
+    pub compartment: Arc<crate::fhir::compartment::PatientCompartment>,
+    pub gate: Arc<crate::validation::WriteGate>,
+}
+
 /// What a delivery needs, shared by the worker's threads.
 struct Worker {
     store: WeakStore,
     engine: Weak<SearchEngine>,
+    write_path: WritePath,
     audit: AuditWriter,
     settings: SubscriptionSettings,
     node: String,
     base_url: String,
     busy: AtomicUsize,
+    metrics: DeliveryMetrics,
 }
 
 /// Starts this node's delivery worker (nothing when subscriptions are off).
@@ -88,6 +145,8 @@ pub fn start(
     audit: &AuditWriter,
     settings: &SubscriptionSettings,
     base_url: &str,
+    metrics: &DeliveryMetrics,
+    write_path: WritePath,
 ) {
     if !settings.enabled {
         return;
@@ -95,11 +154,13 @@ pub fn start(
     let worker = Arc::new(Worker {
         store: store.downgrade(),
         engine: Arc::downgrade(engine),
+        write_path,
         audit: audit.clone(),
         settings: settings.clone(),
         node: format!("node-{}", uuid::Uuid::new_v4()),
         base_url: base_url.trim_end_matches('/').to_string(),
         busy: AtomicUsize::new(0),
+        metrics: metrics.clone(),
     });
     // Other nodes' commits wake this one (PostgreSQL LISTEN/NOTIFY).
     store.on_notifications(wake);
@@ -233,6 +294,17 @@ impl Worker {
                 ),
             };
             let delivered = matches!(outcome, Outcome::Delivered { .. });
+            let label = match &outcome {
+                Outcome::Delivered { .. } => "delivered",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Refused(_) => "refused",
+            };
+            self.metrics.deliveries.with_label_values(&[label]).inc();
+            if delivered {
+                self.metrics
+                    .latency
+                    .observe((crate::fhir::now_micros() - event.recorded).max(0) as f64 / 1e6);
+            }
             let (status_code, detail) = match &outcome {
                 Outcome::Delivered { status } => (Some(*status), String::new()),
                 Outcome::Failed { status, detail } => (*status, detail.clone()),
@@ -287,11 +359,77 @@ impl Worker {
             if !delivered {
                 if let Some(e) = error {
                     tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
+                    self.write_status(store, &engine, &resource_type, id, &e);
                 }
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Writes the Subscription's new version with `status` `error` and the
+    /// reason (R4 `Subscription.error`), as the server, through the one write
+    /// path (audited with the data; its delivery row follows the status). A
+    /// version written meanwhile by its owner wins: the update names the version
+    /// it read (`If-Match`).
+    fn write_status(
+        &self,
+        store: &Store,
+        engine: &SearchEngine,
+        resource_type: &str,
+        id: &str,
+        error: &str,
+    ) {
+        use crate::bundle::{Entry, Env, Method, Origin, Payload};
+        let system = AccessContext::open(format!("subscription-{id}"), None);
+        let Ok(Some(current)) = store.read(&system, resource_type, id, None) else {
+            return;
+        };
+        let Ok(mut resource) = serde_json::from_slice::<Value>(&current.body) else {
+            return;
+        };
+        if let Some(o) = resource.as_object_mut() {
+            o.insert("status".into(), Value::String("error".into()));
+            o.insert("error".into(), Value::String(error.to_string()));
+        }
+        let url = format!("{resource_type}/{id}");
+        let target = match crate::bundle::parse_target(&self.write_path.model, &self.base_url, &url)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(subscription.id = %id, "the error status could not be written: {e}");
+                return;
+            }
+        };
+        let entry = Entry {
+            origin: Origin::Request,
+            full_url: None,
+            method: Method::Put,
+            url,
+            target,
+            payload: Payload::Resource(resource),
+            if_match: Some(current.version),
+            if_none_exist: None,
+            if_none_match: None,
+            if_modified_since: None,
+        };
+        let env = Env {
+            model: &self.write_path.model,
+            search: engine,
+            store,
+            audit: &self.audit,
+            compartment: &self.write_path.compartment,
+            gate: &self.write_path.gate,
+            ctx: &system,
+            base_url: &self.base_url,
+            return_bodies: false,
+            subscriptions: &self.settings,
+        };
+        if let Err(failed) = crate::bundle::process_entry(&env, &entry, None) {
+            let (e, record) = *failed;
+            tracing::warn!(subscription.id = %id, error = %e, "the error status could not be written");
+            let _ = store.append_audits(&self.audit.rows(&record));
+        }
     }
 
     fn first_retry(&self) -> Duration {

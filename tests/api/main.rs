@@ -47,6 +47,7 @@ mod shutdown;
 mod smart_auth;
 mod startup;
 mod subscriptions;
+mod sync;
 mod synthetic;
 mod tidy;
 mod validation_examples;

@@ -338,6 +338,20 @@ async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(backend: B
         ("active", 4, 0)
     );
     assert_eq!(app.db.count_rows("subscription_attempts"), 7);
+    // The metrics say the same.
+    let metrics = app.get(&format!("{}/metrics", app.root)).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    for line in [
+        "fhirgate_subscription_deliveries_total{outcome=\"delivered\"} 4",
+        "fhirgate_subscription_deliveries_total{outcome=\"failed\"} 3",
+        "fhirgate_subscription_outbox_depth 0",
+        "fhirgate_subscription_delivery_latency_seconds_count 4",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no `{line}` in the metrics:\n{text}"
+        );
+    }
     // Each attempt is an AuditEvent naming the subscription, its outcome and the
     // endpoint's host, and meets the profile it claims.
     let events = crate::audit_balp::validate_all(&app).await;
@@ -782,3 +796,66 @@ async fn notifications_survive_sigkill(backend: Backend) {
 }
 
 on_both_backends!(notifications_survive_sigkill);
+
+/// Past `subscriptions.retry_hours` of failures (0 here: the first failure),
+/// the server writes a new version of the Subscription with status `error` and
+/// the reason; its owner restarts it with a PUT of status `active`, and what
+/// waited is delivered.
+async fn a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted(backend: Backend) {
+    let receiver = Receiver::start(usize::MAX).await;
+    let app = spawn_with(Database::new(backend), |s| {
+        s.subscriptions.allow_http = true;
+        s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
+        s.subscriptions.first_retry_ms = 200;
+        s.subscriptions.poll_interval_ms = 100;
+        s.subscriptions.retry_hours = 0;
+    })
+    .await;
+    let (id, _) = subscribe(&app, &receiver.url).await;
+    create(&app, &observation(GLUCOSE, 1.0)).await;
+    let mut read = Value::Null;
+    for _ in 0..200 {
+        read = app.get(&format!("/Subscription/{id}")).await.json();
+        if read["status"] == "error" {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read["status"], "error", "{read}");
+    assert_eq!(read["meta"]["versionId"], "2", "{read}");
+    assert!(
+        read["error"].as_str().unwrap_or_default().contains("500"),
+        "{read}"
+    );
+    let events = app.get(&format!("/Subscription/{id}/$events")).await.json();
+    assert!(
+        events.to_string().contains("\"valueCode\":\"error\""),
+        "{events}"
+    );
+    // Nothing is matched for a subscription in error.
+    create(&app, &observation(GLUCOSE, 2.0)).await;
+    // The owner restarts it.
+    *receiver.fail_first.lock().unwrap() = 0;
+    let mut restart = read.clone();
+    restart["status"] = json!("active");
+    restart.as_object_mut().unwrap().remove("error");
+    let r = app.put_json(&format!("/Subscription/{id}"), &restart).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    create(&app, &observation(GLUCOSE, 3.0)).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[0].event_number(), 1);
+    assert_eq!(got[1].event_number(), 2);
+    let state = app.store.subscription_state(&id).unwrap().unwrap();
+    assert_eq!((state.status.as_str(), state.delivered), ("active", 2));
+    app.assert_every_request_audited().await;
+    app.stop().await;
+    receiver.handle.stop(false).await;
+}
+
+on_both_backends!(a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted);
