@@ -859,3 +859,146 @@ async fn a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted(
 }
 
 on_both_backends!(a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted);
+
+/// With authorization on, a subscription hears only what its owner may search:
+/// a clinician whose token reads only laboratory Observations subscribes to a
+/// code; an Observation of that code in another category is not told. A
+/// websocket bind needs a token that may read the Subscription.
+async fn a_subscription_hears_only_what_its_owner_may_search(backend: Backend) {
+    use crate::smart_auth::{client_token, spawn_auth};
+    use crate::support::audit::{send, user_token};
+    use awc::http::Method;
+    let receiver = Receiver::start(0).await;
+    let app = spawn_auth(backend, |s| {
+        s.subscriptions.allow_http = true;
+        s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
+        s.subscriptions.poll_interval_ms = 100;
+    })
+    .await;
+    let (_, admin) = client_token(&app, "system/*.*").await;
+    let doc = user_token(
+        &app,
+        "doc",
+        "Practitioner/d1",
+        fhirgate::auth::scopes::Role::Clinician,
+        "user/Observation.rs?category=laboratory user/Subscription.cruds",
+    )
+    .await;
+    let r = send(
+        &app,
+        Method::POST,
+        "/Subscription",
+        &doc,
+        Some(&subscription(&receiver.url, CRITERIA)),
+        "doc-subscribes",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let in_category = |category: &str, v: f64| {
+        let mut o = observation(GLUCOSE, v);
+        o["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}]);
+        o
+    };
+    let mut lab = Vec::new();
+    for (i, category) in ["laboratory", "vital-signs", "laboratory"]
+        .iter()
+        .enumerate()
+    {
+        let r = send(
+            &app,
+            Method::POST,
+            "/Observation",
+            &admin,
+            Some(&in_category(category, i as f64)),
+            &format!("admin-{i}"),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if *category == "laboratory" {
+            lab.push(format!("Observation/{}", r.json()["id"].as_str().unwrap()));
+        }
+    }
+    receiver.wait_for(2).await;
+    actix_rt::time::sleep(QUIET).await;
+    let got = receiver.got.lock().unwrap().clone();
+    let told: Vec<String> = got.iter().map(|r| entry(r).1).collect();
+    assert_eq!(told, lab, "the owner may not search vital signs");
+    for r in &got {
+        let (_, _, resource) = entry(r);
+        assert_eq!(
+            resource.unwrap()["category"][0]["coding"][0]["code"],
+            "laboratory"
+        );
+    }
+
+    let mut ws_sub = subscription("", CRITERIA);
+    ws_sub["channel"] = json!({"type": "websocket"});
+    let r = send(
+        &app,
+        Method::POST,
+        "/Subscription",
+        &doc,
+        Some(&ws_sub),
+        "doc-ws",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let ws_id = r.json()["id"].as_str().unwrap().to_string();
+    let mut socket = Socket::open(&app).await;
+    socket.send(&format!("bind {ws_id}")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(
+        answer.starts_with(&format!("error {ws_id}:")),
+        "a bind without a token: {answer}"
+    );
+    socket.send(&format!("bind {ws_id} not-a-token")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(answer.starts_with(&format!("error {ws_id}:")), "{answer}");
+    let (_, reader) = client_token(&app, "system/Observation.rs").await;
+    socket.send(&format!("bind {ws_id} {reader}")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(
+        answer.starts_with(&format!("error {ws_id}:")),
+        "a token without Subscription: {answer}"
+    );
+    socket.send(&format!("bind {ws_id} {doc}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("bound {ws_id}").as_str())
+    );
+    let r = send(
+        &app,
+        Method::POST,
+        "/Observation",
+        &admin,
+        Some(&in_category("laboratory", 9.0)),
+        "admin-ws",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("ping {ws_id}").as_str())
+    );
+    let _ = id;
+    app.stop().await;
+    receiver.handle.stop(false).await;
+}
+
+on_both_backends!(a_subscription_hears_only_what_its_owner_may_search);
