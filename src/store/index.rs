@@ -107,6 +107,26 @@ impl Blinded {
         &self.references
     }
 
+    /// The blind rows (pid, h).
+    pub fn blinds(&self) -> &[(i64, i64)] {
+        &self.blind
+    }
+
+    /// The date rows (pid, lo, hi).
+    pub fn dates(&self) -> &[(i64, i64, i64)] {
+        &self.dates
+    }
+
+    /// The number rows (pid, k, lo, hi).
+    pub fn numbers(&self) -> &[(i64, i64, f64, f64)] {
+        &self.numbers
+    }
+
+    /// The URI rows (pid, uri).
+    pub fn uris(&self) -> &[(i64, String)] {
+        &self.uris
+    }
+
     pub fn is_empty(&self) -> bool {
         self.blind.is_empty()
             && self.dates.is_empty()

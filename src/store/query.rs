@@ -85,6 +85,9 @@ pub enum UriMatch {
 pub enum Filter {
     /// `_id`: any of these ids.
     Ids(Vec<String>),
+    /// The resources with these surrogate keys (a subscription's matching runs
+    /// on the rows a write just made: a primary-key look-up first).
+    Rids(Vec<i64>),
     /// `_lastUpdated`, on the current version's time (a point, in microseconds).
     LastUpdated(Ranges<i64>),
     /// Any of the tagged values (blinded here) under any of the parameters.
@@ -201,6 +204,9 @@ pub struct Query {
     pub after: Option<Position>,
     /// Walk backwards from `after` (a previous page); rows come back in page order.
     pub backwards: bool,
+    /// The query names its few resources by rid ([`Filter::Rids`]): conditions
+    /// on index rows are looked up per resource (store::render), not scanned.
+    pub probe: bool,
 }
 
 /// A current version found by a search, with its sort key values.

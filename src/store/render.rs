@@ -41,6 +41,10 @@ pub(crate) struct Renderer<'a> {
     /// includes); resources reached through chains and `_has` are searched.
     action: Action,
     alias: usize,
+    /// Conditions on index rows are correlated with the resource (`AND x.rid =
+    /// rc.rid`): for a query over a few known rids ([`Query::probe`]), each
+    /// condition is a look-up by rid instead of a scan of its parameter's rows.
+    probe: bool,
 }
 
 impl<'a> Renderer<'a> {
@@ -56,6 +60,7 @@ impl<'a> Renderer<'a> {
             ctx,
             action,
             alias: 0,
+            probe: false,
         }
     }
 
@@ -141,6 +146,9 @@ impl<'a> Renderer<'a> {
             }
             Filter::Ids(ids) => {
                 self.sql.in_texts(&format!("{t}.resource_id"), ids);
+            }
+            Filter::Rids(rids) => {
+                self.sql.in_i64s(&rid, rids);
             }
             Filter::Types(types) => {
                 self.sql.in_texts(&format!("{t}.resource_type"), types);
@@ -472,6 +480,9 @@ impl<'a> Renderer<'a> {
         ));
         self.pids(&format!("{a}.pid"), pids);
         self.row_condition(f, &a)?;
+        if self.probe {
+            self.sql.push(&format!(" AND {a}.rid = {rid}"));
+        }
         self.sql.push(")");
         Ok(())
     }
@@ -498,6 +509,9 @@ impl<'a> Renderer<'a> {
         all_pids.sort_unstable();
         all_pids.dedup();
         self.pids(&format!("{a}.pid"), &all_pids);
+        if self.probe {
+            self.sql.push(&format!(" AND {a}.rid = {t}.rid"));
+        }
         // Blind conditions only (no `Present` among them): only rows with one of
         // their values can meet one.
         if fs.iter().all(|f| matches!(f, Filter::Blind { .. })) {
@@ -658,6 +672,7 @@ impl<'a> Renderer<'a> {
 
     /// A page of current versions: sorted, after the position, at most `limit`.
     pub fn page(&mut self, q: &Query) -> Result<(), StoreError> {
+        self.probe = q.probe;
         if q.sort.len() > MAX_SQL_SORT_KEYS {
             return Err(StoreError::Internal(
                 "more sort keys than the database sorts by",
@@ -805,6 +820,7 @@ impl<'a> Renderer<'a> {
 
     /// The ids (and rids) that satisfy the query, in rid order, at most `limit`.
     pub fn ids(&mut self, q: &Query) -> Result<(), StoreError> {
+        self.probe = q.probe;
         self.sql.push("SELECT rc.rid, rc.resource_id");
         self.rows_searched(q.rows);
         self.scope(q)?;
@@ -867,6 +883,7 @@ fn pins_type(f: &Filter) -> bool {
         Filter::Any(fs) => !fs.is_empty() && fs.iter().all(pins_type),
         Filter::Nothing => true,
         Filter::Ids(_)
+        | Filter::Rids(_)
         | Filter::Types(_)
         | Filter::LastUpdated(_)
         | Filter::ReferencedBy { .. }

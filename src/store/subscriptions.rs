@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 
 use super::conn::AnyConn;
 use super::index::{blind_key, Blinded};
-use super::query::{self, Filter, Query, RefTarget};
+use super::query::{self, Bound, Filter, IndexTable, Query, Ranges, RefTarget};
 use super::read::version;
 use super::sql::Bind;
 use super::{StoreError, Verify};
@@ -133,6 +133,7 @@ const DELIVERY_COLUMNS: &str = "subscription_id, channel, status, created_versio
 
 /// One written version as matching sees it.
 pub(crate) struct Written<'a> {
+    pub rid: i64,
     pub resource_type: &'a str,
     pub id: &'a str,
     pub version: i64,
@@ -164,7 +165,11 @@ impl Need {
                 rows.references().iter().any(|(pid, r)| {
                     pids.contains(pid)
                         && r.target_id == *id
-                        && (types.is_empty() || types.contains(&r.target_type))
+                        && if types.is_empty() {
+                            !r.target_type.is_empty()
+                        } else {
+                            types.contains(&r.target_type)
+                        }
                 })
             }),
         }
@@ -204,10 +209,153 @@ fn needs(ring: &Keyring, filters: &[Filter], out: &mut Vec<Need>) -> Result<(), 
     Ok(())
 }
 
-/// A subscription's criteria with its needs.
+/// A filter decided in memory on the rows a write made, exactly as the SQL of
+/// store::render decides it on the stored rows (same tables, same comparisons).
+enum Mem {
+    Blind(Vec<(i64, i64)>),
+    Date {
+        pids: Vec<i64>,
+        ranges: Ranges<i64>,
+    },
+    Number {
+        pids: Vec<i64>,
+        keys: Vec<i64>,
+        ranges: Ranges<f64>,
+    },
+    Reference(Vec<LocalTarget>),
+    Present {
+        table: IndexTable,
+        pids: Vec<i64>,
+    },
+    Ids(Vec<String>),
+    Types(Vec<String>),
+    Not(Box<Mem>),
+    Any(Vec<Mem>),
+    All(Vec<Mem>),
+    Nothing,
+}
+
+/// `v` within one of the conjunctions of bounds (none: any value).
+fn in_ranges<T: Copy + PartialOrd>(lo: T, hi: T, ranges: &Ranges<T>) -> bool {
+    ranges.is_empty()
+        || ranges.iter().any(|conj| {
+            conj.iter().all(|b| match *b {
+                Bound::LoGe(v) => lo >= v,
+                Bound::LoGt(v) => lo > v,
+                Bound::LoLe(v) => lo <= v,
+                Bound::LoLt(v) => lo < v,
+                Bound::HiGe(v) => hi >= v,
+                Bound::HiGt(v) => hi > v,
+                Bound::HiLe(v) => hi <= v,
+                Bound::HiLt(v) => hi < v,
+            })
+        })
+}
+
+impl Mem {
+    /// The in-memory form of a filter; None when it needs the database (chains,
+    /// `_has`, `_list`, URLs, `_lastUpdated`, URIs).
+    fn of(ring: &Keyring, f: &Filter) -> Result<Option<Mem>, StoreError> {
+        Ok(Some(match f {
+            Filter::Blind { pids, values } => {
+                let mut any = Vec::with_capacity(pids.len() * values.len());
+                for v in values {
+                    let h = blind_key(ring, v)?;
+                    any.extend(pids.iter().map(|p| (*p, h)));
+                }
+                Mem::Blind(any)
+            }
+            Filter::Date { pids, ranges } => Mem::Date {
+                pids: pids.clone(),
+                ranges: ranges.clone(),
+            },
+            Filter::Number { pids, keys, ranges } => Mem::Number {
+                pids: pids.clone(),
+                keys: match keys {
+                    None => vec![0],
+                    Some(ks) => ks
+                        .iter()
+                        .map(|k| blind_key(ring, k))
+                        .collect::<Result<Vec<i64>, _>>()?,
+                },
+                ranges: ranges.clone(),
+            },
+            Filter::Reference { pids, targets } => {
+                let mut any = Vec::new();
+                for t in targets {
+                    match t {
+                        RefTarget::Local { types, id } => {
+                            any.push((pids.clone(), types.clone(), id.clone()))
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                Mem::Reference(any)
+            }
+            Filter::Present { table, pids } if *table != IndexTable::Uri => Mem::Present {
+                table: *table,
+                pids: pids.clone(),
+            },
+            Filter::Ids(ids) => Mem::Ids(ids.clone()),
+            Filter::Types(ts) => Mem::Types(ts.clone()),
+            Filter::Nothing => Mem::Nothing,
+            Filter::Not(inner) => match Mem::of(ring, inner)? {
+                Some(m) => Mem::Not(Box::new(m)),
+                None => return Ok(None),
+            },
+            Filter::Any(fs) | Filter::All(fs) => {
+                let mut parts = Vec::with_capacity(fs.len());
+                for f in fs {
+                    match Mem::of(ring, f)? {
+                        Some(m) => parts.push(m),
+                        None => return Ok(None),
+                    }
+                }
+                if matches!(f, Filter::Any(_)) {
+                    Mem::Any(parts)
+                } else {
+                    Mem::All(parts)
+                }
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    fn holds(&self, w: &Written<'_>, rows: &Blinded) -> bool {
+        match self {
+            Mem::Blind(any) => any.iter().any(|k| rows.has_blind(*k)),
+            Mem::Date { pids, ranges } => rows
+                .dates()
+                .iter()
+                .any(|(p, lo, hi)| pids.contains(p) && in_ranges(*lo, *hi, ranges)),
+            Mem::Number { pids, keys, ranges } => rows.numbers().iter().any(|(p, k, lo, hi)| {
+                pids.contains(p) && keys.contains(k) && in_ranges(*lo, *hi, ranges)
+            }),
+            Mem::Reference(any) => Need::Reference(any.clone()).met_by(rows),
+            Mem::Present { table, pids } => match table {
+                IndexTable::Blind => rows.blinds().iter().any(|(p, _)| pids.contains(p)),
+                IndexTable::Date => rows.dates().iter().any(|(p, ..)| pids.contains(p)),
+                IndexTable::Number => rows.numbers().iter().any(|(p, ..)| pids.contains(p)),
+                IndexTable::Reference => rows.references().iter().any(|(p, _)| pids.contains(p)),
+                IndexTable::Uri => rows.uris().iter().any(|(p, _)| pids.contains(p)),
+            },
+            Mem::Ids(ids) => ids.iter().any(|id| id == w.id),
+            Mem::Types(ts) => ts.iter().any(|t| t == w.resource_type),
+            Mem::Not(m) => !m.holds(w, rows),
+            Mem::Any(ms) => ms.iter().any(|m| m.holds(w, rows)),
+            Mem::All(ms) => ms.iter().all(|m| m.holds(w, rows)),
+            Mem::Nothing => false,
+        }
+    }
+}
+
+/// A subscription's criteria with its needs and, when the whole decision can
+/// be made in memory (criteria and the owner's narrowing on the rows a write
+/// made, no check after decryption), that decision's form.
 struct Compiled {
     criteria: Criteria,
     needs: Vec<Need>,
+    in_memory: Option<Mem>,
 }
 
 /// Each node's compiled criteria, reloaded when the database's generation moved.
@@ -307,7 +455,20 @@ impl Registry {
         for criteria in compiler.compile(registered) {
             let mut n = Vec::new();
             needs(ring, &criteria.filters, &mut n)?;
-            compiled.push(Compiled { criteria, needs: n });
+            let mut all = criteria.filters.clone();
+            all.extend(criteria.owner.grant.narrowing(
+                Some(std::slice::from_ref(&criteria.resource_type)),
+                Action::Search,
+            ));
+            let in_memory = match criteria.verify {
+                Some(_) => None,
+                None => Mem::of(ring, &Filter::All(all))?,
+            };
+            compiled.push(Compiled {
+                criteria,
+                needs: n,
+                in_memory,
+            });
         }
         let compiled = Arc::new(compiled);
         *self.loaded.lock() = Some((generation, compiled.clone()));
@@ -359,14 +520,37 @@ impl Registry {
             if candidates.is_empty() {
                 continue;
             }
+            // Decided in memory where it can be: no statement in the write's
+            // transaction (on SQLite, the one writer's).
+            let (decided, candidates): (Vec<&Written>, Vec<&Written>) = match &sub.in_memory {
+                Some(_) => candidates.into_iter().partition(|w| w.index.is_some()),
+                None => (Vec::new(), candidates),
+            };
+            for w in decided {
+                let holds = match (&sub.in_memory, w.index) {
+                    (Some(m), Some(rows)) => m.holds(w, rows),
+                    _ => false,
+                };
+                if holds {
+                    out.push(Notification {
+                        subscription_id: s.subscription_id.clone(),
+                        resource_type: w.resource_type.to_string(),
+                        resource_id: w.id.to_string(),
+                        version: w.version,
+                        action: w.action,
+                    });
+                }
+            }
+            if candidates.is_empty() {
+                continue;
+            }
             let mut filters = s.filters.clone();
-            filters.push(Filter::Ids(
-                candidates.iter().map(|w| w.id.to_string()).collect(),
-            ));
+            filters.push(Filter::Rids(candidates.iter().map(|w| w.rid).collect()));
             let q = Query {
                 types: Some(vec![s.resource_type.clone()]),
                 filters,
                 limit: candidates.len(),
+                probe: true,
                 ..Query::default()
             };
             let ids: Vec<String> = match &s.verify {

@@ -353,6 +353,7 @@ pub(crate) fn apply(
         .iter()
         .filter(|v| v.deleted && v.replaces.is_some_and(|r| !r.deleted))
         .map(|v| Written {
+            rid: v.replaces.map_or(0, |r| r.rid),
             resource_type: &v.resource_type,
             id: &v.id,
             version: v.result.version,
@@ -436,6 +437,7 @@ pub(crate) fn apply(
         .iter()
         .filter(|v| !v.deleted)
         .map(|v| Written {
+            rid: v.result.rid,
             resource_type: &v.resource_type,
             id: &v.id,
             version: v.result.version,
