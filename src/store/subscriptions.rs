@@ -1087,8 +1087,23 @@ impl super::Store {
         })
     }
 
-    /// Records a delivery attempt; false when `node` no longer holds the lease.
-    pub fn record_delivery(&self, id: &str, attempt: &Attempt<'_>) -> Result<bool, StoreError> {
-        self.pool.write(|c| record_attempt(c, id, attempt))
+    /// Records a delivery attempt with its AuditEvents (one transaction); false
+    /// when `node` no longer holds the lease (then the AuditEvents are still
+    /// stored: the attempt happened).
+    pub fn record_delivery(
+        &self,
+        id: &str,
+        attempt: &Attempt<'_>,
+        audits: &[super::audit_log::AuditRow],
+    ) -> Result<bool, StoreError> {
+        let ring = self.keyring()?;
+        let sealed = audits
+            .iter()
+            .map(|r| super::audit_log::seal(&ring, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.pool.write(|c| {
+            super::audit_log::append(c, &sealed)?;
+            record_attempt(c, id, attempt)
+        })
     }
 }

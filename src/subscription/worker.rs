@@ -328,6 +328,7 @@ impl Worker {
                     error,
                 )
             };
+            let record = self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
             let recorded = store
                 .record_delivery(
                     id,
@@ -342,17 +343,9 @@ impl Worker {
                         error: error.as_deref(),
                         lease_until: crate::fhir::now_micros() + LEASE.as_micros() as i64,
                     },
+                    &self.audit.rows(&record),
                 )
                 .map_err(|e| e.to_string())?;
-            self.audit_attempt(
-                store,
-                &owner,
-                id,
-                &event,
-                host.as_deref(),
-                delivered,
-                &detail,
-            );
             if !recorded {
                 return Err("the lease ran out".into());
             }
@@ -484,21 +477,18 @@ impl Worker {
 
     /// Each attempt is an AuditEvent: the subscription, the endpoint's host, the
     /// event number and the outcome (never the payload or header values).
-    #[allow(clippy::too_many_arguments)]
-    fn audit_attempt(
+    fn audit_record(
         &self,
-        store: &Store,
         owner: &AccessContext,
         id: &str,
         e: &EventRow,
         host: Option<&str>,
         delivered: bool,
         detail: &str,
-    ) {
+    ) -> AuditRecord {
         let mut ctx = owner.clone();
         ctx.remote_addr = host.map(str::to_string);
-        let mut record =
-            AuditRecord::new(Interaction::Operation("subscription-delivery".into()), &ctx);
+        let mut record = AuditRecord::new(Interaction::Operation("subscription-delivery".into()), &ctx);
         record.resource_type = Some(rules::RESOURCE_TYPE.to_string());
         record.id = Some(id.to_string());
         record.query = Some(format!("event={}", e.event_number));
@@ -508,9 +498,7 @@ impl Worker {
                 e.event_number
             ));
         }
-        if let Err(err) = store.append_audits(&self.audit.rows(&record)) {
-            tracing::error!(subscription.id = %id, error = %err, "a delivery's AuditEvent could not be stored");
-        }
+        record
     }
 }
 
