@@ -488,7 +488,8 @@ impl Worker {
     ) -> AuditRecord {
         let mut ctx = owner.clone();
         ctx.remote_addr = host.map(str::to_string);
-        let mut record = AuditRecord::new(Interaction::Operation("subscription-delivery".into()), &ctx);
+        let mut record =
+            AuditRecord::new(Interaction::Operation("subscription-delivery".into()), &ctx);
         record.resource_type = Some(rules::RESOURCE_TYPE.to_string());
         record.id = Some(id.to_string());
         record.query = Some(format!("event={}", e.event_number));
