@@ -73,6 +73,19 @@ impl AuthFailure {
     }
 }
 
+impl Principal {
+    /// The caller this token stands for, in `ctx` (which keeps its request id and
+    /// address).
+    pub fn apply_to(&self, ctx: &mut crate::access::AccessContext) {
+        ctx.client_id = self.client_id.clone();
+        ctx.user = self.user.clone();
+        ctx.subject = self.subject.clone();
+        ctx.token_id = self.token_id.clone();
+        ctx.purpose_of_use = self.purpose_of_use.clone();
+        ctx.grant = self.grant.clone();
+    }
+}
+
 /// What the token check decided for one request (in the request's extensions).
 #[derive(Debug, Clone)]
 pub struct Authentication(pub Result<Arc<Principal>, AuthFailure>);

@@ -75,14 +75,7 @@ impl Exchange {
         let mut auth_error = None;
         if state.settings.auth.enabled {
             match req.extensions().get::<crate::auth::Authentication>() {
-                Some(crate::auth::Authentication(Ok(p))) => {
-                    ctx.client_id = p.client_id.clone();
-                    ctx.user = p.user.clone();
-                    ctx.subject = p.subject.clone();
-                    ctx.token_id = p.token_id.clone();
-                    ctx.purpose_of_use = p.purpose_of_use.clone();
-                    ctx.grant = p.grant.clone();
-                }
+                Some(crate::auth::Authentication(Ok(p))) => p.apply_to(&mut ctx),
                 Some(crate::auth::Authentication(Err(f))) => {
                     ctx.grant = crate::access::Grant::Restricted(Default::default());
                     auth_error = Some(match f {

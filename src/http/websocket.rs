@@ -207,12 +207,7 @@ async fn bind(
             match p {
                 Ok(p) => {
                     let mut ctx = base.clone();
-                    ctx.client_id = p.client_id.clone();
-                    ctx.user = p.user.clone();
-                    ctx.subject = p.subject.clone();
-                    ctx.token_id = p.token_id.clone();
-                    ctx.purpose_of_use = p.purpose_of_use.clone();
-                    ctx.grant = p.grant.clone();
+                    p.apply_to(&mut ctx);
                     Ok(ctx)
                 }
                 Err(why) => Err(why),

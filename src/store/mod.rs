@@ -894,7 +894,7 @@ impl Store {
             let rows = rows
                 .take()
                 .ok_or(StoreError::Internal("a create ran twice"))?;
-            write::apply(c, &ring, ctx, subs, vec![rows])
+            write::apply(c, &ring, ctx, subs, None, vec![rows])
         })?;
         written
             .pop()

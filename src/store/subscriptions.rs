@@ -428,9 +428,20 @@ impl Registry {
         let mut registered = Vec::new();
         let system = AccessContext::system();
         for line in c.load::<OwnerLine>(sql)? {
-            let owner =
-                ring.open_box(line.key_id, &line.owner, &owner_aad(&line.subscription_id))?;
-            let Some(current) = version(
+            // One subscription that cannot be read is left out (and said so),
+            // never every write of the node failed for it.
+            let owner = match ring.open_box(
+                line.key_id,
+                &line.owner,
+                &owner_aad(&line.subscription_id),
+            ) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(subscription.id = %line.subscription_id, error = %e, "a subscription's owner cannot be opened; it is not matched");
+                    continue;
+                }
+            };
+            let current = match version(
                 c,
                 ring,
                 &system,
@@ -438,9 +449,14 @@ impl Registry {
                 &line.resource_type,
                 &line.subscription_id,
                 None,
-            )?
-            else {
-                continue;
+            ) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(subscription.id = %line.subscription_id, error = %e, "a subscription cannot be read; it is not matched");
+                    continue;
+                }
             };
             if current.deleted {
                 continue;
@@ -614,38 +630,42 @@ pub(crate) fn store_notifications(
             .i64(ns.len() as i64)
             .push(" WHERE subscription_id = ")
             .text(id)
-            .push(" RETURNING last_event");
+            .push(" AND status = 'active' RETURNING last_event");
         let Some(last) = c.load::<LastEvent>(sql)?.first().map(|l| l.last_event) else {
-            // Deleted in this very transaction: nothing to tell.
+            // Deleted in this very transaction, or no longer active (another
+            // node's cache was behind): nothing to tell.
             continue;
         };
         let first = last - ns.len() as i64 + 1;
-        let mut sql = c.sql();
-        sql.push(
-            "INSERT INTO subscription_events (subscription_id, event_number, resource_type, \
-             resource_id, version_id, action, recorded) VALUES ",
-        );
-        for (i, n) in ns.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
+        // 7 parameters a row: chunks stay far below PostgreSQL's 65,535.
+        for (chunk_no, chunk) in ns.chunks(1000).enumerate() {
+            let mut sql = c.sql();
+            sql.push(
+                "INSERT INTO subscription_events (subscription_id, event_number, resource_type, \
+                 resource_id, version_id, action, recorded) VALUES ",
+            );
+            for (i, n) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .text(id)
+                    .push(", ")
+                    .i64(first + (chunk_no * 1000 + i) as i64)
+                    .push(", ")
+                    .text(&n.resource_type)
+                    .push(", ")
+                    .text(&n.resource_id)
+                    .push(", ")
+                    .i64(n.version)
+                    .push(", ")
+                    .text(n.action)
+                    .push(", ")
+                    .i64(recorded)
+                    .push(")");
             }
-            sql.push("(")
-                .text(id)
-                .push(", ")
-                .i64(first + i as i64)
-                .push(", ")
-                .text(&n.resource_type)
-                .push(", ")
-                .text(&n.resource_id)
-                .push(", ")
-                .i64(n.version)
-                .push(", ")
-                .text(n.action)
-                .push(", ")
-                .i64(recorded)
-                .push(")");
+            c.execute(sql)?;
         }
-        c.execute(sql)?;
     }
     Ok(())
 }
@@ -690,7 +710,9 @@ pub(crate) fn register(
                 .push(", attempts = CASE WHEN status = 'active' THEN attempts ELSE 0 END")
                 .push(", failing_since = CASE WHEN status = 'active' THEN failing_since ELSE NULL END")
                 .push(", next_attempt = CASE WHEN status = 'active' THEN next_attempt ELSE 0 END")
-                .push(", error = CASE WHEN status = 'active' THEN error ELSE NULL END")
+                .push(", error = CASE WHEN status = 'active' OR ")
+                .text(&e.status)
+                .push(" = 'error' THEN error ELSE NULL END")
                 .push(", status = ")
                 .text(&e.status)
                 .push(" WHERE subscription_id = ")
@@ -901,6 +923,12 @@ pub(crate) fn record_attempt(
     if c.execute(sql)? != 1 {
         return Ok(false);
     }
+    if a.error.is_some() {
+        // Every node stops matching it.
+        let mut sql = c.sql();
+        sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
+        c.execute(sql)?;
+    }
     let mut sql = c.sql();
     sql.push(
         "INSERT INTO subscription_attempts (subscription_id, event_number, attempted, node, \
@@ -1030,7 +1058,13 @@ impl super::Store {
         if found.is_empty() {
             return Ok(found);
         }
-        self.pool.write(|c| lease(c, node, now, until, found))
+        // One row per transaction: a lease never holds one subscription's row
+        // while it waits for another's (no lock cycle with a writer).
+        let mut claimed = Vec::new();
+        for d in found {
+            claimed.extend(self.pool.write(|c| lease(c, node, now, until, vec![d]))?);
+        }
+        Ok(claimed)
     }
 
     /// Gives a subscription's lease back.

@@ -19,7 +19,7 @@ use super::audit_log::{self, AuditRow};
 use super::conn::AnyConn;
 use super::pool::DbPool;
 use super::read::{condition_matches, version};
-use super::subscriptions::Registry;
+use super::subscriptions::{store_notifications, Notification, Registry};
 use super::write::{apply, current_row, rows_of, Planned, WriteKind};
 use super::{Condition, StoreError, StoredVersion, WriteRequest, WriteResult};
 use crate::access::{AccessContext, Action};
@@ -110,6 +110,8 @@ struct On<'a, 'c> {
     ring: &'a Keyring,
     ctx: &'a AccessContext,
     subs: &'a Registry,
+    /// Notifications of this transaction's writes, stored at its end.
+    pending: Vec<Notification>,
 }
 
 impl Lookup for On<'_, '_> {
@@ -201,7 +203,14 @@ impl Txn for On<'_, '_> {
         )? {
             Planned::Unchanged(r) => Ok(r),
             Planned::Write(rows) => {
-                let mut written = apply(self.c, self.ring, self.ctx, self.subs, vec![*rows])?;
+                let mut written = apply(
+                    self.c,
+                    self.ring,
+                    self.ctx,
+                    self.subs,
+                    Some(&mut self.pending),
+                    vec![*rows],
+                )?;
                 written.pop().ok_or(StoreError::Contention)
             }
         }
@@ -219,7 +228,14 @@ impl Txn for On<'_, '_> {
                 Planned::Unchanged(_) => return Err(StoreError::Contention),
             }
         }
-        apply(self.c, self.ring, self.ctx, self.subs, rows)
+        apply(
+            self.c,
+            self.ring,
+            self.ctx,
+            self.subs,
+            Some(&mut self.pending),
+            rows,
+        )
     }
 
     fn existing(
@@ -332,8 +348,19 @@ pub(super) fn transaction<R, E: TxnError>(
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
         let outcome: Result<R, Stop<E>> = pool.write(|c| {
-            let mut t = On { c, ring, ctx, subs };
-            body(&mut t).map_err(Stop::Caller)
+            let mut t = On {
+                c,
+                ring,
+                ctx,
+                subs,
+                pending: Vec::new(),
+            };
+            let out = body(&mut t).map_err(Stop::Caller)?;
+            if !t.pending.is_empty() {
+                store_notifications(t.c, &t.pending, crate::fhir::now_micros())
+                    .map_err(Stop::Store)?;
+            }
+            Ok(out)
         });
         match outcome {
             Ok(r) => return Ok(r),
@@ -359,7 +386,13 @@ pub(super) fn lookup<R>(
     body: &mut dyn FnMut(&mut dyn Lookup) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
     pool.read(|c| {
-        let mut t = On { c, ring, ctx, subs };
+        let mut t = On {
+            c,
+            ring,
+            ctx,
+            subs,
+            pending: Vec::new(),
+        };
         body(&mut t)
     })
 }

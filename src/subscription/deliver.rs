@@ -43,7 +43,9 @@ pub enum EndpointError {
         #[source]
         source: Option<std::io::Error>,
     },
-    #[error("the endpoint host `{host}` resolves to {addr} ({class} address); add `{host}` or `{addr}` to subscriptions.allowed_hosts to permit it")]
+    // The address is not shown: a client must not learn what a name resolves to
+    // inside the network (the log of the refusal has it).
+    #[error("the endpoint host `{host}` resolves to a {class} address; an operator may permit the host in subscriptions.allowed_hosts")]
     NonPublic {
         host: String,
         addr: IpAddr,
@@ -384,7 +386,7 @@ fn failed(status: Option<u16>, detail: String) -> Outcome {
 
 /// `check_endpoint` bounded by `timeout`: the system resolver has none of its own.
 /// A lookup that overruns is left to finish on its thread.
-fn check_with_timeout(
+pub(crate) fn check_with_timeout(
     url: &str,
     rules: &EndpointRules,
     timeout: Duration,

@@ -6,7 +6,11 @@
 
 use serde_json::Value;
 
-use super::deliver::{check_endpoint, parse_header, EndpointRules};
+use super::deliver::{check_with_timeout, parse_header, EndpointRules};
+
+/// Most time the endpoint's name may take to resolve when a Subscription is
+/// written (the system resolver has no bound of its own).
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 use crate::config::SubscriptionSettings;
 use crate::fhir::Issue;
 use crate::search::SearchEngine;
@@ -135,8 +139,14 @@ pub fn channel(subscription: &Value, settings: &SubscriptionSettings) -> Result<
         Issue::error("required", "a rest-hook channel needs channel.endpoint")
             .at("Subscription.channel.endpoint")
     })?;
-    check_endpoint(endpoint, &endpoint_rules(settings))
-        .map_err(|e| Issue::error("security", e.to_string()).at("Subscription.channel.endpoint"))?;
+    let refused = match check_with_timeout(endpoint, &endpoint_rules(settings), CHECK_TIMEOUT) {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(slow) => Some(slow),
+    };
+    if let Some(why) = refused {
+        return Err(Issue::error("security", why).at("Subscription.channel.endpoint"));
+    }
     let mut headers = Vec::new();
     for (i, h) in subscription
         .pointer("/channel/header")

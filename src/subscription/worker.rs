@@ -261,9 +261,11 @@ impl Worker {
         let mut failing_since = row.failing_since;
         for event in events {
             let now = crate::fhir::now_micros();
+            let mut patients = Vec::new();
             let (outcome, host) = match &channel {
                 Ok(ch) => {
-                    let body = self.payload(store, &owner, ch.payload, &event);
+                    let (body, disclosed) = self.payload(store, &owner, ch.payload, &event);
+                    patients = disclosed;
                     let mut headers = ch.headers.clone();
                     headers.push((
                         "X-Fhirgate-Signature".into(),
@@ -278,7 +280,10 @@ impl Worker {
                         headers: &headers,
                         body: &body,
                         content_type: (!body.is_empty()).then_some("application/fhir+json"),
-                        timeout: Duration::from_secs(self.settings.delivery_timeout_secs.max(1)),
+                        // Well inside the lease, which each attempt renews: a
+                        // delivery never outlives it (another node would take over).
+                        timeout: Duration::from_secs(self.settings.delivery_timeout_secs.max(1))
+                            .min(LEASE / 3),
                     };
                     (
                         deliver::post(&request, &rules::endpoint_rules(&self.settings)),
@@ -328,7 +333,11 @@ impl Worker {
                     error,
                 )
             };
-            let record = self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
+            let mut record =
+                self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
+            // A payload with a patient's data is a disclosure of it (the accounting
+            // of disclosures lists it).
+            record.patients = patients;
             let recorded = store
                 .record_delivery(
                     id,
@@ -429,16 +438,17 @@ impl Worker {
         Duration::from_millis(self.settings.first_retry_ms).min(FIRST_RETRY)
     }
 
-    /// The body of one notification (empty for a ping).
+    /// The body of one notification (empty for a ping) and the patients whose
+    /// data it carries (a full resource in a patient's compartment).
     fn payload(
         &self,
         store: &Store,
         owner: &AccessContext,
         payload: Payload,
         e: &EventRow,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Vec<String>) {
         if payload == Payload::Empty {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let resource = match (payload, e.action.as_str()) {
             (Payload::FullResource, "create" | "update") => store
@@ -463,7 +473,13 @@ impl Worker {
                 "lastModified": crate::fhir::instant(e.recorded),
             },
         });
+        let mut patients = Vec::new();
         if let (Some(r), Some(o)) = (resource, entry.as_object_mut()) {
+            patients = self.write_path.compartment.patients_of(
+                &e.resource_type,
+                Some(&e.resource_id),
+                Some(&r),
+            );
             o.insert("resource".into(), r);
         }
         let bundle = json!({
@@ -472,7 +488,7 @@ impl Worker {
             "timestamp": crate::fhir::instant(crate::fhir::now_micros()),
             "entry": [entry],
         });
-        serde_json::to_vec(&bundle).unwrap_or_default()
+        (serde_json::to_vec(&bundle).unwrap_or_default(), patients)
     }
 
     /// Each attempt is an AuditEvent: the subscription, the endpoint's host, the

@@ -321,7 +321,9 @@ async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(backend: B
     let (sub, secret) = subscribe(&app, &receiver.url).await;
     let mut ids = Vec::new();
     for v in [1.0, 2.0, 3.0, 4.0] {
-        ids.push(create(&app, &observation(GLUCOSE, v)).await);
+        let mut o = observation(GLUCOSE, v);
+        o["subject"] = json!({"reference": "Patient/p-disclosed"});
+        ids.push(create(&app, &o).await);
     }
     let got = receiver.wait_for(4).await;
     assert_eq!(*receiver.refused.lock().unwrap(), 3);
@@ -365,6 +367,8 @@ async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(backend: B
     for e in &deliveries {
         let text = e.to_string();
         assert!(text.contains(&format!("Subscription/{sub}")), "{e}");
+        // The payload carried the patient's Observation: a disclosure of it.
+        assert!(text.contains("Patient/p-disclosed"), "{e}");
         assert!(
             !text.contains("receiver-token"),
             "a header value in the audit trail: {e}"
