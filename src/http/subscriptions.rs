@@ -6,8 +6,9 @@
 //! naming the version it reports (no content: the client reads what it may).
 //! `_count` (default 100, at most 1,000) bounds a page; a `next` link continues.
 //!
-//! Access: whoever may read the Subscription may read its events (a caller that
-//! cannot see it gets 404, as for a read). Audited as operation `events`.
+//! Access: the caller must be able to read the Subscription (else 404, as for a
+//! read) and be its owner, the client and user that wrote it (else 403): the
+//! events name what the owner may search. Audited as operation `events`.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -99,15 +100,22 @@ async fn run(state: &AppState, ex: &mut Exchange, id: &str) -> Result<Reply, Api
         return Err(ApiError::Gone(format!("{RESOURCE_TYPE}/{id} was deleted")));
     }
     let key = id.to_string();
-    let (row, events) = state
+    let (row, owner, events) = state
         .store
         .call(move |s| {
             let row = s.subscription_state(&key)?;
+            let owner = crate::subscription::owner_of(s, &key)?;
             let events = s.subscription_events(&key, since, count + 1)?;
-            Ok((row, events))
+            Ok((row, owner, events))
         })
         .await?;
     let row = row.ok_or_else(missing)?;
+    // The events name what the owner may search: only the owner reads them.
+    if !owner.is_some_and(|o| crate::subscription::is_owner(&ex.ctx, &o)) {
+        return Err(ApiError::Forbidden(format!(
+            "only the client and user that wrote {RESOURCE_TYPE}/{id} may read its events"
+        )));
+    }
     let more = events.len() as i64 > count;
     let events = &events[..events.len().min(count as usize)];
     let base = state.base_url.trim_end_matches('/');

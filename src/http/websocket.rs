@@ -9,7 +9,8 @@
 //!
 //! Access: with `auth.enabled`, each bind names a token (browsers cannot set a
 //! header on a websocket) or relies on the handshake's `Authorization`; the
-//! token's holder must be able to read the Subscription. The handshake and every
+//! token's holder must be able to read the Subscription and be its owner (the
+//! client and user that wrote it: a bind moves its delivery on). The handshake and every
 //! bind are audited (operations `websocket` and `websocket-bind`), refusals too.
 
 use std::collections::BTreeMap;
@@ -277,12 +278,23 @@ async fn check(
         ));
     }
     let key = id.to_string();
-    let row = state
+    let (row, owner) = state
         .store
-        .call(move |s| s.subscription_state(&key))
+        .call(move |s| {
+            Ok((
+                s.subscription_state(&key)?,
+                crate::subscription::owner_of(s, &key)?,
+            ))
+        })
         .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .ok_or_else(missing)?;
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let row = row.ok_or_else(missing)?;
+    if !owner.is_some_and(|o| crate::subscription::is_owner(&ctx, &o)) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("only the client and user that wrote {RESOURCE_TYPE}/{id} may bind it"),
+        ));
+    }
     if row.status != "active" {
         return Err((
             StatusCode::BAD_REQUEST,

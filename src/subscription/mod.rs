@@ -80,6 +80,21 @@ impl CompileCriteria for Compiler {
     }
 }
 
+/// May `ctx` act on the subscription `owner` wrote (bind its websocket, read its
+/// events)? Only the same client for the same user: its events are what the owner
+/// may search, which another reader of the Subscription may not, and a bind moves
+/// its delivery on. With authorization off every caller is the same (none).
+pub fn is_owner(ctx: &crate::access::AccessContext, owner: &Owner) -> bool {
+    ctx.client_id == owner.client_id && ctx.subject == owner.subject && ctx.user == owner.user
+}
+
+/// The recorded owner of a subscription, None when it has none or it is unreadable.
+pub fn owner_of(store: &Store, id: &str) -> Result<Option<Owner>, crate::store::StoreError> {
+    Ok(store
+        .subscription_owner(id)?
+        .and_then(|(_, json)| serde_json::from_slice::<Owner>(&json).ok()))
+}
+
 /// Lets the store match writes against the stored Subscriptions (every process
 /// that writes: the server and `fhirgate import`).
 pub fn install(store: &Store, engine: &Arc<SearchEngine>) {

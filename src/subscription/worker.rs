@@ -361,7 +361,7 @@ impl Worker {
             if !delivered {
                 if let Some(e) = error {
                     tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
-                    self.write_status(store, &engine, &resource_type, id, &e);
+                    self.write_status(store, &engine, &owner, &resource_type, id, &e);
                 }
                 return Ok(());
             }
@@ -370,19 +370,23 @@ impl Worker {
     }
 
     /// Writes the Subscription's new version with `status` `error` and the
-    /// reason (R4 `Subscription.error`), as the server, through the one write
-    /// path (audited with the data; its delivery row follows the status). A
-    /// version written meanwhile by its owner wins: the update names the version
-    /// it read (`If-Match`).
+    /// reason (R4 `Subscription.error`), on behalf of its owner, through the one
+    /// write path (audited with the data; its delivery row follows the status).
+    /// A version written meanwhile by its owner wins: the update names the
+    /// version it read (`If-Match`). An owner who may not update it keeps the
+    /// resource as it is (the delivery row and `$events` say `error`).
     fn write_status(
         &self,
         store: &Store,
         engine: &SearchEngine,
+        owner: &AccessContext,
         resource_type: &str,
         id: &str,
         error: &str,
     ) {
         use crate::bundle::{Entry, Env, Method, Origin, Payload};
+        // Read as the server; written as the owner, so the Subscription keeps its
+        // owner (a write records its writer as the owner).
         let system = AccessContext::open(format!("subscription-{id}"), None);
         let Ok(Some(current)) = store.read(&system, resource_type, id, None) else {
             return;
@@ -422,7 +426,7 @@ impl Worker {
             audit: &self.audit,
             compartment: &self.write_path.compartment,
             gate: &self.write_path.gate,
-            ctx: &system,
+            ctx: owner,
             base_url: &self.base_url,
             return_bodies: false,
             subscriptions: &self.settings,

@@ -981,6 +981,26 @@ async fn a_subscription_hears_only_what_its_owner_may_search(backend: Backend) {
         answer.starts_with(&format!("error {ws_id}:")),
         "a token without Subscription: {answer}"
     );
+    // Another client that may read Subscriptions is not the owner: no bind, no events.
+    let (_, other) = client_token(&app, "system/Subscription.rs").await;
+    socket.send(&format!("bind {ws_id} {other}")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(answer.contains("only the client and user"), "{answer}");
+    let events = format!("/Subscription/{ws_id}/$events");
+    let r = send(&app, Method::GET, &events, &other, None, "other-events").await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = send(&app, Method::GET, &events, &doc, None, "doc-events").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     socket.send(&format!("bind {ws_id} {doc}")).await;
     assert_eq!(
         socket.next_text(WAIT).await.as_deref(),
