@@ -360,6 +360,7 @@ impl DbPool {
                 backend: Backend::Sqlite,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let url = &without_gss_encryption(url);
             let size = if size == 0 { cores * 4 } else { size };
             // build_unchecked: the server starts (and reports not-ready) while the
             // database is down, and recovers when it comes back.
@@ -615,5 +616,39 @@ fn unavailable(e: diesel::r2d2::PoolError, state: diesel::r2d2::State, max: u32)
         StoreError::Unavailable(Unavailable::PoolExhausted)
     } else {
         StoreError::Unavailable(Unavailable::Unreachable(e))
+    }
+}
+
+/// The URL with libpq's GSSAPI encryption negotiation off (`gssencmode=disable`)
+/// unless the URL chooses: libpq's default (`prefer`) asks Kerberos for a
+/// credential cache at every connect, and a connect that ran while the process
+/// exited aborted it inside libkrb5 (`k5_mutex_lock: Assertion failed`, seen once
+/// in CI as the test binary ended). fhirgate's connections use TLS, not GSSAPI.
+fn without_gss_encryption(url: &str) -> String {
+    if url.contains("gssencmode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}gssencmode=disable")
+}
+
+#[cfg(test)]
+mod gss_tests {
+    use super::without_gss_encryption;
+
+    #[test]
+    fn gss_encryption_is_off_unless_the_url_chooses() {
+        assert_eq!(
+            without_gss_encryption("postgres://u@h/db"),
+            "postgres://u@h/db?gssencmode=disable"
+        );
+        assert_eq!(
+            without_gss_encryption("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&gssencmode=disable"
+        );
+        assert_eq!(
+            without_gss_encryption("postgres://u@h/db?gssencmode=prefer"),
+            "postgres://u@h/db?gssencmode=prefer"
+        );
     }
 }
