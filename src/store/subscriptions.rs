@@ -85,6 +85,19 @@ pub struct Notification {
     pub action: &'static str,
 }
 
+impl Notification {
+    /// The notification of `w` for the subscription `s`.
+    fn of(s: &Criteria, w: &Written<'_>) -> Notification {
+        Notification {
+            subscription_id: s.subscription_id.clone(),
+            resource_type: w.resource_type.to_string(),
+            resource_id: w.id.to_string(),
+            version: w.version,
+            action: w.action,
+        }
+    }
+}
+
 /// A stored notification.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct EventRow {
@@ -538,25 +551,18 @@ impl Registry {
             }
             // Decided in memory where it can be: no statement in the write's
             // transaction (on SQLite, the one writer's).
-            let (decided, candidates): (Vec<&Written>, Vec<&Written>) = match &sub.in_memory {
-                Some(_) => candidates.into_iter().partition(|w| w.index.is_some()),
-                None => (Vec::new(), candidates),
-            };
-            for w in decided {
-                let holds = match (&sub.in_memory, w.index) {
-                    (Some(m), Some(rows)) => m.holds(w, rows),
-                    _ => false,
-                };
-                if holds {
-                    out.push(Notification {
-                        subscription_id: s.subscription_id.clone(),
-                        resource_type: w.resource_type.to_string(),
-                        resource_id: w.id.to_string(),
-                        version: w.version,
-                        action: w.action,
-                    });
+            let mut rest = Vec::new();
+            for w in candidates {
+                match (&sub.in_memory, w.index) {
+                    (Some(m), Some(rows)) => {
+                        if m.holds(w, rows) {
+                            out.push(Notification::of(s, w));
+                        }
+                    }
+                    _ => rest.push(w),
                 }
             }
+            let candidates = rest;
             if candidates.is_empty() {
                 continue;
             }
@@ -582,13 +588,7 @@ impl Registry {
             };
             for w in candidates {
                 if ids.iter().any(|id| id == w.id) {
-                    out.push(Notification {
-                        subscription_id: s.subscription_id.clone(),
-                        resource_type: w.resource_type.to_string(),
-                        resource_id: w.id.to_string(),
-                        version: w.version,
-                        action: w.action,
-                    });
+                    out.push(Notification::of(s, w));
                 }
             }
         }
