@@ -371,6 +371,14 @@ pub struct SubscriptionSettings {
     /// Milliseconds between the delivery worker's looks at the outbox when
     /// nothing woke it (a write on this node wakes it at once).
     pub poll_interval_ms: u64,
+    /// Subscriptions that may be `active` at once on this server (every node):
+    /// a create or update that would make one more is refused (422); 0: no
+    /// limit. Each active subscription is matched inside every write of its type.
+    pub max_active: u64,
+    /// Hours stored events and delivery attempts are kept (`$events` replays and
+    /// a websocket catches up within them); older ones are removed, delivered or
+    /// not.
+    pub retention_hours: u64,
 }
 
 impl Default for SubscriptionSettings {
@@ -383,6 +391,8 @@ impl Default for SubscriptionSettings {
             first_retry_ms: 5000,
             delivery_timeout_secs: 10,
             poll_interval_ms: 500,
+            max_active: 5000,
+            retention_hours: 72,
         }
     }
 }

@@ -3,7 +3,8 @@
 records, per notification, the time it arrived, its event number and subscription (from
 the path), and the notified version's lastModified (the commit's clock reading, on this
 machine). Usage: receiver.py PORT OUT_FILE. `report OUT_FILE [SINCE_US]` prints the count
-and the latency p50/p95/p99/max (arrival - lastModified) of the lines after SINCE_US."""
+and the latency p50/p95/p99/max (arrival - lastModified) of the lines after SINCE_US, and
+the rate of arrivals between the first and the last of them."""
 import json
 import sys
 import time
@@ -43,18 +44,22 @@ def serve(port, out):
 
 def report(path, since=0):
     lat = []
+    first = last = None
     for line in open(path):
         arrived, _, _, modified = line.split()
         arrived, modified = int(arrived), int(modified)
         if arrived >= since and modified:
             lat.append((arrived - modified) / 1000.0)
+            first = arrived if first is None else min(first, arrived)
+            last = arrived if last is None else max(last, arrived)
     lat.sort()
     if not lat:
         print("no notifications")
         return
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
     print(f"notifications {len(lat)}  latency ms p50 {pick(0.5):.1f}  p95 {pick(0.95):.1f}  "
-          f"p99 {pick(0.99):.1f}  max {lat[-1]:.1f}")
+          f"p99 {pick(0.99):.1f}  max {lat[-1]:.1f}  "
+          f"arrivals over {(last - first) / 1e6:.1f} s: {len(lat) / max((last - first) / 1e6, 1e-3):.0f}/s")
 
 
 if __name__ == "__main__":

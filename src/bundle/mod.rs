@@ -251,6 +251,7 @@ impl EntryError {
                     | StoreError::AlreadyExists
                     | StoreError::VersionConflict { .. }
                     | StoreError::MultipleMatches(_)
+                    | StoreError::TooManySubscriptions { .. }
                     | StoreError::Contention
             ),
             EntryError::NotImplemented(_) => true,

@@ -292,6 +292,7 @@ fn write_alone(
 /// generation change).
 fn after_commit(env: &Env, done: &[Done]) {
     if env.store.take_notified() {
+        env.store.announce_notifications();
         crate::subscription::worker::wake();
     }
     let search_params = done.iter().any(|d| match d {

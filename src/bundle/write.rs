@@ -235,7 +235,11 @@ impl<'a> Version<'a> {
             audit: callbacks.1.as_ref(),
             index: self.index,
             effects: crate::store::Effects {
-                subscription: crate::subscription::rules::effect(self.rt, self.resource),
+                subscription: crate::subscription::rules::effect(
+                    self.rt,
+                    self.resource,
+                    env.subscriptions,
+                ),
                 ..env.search.write_effects(self.rt)
             },
         }

@@ -189,6 +189,12 @@ impl From<StoreError> for ApiError {
                 "the resource is being changed by another request; try again".into(),
             ),
             StoreError::Forbidden(denied) => ApiError::Forbidden(denied.0),
+            StoreError::TooManySubscriptions { max } => ApiError::Unprocessable(vec![Issue::error(
+                "business-rule",
+                format!(
+                    "this server allows at most {max} active subscriptions (setting subscriptions.max_active); set the status of one to off, or delete one, first"
+                ),
+            )]),
             StoreError::Timeout { budget_secs } => {
                 tracing::warn!(
                     budget_secs,

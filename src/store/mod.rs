@@ -183,6 +183,9 @@ pub enum StoreError {
     /// The client hung up and its work was stopped (store::cancel).
     #[error("the client closed the connection; its work was stopped")]
     Cancelled,
+    /// A write would make more subscriptions active than `subscriptions.max_active`.
+    #[error("this server allows at most {max} active subscriptions (subscriptions.max_active)")]
+    TooManySubscriptions { max: u64 },
 }
 
 impl From<diesel::result::Error> for StoreError {

@@ -405,6 +405,12 @@ impl DbPool {
     /// PostgreSQL: a connection of its own (not pooled) that LISTENs on
     /// `channel`; None for SQLite.
     pub fn listener(&self, channel: &str) -> Option<Result<PgConnection, StoreError>> {
+        self.dedicated(Some(channel))
+    }
+
+    /// PostgreSQL: a connection of its own outside the pool that LISTENs on
+    /// `channel` when given (None: only sends); None on SQLite.
+    pub fn dedicated(&self, listen: Option<&str>) -> Option<Result<PgConnection, StoreError>> {
         let url = self.listen_url.as_deref()?;
         Some((|| {
             let mut c = PgConnection::establish(url).map_err(|e| {
@@ -415,7 +421,9 @@ impl DbPool {
                     ),
                 ))
             })?;
-            c.batch_execute(&format!("LISTEN {channel}"))?;
+            if let Some(channel) = listen {
+                c.batch_execute(&format!("LISTEN {channel}"))?;
+            }
             Ok(c)
         })())
     }

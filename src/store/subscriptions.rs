@@ -23,7 +23,7 @@ use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::QueryableByName;
 use parking_lot::Mutex;
 
-use super::conn::AnyConn;
+use super::conn::{AnyConn, Count};
 use super::index::{blind_key, Blinded};
 use super::query::{self, Bound, Filter, IndexTable, Query, Ranges, RefTarget};
 use super::read::version;
@@ -57,6 +57,9 @@ pub struct SubscriptionEffect {
     pub channel: String,
     /// The resource's status as stored (`active`, `off`, `error`, `requested`).
     pub status: String,
+    /// `subscriptions.max_active` (0: no limit): a write that makes one more
+    /// subscription active beyond it is refused.
+    pub max_active: u64,
 }
 
 /// A registered Subscription for compiling: its id, current body and its owner
@@ -379,6 +382,8 @@ pub struct Registry {
     /// Notifications were stored since the last look (the caller wakes the
     /// delivery worker after its commit).
     notified: std::sync::atomic::AtomicBool,
+    /// Set after such a commit for the thread that NOTIFYs the other nodes.
+    announce: Arc<(Mutex<bool>, parking_lot::Condvar)>,
 }
 
 #[derive(QueryableByName)]
@@ -606,16 +611,16 @@ const CHANNEL: &str = "fhirgate_subscription_events";
 
 /// Stores notifications with the next event numbers of their subscriptions (in
 /// the caller's transaction: the counter's row stays locked until commit, so
-/// numbers follow commit order per subscription). On PostgreSQL the
-/// transaction also NOTIFYs every node (sent at commit, never on rollback).
+/// numbers follow commit order per subscription). Other nodes are woken after
+/// the commit (`Store::announce_notifications`), not by a NOTIFY in this
+/// transaction: PostgreSQL serialises the commits of every transaction that
+/// NOTIFYs (a database-wide lock held through the commit's WAL flush), which cost
+/// concurrent writes their group commit.
 pub(crate) fn store_notifications(
     c: &mut AnyConn,
     notifications: &[Notification],
     recorded: i64,
 ) -> Result<(), StoreError> {
-    if c.backend() == super::Backend::Postgres && !notifications.is_empty() {
-        c.batch(&format!("NOTIFY {CHANNEL}"))?;
-    }
     let mut by_subscription: std::collections::BTreeMap<&str, Vec<&Notification>> =
         Default::default();
     for n in notifications {
@@ -683,6 +688,28 @@ pub(crate) fn register(
     version: i64,
     effect: Option<&SubscriptionEffect>,
 ) -> Result<(), StoreError> {
+    // Every node reloads its criteria. First: the row lock serialises this
+    // write with every other Subscription write until commit, so the count of
+    // active subscriptions below sees theirs (PostgreSQL: a statement after the
+    // wait reads what committed meanwhile).
+    let mut sql = c.sql();
+    sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
+    c.execute(sql)?;
+    if let Some(e) = effect.filter(|e| e.status == "active" && e.max_active > 0) {
+        let mut sql = c.sql();
+        sql.push("SELECT COUNT(*) AS n FROM subscriptions WHERE status = 'active' AND subscription_id <> ")
+            .text(id);
+        let others = c.load::<Count>(sql)?.first().map_or(0, |r| r.n);
+        let mut sql = c.sql();
+        sql.push("SELECT COUNT(*) AS n FROM subscriptions WHERE status = 'active' AND subscription_id = ")
+            .text(id);
+        let was_active = c.load::<Count>(sql)?.first().is_some_and(|r| r.n > 0);
+        // One already active stays so (an update of it is never refused, even
+        // after the limit was lowered).
+        if !was_active && others >= e.max_active as i64 {
+            return Err(StoreError::TooManySubscriptions { max: e.max_active });
+        }
+    }
     match effect {
         None => {
             for table in ["subscription_events", "subscriptions"] {
@@ -744,9 +771,6 @@ pub(crate) fn register(
             }
         }
     }
-    let mut sql = c.sql();
-    sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
-    c.execute(sql)?;
     Ok(())
 }
 
@@ -813,32 +837,37 @@ pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryR
     c.load::<DeliveryRow>(sql)
 }
 
-/// Leases the subscriptions `due` found for `node` until `until`: those leased
-/// meanwhile are left out.
+/// Leases up to `limit` due subscriptions for `node` until `until`, in one
+/// statement: PostgreSQL skips rows another transaction holds (a writer storing
+/// their events, another node leasing them) instead of waiting, so a lease never
+/// waits on anyone (no lock cycle); SQLite's one writer runs alone.
 pub(crate) fn lease(
     c: &mut AnyConn,
     node: &str,
     now: i64,
     until: i64,
-    due: Vec<DeliveryRow>,
+    limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut claimed = Vec::new();
-    for d in due {
-        let mut sql = c.sql();
-        sql.push("UPDATE subscriptions SET lease_owner = ")
-            .text(node)
-            .push(", lease_until = ")
-            .i64(until)
-            .push(" WHERE subscription_id = ")
-            .text(&d.subscription_id)
-            .push(" AND (lease_owner IS NULL OR lease_until < ")
-            .i64(now)
-            .push(")");
-        if c.execute(sql)? == 1 {
-            claimed.push(d);
-        }
+    let mut sql = c.sql();
+    sql.push("UPDATE subscriptions SET lease_owner = ")
+        .text(node)
+        .push(", lease_until = ")
+        .i64(until)
+        .push(
+            " WHERE subscription_id IN (SELECT subscription_id FROM subscriptions \
+             WHERE status = 'active' AND channel = 'rest-hook' AND last_event > delivered \
+             AND next_attempt <= ",
+        )
+        .i64(now)
+        .push(" AND (lease_owner IS NULL OR lease_until < ")
+        .i64(now)
+        .push(") ORDER BY next_attempt, subscription_id LIMIT ")
+        .i64(limit);
+    if c.backend() == super::Backend::Postgres {
+        sql.push(" FOR UPDATE SKIP LOCKED");
     }
-    Ok(claimed)
+    sql.push(&format!(") RETURNING {DELIVERY_COLUMNS}"));
+    c.load::<DeliveryRow>(sql)
 }
 
 /// Gives a lease back.
@@ -876,29 +905,25 @@ pub(crate) fn events(
 
 /// The outcome of one delivery attempt, as recorded.
 #[derive(Debug, Clone)]
-pub struct Attempt<'a> {
-    pub node: &'a str,
+pub struct Attempt {
+    pub node: String,
     pub event_number: i64,
     pub at: i64,
     /// True: the event (and every one before it) is delivered.
     pub delivered: bool,
     pub status_code: Option<u16>,
-    pub detail: &'a str,
+    pub detail: String,
     /// When to try again (failures).
     pub next_attempt: i64,
     /// Give up: the subscription's status becomes `error` with this text.
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     /// The lease runs on until then.
     pub lease_until: i64,
 }
 
 /// Records an attempt and moves the subscription's state on, only while `node`
 /// holds its lease (a node whose lease ran out records nothing).
-pub(crate) fn record_attempt(
-    c: &mut AnyConn,
-    id: &str,
-    a: &Attempt<'_>,
-) -> Result<bool, StoreError> {
+pub(crate) fn record_attempt(c: &mut AnyConn, id: &str, a: &Attempt) -> Result<bool, StoreError> {
     let mut sql = c.sql();
     sql.push("UPDATE subscriptions SET lease_until = ")
         .i64(a.lease_until)
@@ -912,14 +937,14 @@ pub(crate) fn record_attempt(
             .i64(a.at)
             .push("), next_attempt = ")
             .i64(a.next_attempt);
-        if let Some(e) = a.error {
+        if let Some(e) = &a.error {
             sql.push(", status = 'error', error = ").text(e);
         }
     }
     sql.push(" WHERE subscription_id = ")
         .text(id)
         .push(" AND lease_owner = ")
-        .text(a.node);
+        .text(&a.node);
     if c.execute(sql)? != 1 {
         return Ok(false);
     }
@@ -940,7 +965,7 @@ pub(crate) fn record_attempt(
     .push(", ")
     .i64(a.at)
     .push(", ")
-    .text(a.node)
+    .text(&a.node)
     .push(", ")
     .text(if a.delivered { "delivered" } else { "failed" })
     .push(", ");
@@ -952,13 +977,13 @@ pub(crate) fn record_attempt(
             sql.push("NULL");
         }
     }
-    sql.push(", ").text(a.detail).push(")");
+    sql.push(", ").text(&a.detail).push(")");
     c.execute(sql)?;
     Ok(true)
 }
 
 impl super::Store {
-    /// PostgreSQL: calls `wake` whenever a transaction of any node committed
+    /// PostgreSQL: calls `wake` whenever a node announced a commit with
     /// notifications (LISTEN on a connection of its own, looked at every 20 ms;
     /// after a lost connection, again a second later). Nothing on SQLite, whose
     /// one node knows its own writes. The thread ends with the store.
@@ -966,6 +991,7 @@ impl super::Store {
         if self.backend != super::Backend::Postgres {
             return;
         }
+        self.start_announcing();
         let pool = Arc::downgrade(&self.pool);
         let spawned = std::thread::Builder::new()
             .name("subscription-listen".into())
@@ -1003,6 +1029,67 @@ impl super::Store {
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "the subscription listener could not start");
+        }
+    }
+
+    /// After a commit that stored notifications: the other nodes are told
+    /// (PostgreSQL `NOTIFY`, sent outside the writes by the thread
+    /// [`Store::on_notifications`] starts, once for every commit that came
+    /// within 5 ms of each other). Nothing on SQLite, whose one node knows its
+    /// own writes.
+    pub fn announce_notifications(&self) {
+        if self.backend != super::Backend::Postgres {
+            return;
+        }
+        let (flag, woken) = &*self.subscriptions.announce;
+        *flag.lock() = true;
+        woken.notify_one();
+    }
+
+    /// The thread that sends the NOTIFYs of [`Store::announce_notifications`]
+    /// on a connection of its own (after a lost connection, a new one at the
+    /// next announcement). It ends with the store.
+    fn start_announcing(&self) {
+        let pool = Arc::downgrade(&self.pool);
+        let announce = self.subscriptions.announce.clone();
+        let spawned = std::thread::Builder::new()
+            .name("subscription-notify".into())
+            .spawn(move || {
+                let mut conn: Option<diesel::PgConnection> = None;
+                loop {
+                    {
+                        let (flag, woken) = &*announce;
+                        let mut due = flag.lock();
+                        if !*due {
+                            woken.wait_for(&mut due, std::time::Duration::from_secs(1));
+                        }
+                        if pool.strong_count() == 0 {
+                            return;
+                        }
+                        if !*due {
+                            continue;
+                        }
+                        *due = false;
+                    }
+                    if conn.is_none() {
+                        conn = pool.upgrade().and_then(|p| p.dedicated(None)).and_then(|c| {
+                            c.map_err(|e| tracing::warn!(error = %e, "the subscription notifier could not connect; the other nodes find the events at their next poll"))
+                                .ok()
+                        });
+                    }
+                    if let Some(c) = conn.as_mut() {
+                        use diesel::connection::SimpleConnection;
+                        if let Err(e) = c.batch_execute(&format!("NOTIFY {CHANNEL}")) {
+                            tracing::warn!(error = %e, "the subscription notifier lost its connection; the other nodes find the events at their next poll");
+                            conn = None;
+                        }
+                    }
+                    // Commits within this share one NOTIFY.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the subscription notifier could not start");
         }
     }
 
@@ -1054,17 +1141,10 @@ impl super::Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         // A look first, without the writer's turn: most rounds find nothing.
-        let found = self.pool.read(|c| due(c, now, limit))?;
-        if found.is_empty() {
-            return Ok(found);
+        if self.pool.read(|c| due(c, now, 1))?.is_empty() {
+            return Ok(Vec::new());
         }
-        // One row per transaction: a lease never holds one subscription's row
-        // while it waits for another's (no lock cycle with a writer).
-        let mut claimed = Vec::new();
-        for d in found {
-            claimed.extend(self.pool.write(|c| lease(c, node, now, until, vec![d]))?);
-        }
-        Ok(claimed)
+        self.pool.write(|c| lease(c, node, now, until, limit))
     }
 
     /// Gives a subscription's lease back.
@@ -1121,14 +1201,17 @@ impl super::Store {
         })
     }
 
-    /// Records a delivery attempt with its AuditEvents (one transaction); false
-    /// when `node` no longer holds the lease (then the AuditEvents are still
-    /// stored: the attempt happened).
-    pub fn record_delivery(
+    /// Records delivery attempts of one subscription, in order, with their
+    /// AuditEvents (one transaction), and gives the lease back when `release`;
+    /// false when `node` no longer holds the lease (then the AuditEvents are
+    /// still stored: the attempts happened).
+    pub fn record_deliveries(
         &self,
+        node: &str,
         id: &str,
-        attempt: &Attempt<'_>,
+        attempts: &[Attempt],
         audits: &[super::audit_log::AuditRow],
+        release_lease: bool,
     ) -> Result<bool, StoreError> {
         let ring = self.keyring()?;
         let sealed = audits
@@ -1137,7 +1220,66 @@ impl super::Store {
             .collect::<Result<Vec<_>, _>>()?;
         self.pool.write(|c| {
             super::audit_log::append(c, &sealed)?;
-            record_attempt(c, id, attempt)
+            for a in attempts {
+                if !record_attempt(c, id, a)? {
+                    return Ok(false);
+                }
+            }
+            if release_lease {
+                release(c, node, id)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Removes subscription events recorded, and delivery attempts made, before
+    /// `cutoff` (Unix microseconds; `subscriptions.retention_hours`), about
+    /// `limit` of each (oldest first) in one short transaction; the rows removed.
+    pub fn prune_subscription_history(&self, cutoff: i64, limit: i64) -> Result<usize, StoreError> {
+        self.pool.write(|c| {
+            let mut removed = 0;
+            for (table, column) in [
+                ("subscription_events", "recorded"),
+                ("subscription_attempts", "attempted"),
+            ] {
+                // Up to the `limit`-th oldest (rows of the same instant with it).
+                let mut sql = c.sql();
+                sql.push(&format!("DELETE FROM {table} WHERE {column} < "))
+                    .i64(cutoff)
+                    .push(&format!(
+                        " AND {column} <= COALESCE((SELECT {column} FROM {table} WHERE {column} < "
+                    ))
+                    .i64(cutoff)
+                    .push(&format!(" ORDER BY {column} LIMIT 1 OFFSET "))
+                    .i64(limit.max(1) - 1)
+                    .push("), ")
+                    .i64(cutoff)
+                    .push(")");
+                removed += c.execute(sql)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Puts a subscription's next delivery off until `next_attempt` and gives
+    /// the lease back (a delivery that could not even start: its state was
+    /// unreadable); the events stay.
+    pub fn postpone_subscription(
+        &self,
+        node: &str,
+        id: &str,
+        next_attempt: i64,
+    ) -> Result<(), StoreError> {
+        self.pool.write(|c| {
+            let mut sql = c.sql();
+            sql.push("UPDATE subscriptions SET next_attempt = ")
+                .i64(next_attempt)
+                .push(", lease_owner = NULL, lease_until = 0 WHERE subscription_id = ")
+                .text(id)
+                .push(" AND lease_owner = ")
+                .text(node);
+            c.execute(sql)?;
+            Ok(())
         })
     }
 }

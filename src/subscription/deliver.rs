@@ -317,66 +317,140 @@ impl Resolver for PinnedResolver {
     }
 }
 
-/// Checks the endpoint again and POSTs the notification to it (blocking).
+/// Checks the endpoint again and POSTs the notification to it (blocking), on a
+/// connection of its own.
 pub fn post(req: &Request, rules: &EndpointRules) -> Outcome {
-    let started = Instant::now();
-    let endpoint = match check_with_timeout(req.url, rules, req.timeout) {
-        Ok(Ok(endpoint)) => endpoint,
-        Ok(Err(refused)) => return Outcome::Refused(refused),
-        Err(detail) => return failed(None, detail),
-    };
-    for (name, value) in req.headers {
-        if let Err(e) = check_header(name, value) {
-            return failed(None, e);
+    Sender::new(rules).post(req)
+}
+
+/// Sends one subscription's notifications in turn, keeping the connection to its
+/// endpoint alive between them (no new TCP or TLS handshake per event). Every
+/// post checks the endpoint again (after DNS resolution); a connection only ever
+/// goes to addresses that passed a check, and a changed answer makes a new one.
+pub struct Sender {
+    rules: EndpointRules,
+    agent: Option<(Vec<SocketAddr>, ureq::Agent)>,
+}
+
+impl Sender {
+    pub fn new(rules: &EndpointRules) -> Sender {
+        Sender {
+            rules: rules.clone(),
+            agent: None,
         }
     }
-    let remaining = req.timeout.saturating_sub(started.elapsed());
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .https_only(!rules.allow_http)
-        .proxy(None)
-        .timeout_global(Some(remaining))
-        .user_agent(concat!("fhirgate/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let resolver = PinnedResolver {
-        host: endpoint.host.clone(),
-        addrs: endpoint.addrs.clone(),
-    };
-    let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
-    let mut builder = agent.post(req.url);
-    for (name, value) in req.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    if let Some(content_type) = req.content_type {
-        builder = builder.content_type(content_type);
-    }
-    let result = if req.body.is_empty() && req.content_type.is_none() {
-        builder.send_empty()
-    } else {
-        builder.send(req.body)
-    };
-    let response = match result {
-        Ok(response) => response,
-        Err(e) => return failed(None, describe(&e)),
-    };
-    let status = response.status().as_u16();
-    tracing::debug!(host = %endpoint.host, port = endpoint.port, status, "rest-hook delivery");
-    match status {
-        200..=299 => Outcome::Delivered { status },
-        300..=399 => {
-            let location = response
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("none");
-            let location: String = location.chars().take(200).collect();
-            failed(
-                Some(status),
-                format!("redirects are not followed (Location: {location})"),
-            )
+
+    /// The agent for the addresses of `endpoint` (the one kept, when they are
+    /// the same).
+    fn agent(&mut self, endpoint: &Endpoint) -> ureq::Agent {
+        if let Some((addrs, agent)) = &self.agent {
+            if *addrs == endpoint.addrs {
+                return agent.clone();
+            }
         }
-        _ => failed(Some(status), format!("the endpoint answered HTTP {status}")),
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .https_only(!self.rules.allow_http)
+            .proxy(None)
+            .user_agent(concat!("fhirgate/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let resolver = PinnedResolver {
+            host: endpoint.host.clone(),
+            addrs: endpoint.addrs.clone(),
+        };
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
+        self.agent = Some((endpoint.addrs.clone(), agent.clone()));
+        agent
+    }
+
+    /// One POST of `req` to the checked `endpoint`, within what is left of its
+    /// timeout.
+    fn send(
+        &mut self,
+        req: &Request,
+        endpoint: &Endpoint,
+        started: Instant,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let remaining = req.timeout.saturating_sub(started.elapsed());
+        let agent = self.agent(endpoint);
+        let mut builder = agent
+            .post(req.url)
+            .config()
+            .timeout_global(Some(remaining))
+            .build();
+        for (name, value) in req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let Some(content_type) = req.content_type {
+            builder = builder.content_type(content_type);
+        }
+        if req.body.is_empty() && req.content_type.is_none() {
+            builder.send_empty()
+        } else {
+            builder.send(req.body)
+        }
+    }
+
+    /// Checks the endpoint again and POSTs the notification to it (blocking).
+    pub fn post(&mut self, req: &Request) -> Outcome {
+        let started = Instant::now();
+        let endpoint = match check_with_timeout(req.url, &self.rules, req.timeout) {
+            Ok(Ok(endpoint)) => endpoint,
+            Ok(Err(refused)) => return Outcome::Refused(refused),
+            Err(detail) => return failed(None, detail),
+        };
+        for (name, value) in req.headers {
+            if let Err(e) = check_header(name, value) {
+                return failed(None, e);
+            }
+        }
+        // A kept connection the endpoint closed just as it was reused fails at
+        // once; then one new connection is tried (a receiver drops duplicates by
+        // event number, should the first have arrived after all).
+        let reused = self.agent.is_some();
+        let mut response = match self.send(req, &endpoint, started) {
+            Ok(response) => response,
+            Err(ureq::Error::Io(_) | ureq::Error::ConnectionFailed) if reused => {
+                self.agent = None;
+                match self.send(req, &endpoint, started) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        self.agent = None;
+                        return failed(None, describe(&e));
+                    }
+                }
+            }
+            Err(e) => {
+                self.agent = None;
+                return failed(None, describe(&e));
+            }
+        };
+        let status = response.status().as_u16();
+        // Read (and drop) a short answer so the connection can carry the next
+        // notification; a long one closes it.
+        let _ = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec();
+        tracing::debug!(host = %endpoint.host, port = endpoint.port, status, "rest-hook delivery");
+        match status {
+            200..=299 => Outcome::Delivered { status },
+            300..=399 => {
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none");
+                let location: String = location.chars().take(200).collect();
+                failed(
+                    Some(status),
+                    format!("redirects are not followed (Location: {location})"),
+                )
+            }
+            _ => failed(Some(status), format!("the endpoint answered HTTP {status}")),
+        }
     }
 }
 

@@ -231,7 +231,11 @@ pub fn activate(subscription: &mut Value) {
 
 /// What a write of `resource_type` declares for the store: a Subscription's
 /// delivery row (None for other types; a delete carries an empty effect).
-pub fn effect(resource_type: &str, resource: Option<&Value>) -> Option<SubscriptionEffect> {
+pub fn effect(
+    resource_type: &str,
+    resource: Option<&Value>,
+    settings: &SubscriptionSettings,
+) -> Option<SubscriptionEffect> {
     if resource_type != RESOURCE_TYPE {
         return None;
     }
@@ -240,6 +244,7 @@ pub fn effect(resource_type: &str, resource: Option<&Value>) -> Option<Subscript
             criteria_type: String::new(),
             channel: String::new(),
             status: String::new(),
+            max_active: settings.max_active,
         });
     };
     let criteria = text(r, &["criteria"]).unwrap_or("");
@@ -247,6 +252,7 @@ pub fn effect(resource_type: &str, resource: Option<&Value>) -> Option<Subscript
         criteria_type: split_criteria(criteria).0.to_string(),
         channel: text(r, &["channel", "type"]).unwrap_or("").to_string(),
         status: text(r, &["status"]).unwrap_or("").to_string(),
+        max_active: settings.max_active,
     })
 }
 

@@ -20,19 +20,32 @@ use crate::access::{AccessContext, Owner};
 use crate::audit::{AuditRecord, AuditWriter, Interaction};
 use crate::config::SubscriptionSettings;
 use crate::search::SearchEngine;
-use crate::store::{Attempt, DeliveryRow, EventRow, Store, WeakStore};
+use crate::store::{Attempt, AuditRow, DeliveryRow, EventRow, Store, WeakStore};
 
 /// How long a node holds a subscription without renewing (each attempt renews).
 pub const LEASE: Duration = Duration::from_secs(20);
 /// Subscriptions delivered at once by one node.
 pub const PARALLEL: usize = 8;
-/// Events sent per lease before the worker looks at the others again.
-const EVENTS_PER_TURN: i64 = 100;
+/// Events read from the outbox at a time.
+const EVENTS_PER_READ: i64 = 100;
+/// A subscription's turn: its events are sent until none is left or this has
+/// passed; then the lease is given back (others get the thread).
+const TURN: Duration = Duration::from_secs(2);
+/// Attempts recorded in one transaction at most...
+const RECORD_EVERY: usize = 50;
+/// ...and at the latest this long after the first of them was made (a node
+/// that dies before recording re-sends at most these: at-least-once).
+const RECORD_AFTER: Duration = Duration::from_millis(100);
 /// The first retry comes within this at the latest (DESIGN section 13;
 /// `subscriptions.first_retry_ms`)...
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// ...then the wait doubles up to this.
 const MAX_RETRY: Duration = Duration::from_secs(600);
+
+/// How often a node removes events and attempts past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows of each table removed per transaction when pruning.
+const PRUNE_BATCH: i64 = 5000;
 
 /// Wakes the delivery workers of this process at once (a write that stored
 /// notifications); without it they look every `poll_interval_ms`.
@@ -169,11 +182,16 @@ pub fn start(
         .name("subscription-delivery".into())
         .spawn(move || {
             let mut seen = 0;
+            let mut pruned = std::time::Instant::now();
             loop {
                 let Some(store) = worker.store.upgrade() else {
                     return;
                 };
                 worker.round(&store);
+                if pruned.elapsed() >= PRUNE_EVERY {
+                    worker.prune(&store);
+                    pruned = std::time::Instant::now();
+                }
                 drop(store);
                 wait(&mut seen, poll);
             }
@@ -202,26 +220,59 @@ impl Worker {
         for row in due {
             self.busy.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
-            let store = store.clone();
+            let leased_id = row.subscription_id.clone();
+            let store_of_thread = store.clone();
             let spawned = std::thread::Builder::new()
                 .name("subscription-send".into())
                 .spawn(move || {
+                    let store = store_of_thread;
                     let id = row.subscription_id.clone();
                     if let Err(e) = me.deliver(&store, row) {
                         tracing::warn!(subscription.id = %id, error = %e, "a subscription's delivery stopped; it is tried again");
+                        // Not at once: what failed may fail again (no spinning).
+                        let later = crate::fhir::now_micros()
+                            + backoff(1, me.first_retry()).as_micros() as i64;
+                        let _ = store.postpone_subscription(&me.node, &id, later);
                     }
-                    let _ = store.release_subscription(&me.node, &id);
                     me.busy.fetch_sub(1, Ordering::SeqCst);
                     wake();
                 });
             if spawned.is_err() {
                 self.busy.fetch_sub(1, Ordering::SeqCst);
+                let _ = store.release_subscription(&self.node, &leased_id);
             }
         }
     }
 
-    /// Sends a leased subscription's next events in order until one fails or
-    /// none is left (of this turn).
+    /// Removes events and attempts older than `subscriptions.retention_hours`
+    /// (0: kept for ever), a batch per transaction, up to 20 batches a time.
+    fn prune(&self, store: &Store) {
+        if self.settings.retention_hours == 0 {
+            return;
+        }
+        let cutoff = crate::fhir::now_micros()
+            - (self.settings.retention_hours as i64).saturating_mul(3_600_000_000);
+        // Bounded: deliveries wait meanwhile; the rest goes at the next prune.
+        for _ in 0..20 {
+            match store.prune_subscription_history(cutoff, PRUNE_BATCH) {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(
+                        removed = n,
+                        "subscription events and attempts past the retention removed"
+                    );
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscription events past the retention could not be removed; trying again later");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A leased subscription's turn: sends its events in order over one kept
+    /// connection until one fails, none is left, or [`TURN`] has passed; records
+    /// the attempts in batches; gives the lease back at the end.
     fn deliver(&self, store: &Store, leased: DeliveryRow) -> Result<(), String> {
         let id = leased.subscription_id.as_str();
         // The state as of the lease (what was read before it may be behind a
@@ -231,7 +282,9 @@ impl Worker {
             .map_err(|e| e.to_string())?
             .ok_or("the subscription is gone")?;
         if row.status != "active" {
-            return Ok(());
+            return store
+                .release_subscription(&self.node, id)
+                .map_err(|e| e.to_string());
         }
         let engine = self.engine.upgrade().ok_or("the server is stopping")?;
         let (resource_type, owner) = store
@@ -241,12 +294,10 @@ impl Worker {
         let owner: Owner = serde_json::from_slice(&owner).map_err(|e| e.to_string())?;
         let owner = owner.context(&engine, &format!("subscription-{id}"));
         let system = AccessContext::system();
-        let Some(current) = store
+        let current = store
             .read(&system, &resource_type, id, None)
             .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
+            .ok_or("the subscription's resource is gone")?;
         let subscription: Value =
             serde_json::from_slice(&current.body).map_err(|e| e.to_string())?;
         let secret = store
@@ -254,119 +305,158 @@ impl Worker {
             .map_err(|e| e.to_string())?
             .ok_or("the subscription has no secret")?;
         let channel = rules::channel(&subscription, &self.settings);
-        let events = store
-            .subscription_events(id, row.delivered, EVENTS_PER_TURN)
-            .map_err(|e| e.to_string())?;
+        let mut sender = deliver::Sender::new(&rules::endpoint_rules(&self.settings));
+        let mut batch = Batch::default();
+        let turn = std::time::Instant::now();
+        let mut delivered_up_to = row.delivered;
         let mut attempts = row.attempts;
         let mut failing_since = row.failing_since;
-        for event in events {
-            let now = crate::fhir::now_micros();
-            let mut patients = Vec::new();
-            let (outcome, host) = match &channel {
-                Ok(ch) => {
-                    let (body, disclosed) = self.payload(store, &owner, ch.payload, &event);
-                    patients = disclosed;
-                    let mut headers = ch.headers.clone();
-                    headers.push((
-                        "X-Fhirgate-Signature".into(),
-                        deliver::signature(&secret, &body),
-                    ));
-                    headers.push((
-                        "X-Fhirgate-Event-Number".into(),
-                        event.event_number.to_string(),
-                    ));
-                    let request = deliver::Request {
-                        url: &ch.endpoint,
-                        headers: &headers,
-                        body: &body,
-                        content_type: (!body.is_empty()).then_some("application/fhir+json"),
-                        // Well inside the lease, which each attempt renews: a
-                        // delivery never outlives it (another node would take over).
-                        timeout: Duration::from_secs(self.settings.delivery_timeout_secs.max(1))
-                            .min(LEASE / 3),
-                    };
-                    (
-                        deliver::post(&request, &rules::endpoint_rules(&self.settings)),
-                        host_of(&ch.endpoint),
-                    )
+        while turn.elapsed() < TURN {
+            let events = store
+                .subscription_events(id, delivered_up_to, EVENTS_PER_READ)
+                .map_err(|e| e.to_string())?;
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                let now = crate::fhir::now_micros();
+                let (outcome, host, patients) =
+                    self.send(store, &owner, &channel, &mut sender, &secret, &event);
+                let delivered = matches!(outcome, Outcome::Delivered { .. });
+                let label = match &outcome {
+                    Outcome::Delivered { .. } => "delivered",
+                    Outcome::Failed { .. } => "failed",
+                    Outcome::Refused(_) => "refused",
+                };
+                self.metrics.deliveries.with_label_values(&[label]).inc();
+                if delivered {
+                    self.metrics
+                        .latency
+                        .observe((crate::fhir::now_micros() - event.recorded).max(0) as f64 / 1e6);
                 }
-                Err(issue) => (
+                let (status_code, detail) = match &outcome {
+                    Outcome::Delivered { status } => (Some(*status), String::new()),
+                    Outcome::Failed { status, detail } => (*status, detail.clone()),
+                    Outcome::Refused(e) => (None, e.to_string()),
+                };
+                let (next_attempt, error) = if delivered {
+                    delivered_up_to = event.event_number;
+                    (0, None)
+                } else {
+                    attempts += 1;
+                    let since = *failing_since.get_or_insert(now);
+                    let give_up = now - since
+                        >= (self.settings.retry_hours as i64).saturating_mul(3_600_000_000);
+                    let error = give_up.then(|| {
+                        format!(
+                            "event {} could not be delivered for {} hours: {detail}",
+                            event.event_number, self.settings.retry_hours
+                        )
+                    });
+                    (
+                        now + backoff(attempts, self.first_retry()).as_micros() as i64,
+                        error,
+                    )
+                };
+                let mut record =
+                    self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
+                // A payload with a patient's data is a disclosure of it (the
+                // accounting of disclosures lists it).
+                record.patients = patients;
+                batch.add(
+                    Attempt {
+                        node: self.node.clone(),
+                        event_number: event.event_number,
+                        at: now,
+                        delivered,
+                        status_code,
+                        detail,
+                        next_attempt,
+                        error: error.clone(),
+                        lease_until: crate::fhir::now_micros() + LEASE.as_micros() as i64,
+                    },
+                    self.audit.rows(&record),
+                );
+                if !delivered {
+                    self.record(store, id, &mut batch, true)?;
+                    if let Some(e) = error {
+                        tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
+                        self.write_status(store, &engine, &owner, &resource_type, id, &e);
+                    }
+                    return Ok(());
+                }
+                if batch.due() {
+                    self.record(store, id, &mut batch, false)?;
+                }
+            }
+        }
+        self.record(store, id, &mut batch, true)
+    }
+
+    /// Records the batch's attempts (one transaction), giving the lease back
+    /// when `release`; an error when the lease ran out meanwhile.
+    fn record(
+        &self,
+        store: &Store,
+        id: &str,
+        batch: &mut Batch,
+        release: bool,
+    ) -> Result<(), String> {
+        let recorded = store
+            .record_deliveries(&self.node, id, &batch.attempts, &batch.audits, release)
+            .map_err(|e| e.to_string())?;
+        *batch = Batch::default();
+        if recorded {
+            Ok(())
+        } else {
+            Err("the lease ran out".into())
+        }
+    }
+
+    /// Sends one event over the channel: the outcome, the endpoint's host (for
+    /// the audit trail) and the patients whose data the payload carried.
+    fn send(
+        &self,
+        store: &Store,
+        owner: &AccessContext,
+        channel: &Result<rules::Channel, crate::fhir::outcome::Issue>,
+        sender: &mut deliver::Sender,
+        secret: &str,
+        event: &EventRow,
+    ) -> (Outcome, Option<String>, Vec<String>) {
+        let ch = match channel {
+            Ok(ch) => ch,
+            Err(issue) => {
+                return (
                     Outcome::Failed {
                         status: None,
                         detail: issue.diagnostics.clone(),
                     },
                     None,
-                ),
-            };
-            let delivered = matches!(outcome, Outcome::Delivered { .. });
-            let label = match &outcome {
-                Outcome::Delivered { .. } => "delivered",
-                Outcome::Failed { .. } => "failed",
-                Outcome::Refused(_) => "refused",
-            };
-            self.metrics.deliveries.with_label_values(&[label]).inc();
-            if delivered {
-                self.metrics
-                    .latency
-                    .observe((crate::fhir::now_micros() - event.recorded).max(0) as f64 / 1e6);
-            }
-            let (status_code, detail) = match &outcome {
-                Outcome::Delivered { status } => (Some(*status), String::new()),
-                Outcome::Failed { status, detail } => (*status, detail.clone()),
-                Outcome::Refused(e) => (None, e.to_string()),
-            };
-            let (next_attempt, error) = if delivered {
-                (0, None)
-            } else {
-                attempts += 1;
-                let since = *failing_since.get_or_insert(now);
-                let give_up =
-                    now - since >= (self.settings.retry_hours as i64).saturating_mul(3_600_000_000);
-                let error = give_up.then(|| {
-                    format!(
-                        "event {} could not be delivered for {} hours: {detail}",
-                        event.event_number, self.settings.retry_hours
-                    )
-                });
-                (
-                    now + backoff(attempts, self.first_retry()).as_micros() as i64,
-                    error,
+                    Vec::new(),
                 )
-            };
-            let mut record =
-                self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
-            // A payload with a patient's data is a disclosure of it (the accounting
-            // of disclosures lists it).
-            record.patients = patients;
-            let recorded = store
-                .record_delivery(
-                    id,
-                    &Attempt {
-                        node: &self.node,
-                        event_number: event.event_number,
-                        at: now,
-                        delivered,
-                        status_code,
-                        detail: &detail,
-                        next_attempt,
-                        error: error.as_deref(),
-                        lease_until: crate::fhir::now_micros() + LEASE.as_micros() as i64,
-                    },
-                    &self.audit.rows(&record),
-                )
-                .map_err(|e| e.to_string())?;
-            if !recorded {
-                return Err("the lease ran out".into());
             }
-            if !delivered {
-                if let Some(e) = error {
-                    tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
-                    self.write_status(store, &engine, &owner, &resource_type, id, &e);
-                }
-                return Ok(());
-            }
-        }
-        Ok(())
+        };
+        let (body, patients) = self.payload(store, owner, ch.payload, event);
+        let mut headers = ch.headers.clone();
+        headers.push((
+            "X-Fhirgate-Signature".into(),
+            deliver::signature(secret, &body),
+        ));
+        headers.push((
+            "X-Fhirgate-Event-Number".into(),
+            event.event_number.to_string(),
+        ));
+        let request = deliver::Request {
+            url: &ch.endpoint,
+            headers: &headers,
+            body: &body,
+            content_type: (!body.is_empty()).then_some("application/fhir+json"),
+            // Well inside the lease, which each recorded batch renews: a
+            // delivery never outlives it (another node would take over).
+            timeout: Duration::from_secs(self.settings.delivery_timeout_secs.max(1)).min(LEASE / 3),
+        };
+        (sender.post(&request), host_of(&ch.endpoint), patients)
     }
 
     /// Writes the Subscription's new version with `status` `error` and the
@@ -520,6 +610,28 @@ impl Worker {
             ));
         }
         record
+    }
+}
+
+/// Attempts made and not yet recorded, with their AuditEvents.
+#[derive(Default)]
+struct Batch {
+    attempts: Vec<Attempt>,
+    audits: Vec<AuditRow>,
+    since: Option<std::time::Instant>,
+}
+
+impl Batch {
+    fn add(&mut self, attempt: Attempt, audits: Vec<AuditRow>) {
+        self.since.get_or_insert_with(std::time::Instant::now);
+        self.attempts.push(attempt);
+        self.audits.extend(audits);
+    }
+
+    /// Time to record: enough attempts, or the first waited long enough.
+    fn due(&self) -> bool {
+        self.attempts.len() >= RECORD_EVERY
+            || self.since.is_some_and(|t| t.elapsed() >= RECORD_AFTER)
     }
 }
 

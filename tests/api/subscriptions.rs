@@ -1158,3 +1158,195 @@ async fn criteria_of_every_kind_notify_what_the_search_finds(backend: Backend) {
 }
 
 on_both_backends!(criteria_of_every_kind_notify_what_the_search_finds);
+
+/// `subscriptions.max_active` bounds the subscriptions that are active at once:
+/// one more is refused (422 `business-rule`, nothing stored, also inside a
+/// transaction, which then stores nothing at all); turning one off makes room;
+/// turning one back on counts; an update of an active one is never refused.
+async fn max_active_bounds_the_active_subscriptions(backend: Backend) {
+    let receiver = Receiver::start(0).await;
+    let app = spawn_with(Database::new(backend), |s| {
+        s.subscriptions.allow_http = true;
+        s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
+        s.subscriptions.max_active = 2;
+    })
+    .await;
+    let (first, _) = subscribe(&app, &receiver.url).await;
+    let (second, _) = subscribe(&app, &receiver.url).await;
+    let count = |b: Value| b["total"].as_i64().unwrap_or(-1);
+    let refused = |r: &crate::support::server::Reply| {
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let oo = r.json();
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{oo}");
+        let issue = oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["code"] == "business-rule")
+            .cloned()
+            .unwrap_or_else(|| panic!("a business-rule issue: {oo}"));
+        assert!(
+            issue["diagnostics"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("subscriptions.max_active"),
+            "{oo}"
+        );
+    };
+
+    let r = app
+        .post_json("/Subscription", &subscription(&receiver.url, CRITERIA))
+        .await;
+    refused(&r);
+    assert!(r.header("x-fhirgate-subscription-secret").is_none());
+    // In a transaction: its Observation is not stored either.
+    let observations = count(app.get("/Observation?_summary=count").await.json());
+    let tx = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": observation(GLUCOSE, 1.0), "request": {"method": "POST", "url": "Observation"}},
+            {"resource": subscription(&receiver.url, CRITERIA), "request": {"method": "POST", "url": "Subscription"}}
+        ]
+    });
+    refused(&app.post_json("", &tx).await);
+    assert_eq!(
+        count(app.get("/Observation?_summary=count").await.json()),
+        observations
+    );
+    assert_eq!(
+        count(app.get("/Subscription?_summary=count").await.json()),
+        2
+    );
+
+    // An update of an active one is not refused.
+    let mut changed = app.get(&format!("/Subscription/{second}")).await.json();
+    changed["reason"] = json!("lab results, all of them");
+    let r = app
+        .put_json(&format!("/Subscription/{second}"), &changed)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // Turning one off makes room for another.
+    let mut off = app.get(&format!("/Subscription/{first}")).await.json();
+    off["status"] = json!("off");
+    let r = app.put_json(&format!("/Subscription/{first}"), &off).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let (third, _) = subscribe(&app, &receiver.url).await;
+    // Turning it on again would make three.
+    let mut on = app.get(&format!("/Subscription/{first}")).await.json();
+    on["status"] = json!("requested");
+    refused(&app.put_json(&format!("/Subscription/{first}"), &on).await);
+    assert_eq!(
+        app.get(&format!("/Subscription/{first}")).await.json()["status"],
+        "off"
+    );
+    // Deleting one makes room too.
+    assert!(app
+        .delete(&format!("/Subscription/{third}"))
+        .await
+        .status
+        .is_success());
+    let r = app.put_json(&format!("/Subscription/{first}"), &on).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["status"], "active");
+
+    app.assert_every_request_audited().await;
+    app.stop().await;
+    receiver.handle.stop(false).await;
+}
+
+on_both_backends!(max_active_bounds_the_active_subscriptions);
+
+/// Events and delivery attempts older than the retention are removed (oldest
+/// first, a bounded batch per transaction; the delivery worker does this every
+/// minute with `subscriptions.retention_hours`); the subscription's numbers go
+/// on where they were.
+async fn events_and_attempts_past_the_retention_are_removed(backend: Backend) {
+    let receiver = Receiver::start(0).await;
+    let app = spawn(backend).await;
+    let (sub, _) = subscribe(&app, &receiver.url).await;
+    for v in [1.0, 2.0, 3.0] {
+        create(&app, &observation(GLUCOSE, v)).await;
+    }
+    assert_eq!(receiver.wait_for(3).await.len(), 3);
+    let numbers = |b: &Value| -> Vec<String> {
+        b["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "notification-event")
+            .map(|p| p["part"][0]["valueString"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let events = app
+        .get(&format!("/Subscription/{sub}/$events"))
+        .await
+        .json();
+    assert_eq!(numbers(&events), ["1", "2", "3"], "{events}");
+    // Wait for the worker to record the third attempt (it records in batches).
+    for _ in 0..100 {
+        if app
+            .store
+            .subscription_state(&sub)
+            .unwrap()
+            .unwrap()
+            .delivered
+            == 3
+        {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = fhirgate::fhir::now_micros();
+    // Nothing is older than an hour.
+    assert_eq!(
+        app.store
+            .prune_subscription_history(now - 3_600_000_000, 1000)
+            .unwrap(),
+        0
+    );
+    // Everything is older than now: two of each table, then the rest.
+    assert_eq!(app.store.prune_subscription_history(now + 1, 2).unwrap(), 4);
+    let events = app
+        .get(&format!("/Subscription/{sub}/$events"))
+        .await
+        .json();
+    assert_eq!(numbers(&events), ["3"], "{events}");
+    assert_eq!(app.store.prune_subscription_history(now + 1, 2).unwrap(), 2);
+    assert_eq!(app.store.prune_subscription_history(now + 1, 2).unwrap(), 0);
+    let events = app
+        .get(&format!("/Subscription/{sub}/$events"))
+        .await
+        .json();
+    assert!(numbers(&events).is_empty(), "{events}");
+
+    create(&app, &observation(GLUCOSE, 4.0)).await;
+    let got = receiver.wait_for(4).await;
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(got[3].event_number(), 4);
+    app.stop().await;
+    receiver.handle.stop(false).await;
+}
+
+on_both_backends!(events_and_attempts_past_the_retention_are_removed);

@@ -1,0 +1,2 @@
+DROP INDEX ix_subscription_attempts_attempted;
+DROP INDEX ix_subscription_events_recorded;
