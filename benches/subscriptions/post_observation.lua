@@ -13,3 +13,12 @@ request = function()
     .. '"valueQuantity":{"value":' .. c .. ',"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}}'
   return wrk.format(nil, nil, nil, body)
 end
+
+-- DELAY_MS (default 0): each connection waits that long before its next request, so a
+-- few connections make a steady load below saturation (the "steady" phase of run.sh).
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+if delay_ms > 0 then
+  delay = function()
+    return delay_ms
+  end
+end

@@ -9,8 +9,9 @@
 # 2 `code=...&subject=Patient/pN`, 1 `category=laboratory&code=...&value-quantity=gtN`,
 # 1 `Observation?value-quantity=gt100000` (no token: it is evaluated in SQL on every write;
 # never matches). wrk POSTs Observations whose code is one of bench-code-1..$CODES (100),
-# so each POST matches about 3 subscriptions. Then LATENCY_POSTS (200) single POSTs one at
-# a time (no load) give the latency of an idle server.
+# so each POST matches about 3 subscriptions. Then a steady load below saturation
+# (STEADY_CONNS 8 connections, each STEADY_DELAY_MS 40 ms between POSTs, STEADY_S 20 s), and
+# LATENCY_POSTS (200) single POSTs one at a time (no load) give the latency of an idle server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -62,6 +63,15 @@ for _ in $(seq 1 120); do
 done
 echo "--- delivery under load (commit -> receiver)"
 python3 benches/subscriptions/receiver.py report "$WORK/received.txt" "$START"
+# A steady load below saturation: STEADY_CONNS connections, each waiting STEADY_DELAY_MS
+# between its POSTs, for STEADY_S seconds.
+STEADY=$(( $(date +%s%N) / 1000 ))
+echo "--- POST Observation, steady: ${STEADY_CONNS:-8} connections, ${STEADY_DELAY_MS:-40} ms apart, ${STEADY_S:-20}s"
+DELAY_MS="${STEADY_DELAY_MS:-40}" wrk -t1 -c"${STEADY_CONNS:-8}" -d"${STEADY_S:-20}s" --latency \
+  -s benches/subscriptions/post_observation.lua "$BASE/Observation"
+sleep 3
+echo "--- delivery under the steady load (commit -> receiver)"
+python3 benches/subscriptions/receiver.py report "$WORK/received.txt" "$STEADY"
 IDLE=$(( $(date +%s%N) / 1000 ))
 for i in $(seq 1 "${LATENCY_POSTS:-200}"); do
   c=$(( i % CODES + 1 ))

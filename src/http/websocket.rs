@@ -76,9 +76,36 @@ pub async fn open(
     if let Err(e) = ex.record(&state, &ok).await {
         return ex.error_response(&state, &e);
     }
-    let handshake_ctx = (!missing || !state.settings.auth.enabled).then(|| ex.ctx.clone());
-    actix_rt::spawn(serve(state.clone(), handshake_ctx, ex.ctx, session, stream));
+    let handshake = (!missing || !state.settings.auth.enabled).then(|| Handshake {
+        ctx: ex.ctx.clone(),
+        bearer: bearer_of(&req),
+    });
+    actix_rt::spawn(serve(state.clone(), handshake, ex.ctx, session, stream));
     response
+}
+
+/// Who opened the socket: a bind without a token of its own is decided for
+/// them. Their bearer token (in memory only) is verified again at each such
+/// bind, so a token that expired or was revoked since the handshake binds
+/// nothing more.
+struct Handshake {
+    ctx: AccessContext,
+    bearer: Option<String>,
+}
+
+/// The token of a request's `Authorization: Bearer` header.
+fn bearer_of(req: &HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Some(token.trim().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The bound subscriptions of a socket: id -> the last event pinged.
@@ -86,7 +113,7 @@ type Bound = BTreeMap<String, i64>;
 
 async fn serve(
     state: web::Data<AppState>,
-    handshake: Option<AccessContext>,
+    handshake: Option<Handshake>,
     base: AccessContext,
     mut session: Session,
     mut stream: actix_ws::MessageStream,
@@ -163,7 +190,7 @@ async fn catch_up(state: &AppState, session: &mut Session, bound: &mut Bound) ->
 /// One text message from the client; false when the socket is gone.
 async fn command(
     state: &AppState,
-    handshake: Option<&AccessContext>,
+    handshake: Option<&Handshake>,
     base: &AccessContext,
     session: &mut Session,
     bound: &mut Bound,
@@ -196,12 +223,14 @@ async fn command(
 /// websocket subscription. Audited either way.
 async fn bind(
     state: &AppState,
-    handshake: Option<&AccessContext>,
+    handshake: Option<&Handshake>,
     base: &AccessContext,
     bound: &mut Bound,
     id: &str,
     token: Option<&str>,
 ) -> Result<(), String> {
+    // The handshake's token, verified again, when the bind names none.
+    let token = token.or(handshake.and_then(|h| h.bearer.as_deref()));
     let ctx = match (token, handshake) {
         (Some(t), _) if state.settings.auth.enabled => {
             let p = state.auth.verify_bearer(t).await.map_err(|f| f.describe());
@@ -214,7 +243,7 @@ async fn bind(
                 Err(why) => Err(why),
             }
         }
-        (_, Some(h)) => Ok(h.clone()),
+        (_, Some(h)) => Ok(h.ctx.clone()),
         (_, None) => Err(crate::auth::AuthFailure::Missing.describe()),
     };
     let mut record = AuditRecord::new(

@@ -832,7 +832,7 @@ pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryR
     .i64(now)
     .push(" AND (lease_owner IS NULL OR lease_until < ")
     .i64(now)
-    .push(") ORDER BY next_attempt, subscription_id LIMIT ")
+    .push(") ORDER BY next_attempt, lease_until, subscription_id LIMIT ")
     .i64(limit);
     c.load::<DeliveryRow>(sql)
 }
@@ -861,7 +861,7 @@ pub(crate) fn lease(
         .i64(now)
         .push(" AND (lease_owner IS NULL OR lease_until < ")
         .i64(now)
-        .push(") ORDER BY next_attempt, subscription_id LIMIT ")
+        .push(") ORDER BY next_attempt, lease_until, subscription_id LIMIT ")
         .i64(limit);
     if c.backend() == super::Backend::Postgres {
         sql.push(" FOR UPDATE SKIP LOCKED");
@@ -870,15 +870,17 @@ pub(crate) fn lease(
     c.load::<DeliveryRow>(sql)
 }
 
-/// Gives a lease back.
+/// Gives a lease back. `lease_until` keeps when: of the subscriptions due, the
+/// one whose turn ended longest ago is leased first (no subscription waits while
+/// others take turn after turn).
 pub(crate) fn release(c: &mut AnyConn, node: &str, id: &str) -> Result<(), StoreError> {
     let mut sql = c.sql();
-    sql.push(
-        "UPDATE subscriptions SET lease_owner = NULL, lease_until = 0 WHERE subscription_id = ",
-    )
-    .text(id)
-    .push(" AND lease_owner = ")
-    .text(node);
+    sql.push("UPDATE subscriptions SET lease_owner = NULL, lease_until = ")
+        .i64(crate::fhir::now_micros())
+        .push(" WHERE subscription_id = ")
+        .text(id)
+        .push(" AND lease_owner = ")
+        .text(node);
     c.execute(sql)?;
     Ok(())
 }
@@ -1274,7 +1276,9 @@ impl super::Store {
             let mut sql = c.sql();
             sql.push("UPDATE subscriptions SET next_attempt = ")
                 .i64(next_attempt)
-                .push(", lease_owner = NULL, lease_until = 0 WHERE subscription_id = ")
+                .push(", lease_owner = NULL, lease_until = ")
+                .i64(crate::fhir::now_micros())
+                .push(" WHERE subscription_id = ")
                 .text(id)
                 .push(" AND lease_owner = ")
                 .text(node);

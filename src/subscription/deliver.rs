@@ -326,10 +326,12 @@ pub fn post(req: &Request, rules: &EndpointRules) -> Outcome {
 /// Sends one subscription's notifications in turn, keeping the connection to its
 /// endpoint alive between them (no new TCP or TLS handshake per event). Every
 /// post checks the endpoint again (after DNS resolution); a connection only ever
-/// goes to addresses that passed a check, and a changed answer makes a new one.
+/// goes to addresses that passed a check, and a changed host or answer makes a
+/// new one.
 pub struct Sender {
     rules: EndpointRules,
-    agent: Option<(Vec<SocketAddr>, ureq::Agent)>,
+    /// The agent of the last post: its host, the addresses it may connect to.
+    agent: Option<(String, Vec<SocketAddr>, ureq::Agent)>,
 }
 
 impl Sender {
@@ -343,8 +345,8 @@ impl Sender {
     /// The agent for the addresses of `endpoint` (the one kept, when they are
     /// the same).
     fn agent(&mut self, endpoint: &Endpoint) -> ureq::Agent {
-        if let Some((addrs, agent)) = &self.agent {
-            if *addrs == endpoint.addrs {
+        if let Some((host, addrs, agent)) = &self.agent {
+            if *host == endpoint.host && *addrs == endpoint.addrs {
                 return agent.clone();
             }
         }
@@ -360,7 +362,7 @@ impl Sender {
             addrs: endpoint.addrs.clone(),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
-        self.agent = Some((endpoint.addrs.clone(), agent.clone()));
+        self.agent = Some((endpoint.host.clone(), endpoint.addrs.clone(), agent.clone()));
         agent
     }
 

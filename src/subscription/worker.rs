@@ -42,6 +42,10 @@ const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// ...then the wait doubles up to this.
 const MAX_RETRY: Duration = Duration::from_secs(600);
 
+/// A sender (its kept-alive connection) idle this long is dropped...
+const KEEP_SENDER: Duration = Duration::from_secs(10);
+/// ...and at most these are kept.
+const KEPT_SENDERS: usize = 256;
 /// How often a node removes events and attempts past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows of each table removed per transaction when pruning.
@@ -149,6 +153,10 @@ struct Worker {
     base_url: String,
     busy: AtomicUsize,
     metrics: DeliveryMetrics,
+    /// The senders of recent turns by subscription: the next turn reuses the
+    /// kept-alive connection (no new TCP and TLS handshake per event when events
+    /// come one at a time).
+    senders: Mutex<std::collections::HashMap<String, (deliver::Sender, std::time::Instant)>>,
 }
 
 /// Starts this node's delivery worker (nothing when subscriptions are off).
@@ -174,6 +182,7 @@ pub fn start(
         base_url: base_url.trim_end_matches('/').to_string(),
         busy: AtomicUsize::new(0),
         metrics: metrics.clone(),
+        senders: Mutex::new(std::collections::HashMap::new()),
     });
     // Other nodes' commits wake this one (PostgreSQL LISTEN/NOTIFY).
     store.on_notifications(wake);
@@ -305,7 +314,7 @@ impl Worker {
             .map_err(|e| e.to_string())?
             .ok_or("the subscription has no secret")?;
         let channel = rules::channel(&subscription, &self.settings);
-        let mut sender = deliver::Sender::new(&rules::endpoint_rules(&self.settings));
+        let mut sender = self.take_sender(id);
         let mut batch = Batch::default();
         let turn = std::time::Instant::now();
         let mut delivered_up_to = row.delivered;
@@ -378,6 +387,7 @@ impl Worker {
                     self.audit.rows(&record),
                 );
                 if !delivered {
+                    // A failed post left no connection worth keeping.
                     self.record(store, id, &mut batch, true)?;
                     if let Some(e) = error {
                         tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
@@ -390,7 +400,27 @@ impl Worker {
                 }
             }
         }
+        self.keep_sender(id, sender);
         self.record(store, id, &mut batch, true)
+    }
+
+    /// The sender kept from the subscription's last turn, or a new one.
+    fn take_sender(&self, id: &str) -> deliver::Sender {
+        match self.senders.lock().remove(id) {
+            Some((sender, _)) => sender,
+            None => deliver::Sender::new(&rules::endpoint_rules(&self.settings)),
+        }
+    }
+
+    /// Keeps a turn's sender for the next; those idle for [`KEEP_SENDER`] are
+    /// dropped (their connections closed), and at most [`KEPT_SENDERS`] are kept.
+    fn keep_sender(&self, id: &str, sender: deliver::Sender) {
+        let mut kept = self.senders.lock();
+        let now = std::time::Instant::now();
+        kept.retain(|_, (_, at)| now.duration_since(*at) < KEEP_SENDER);
+        if kept.len() < KEPT_SENDERS {
+            kept.insert(id.to_string(), (sender, now));
+        }
     }
 
     /// Records the batch's attempts (one transaction), giving the lease back

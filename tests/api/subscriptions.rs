@@ -466,12 +466,17 @@ struct Socket {
 
 impl Socket {
     async fn open(app: &TestApp) -> Socket {
+        Socket::open_with(app, None).await
+    }
+
+    /// With `Authorization: Bearer TOKEN` on the handshake when given.
+    async fn open_with(app: &TestApp, bearer: Option<&str>) -> Socket {
         let url = format!("{}/$websocket", app.base.replace("http://", "ws://"));
-        let (_, conn) = awc::Client::new()
-            .ws(url)
-            .connect()
-            .await
-            .expect("websocket handshake");
+        let mut ws = awc::Client::new().ws(url);
+        if let Some(token) = bearer {
+            ws = ws.header("Authorization", format!("Bearer {token}"));
+        }
+        let (_, conn) = ws.connect().await.expect("websocket handshake");
         Socket { conn }
     }
 
@@ -1350,3 +1355,81 @@ async fn events_and_attempts_past_the_retention_are_removed(backend: Backend) {
 }
 
 on_both_backends!(events_and_attempts_past_the_retention_are_removed);
+
+/// A bind without a token of its own is decided by the handshake's token,
+/// verified again at every bind: once the token is revoked, the same socket
+/// binds nothing more.
+async fn a_bind_on_the_handshakes_token_checks_it_again(backend: Backend) {
+    use crate::smart_auth::{basic, post_form, secret_client, spawn_auth};
+    use crate::support::audit::send;
+    use awc::http::Method;
+    let app = spawn_auth(backend, |_| {}).await;
+    let scope = "system/Subscription.cruds system/Observation.rs";
+    let (client, secret) = secret_client(&app, scope);
+    let r = post_form(
+        &app,
+        "/auth/token",
+        &[("grant_type", "client_credentials"), ("scope", scope)],
+        &[("Authorization", &basic(&client, &secret))],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let mut ws = subscription("", CRITERIA);
+    ws["channel"] = json!({"type": "websocket"});
+    let r = send(
+        &app,
+        Method::POST,
+        "/Subscription",
+        &token,
+        Some(&ws),
+        "ws-subscribes",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+
+    let mut socket = Socket::open_with(&app, Some(&token)).await;
+    socket.send(&format!("bind {id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("bound {id}").as_str())
+    );
+    socket.send(&format!("unbind {id}")).await;
+    assert_eq!(
+        socket.next_text(WAIT).await.as_deref(),
+        Some(format!("unbound {id}").as_str())
+    );
+    let r = post_form(
+        &app,
+        "/auth/revoke",
+        &[("token", &token)],
+        &[("Authorization", &basic(&client, &secret))],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    socket.send(&format!("bind {id}")).await;
+    let answer = socket.next_text(WAIT).await.unwrap_or_default();
+    assert!(
+        answer.starts_with(&format!("error {id}:")),
+        "a bind on a revoked handshake token: {answer}"
+    );
+    app.stop().await;
+}
+
+on_both_backends!(a_bind_on_the_handshakes_token_checks_it_again);
