@@ -12,6 +12,8 @@
 # so each POST matches about 3 subscriptions. Then a steady load below saturation
 # (STEADY_CONNS 8 connections, each STEADY_DELAY_MS 40 ms between POSTs, STEADY_S 20 s), and
 # LATENCY_POSTS (200) single POSTs one at a time (no load) give the latency of an idle server.
+# CHANNEL=websocket makes websocket subscriptions that nobody binds: matched and stored, never
+# delivered (the cost of matching and the outbox alone; the latency phases report nothing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKEND="${1:-sqlite}"
@@ -39,6 +41,15 @@ post() {
 post "no subscriptions"
 echo "creating $SUBS subscriptions"
 HOOK="http://127.0.0.1:$HOOK_PORT"
+# CHANNEL=websocket: the subscriptions are matched and their events stored, but no socket
+# binds them, so nothing is delivered: what matching and the outbox cost the POSTs alone.
+channel() {
+  if [ "${CHANNEL:-rest-hook}" = websocket ]; then
+    printf '{"type":"websocket"}'
+  else
+    printf '{"type":"rest-hook","endpoint":"%s/s%s","payload":"application/fhir+json","_payload":{"extension":[{"url":"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content","valueCode":"id-only"}]}}' "$HOOK" "$1"
+  fi
+}
 for i in $(seq 1 "$SUBS"); do
   n=$(( i % CODES + 1 ))
   case $(( i % 10 )) in
@@ -48,9 +59,10 @@ for i in $(seq 1 "$SUBS"); do
     0) c="Observation?value-quantity=gt100000" ;;
   esac
   c_json=${c//\"/\\\"}
+
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$BASE/Subscription" \
     -H 'Content-Type: application/fhir+json' -H 'Prefer: return=minimal' \
-    -d "{\"resourceType\":\"Subscription\",\"status\":\"requested\",\"reason\":\"bench $i\",\"criteria\":\"$c_json\",\"channel\":{\"type\":\"rest-hook\",\"endpoint\":\"$HOOK/s$i\",\"payload\":\"application/fhir+json\",\"_payload\":{\"extension\":[{\"url\":\"http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content\",\"valueCode\":\"id-only\"}]}}}")
+    -d "{\"resourceType\":\"Subscription\",\"status\":\"requested\",\"reason\":\"bench $i\",\"criteria\":\"$c_json\",\"channel\":$(channel "$i")}")
   [ "$code" = 201 ] || { echo "subscription $i ($c): $code" >&2; exit 1; }
 done
 sleep 2

@@ -291,10 +291,6 @@ fn write_alone(
 /// this node's next write on (the other nodes reload when they see the registry
 /// generation change).
 fn after_commit(env: &Env, done: &[Done]) {
-    if env.store.take_notified() {
-        env.store.announce_notifications();
-        crate::subscription::worker::wake();
-    }
     let search_params = done.iter().any(|d| match d {
         Done::Stored { resource_type, .. } | Done::Deleted { resource_type, .. } => {
             env.search

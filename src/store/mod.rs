@@ -289,14 +289,18 @@ impl Store {
         shares: ShareSizes,
     ) -> Result<Store, StoreError> {
         let pools = DbPool::connect(url, pool_size, timeout, request_timeout, shares)?;
-        Ok(Store {
+        let store = Store {
             pool: Arc::new(pools.main),
             audit_pool: Arc::new(pools.audit),
             backend: pools.backend,
             keyring: Arc::new(RwLock::new(None)),
             request_timeout,
             subscriptions: Arc::new(subscriptions::Registry::default()),
-        })
+        };
+        // Every process that writes tells the other nodes of its notifications
+        // (a server, `fhirgate import`), whether or not it delivers any.
+        store.start_announcing();
+        Ok(store)
     }
 
     /// The budget of one request's store work, if any.
@@ -893,12 +897,22 @@ impl Store {
             }
         }
         let subs = &self.subscriptions;
+        let mut told = false;
         let mut written = self.pool.write(|c| {
             let rows = rows
                 .take()
                 .ok_or(StoreError::Internal("a create ran twice"))?;
-            write::apply(c, &ring, ctx, subs, None, vec![rows])
+            let mut pending = Vec::new();
+            let written = write::apply(c, &ring, ctx, subs, &mut pending, vec![rows])?;
+            if !pending.is_empty() {
+                subscriptions::store_notifications(c, &pending, crate::fhir::now_micros())?;
+                told = true;
+            }
+            Ok::<_, StoreError>(written)
         })?;
+        if told {
+            subs.committed();
+        }
         written
             .pop()
             .ok_or(StoreError::Internal("a create wrote nothing"))

@@ -379,11 +379,11 @@ struct Compiled {
 pub struct Registry {
     compiler: OnceLock<Arc<dyn CompileCriteria>>,
     loaded: Mutex<Option<(i64, Arc<Vec<Compiled>>)>>,
-    /// Notifications were stored since the last look (the caller wakes the
-    /// delivery worker after its commit).
-    notified: std::sync::atomic::AtomicBool,
-    /// Set after such a commit for the thread that NOTIFYs the other nodes.
+    /// Set after a commit that stored notifications, for the thread that
+    /// NOTIFYs the other nodes (PostgreSQL).
     announce: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    /// Wakes this process's delivery worker and websockets (set when it starts).
+    wake: OnceLock<fn()>,
 }
 
 #[derive(QueryableByName)]
@@ -597,11 +597,21 @@ impl Registry {
                 }
             }
         }
-        if !out.is_empty() {
-            self.notified
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
         Ok(out)
+    }
+}
+
+impl Registry {
+    /// After the commit of a transaction that stored notifications: this
+    /// process's delivery worker and websockets wake at once, and the other
+    /// nodes are told (the thread of `Store::start_announcing`; PostgreSQL).
+    pub(crate) fn committed(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        let (flag, woken) = &*self.announce;
+        *flag.lock() = true;
+        woken.notify_one();
     }
 }
 
@@ -612,7 +622,7 @@ const CHANNEL: &str = "fhirgate_subscription_events";
 /// Stores notifications with the next event numbers of their subscriptions (in
 /// the caller's transaction: the counter's row stays locked until commit, so
 /// numbers follow commit order per subscription). Other nodes are woken after
-/// the commit (`Store::announce_notifications`), not by a NOTIFY in this
+/// the commit (`Registry::committed`), not by a NOTIFY in this
 /// transaction: PostgreSQL serialises the commits of every transaction that
 /// NOTIFYs (a database-wide lock held through the commit's WAL flush), which cost
 /// concurrent writes their group commit.
@@ -820,6 +830,16 @@ pub(crate) fn owner(
     Ok(Some((line.resource_type, owner)))
 }
 
+/// Since when a subscription is due: its next retry, or the end of its last
+/// turn, whichever is later. Leases go oldest first, so a retry that came due
+/// is not passed over by subscriptions that keep having events.
+fn due_since(c: &AnyConn) -> &'static str {
+    match c.backend() {
+        super::Backend::Postgres => "GREATEST(next_attempt, lease_until)",
+        super::Backend::Sqlite => "MAX(next_attempt, lease_until)",
+    }
+}
+
 /// Up to `limit` active subscriptions with undelivered events that are due and
 /// not leased (by another node, or by this node's delivery of them still
 /// running); a lease of a node that died runs out.
@@ -832,7 +852,10 @@ pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryR
     .i64(now)
     .push(" AND (lease_owner IS NULL OR lease_until < ")
     .i64(now)
-    .push(") ORDER BY next_attempt, lease_until, subscription_id LIMIT ")
+    .push(&format!(
+        ") ORDER BY {}, subscription_id LIMIT ",
+        due_since(c)
+    ))
     .i64(limit);
     c.load::<DeliveryRow>(sql)
 }
@@ -861,7 +884,10 @@ pub(crate) fn lease(
         .i64(now)
         .push(" AND (lease_owner IS NULL OR lease_until < ")
         .i64(now)
-        .push(") ORDER BY next_attempt, lease_until, subscription_id LIMIT ")
+        .push(&format!(
+            ") ORDER BY {}, subscription_id LIMIT ",
+            due_since(c)
+        ))
         .i64(limit);
     if c.backend() == super::Backend::Postgres {
         sql.push(" FOR UPDATE SKIP LOCKED");
@@ -926,6 +952,13 @@ pub struct Attempt {
 /// Records an attempt and moves the subscription's state on, only while `node`
 /// holds its lease (a node whose lease ran out records nothing).
 pub(crate) fn record_attempt(c: &mut AnyConn, id: &str, a: &Attempt) -> Result<bool, StoreError> {
+    if a.error.is_some() {
+        // Every node stops matching it. First, as `register` does (the same
+        // lock order: no deadlock with a write of the Subscription).
+        let mut sql = c.sql();
+        sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
+        c.execute(sql)?;
+    }
     let mut sql = c.sql();
     sql.push("UPDATE subscriptions SET lease_until = ")
         .i64(a.lease_until)
@@ -949,12 +982,6 @@ pub(crate) fn record_attempt(c: &mut AnyConn, id: &str, a: &Attempt) -> Result<b
         .text(&a.node);
     if c.execute(sql)? != 1 {
         return Ok(false);
-    }
-    if a.error.is_some() {
-        // Every node stops matching it.
-        let mut sql = c.sql();
-        sql.push("UPDATE subscription_state SET generation = generation + 1 WHERE id = 1");
-        c.execute(sql)?;
     }
     let mut sql = c.sql();
     sql.push(
@@ -985,15 +1012,16 @@ pub(crate) fn record_attempt(c: &mut AnyConn, id: &str, a: &Attempt) -> Result<b
 }
 
 impl super::Store {
-    /// PostgreSQL: calls `wake` whenever a node announced a commit with
-    /// notifications (LISTEN on a connection of its own, looked at every 20 ms;
-    /// after a lost connection, again a second later). Nothing on SQLite, whose
-    /// one node knows its own writes. The thread ends with the store.
+    /// Calls `wake` after every commit of this process that stored
+    /// notifications and, on PostgreSQL, whenever another node announced one
+    /// (LISTEN on a connection of its own, looked at every 20 ms;
+    /// after a lost connection, again a second later; the thread ends with the
+    /// store).
     pub fn on_notifications(&self, wake: fn()) {
+        let _ = self.subscriptions.wake.set(wake);
         if self.backend != super::Backend::Postgres {
             return;
         }
-        self.start_announcing();
         let pool = Arc::downgrade(&self.pool);
         let spawned = std::thread::Builder::new()
             .name("subscription-listen".into())
@@ -1034,24 +1062,15 @@ impl super::Store {
         }
     }
 
-    /// After a commit that stored notifications: the other nodes are told
-    /// (PostgreSQL `NOTIFY`, sent outside the writes by the thread
-    /// [`Store::on_notifications`] starts, once for every commit that came
-    /// within 5 ms of each other). Nothing on SQLite, whose one node knows its
-    /// own writes.
-    pub fn announce_notifications(&self) {
+    /// PostgreSQL: the thread that NOTIFYs the other nodes after commits that
+    /// stored notifications ([`Registry::committed`]), once for the commits of
+    /// 5 ms, on a connection of its own made at the first (after a lost
+    /// connection, a new one at the next). Nothing on SQLite, whose one node
+    /// knows its own writes. It ends with the store.
+    pub(super) fn start_announcing(&self) {
         if self.backend != super::Backend::Postgres {
             return;
         }
-        let (flag, woken) = &*self.subscriptions.announce;
-        *flag.lock() = true;
-        woken.notify_one();
-    }
-
-    /// The thread that sends the NOTIFYs of [`Store::announce_notifications`]
-    /// on a connection of its own (after a lost connection, a new one at the
-    /// next announcement). It ends with the store.
-    fn start_announcing(&self) {
         let pool = Arc::downgrade(&self.pool);
         let announce = self.subscriptions.announce.clone();
         let spawned = std::thread::Builder::new()
@@ -1095,13 +1114,6 @@ impl super::Store {
         }
     }
 
-    /// True once after a write stored notifications (wake the delivery worker).
-    pub fn take_notified(&self) -> bool {
-        self.subscriptions
-            .notified
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Sets what compiles Subscriptions into criteria (once, at start-up).
     pub fn set_criteria_compiler(&self, compiler: Arc<dyn CompileCriteria>) {
         self.subscriptions.set_compiler(compiler);
@@ -1120,6 +1132,19 @@ impl super::Store {
         Ok(self
             .keyring()?
             .derive_secret(&format!("subscription/{id}/{version}"))?)
+    }
+
+    /// The generation of the subscriptions: it moves with every write of a
+    /// Subscription (and a delivery's give-up), so what was read of them under
+    /// one generation holds while it stays.
+    pub fn subscription_generation(&self) -> Result<i64, StoreError> {
+        self.pool.read(|c| {
+            let mut sql = c.sql();
+            sql.push("SELECT generation FROM subscription_state WHERE id = 1");
+            Ok(c.load::<Generation>(sql)?
+                .first()
+                .map_or(0, |g| g.generation))
+        })
     }
 
     /// A subscription's delivery state.
@@ -1244,19 +1269,28 @@ impl super::Store {
                 ("subscription_events", "recorded"),
                 ("subscription_attempts", "attempted"),
             ] {
-                // Up to the `limit`-th oldest (rows of the same instant with it).
+                // Up to the `limit`-th oldest (rows of the same instant with
+                // it), found first: a bound computed inside the DELETE may be
+                // computed again as rows go.
+                #[derive(QueryableByName)]
+                struct At {
+                    #[diesel(sql_type = BigInt)]
+                    at: i64,
+                }
                 let mut sql = c.sql();
-                sql.push(&format!("DELETE FROM {table} WHERE {column} < "))
-                    .i64(cutoff)
-                    .push(&format!(
-                        " AND {column} <= COALESCE((SELECT {column} FROM {table} WHERE {column} < "
-                    ))
-                    .i64(cutoff)
-                    .push(&format!(" ORDER BY {column} LIMIT 1 OFFSET "))
-                    .i64(limit.max(1) - 1)
-                    .push("), ")
-                    .i64(cutoff)
-                    .push(")");
+                sql.push(&format!(
+                    "SELECT {column} AS at FROM {table} WHERE {column} < "
+                ))
+                .i64(cutoff)
+                .push(&format!(" ORDER BY {column} LIMIT 1 OFFSET "))
+                .i64(limit.max(1) - 1);
+                let bound = c
+                    .load::<At>(sql)?
+                    .first()
+                    .map_or(cutoff.saturating_sub(1), |r| r.at);
+                let mut sql = c.sql();
+                sql.push(&format!("DELETE FROM {table} WHERE {column} <= "))
+                    .i64(bound);
                 removed += c.execute(sql)?;
             }
             Ok(removed)

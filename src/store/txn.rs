@@ -208,7 +208,7 @@ impl Txn for On<'_, '_> {
                     self.ring,
                     self.ctx,
                     self.subs,
-                    Some(&mut self.pending),
+                    &mut self.pending,
                     vec![*rows],
                 )?;
                 written.pop().ok_or(StoreError::Contention)
@@ -233,7 +233,7 @@ impl Txn for On<'_, '_> {
             self.ring,
             self.ctx,
             self.subs,
-            Some(&mut self.pending),
+            &mut self.pending,
             rows,
         )
     }
@@ -347,6 +347,7 @@ pub(super) fn transaction<R, E: TxnError>(
 ) -> Result<R, E> {
     let mut last = StoreError::Contention;
     for attempt in 0..WRITE_RETRIES {
+        let mut told = false;
         let outcome: Result<R, Stop<E>> = pool.write(|c| {
             let mut t = On {
                 c,
@@ -359,11 +360,17 @@ pub(super) fn transaction<R, E: TxnError>(
             if !t.pending.is_empty() {
                 store_notifications(t.c, &t.pending, crate::fhir::now_micros())
                     .map_err(Stop::Store)?;
+                told = true;
             }
             Ok(out)
         });
         match outcome {
-            Ok(r) => return Ok(r),
+            Ok(r) => {
+                if told {
+                    subs.committed();
+                }
+                return Ok(r);
+            }
             Err(Stop::Caller(e)) if !e.is_contention() => return Err(e),
             Err(Stop::Store(e)) if !e.is_contention() => return Err(E::from(e)),
             Err(_) => {

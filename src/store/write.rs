@@ -342,7 +342,7 @@ pub(crate) fn apply(
     ring: &Keyring,
     ctx: &AccessContext,
     subs: &Registry,
-    pending: Option<&mut Vec<subscriptions::Notification>>,
+    pending: &mut Vec<subscriptions::Notification>,
     mut rows: Vec<VersionRows>,
 ) -> Result<Vec<WriteResult>, StoreError> {
     if rows.is_empty() {
@@ -450,13 +450,7 @@ pub(crate) fn apply(
     // A transaction of several writes numbers all its notifications at its end,
     // in one order (store::txn): two transactions never lock two subscriptions'
     // counters in opposite orders.
-    match pending {
-        Some(p) => p.extend(notifications),
-        None if !notifications.is_empty() => {
-            subscriptions::store_notifications(c, &notifications, crate::fhir::now_micros())?;
-        }
-        None => {}
-    }
+    pending.extend(notifications);
     for v in rows.iter().filter(|v| v.effects.registers_search_param) {
         super::jobs::register_search_param(c, &v.id, v.result.version, v.deleted)?;
     }

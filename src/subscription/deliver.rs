@@ -345,8 +345,11 @@ impl Sender {
     /// The agent for the addresses of `endpoint` (the one kept, when they are
     /// the same).
     fn agent(&mut self, endpoint: &Endpoint) -> ureq::Agent {
+        // The same addresses in another order (round-robin DNS) are the same.
+        let mut judged = endpoint.addrs.clone();
+        judged.sort();
         if let Some((host, addrs, agent)) = &self.agent {
-            if *host == endpoint.host && *addrs == endpoint.addrs {
+            if *host == endpoint.host && *addrs == judged {
                 return agent.clone();
             }
         }
@@ -362,7 +365,7 @@ impl Sender {
             addrs: endpoint.addrs.clone(),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
-        self.agent = Some((endpoint.host.clone(), endpoint.addrs.clone(), agent.clone()));
+        self.agent = Some((endpoint.host.clone(), judged, agent.clone()));
         agent
     }
 

@@ -153,6 +153,10 @@ struct Worker {
     base_url: String,
     busy: AtomicUsize,
     metrics: DeliveryMetrics,
+    /// The subscriptions' generation as read at the latest round.
+    generation: std::sync::atomic::AtomicI64,
+    /// What turns need of each subscription, under a generation.
+    profiles: Mutex<std::collections::HashMap<String, Arc<Profile>>>,
     /// The senders of recent turns by subscription: the next turn reuses the
     /// kept-alive connection (no new TCP and TLS handshake per event when events
     /// come one at a time).
@@ -183,6 +187,8 @@ pub fn start(
         busy: AtomicUsize::new(0),
         metrics: metrics.clone(),
         senders: Mutex::new(std::collections::HashMap::new()),
+        generation: std::sync::atomic::AtomicI64::new(-1),
+        profiles: Mutex::new(std::collections::HashMap::new()),
     });
     // Other nodes' commits wake this one (PostgreSQL LISTEN/NOTIFY).
     store.on_notifications(wake);
@@ -213,12 +219,26 @@ pub fn start(
 impl Worker {
     /// Leases what is due and hands each subscription to a thread of its own.
     fn round(self: &Arc<Self>, store: &Store) {
+        // Idle kept connections close even when no turn comes to keep another.
+        let now = std::time::Instant::now();
+        self.senders
+            .lock()
+            .retain(|_, (_, at)| now.duration_since(*at) < KEEP_SENDER);
         let free = PARALLEL.saturating_sub(self.busy.load(Ordering::SeqCst));
         if free == 0 {
             return;
         }
         let now = crate::fhir::now_micros();
         let until = now + LEASE.as_micros() as i64;
+        // Read before the lease: a write of a Subscription committed after this
+        // read moves the generation, and the next round reads it again.
+        match store.subscription_generation() {
+            Ok(g) => self.generation.store(g, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!(error = %e, "the subscriptions' generation could not be read; trying again");
+                return;
+            }
+        }
         let due = match store.claim_subscriptions(&self.node, now, until, free as i64) {
             Ok(d) => d,
             Err(e) => {
@@ -283,25 +303,40 @@ impl Worker {
     /// connection until one fails, none is left, or [`TURN`] has passed; records
     /// the attempts in batches; gives the lease back at the end.
     fn deliver(&self, store: &Store, leased: DeliveryRow) -> Result<(), String> {
-        let id = leased.subscription_id.as_str();
-        // The state as of the lease (what was read before it may be behind a
-        // delivery that ended in between).
-        let row = store
-            .subscription_state(id)
-            .map_err(|e| e.to_string())?
-            .ok_or("the subscription is gone")?;
-        if row.status != "active" {
-            return store
-                .release_subscription(&self.node, id)
-                .map_err(|e| e.to_string());
+        let mut batch = Batch::default();
+        let done = self.turn(store, leased, &mut batch);
+        if done.is_err() && !batch.audits.is_empty() {
+            // Posts were made but could not be recorded: their AuditEvents
+            // (disclosures among them) are kept all the same.
+            if let Err(e) = store.append_audits(&batch.audits) {
+                tracing::error!(error = %e, "the AuditEvents of subscription deliveries could not be stored");
+            }
         }
-        let engine = self.engine.upgrade().ok_or("the server is stopping")?;
+        done
+    }
+
+    /// What a turn needs of a subscription that only a write of it changes:
+    /// kept while the generation read at the round stays (every such write moves
+    /// it), so a turn of one event reads nothing but its events.
+    fn profile(
+        &self,
+        store: &Store,
+        engine: &SearchEngine,
+        row: &DeliveryRow,
+        generation: i64,
+    ) -> Result<Arc<Profile>, String> {
+        let id = row.subscription_id.as_str();
+        if let Some(p) = self.profiles.lock().get(id) {
+            if p.generation == generation && p.created_version == row.created_version {
+                return Ok(p.clone());
+            }
+        }
         let (resource_type, owner) = store
             .subscription_owner(id)
             .map_err(|e| e.to_string())?
             .ok_or("the subscription is gone")?;
         let owner: Owner = serde_json::from_slice(&owner).map_err(|e| e.to_string())?;
-        let owner = owner.context(&engine, &format!("subscription-{id}"));
+        let owner = owner.context(engine, &format!("subscription-{id}"));
         let system = AccessContext::system();
         let current = store
             .read(&system, &resource_type, id, None)
@@ -310,24 +345,66 @@ impl Worker {
         let subscription: Value =
             serde_json::from_slice(&current.body).map_err(|e| e.to_string())?;
         let secret = store
-            .subscription_secret(id)
-            .map_err(|e| e.to_string())?
-            .ok_or("the subscription has no secret")?;
-        let channel = rules::channel(&subscription, &self.settings);
+            .subscription_secret_of(id, row.created_version)
+            .map_err(|e| e.to_string())?;
+        let profile = Arc::new(Profile {
+            generation,
+            created_version: row.created_version,
+            channel: rules::channel(&subscription, &self.settings),
+            resource_type,
+            owner,
+            secret,
+        });
+        let mut kept = self.profiles.lock();
+        kept.retain(|_, p| p.generation == generation);
+        kept.insert(id.to_string(), profile.clone());
+        Ok(profile)
+    }
+
+    /// The turn itself; the attempts made and not yet recorded are in `batch`.
+    fn turn(&self, store: &Store, leased: DeliveryRow, batch: &mut Batch) -> Result<(), String> {
+        // The state as the lease left it (the lease returns the row).
+        let row = leased;
+        let id = row.subscription_id.as_str();
+        let engine = self.engine.upgrade().ok_or("the server is stopping")?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let profile = self.profile(store, &engine, &row, generation)?;
+        let Profile {
+            resource_type,
+            owner,
+            channel,
+            secret,
+            ..
+        } = &*profile;
+        let (resource_type, owner, channel, secret) =
+            (resource_type.as_str(), owner, channel, secret.as_str());
         let mut sender = self.take_sender(id);
-        let mut batch = Batch::default();
         let turn = std::time::Instant::now();
         let mut delivered_up_to = row.delivered;
         let mut attempts = row.attempts;
         let mut failing_since = row.failing_since;
-        while turn.elapsed() < TURN {
+        let mut first_read = true;
+        'turn: while turn.elapsed() < TURN {
             let events = store
                 .subscription_events(id, delivered_up_to, EVENTS_PER_READ)
                 .map_err(|e| e.to_string())?;
             if events.is_empty() {
+                if first_read && row.last_event > row.delivered {
+                    // Its undelivered events were removed (retention): nothing
+                    // is left to send up to the number read with the lease
+                    // (an event committed since has a higher one). The receiver
+                    // sees the gap.
+                    store
+                        .advance_delivered(id, row.last_event)
+                        .map_err(|e| e.to_string())?;
+                }
                 break;
             }
+            first_read = false;
             for event in events {
+                if turn.elapsed() >= TURN {
+                    break 'turn;
+                }
                 let now = crate::fhir::now_micros();
                 let (outcome, host, patients) =
                     self.send(store, &owner, &channel, &mut sender, &secret, &event);
@@ -388,7 +465,7 @@ impl Worker {
                 );
                 if !delivered {
                     // A failed post left no connection worth keeping.
-                    self.record(store, id, &mut batch, true)?;
+                    self.record(store, id, batch, true)?;
                     if let Some(e) = error {
                         tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
                         self.write_status(store, &engine, &owner, &resource_type, id, &e);
@@ -396,12 +473,12 @@ impl Worker {
                     return Ok(());
                 }
                 if batch.due() {
-                    self.record(store, id, &mut batch, false)?;
+                    self.record(store, id, batch, false)?;
                 }
             }
         }
         self.keep_sender(id, sender);
-        self.record(store, id, &mut batch, true)
+        self.record(store, id, batch, true)
     }
 
     /// The sender kept from the subscription's last turn, or a new one.
@@ -641,6 +718,17 @@ impl Worker {
         }
         record
     }
+}
+
+/// What a turn needs of a subscription (see `Worker::profile`).
+struct Profile {
+    generation: i64,
+    created_version: i64,
+    /// The type its resource is stored under.
+    resource_type: String,
+    owner: AccessContext,
+    channel: Result<rules::Channel, crate::fhir::outcome::Issue>,
+    secret: String,
 }
 
 /// Attempts made and not yet recorded, with their AuditEvents.

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::support::server::{on_both_backends, spawn_with, Backend, Database, TestApp};
+use fhirgate::config::Settings;
 
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
@@ -115,13 +116,27 @@ impl Receiver {
 }
 
 async fn spawn(backend: Backend) -> TestApp {
+    spawn_tuned(backend, |_| {}).await
+}
+
+/// A server whose subscriptions may reach the loopback receiver, retry after
+/// 200 ms and poll every 100 ms, with `tune`'s settings on top.
+async fn spawn_tuned(backend: Backend, tune: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_with(Database::new(backend), |s| {
         s.subscriptions.allow_http = true;
         s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
         s.subscriptions.first_retry_ms = 200;
         s.subscriptions.poll_interval_ms = 100;
+        tune(s);
     })
     .await
+}
+
+/// Every request audited, then the server and the receiver stopped.
+async fn finish(app: TestApp, receiver: Receiver) {
+    app.assert_every_request_audited().await;
+    app.stop().await;
+    receiver.handle.stop(false).await;
 }
 
 fn subscription(endpoint: &str, criteria: &str) -> Value {
@@ -310,9 +325,7 @@ async fn a_subscription_hears_exactly_its_matches_in_order(backend: Backend) {
     let r = app.get("/Subscription/nope/$events").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
-    app.assert_every_request_audited().await;
-    app.stop().await;
-    receiver.handle.stop(false).await;
+    finish(app, receiver).await;
 }
 
 async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(backend: Backend) {
@@ -812,14 +825,7 @@ on_both_backends!(notifications_survive_sigkill);
 /// waited is delivered.
 async fn a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted(backend: Backend) {
     let receiver = Receiver::start(usize::MAX).await;
-    let app = spawn_with(Database::new(backend), |s| {
-        s.subscriptions.allow_http = true;
-        s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
-        s.subscriptions.first_retry_ms = 200;
-        s.subscriptions.poll_interval_ms = 100;
-        s.subscriptions.retry_hours = 0;
-    })
-    .await;
+    let app = spawn_tuned(backend, |s| s.subscriptions.retry_hours = 0).await;
     let (id, _) = subscribe(&app, &receiver.url).await;
     create(&app, &observation(GLUCOSE, 1.0)).await;
     let mut read = Value::Null;
@@ -862,9 +868,7 @@ async fn a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted(
     assert_eq!(got[1].event_number(), 2);
     let state = app.store.subscription_state(&id).unwrap().unwrap();
     assert_eq!((state.status.as_str(), state.delivered), ("active", 2));
-    app.assert_every_request_audited().await;
-    app.stop().await;
-    receiver.handle.stop(false).await;
+    finish(app, receiver).await;
 }
 
 on_both_backends!(a_subscription_that_cannot_deliver_turns_to_error_and_can_be_restarted);
@@ -1170,12 +1174,7 @@ on_both_backends!(criteria_of_every_kind_notify_what_the_search_finds);
 /// turning one back on counts; an update of an active one is never refused.
 async fn max_active_bounds_the_active_subscriptions(backend: Backend) {
     let receiver = Receiver::start(0).await;
-    let app = spawn_with(Database::new(backend), |s| {
-        s.subscriptions.allow_http = true;
-        s.subscriptions.allowed_hosts = vec!["127.0.0.1".into()];
-        s.subscriptions.max_active = 2;
-    })
-    .await;
+    let app = spawn_tuned(backend, |s| s.subscriptions.max_active = 2).await;
     let (first, _) = subscribe(&app, &receiver.url).await;
     let (second, _) = subscribe(&app, &receiver.url).await;
     let count = |b: Value| b["total"].as_i64().unwrap_or(-1);
@@ -1276,9 +1275,7 @@ async fn max_active_bounds_the_active_subscriptions(backend: Backend) {
     );
     assert_eq!(r.json()["status"], "active");
 
-    app.assert_every_request_audited().await;
-    app.stop().await;
-    receiver.handle.stop(false).await;
+    finish(app, receiver).await;
 }
 
 on_both_backends!(max_active_bounds_the_active_subscriptions);
@@ -1360,26 +1357,13 @@ on_both_backends!(events_and_attempts_past_the_retention_are_removed);
 /// verified again at every bind: once the token is revoked, the same socket
 /// binds nothing more.
 async fn a_bind_on_the_handshakes_token_checks_it_again(backend: Backend) {
-    use crate::smart_auth::{basic, post_form, secret_client, spawn_auth};
+    use crate::smart_auth::{basic, credentials_token, post_form, secret_client, spawn_auth};
     use crate::support::audit::send;
     use awc::http::Method;
     let app = spawn_auth(backend, |_| {}).await;
     let scope = "system/Subscription.cruds system/Observation.rs";
     let (client, secret) = secret_client(&app, scope);
-    let r = post_form(
-        &app,
-        "/auth/token",
-        &[("grant_type", "client_credentials"), ("scope", scope)],
-        &[("Authorization", &basic(&client, &secret))],
-    )
-    .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let token = credentials_token(&app, &client, &secret, scope).await;
     let mut ws = subscription("", CRITERIA);
     ws["channel"] = json!({"type": "websocket"});
     let r = send(

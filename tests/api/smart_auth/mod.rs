@@ -137,11 +137,17 @@ pub async fn system_token(app: &TestApp, scope: &str) -> String {
 /// (client_id, access token).
 pub async fn client_token(app: &TestApp, scope: &str) -> (String, String) {
     let (id, secret) = secret_client(app, scope);
+    let token = credentials_token(app, &id, &secret, scope).await;
+    (id, token)
+}
+
+/// A client_credentials token of a registered secret client.
+pub async fn credentials_token(app: &TestApp, id: &str, secret: &str, scope: &str) -> String {
     let r = post_form(
         app,
         "/auth/token",
         &[("grant_type", "client_credentials"), ("scope", scope)],
-        &[("Authorization", &basic(&id, &secret))],
+        &[("Authorization", &basic(id, secret))],
     )
     .await;
     assert_eq!(
@@ -150,7 +156,7 @@ pub async fn client_token(app: &TestApp, scope: &str) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    (id, r.json()["access_token"].as_str().unwrap().to_string())
+    r.json()["access_token"].as_str().unwrap().to_string()
 }
 
 pub fn bearer(token: &str) -> String {
