@@ -407,7 +407,7 @@ impl Worker {
                 }
                 let now = crate::fhir::now_micros();
                 let (outcome, host, patients) =
-                    self.send(store, &owner, &channel, &mut sender, &secret, &event);
+                    self.send(store, owner, channel, &mut sender, secret, &event);
                 let delivered = matches!(outcome, Outcome::Delivered { .. });
                 let label = match &outcome {
                     Outcome::Delivered { .. } => "delivered",
@@ -445,7 +445,7 @@ impl Worker {
                     )
                 };
                 let mut record =
-                    self.audit_record(&owner, id, &event, host.as_deref(), delivered, &detail);
+                    self.audit_record(owner, id, &event, host.as_deref(), delivered, &detail);
                 // A payload with a patient's data is a disclosure of it (the
                 // accounting of disclosures lists it).
                 record.patients = patients;
@@ -468,7 +468,7 @@ impl Worker {
                     self.record(store, id, batch, true)?;
                     if let Some(e) = error {
                         tracing::warn!(subscription.id = %id, "a subscription is in error: {e}");
-                        self.write_status(store, &engine, &owner, &resource_type, id, &e);
+                        self.write_status(store, &engine, owner, resource_type, id, &e);
                     }
                     return Ok(());
                 }
