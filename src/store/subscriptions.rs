@@ -27,7 +27,7 @@ use super::conn::{AnyConn, Count};
 use super::index::{blind_key, Blinded};
 use super::query::{self, Bound, Filter, IndexTable, Query, Ranges, RefTarget};
 use super::read::version;
-use super::sql::Bind;
+use super::sql::{Bind, Sql};
 use super::{StoreError, Verify};
 use crate::access::{AccessContext, Action};
 use crate::crypto::Keyring;
@@ -840,15 +840,14 @@ fn due_since(c: &AnyConn) -> &'static str {
     }
 }
 
-/// Up to `limit` active subscriptions with undelivered events that are due and
-/// not leased (by another node, or by this node's delivery of them still
-/// running); a lease of a node that died runs out.
-pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut sql = c.sql();
-    sql.push(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM subscriptions WHERE status = 'active' \
-         AND channel = 'rest-hook' AND last_event > delivered AND next_attempt <= "
-    ))
+/// The subscriptions due: active rest-hooks with undelivered events whose next
+/// attempt has come and that no node holds (a lease of a node that died runs
+/// out), the longest due first, at most `limit`.
+fn push_due(sql: &mut Sql, c: &AnyConn, now: i64, limit: i64) {
+    sql.push(
+        "SELECT subscription_id FROM subscriptions WHERE status = 'active' \
+         AND channel = 'rest-hook' AND last_event > delivered AND next_attempt <= ",
+    )
     .i64(now)
     .push(" AND (lease_owner IS NULL OR lease_until < ")
     .i64(now)
@@ -857,7 +856,15 @@ pub(crate) fn due(c: &mut AnyConn, now: i64, limit: i64) -> Result<Vec<DeliveryR
         due_since(c)
     ))
     .i64(limit);
-    c.load::<DeliveryRow>(sql)
+}
+
+/// True when some subscription is due (a look without the writer's turn).
+pub(crate) fn any_due(c: &mut AnyConn, now: i64) -> Result<bool, StoreError> {
+    let mut sql = c.sql();
+    sql.push("SELECT COUNT(*) AS n FROM (");
+    push_due(&mut sql, c, now, 1);
+    sql.push(") due");
+    Ok(c.load::<Count>(sql)?.first().is_some_and(|r| r.n > 0))
 }
 
 /// Leases up to `limit` due subscriptions for `node` until `until`, in one
@@ -876,19 +883,8 @@ pub(crate) fn lease(
         .text(node)
         .push(", lease_until = ")
         .i64(until)
-        .push(
-            " WHERE subscription_id IN (SELECT subscription_id FROM subscriptions \
-             WHERE status = 'active' AND channel = 'rest-hook' AND last_event > delivered \
-             AND next_attempt <= ",
-        )
-        .i64(now)
-        .push(" AND (lease_owner IS NULL OR lease_until < ")
-        .i64(now)
-        .push(&format!(
-            ") ORDER BY {}, subscription_id LIMIT ",
-            due_since(c)
-        ))
-        .i64(limit);
+        .push(" WHERE subscription_id IN (");
+    push_due(&mut sql, c, now, limit);
     if c.backend() == super::Backend::Postgres {
         sql.push(" FOR UPDATE SKIP LOCKED");
     }
@@ -1159,7 +1155,7 @@ impl super::Store {
         self.pool.read(|c| owner(c, &ring, id))
     }
 
-    /// Leases due subscriptions for `node` (store::subscriptions::due, lease).
+    /// Leases due subscriptions for `node` (store::subscriptions::lease).
     pub fn claim_subscriptions(
         &self,
         node: &str,
@@ -1168,7 +1164,7 @@ impl super::Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         // A look first, without the writer's turn: most rounds find nothing.
-        if self.pool.read(|c| due(c, now, 1))?.is_empty() {
+        if !self.pool.read(|c| any_due(c, now))? {
             return Ok(Vec::new());
         }
         self.pool.write(|c| lease(c, node, now, until, limit))
