@@ -896,8 +896,22 @@ pub(crate) fn lease(
 /// one whose turn ended longest ago is leased first (no subscription waits while
 /// others take turn after turn).
 pub(crate) fn release(c: &mut AnyConn, node: &str, id: &str) -> Result<(), StoreError> {
+    release_until(c, node, id, None)
+}
+
+/// Gives a lease back, the next delivery put off until `next_attempt` if given.
+fn release_until(
+    c: &mut AnyConn,
+    node: &str,
+    id: &str,
+    next_attempt: Option<i64>,
+) -> Result<(), StoreError> {
     let mut sql = c.sql();
-    sql.push("UPDATE subscriptions SET lease_owner = NULL, lease_until = ")
+    sql.push("UPDATE subscriptions SET ");
+    if let Some(at) = next_attempt {
+        sql.push("next_attempt = ").i64(at).push(", ");
+    }
+    sql.push("lease_owner = NULL, lease_until = ")
         .i64(crate::fhir::now_micros())
         .push(" WHERE subscription_id = ")
         .text(id)
@@ -1302,18 +1316,7 @@ impl super::Store {
         id: &str,
         next_attempt: i64,
     ) -> Result<(), StoreError> {
-        self.pool.write(|c| {
-            let mut sql = c.sql();
-            sql.push("UPDATE subscriptions SET next_attempt = ")
-                .i64(next_attempt)
-                .push(", lease_owner = NULL, lease_until = ")
-                .i64(crate::fhir::now_micros())
-                .push(" WHERE subscription_id = ")
-                .text(id)
-                .push(" AND lease_owner = ")
-                .text(node);
-            c.execute(sql)?;
-            Ok(())
-        })
+        self.pool
+            .write(|c| release_until(c, node, id, Some(next_attempt)))
     }
 }
