@@ -710,10 +710,7 @@ pub(crate) fn register(
         sql.push("SELECT COUNT(*) AS n FROM subscriptions WHERE status = 'active' AND subscription_id <> ")
             .text(id);
         let others = c.load::<Count>(sql)?.first().map_or(0, |r| r.n);
-        let mut sql = c.sql();
-        sql.push("SELECT COUNT(*) AS n FROM subscriptions WHERE status = 'active' AND subscription_id = ")
-            .text(id);
-        let was_active = c.load::<Count>(sql)?.first().is_some_and(|r| r.n > 0);
+        let was_active = delivery_row(c, id)?.is_some_and(|r| r.status == "active");
         // One already active stays so (an update of it is never refused, even
         // after the limit was lowered).
         if !was_active && others >= e.max_active as i64 {
@@ -782,23 +779,6 @@ pub(crate) fn register(
         }
     }
     Ok(())
-}
-
-/// The secret of a subscription (HMAC key of its deliveries): derived from the
-/// index key, its id and the version that created it, so it is never stored and
-/// a Subscription deleted and created again gets a new one.
-pub(crate) fn secret(
-    c: &mut AnyConn,
-    ring: &Keyring,
-    id: &str,
-) -> Result<Option<String>, StoreError> {
-    let Some(row) = delivery_row(c, id)? else {
-        return Ok(None);
-    };
-    Ok(Some(ring.derive_secret(&format!(
-        "subscription/{id}/{}",
-        row.created_version
-    ))?))
 }
 
 pub(crate) fn delivery_row(c: &mut AnyConn, id: &str) -> Result<Option<DeliveryRow>, StoreError> {
@@ -1129,15 +1109,10 @@ impl super::Store {
         self.subscriptions.set_compiler(compiler);
     }
 
-    /// A subscription's secret, None when it has no delivery row (deleted, or
-    /// never a Subscription).
-    pub fn subscription_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let ring = self.keyring()?;
-        self.pool.read(|c| secret(c, &ring, id))
-    }
-
-    /// The secret of a subscription created as version `version` (no database:
-    /// it is derived, [`secret`]).
+    /// The secret of a subscription created as version `version` (HMAC key of
+    /// its deliveries): derived from the index key, its id and that version, so
+    /// it is never stored and a Subscription deleted and created again gets a
+    /// new one.
     pub fn subscription_secret_of(&self, id: &str, version: i64) -> Result<String, StoreError> {
         Ok(self
             .keyring()?

@@ -317,12 +317,6 @@ impl Resolver for PinnedResolver {
     }
 }
 
-/// Checks the endpoint again and POSTs the notification to it (blocking), on a
-/// connection of its own.
-pub fn post(req: &Request, rules: &EndpointRules) -> Outcome {
-    Sender::new(rules).post(req)
-}
-
 /// Sends one subscription's notifications in turn, keeping the connection to its
 /// endpoint alive between them (no new TCP or TLS handshake per event). Every
 /// post checks the endpoint again (after DNS resolution); a connection only ever
@@ -495,6 +489,11 @@ fn describe(e: &ureq::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One post on a connection of its own.
+    fn post(req: &Request, rules: &EndpointRules) -> Outcome {
+        Sender::new(rules).post(req)
+    }
     use std::io::{ErrorKind, Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::thread::{self, JoinHandle};
