@@ -27,6 +27,7 @@ pub struct Settings {
     pub bundle: BundleSettings,
     pub ratelimit: RateLimitSettings,
     pub subscriptions: SubscriptionSettings,
+    pub bulk: BulkSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,6 +398,37 @@ impl Default for SubscriptionSettings {
     }
 }
 
+/// Bulk Data `$export` (DESIGN section 14).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkSettings {
+    /// Where export files are kept, encrypted (default: a folder beside the
+    /// SQLite database, `<database>-bulk`; `fhirgate-bulk` in the working folder
+    /// for PostgreSQL). Nodes that share a database must share this folder.
+    pub dir: Option<PathBuf>,
+    /// Resources per export file; a type with more is split into several files.
+    pub max_file_resources: u64,
+    /// Hours a finished export's files are kept; then the job and its files go.
+    pub retention_hours: u64,
+    /// Exports one client may have queued or running at once (more: 429).
+    pub max_jobs_per_client: u64,
+    /// Seconds a node holds a running export before another node may take it
+    /// over (a node that died); renewed every quarter of it while it runs.
+    pub lease_secs: u64,
+}
+
+impl Default for BulkSettings {
+    fn default() -> Self {
+        BulkSettings {
+            dir: None,
+            max_file_resources: 10_000,
+            retention_hours: 24,
+            max_jobs_per_client: 3,
+            lease_secs: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -570,6 +602,19 @@ impl Settings {
         match base.strip_suffix("/fhir") {
             Some(root) => root.to_string(),
             None => base,
+        }
+    }
+
+    /// Where export files are kept (`bulk.dir`, else beside the database).
+    pub fn bulk_dir(&self) -> PathBuf {
+        if let Some(d) = &self.bulk.dir {
+            return d.clone();
+        }
+        match self.database.url.strip_prefix("sqlite://") {
+            Some(file) if !file.is_empty() && !file.starts_with(':') => {
+                PathBuf::from(format!("{}-bulk", file.trim_end_matches(".db")))
+            }
+            _ => PathBuf::from("fhirgate-bulk"),
         }
     }
 

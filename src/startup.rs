@@ -298,7 +298,16 @@ pub fn build_state(settings: &Settings, migrate: bool) -> Result<AppState, Start
     );
     let auth =
         crate::auth::AuthService::start(settings, store.clone(), search.clone(), audit.clone())?;
+    let exporter = crate::bulk::export::Exporter::new(
+        store.clone(),
+        search.clone(),
+        compartment.clone(),
+        settings.bulk_dir(),
+        settings.bulk.clone(),
+    );
+    exporter.start();
     Ok(AppState {
+        exporter,
         auth,
         settings: settings.clone(),
         base_url,

@@ -75,6 +75,13 @@ pub struct OwnedPermission {
 }
 
 impl Owner {
+    /// Is `ctx` this owner: the same client for the same user? Work done on the
+    /// owner's behalf (a subscription's events, an export's files) answers to it
+    /// only. With authorization off every caller is the same (none).
+    pub fn acts_as(&self, ctx: &AccessContext) -> bool {
+        ctx.client_id == self.client_id && ctx.subject == self.subject && ctx.user == self.user
+    }
+
     /// The owner's grant again, compiled with the search engine; an owner whose
     /// permissions no longer compile gets nothing (deny by default).
     pub fn context(&self, engine: &crate::search::SearchEngine, request_id: &str) -> AccessContext {

@@ -129,8 +129,14 @@ fn rest(w: &mut JsonOut, r: &AuditRecord, page_patient: Option<&str>, id: &str, 
     // BALP 1.1.4: data flows to the client on a read, so the client is the
     // destination (DICOM 110152) and the server the source (110153); the other way
     // round for Create, Update and Query; Delete names the client application
-    // (110150) and the server as custodian.
-    let (client_role, server_role): ((&str, &str, &str), (&str, &str, &str)) = match action {
+    // (110150) and the server as custodian. Interactions without a BALP pattern
+    // (operations, history; fhirgate's AuditEvent.Rest) name the client as the
+    // source and the server as the destination, whatever their action.
+    let role_action = match pattern {
+        Some(_) => action,
+        None => AuditAction::Execute,
+    };
+    let (client_role, server_role): ((&str, &str, &str), (&str, &str, &str)) = match role_action {
         AuditAction::Read => (
             (DCM, "110152", "Destination Role ID"),
             (DCM, "110153", "Source Role ID"),
@@ -153,7 +159,7 @@ fn rest(w: &mut JsonOut, r: &AuditRecord, page_patient: Option<&str>, id: &str, 
     w.raw(",");
     server_agent(w, out, server_role);
     if has_user(r) {
-        let role = match action {
+        let role = match role_action {
             AuditAction::Create | AuditAction::Update => {
                 (PARTICIPATION, "AUT", "author (originator)")
             }

@@ -6,6 +6,11 @@ use super::balp;
 use crate::access::AccessContext;
 use crate::store::AuditRow;
 
+/// The operation name of a Bulk Data file download (`$export-file`).
+pub const EXPORT_FILE: &str = "export-file";
+/// The operation name of cancelling a Bulk Data export (DELETE on its status URL).
+pub const EXPORT_CANCEL: &str = "export-cancel";
+
 /// The FHIR RESTful interaction audited (value set `restful-interaction`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interaction {
@@ -94,6 +99,8 @@ impl Interaction {
             Interaction::Capabilities => "capabilities",
             Interaction::Transaction => "transaction",
             Interaction::Batch => "batch",
+            // A Bulk Data file is the result of a query taken in bulk.
+            Interaction::Operation(name) if name == EXPORT_FILE => "search",
             Interaction::Operation(_) => "operation",
             Interaction::Auth(e) => e.code(),
         }
@@ -106,13 +113,21 @@ impl Interaction {
             Interaction::Read | Interaction::Vread => AuditAction::Read,
             Interaction::Update | Interaction::Patch => AuditAction::Update,
             Interaction::Delete => AuditAction::Delete,
+            // Cancelling an export deletes the job and its files.
+            Interaction::Operation(name) if name == EXPORT_CANCEL => AuditAction::Delete,
             _ => AuditAction::Execute,
         }
     }
 
-    /// A search (BALP Query); history has no BALP pattern.
+    /// A search (BALP Query); history has no BALP pattern. A Bulk Data file
+    /// download is audited as a query too (BALP has no export pattern): a Query
+    /// event and a PatientQuery event for each patient the file holds.
     pub(super) fn is_search(&self) -> bool {
-        matches!(self, Interaction::SearchType | Interaction::SearchSystem)
+        match self {
+            Interaction::SearchType | Interaction::SearchSystem => true,
+            Interaction::Operation(name) => name == EXPORT_FILE,
+            _ => false,
+        }
     }
 }
 

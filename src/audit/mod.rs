@@ -13,7 +13,9 @@ mod event;
 mod writer;
 
 pub use balp::JTI_POLICY_PREFIX;
-pub use event::{AuditAction, AuditRecord, AuthEvent, Interaction, Outcome};
+pub use event::{
+    AuditAction, AuditRecord, AuthEvent, Interaction, Outcome, EXPORT_CANCEL, EXPORT_FILE,
+};
 
 /// AuditEvents are kept in the audit log, not among resource versions: they have
 /// one version, are written only by the server, and are read through their own

@@ -59,7 +59,35 @@ pub struct Exchange {
 impl Exchange {
     pub fn begin(state: &AppState, req: &HttpRequest, interaction: Interaction) -> Exchange {
         let query = Query::parse(req);
-        let (format, format_error) = match negotiate::response_format(req, &query) {
+        let negotiated = negotiate::response_format(req, &query);
+        Exchange::begin_negotiated(state, req, interaction, query, negotiated)
+    }
+
+    /// For the Bulk Data endpoints, whose answers are NDJSON files and a JSON
+    /// manifest: an `Accept` of `application/fhir+ndjson` or `application/ndjson`
+    /// is what a bulk client sends, and errors are answered in JSON.
+    pub fn begin_bulk(state: &AppState, req: &HttpRequest, interaction: Interaction) -> Exchange {
+        let query = Query::parse(req);
+        let ndjson = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|a| a.contains("ndjson"));
+        let negotiated = match negotiate::response_format(req, &query) {
+            Err(_) if ndjson => Ok(Format::Json),
+            other => other,
+        };
+        Exchange::begin_negotiated(state, req, interaction, query, negotiated)
+    }
+
+    fn begin_negotiated(
+        state: &AppState,
+        req: &HttpRequest,
+        interaction: Interaction,
+        query: Query,
+        negotiated: Result<Format, ApiError>,
+    ) -> Exchange {
+        let (format, format_error) = match negotiated {
             Ok(f) => (f, None),
             Err(e) => (Format::Json, Some(e)),
         };

@@ -13,6 +13,7 @@ pub mod conditional;
 pub mod disclosures;
 pub mod error;
 pub mod exchange;
+pub mod export;
 pub mod hangup;
 pub mod history;
 pub mod negotiate;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub chainer: Arc<crate::audit::chain::Chainer>,
     /// The audit console's pages (`/console/`).
     pub console: Arc<crate::console::Pages>,
+    /// Bulk Data `$export` jobs and files.
+    pub exporter: Arc<crate::bulk::export::Exporter>,
 }
 
 impl AppState {
@@ -117,6 +120,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(disclosures::get)),
                 )
                 .service(fhir_resource("/$websocket").route(web::get().to(websocket::open)))
+                // Bulk Data before the generic routes, which would take `$export` as a type or id.
+                .service(
+                    fhir_resource("/$export")
+                        .route(web::get().to(export::system_get))
+                        .route(web::post().to(export::system_post)),
+                )
+                .service(
+                    fhir_resource("/Patient/$export")
+                        .route(web::get().to(export::patient_get))
+                        .route(web::post().to(export::patient_post)),
+                )
+                .service(
+                    fhir_resource("/Group/{id}/$export")
+                        .route(web::get().to(export::group_get))
+                        .route(web::post().to(export::group_post)),
+                )
+                .service(
+                    fhir_resource("/$export-status/{job}")
+                        .route(web::get().to(export::status))
+                        .route(web::delete().to(export::cancel)),
+                )
+                .service(
+                    fhir_resource("/$export-file/{job}/{file}").route(web::get().to(export::file)),
+                )
                 .service(
                     fhir_resource("/Subscription/{id}/$events")
                         .route(web::get().to(subscriptions::events)),

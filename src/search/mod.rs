@@ -353,6 +353,56 @@ impl SearchEngine {
         types: &[String],
     ) -> Result<crate::store::Filter, SearchError> {
         use crate::store::{Filter, RefTarget};
+        self.compartment_filter_of(
+            compartment,
+            types,
+            Filter::Ids(vec![id.to_string()]),
+            RefTarget::Local {
+                types: vec![compartment.to_string()],
+                id: id.to_string(),
+            },
+        )
+    }
+
+    /// The filter "in the compartment of some `compartment` resource" (or of one
+    /// of `members`, when given) for resources of `types`: a patient-level
+    /// `$export` and a group's. The compartment resources must exist (and be
+    /// visible to the caller); so must the members.
+    pub fn compartment_members_filter(
+        &self,
+        compartment: &str,
+        types: &[String],
+        members: Option<&[String]>,
+    ) -> Result<crate::store::Filter, SearchError> {
+        use crate::store::{Filter, RefTarget};
+        let chosen: Vec<Filter> = members
+            .map(|m| vec![Filter::Ids(m.to_vec())])
+            .unwrap_or_default();
+        let own = match members {
+            Some(m) => Filter::Ids(m.to_vec()),
+            None => Filter::All(Vec::new()),
+        };
+        self.compartment_filter_of(
+            compartment,
+            types,
+            own,
+            RefTarget::Matching {
+                types: vec![compartment.to_string()],
+                filters: chosen,
+            },
+        )
+    }
+
+    /// The compartment's parameters of `types` OR-ed, each pointing at `target`;
+    /// `own` selects the compartment's own resources (for its own type).
+    fn compartment_filter_of(
+        &self,
+        compartment: &str,
+        types: &[String],
+        own: crate::store::Filter,
+        target: crate::store::RefTarget,
+    ) -> Result<crate::store::Filter, SearchError> {
+        use crate::store::Filter;
         let url = format!(
             "http://hl7.org/fhir/CompartmentDefinition/{}",
             compartment_code(compartment)
@@ -379,16 +429,13 @@ impl SearchEngine {
                 .map(|p| p.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             if t == compartment {
-                alternatives.push(Filter::Ids(vec![id.to_string()]));
+                alternatives.push(own.clone());
             }
             for code in codes {
                 if let Some(p) = self.registry.param(t, code) {
                     alternatives.push(Filter::Reference {
                         pids: vec![p.pid],
-                        targets: vec![RefTarget::Local {
-                            types: vec![compartment.to_string()],
-                            id: id.to_string(),
-                        }],
+                        targets: vec![target.clone()],
                     });
                 }
             }

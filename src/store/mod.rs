@@ -13,6 +13,7 @@ mod auth;
 mod cancel;
 mod conn;
 mod deadline;
+mod exports;
 mod index;
 mod jobs;
 mod keys;
@@ -42,6 +43,7 @@ pub use auth::{
     ClientRow, CodeRow, LaunchRow, LoginFailures, Redeemed, RefreshRow, RevokedRow, SigningKeyRow,
     UserRow,
 };
+pub use exports::{ExportFile, ExportJob, NewExportFile};
 pub use index::{IndexRows, RefValue};
 pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
 use pool::DbPool;

@@ -85,7 +85,7 @@ impl CompileCriteria for Compiler {
 /// may search, which another reader of the Subscription may not, and a bind moves
 /// its delivery on. With authorization off every caller is the same (none).
 pub fn is_owner(ctx: &crate::access::AccessContext, owner: &Owner) -> bool {
-    ctx.client_id == owner.client_id && ctx.subject == owner.subject && ctx.user == owner.user
+    owner.acts_as(ctx)
 }
 
 /// The recorded owner of a subscription, None when it has none or it is unreadable.

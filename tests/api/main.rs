@@ -21,6 +21,7 @@ mod console;
 mod crash;
 mod disclosures;
 mod examples;
+mod export;
 mod fhir_model;
 mod fhirpath_compile_all;
 mod fhirpath_differential;

@@ -20,7 +20,7 @@ const SYNTHEA: &str = "https://github.com/synthetichealth/synthea";
 const NPI: &str = "http://hl7.org/fhir/sid/us-npi";
 
 /// A tiny linear congruential generator: the same data on every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -53,7 +53,7 @@ fn post(full_url: &str, resource: Value) -> Value {
     json!({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": t}})
 }
 
-fn hospital() -> Value {
+pub(crate) fn hospital() -> Value {
     let mut entries = Vec::new();
     for o in 0..3 {
         let resource = json!({"resourceType": "Organization", "active": true, "name": format!("Hospital {o}"),
@@ -74,7 +74,7 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
 }
 
 /// One patient's record: a transaction of a few hundred entries.
-fn patient(rng: &mut Rng, n: usize) -> Value {
+pub(crate) fn patient(rng: &mut Rng, n: usize) -> Value {
     let loinc = "http://loinc.org";
     let snomed = "http://snomed.info/sct";
     let mut entries = Vec::new();

@@ -142,6 +142,9 @@ impl Database {
         s.packages.registry = "http://127.0.0.1:9/no-registry".into();
         s.crypto.master_key_file = Some(self.key_file());
         s.auth.enabled = false;
+        // Export files beside the test's database, on both backends (PostgreSQL's
+        // default is a folder in the working directory).
+        s.bulk.dir = Some(self.dir.path().join("bulk"));
         s
     }
 
