@@ -8,8 +8,15 @@ use crate::store::AuditRow;
 
 /// The operation name of a Bulk Data file download (`$export-file`).
 pub const EXPORT_FILE: &str = "export-file";
+/// The operation name of `Patient/{id}/$everything` and `Encounter/{id}/$everything`.
+pub const EVERYTHING: &str = "everything";
 /// The operation name of cancelling a Bulk Data export (DELETE on its status URL).
 pub const EXPORT_CANCEL: &str = "export-cancel";
+
+/// Operations that answer like a search (audited as BALP queries).
+fn is_query_operation(name: &str) -> bool {
+    name == EXPORT_FILE || name == EVERYTHING
+}
 
 /// The FHIR RESTful interaction audited (value set `restful-interaction`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +107,7 @@ impl Interaction {
             Interaction::Transaction => "transaction",
             Interaction::Batch => "batch",
             // A Bulk Data file is the result of a query taken in bulk.
-            Interaction::Operation(name) if name == EXPORT_FILE => "search",
+            Interaction::Operation(name) if is_query_operation(name) => "search",
             Interaction::Operation(_) => "operation",
             Interaction::Auth(e) => e.code(),
         }
@@ -119,13 +126,14 @@ impl Interaction {
         }
     }
 
-    /// A search (BALP Query); history has no BALP pattern. A Bulk Data file
-    /// download is audited as a query too (BALP has no export pattern): a Query
-    /// event and a PatientQuery event for each patient the file holds.
+    /// A search (BALP Query); history has no BALP pattern. `$everything` and a
+    /// Bulk Data file download are audited as queries too (BALP has no pattern of
+    /// their own): a Query event and a PatientQuery event for each patient whose
+    /// data the answer holds.
     pub(super) fn is_search(&self) -> bool {
         match self {
             Interaction::SearchType | Interaction::SearchSystem => true,
-            Interaction::Operation(name) => name == EXPORT_FILE,
+            Interaction::Operation(name) => is_query_operation(name),
             _ => false,
         }
     }

@@ -14,7 +14,8 @@ mod writer;
 
 pub use balp::JTI_POLICY_PREFIX;
 pub use event::{
-    AuditAction, AuditRecord, AuthEvent, Interaction, Outcome, EXPORT_CANCEL, EXPORT_FILE,
+    AuditAction, AuditRecord, AuthEvent, Interaction, Outcome, EVERYTHING, EXPORT_CANCEL,
+    EXPORT_FILE,
 };
 
 /// AuditEvents are kept in the audit log, not among resource versions: they have

@@ -14,6 +14,30 @@ use crate::config::{Settings, ValidationMode};
 use crate::fhir::Model;
 use crate::search::{ParamType, SearchEngine};
 
+/// Bulk Data `$export` as fhirgate runs it (DESIGN section 14).
+const EXPORT_DOC: &str = "Bulk Data 2.0 export (GET with query parameters or POST with Parameters; Prefer: respond-async): _outputFormat (application/fhir+ndjson), _since, _type, _typeFilter, patient (patient and group level); includeAssociatedData is refused. 202 with the status URL in Content-Location; files are encrypted at rest and served to the client that started the job only.";
+
+/// The operations of one resource type beyond `$validate`.
+fn type_operations(t: &str) -> Vec<serde_json::Value> {
+    let mut ops = Vec::new();
+    match t {
+        "Patient" => {
+            ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export", "documentation": EXPORT_DOC}));
+            ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                "documentation": "GET [base]/Patient/[id]/$everything (start, end, _since, _type, _count): the patient's compartment and every resource it refers to that the caller may read, paged; start/end select care dates (types with a `date` parameter)."}));
+        }
+        "Group" => {
+            ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export", "documentation": EXPORT_DOC}));
+        }
+        "Encounter" => {
+            ops.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Encounter-everything",
+                "documentation": "GET [base]/Encounter/[id]/$everything (_since, _type, _count): the encounter's compartment and every resource it refers to that the caller may read, paged."}));
+        }
+        _ => {}
+    }
+    ops
+}
+
 /// What `$validate` does in this build, stated in each resource's operation entry.
 const VALIDATE_DOC: &str = "POST [type]/$validate and [type]/[id]/$validate: the resource, or a Parameters with `resource`, `profile` and `mode` (also ?profile=, ?mode=). Checks the strict structure, the type's StructureDefinition, meta.profile claims, the named profile and the server's required profiles (cardinality, types, fixed/pattern, required/extensible bindings against the loaded ValueSets, invariants, slicing, extensions, reference targets found in the instance). mode=delete only answers OK: no referential checks.";
 
@@ -61,6 +85,9 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
                     "documentation": VALIDATE_DOC
                 }]
             });
+            if let Some(ops) = resource["operation"].as_array_mut() {
+                ops.extend(type_operations(t));
+            }
             if t == "Patient" {
                 if let Some(ops) = resource["operation"].as_array_mut() {
                     ops.push(json!({
@@ -86,6 +113,10 @@ pub fn build(model: &Model, base_url: &str, settings: &Settings) -> Value {
             "name": "reindex",
             "definition": "urn:fhirgate:operation:reindex",
             "documentation": "POST [base]/$reindex or [base]/[type]/$reindex rebuilds the search index in the background (202; the status is at Content-Location)."
+        }, {
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+            "documentation": EXPORT_DOC
         }]
     });
     if auth_enabled {

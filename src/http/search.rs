@@ -33,6 +33,12 @@ enum Scope {
         /// One type, or `*` for every type of the compartment.
         target: String,
     },
+    /// `Patient/{id}/$everything`, `Encounter/{id}/$everything`: the
+    /// compartment and what its resources refer to.
+    Everything {
+        compartment: String,
+        id: String,
+    },
 }
 
 pub async fn type_get(
@@ -95,6 +101,26 @@ pub async fn compartment_get(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (compartment, id, target) = path.into_inner();
+    if target == "$everything" && matches!(compartment.as_str(), "Patient" | "Encounter") {
+        let mut ex = Exchange::begin(
+            &state,
+            &req,
+            Interaction::Operation(crate::audit::EVERYTHING.into()),
+        );
+        ex.audit.query = Some(match req.query_string() {
+            "" => req.path().to_string(),
+            q => format!("{}?{q}", req.path()),
+        });
+        let result = search(
+            &state,
+            &req,
+            &mut ex,
+            Scope::Everything { compartment, id },
+            None,
+        )
+        .await;
+        return ex.finish(&state, result).await;
+    }
     if target.starts_with('$') {
         return super::fhir_fallback(req, state).await;
     }
@@ -263,6 +289,19 @@ async fn run(
     if let Some(form) = form {
         pairs.extend(form);
     }
+    // `$everything` takes its own parameters: they become the search's, and
+    // `start`/`end` stay beside the page links (they are filters, not search
+    // parameters).
+    let mut original = Vec::new();
+    let mut window: Vec<(String, String)> = Vec::new();
+    let mut everything_types: Option<Vec<String>> = None;
+    if let Scope::Everything { compartment, .. } = &scope {
+        original = pairs.clone();
+        let (translated, kept, types) = everything_params(compartment, &pairs)?;
+        pairs = translated;
+        window = kept;
+        everything_types = types;
+    }
     let (types, path, compartment_filter) = match &scope {
         Scope::Type(t) => {
             let t = resource_type(state, t)?;
@@ -310,11 +349,70 @@ async fn run(
             let filter = state.search.compartment_filter(&c, id.as_str(), &types)?;
             (types, format!("/{c}/{id}/{target}"), Some(filter))
         }
+        Scope::Everything { compartment, id } => {
+            let id = resource_id(id)?;
+            if compartment == "Patient" {
+                ex.audit.patients = vec![format!("Patient/{id}")];
+            }
+            let mut types = state.search.compartment_types(compartment);
+            types.retain(|t| t != crate::audit::RESOURCE_TYPE);
+            if let Some(asked) = &everything_types {
+                if let Some(t) = asked.iter().find(|t| !types.contains(t)) {
+                    return Err(ApiError::bad_request(
+                        "value",
+                        format!(
+                            "_type: {} is not in the {compartment} compartment",
+                            crate::fhir::types::truncate(t, 60)
+                        ),
+                    ));
+                }
+                types = asked.clone();
+            }
+            // Types the caller may not search are left out, as for `*`.
+            types.retain(|t| ex.ctx.decide(t, crate::access::Action::Search).is_ok());
+            if types.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "the caller may search none of the resource types of the {compartment} compartment"
+                )));
+            }
+            // The operation answers for one existing resource the caller may read.
+            ex.ctx
+                .decide(compartment, crate::access::Action::Read)
+                .map_err(|d| ApiError::Forbidden(d.0))?;
+            let focus = state
+                .store
+                .read_now(&ex.ctx, compartment, id.as_str(), None)
+                .await?;
+            match focus {
+                None => {
+                    return Err(ApiError::NotFound(format!(
+                        "{compartment}/{id} does not exist"
+                    )))
+                }
+                Some(v) if v.deleted => {
+                    return Err(ApiError::Gone(format!("{compartment}/{id} was deleted")))
+                }
+                Some(_) => {}
+            }
+            let mut filter = state
+                .search
+                .compartment_filter(compartment, id.as_str(), &types)?;
+            if !window.is_empty() {
+                filter =
+                    crate::store::Filter::All(vec![filter, care_dates(state, &types, &window)?]);
+            }
+            (
+                types,
+                format!("/{compartment}/{id}/$everything"),
+                Some(filter),
+            )
+        }
     };
     // Types the request names must be searchable for the caller (403); a
     // compartment's `*` and a system search without `_type` are narrowed instead.
     let named = match &scope {
         Scope::Compartment { target, .. } => target != "*",
+        Scope::Everything { .. } => false,
         _ => true,
     };
     if named {
@@ -326,7 +424,12 @@ async fn run(
     }
     // A page link carries the search it continues, bound to this path and caller;
     // nothing may be added to it (a parameter beside it would be silently dropped).
-    let binding = CursorBinding::new(&path, &ex.ctx);
+    let bound_path = if window.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{}", query_string(&window))
+    };
+    let binding = CursorBinding::new(&bound_path, &ex.ctx);
     let cursor = match pairs.iter().find(|(k, _)| k == "_cursor") {
         Some((_, token)) => {
             if let Some((k, _)) = pairs.iter().filter(|(k, _)| k == "_cursor").nth(1) {
@@ -339,6 +442,7 @@ async fn run(
                 .iter()
                 .map(|(k, _)| k.as_str())
                 .filter(|k| !matches!(*k, "_cursor" | "_format" | "_pretty"))
+                .filter(|k| !window.iter().any(|(w, _)| w == k))
                 .collect();
             if !beside.is_empty() {
                 return Err(ApiError::BadRequest(vec![Issue::error(
@@ -404,18 +508,144 @@ async fn run(
         self_params.insert(0, ("_type".into(), types.join(",")));
     }
     let self_url = match pairs.iter().find(|(k, _)| k == "_cursor") {
-        Some(c) => link(std::slice::from_ref(c)),
+        Some(c) => {
+            let mut with = vec![c.clone()];
+            with.extend(window.iter().cloned());
+            link(&with)
+        }
+        // An operation's own parameters, not the search they became.
+        None if matches!(scope, Scope::Everything { .. }) => link(
+            &original
+                .iter()
+                .filter(|(k, _)| k != "_format" && k != "_pretty")
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
         None => link(&self_params),
     };
     let mut links = vec![json!({"relation": "self", "url": self_url})];
     for (relation, c) in [("next", &result.next), ("previous", &result.previous)] {
         if let Some(c) = c {
             let token = c.seal(&state.store, &binding).map_err(ApiError::from)?;
-            links.push(json!({"relation": relation, "url": link(&[("_cursor".into(), token)])}));
+            let mut with = vec![("_cursor".to_string(), token)];
+            with.extend(window.iter().cloned());
+            links.push(json!({"relation": relation, "url": link(&with)}));
         }
     }
     let bundle = bundle(state, &request, &result, links, &subset)?;
     Ok(Reply::new(StatusCode::OK, bundle))
+}
+
+/// The parameters of `$everything` (R4 Patient/Encounter `$everything`) as a
+/// search: `_since` becomes `_lastUpdated=gt`, every reference of the page's
+/// resources is included (`_include=*`), `_count` pages; `_type` (returned
+/// separately) narrows the compartment's types; `start`/`end` (Patient only) are
+/// returned to become care-date filters. Anything else is refused.
+#[allow(clippy::type_complexity)]
+fn everything_params(
+    compartment: &str,
+    pairs: &[(String, String)],
+) -> Result<
+    (
+        Vec<(String, String)>,
+        Vec<(String, String)>,
+        Option<Vec<String>>,
+    ),
+    ApiError,
+> {
+    let mut out = Vec::new();
+    let mut window = Vec::new();
+    let mut types: Option<Vec<String>> = None;
+    let cursor = pairs.iter().any(|(k, _)| k == "_cursor");
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_cursor" | "_format" | "_pretty" | "_count" => out.push((k.clone(), v.clone())),
+            "_since" => out.push(("_lastUpdated".into(), format!("gt{v}"))),
+            "_type" => types
+                .get_or_insert_with(Vec::new)
+                .extend(v.split(',').filter(|t| !t.is_empty()).map(str::to_string)),
+            "start" | "end" if compartment == "Patient" => {
+                if window.iter().any(|(w, _): &(String, String)| w == k) {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!("`{k}` is given more than once"),
+                    ));
+                }
+                if crate::search::values::date_range(v).is_none() {
+                    return Err(ApiError::bad_request(
+                        "value",
+                        format!(
+                            "`{k}` must be a date such as 2024-01-31, not `{}`",
+                            crate::fhir::types::truncate(v, 60)
+                        ),
+                    ));
+                }
+                window.push((k.clone(), v.clone()));
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "not-supported",
+                    format!(
+                        "`{}` is not a parameter of {compartment}/$everything ({})",
+                        crate::fhir::types::truncate(other, 60),
+                        if compartment == "Patient" {
+                            "start, end, _since, _type, _count"
+                        } else {
+                            "_since, _type, _count"
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+    if !cursor {
+        out.push(("_include".into(), "*".into()));
+    }
+    Ok((out, window, types))
+}
+
+/// `start`/`end` of `Patient/$everything`: care dates, not record dates (R4).
+/// A type with a `date` search parameter (Observation, Encounter, Procedure,
+/// ...) keeps the resources whose date lies in the range; a type without one
+/// (the Patient, a Condition) cannot be dated and is kept whole, and so is a
+/// resource of a dated type that has no date.
+fn care_dates(
+    state: &AppState,
+    types: &[String],
+    window: &[(String, String)],
+) -> Result<crate::store::Filter, ApiError> {
+    use crate::store::Filter;
+    let criteria: Vec<String> = window
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "start" => format!("date=ge{v}"),
+            _ => format!("date=le{v}"),
+        })
+        .collect();
+    let criteria = criteria.join("&");
+    let mut undated = Vec::new();
+    let mut alternatives = Vec::new();
+    for t in types {
+        if state.search.registry().param(t, "date").is_some() {
+            // In the range, or without a date (it cannot be placed outside it).
+            let within = state.search.condition(t, &criteria)?.query.filters;
+            let undated = state
+                .search
+                .condition(t, "date:missing=true")?
+                .query
+                .filters;
+            alternatives.push(Filter::All(vec![
+                Filter::Types(vec![t.clone()]),
+                Filter::Any(vec![Filter::All(within), Filter::All(undated)]),
+            ]));
+        } else {
+            undated.push(t.clone());
+        }
+    }
+    if !undated.is_empty() {
+        alternatives.push(Filter::Types(undated));
+    }
+    Ok(Filter::Any(alternatives))
 }
 
 /// The patients whose data is on the returned page, each to get a PatientQuery

@@ -10,6 +10,7 @@ mod audit_chain;
 mod audit_index;
 mod audit_log;
 mod auth;
+pub mod backup;
 mod cancel;
 mod conn;
 mod deadline;
@@ -43,6 +44,7 @@ pub use auth::{
     ClientRow, CodeRow, LaunchRow, LoginFailures, Redeemed, RefreshRow, RevokedRow, SigningKeyRow,
     UserRow,
 };
+pub use backup::{SealedCount, TableDigest};
 pub use exports::{ExportFile, ExportJob, NewExportFile};
 pub use index::{IndexRows, RefValue};
 pub use jobs::{CustomParamRow, ReindexJob, Reindexed};
@@ -185,6 +187,9 @@ pub enum StoreError {
     /// The client hung up and its work was stopped (store::cancel).
     #[error("the client closed the connection; its work was stopped")]
     Cancelled,
+    /// A backup or restore step failed (a file, `pg_dump`, a refused target).
+    #[error("{0}")]
+    Backup(String),
     /// A write would make more subscriptions active than `subscriptions.max_active`.
     #[error("this server allows at most {max} active subscriptions (subscriptions.max_active)")]
     TooManySubscriptions { max: u64 },
