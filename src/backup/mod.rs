@@ -83,9 +83,10 @@ fn backend_name(url: &str) -> Result<Backend, BackupError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Backend::Postgres)
     } else {
-        Err(BackupError::Refused(format!(
-            "`{url}` is not a database URL fhirgate knows"
-        )))
+        // Not the URL itself: it may carry a password.
+        Err(BackupError::Refused(
+            "the database URL is neither sqlite://FILE nor postgres://...".into(),
+        ))
     }
 }
 
@@ -229,7 +230,7 @@ fn unpack(file: &Path, work: &Path) -> Result<(Manifest, PathBuf), BackupError> 
                         .map_err(|e| file_error("the manifest does not read", e))?,
                 );
             }
-            "data.sqlite" | "data.pgdump" => {
+            "data.sqlite" | "data.pgdump" if entry.header().entry_type().is_file() => {
                 entry
                     .unpack(work.join(&name))
                     .map_err(|e| file_error("unpack the data", e))?;
@@ -249,7 +250,23 @@ fn unpack(file: &Path, work: &Path) -> Result<(Manifest, PathBuf), BackupError> 
             manifest.format
         )));
     }
-    let data = work.join(&manifest.data);
+    let expected = match manifest.backend.as_str() {
+        "sqlite" => "data.sqlite",
+        "postgres" => "data.pgdump",
+        other => {
+            return Err(BackupError::Mismatch(format!(
+                "the backup's backend `{}` is not one fhirgate knows",
+                crate::fhir::types::truncate(other, 40)
+            )))
+        }
+    };
+    if manifest.data != expected {
+        return Err(BackupError::Mismatch(format!(
+            "a {} backup's data is {expected}",
+            manifest.backend
+        )));
+    }
+    let data = work.join(expected);
     if !data.is_file() {
         return Err(BackupError::Mismatch(format!(
             "the backup lacks its data ({})",
@@ -270,7 +287,10 @@ fn unpack(file: &Path, work: &Path) -> Result<(Manifest, PathBuf), BackupError> 
 fn check_key(manifest: &Manifest, master: &MasterKey) -> Result<(), BackupError> {
     use base64::Engine as _;
     let Some(check) = &manifest.key_check else {
-        return Ok(());
+        return Err(BackupError::Mismatch(
+            "the manifest has no key check: the master key cannot be checked before restoring"
+                .into(),
+        ));
     };
     let check = base64::engine::general_purpose::STANDARD
         .decode(check)
@@ -413,11 +433,12 @@ pub fn restore(
             )))
         }
     };
-    match backend {
+    let restored = match backend {
         Backend::Sqlite => {
             let target = sqlite_path(db_url);
             if target.exists() {
-                refuse(db::sqlite_tables_with_rows(&target, &tables)?)?;
+                // Every table of the file, fhirgate's or not: the file is replaced.
+                refuse(db::sqlite_tables_with_rows(&target, &[])?)?;
                 for suffix in ["", "-wal", "-shm"] {
                     let p = PathBuf::from(format!("{}{suffix}", target.display()));
                     let _ = std::fs::remove_file(p);
@@ -427,32 +448,21 @@ pub fn restore(
                 .or_else(|_| std::fs::copy(&data, &target).map(|_| ()))
                 .map_err(|e| file_error("write the restored database", e))?;
             set_private(&target);
-            let rows = compare(&manifest.tables, &db::sqlite_digests(&target)?)?;
-            let (opened, chain) = prove(db_url, master)?;
-            Ok((
-                manifest.clone(),
-                Proof {
-                    tables: manifest.tables.len(),
-                    rows,
-                    opened: Some(opened),
-                    chain_verified: Some(chain),
-                },
-            ))
+            db::sqlite_digests(&target)?
         }
         Backend::Postgres => {
             refuse(db::pg_tables_with_rows(db_url, &tables)?)?;
             db::pg_restore(db_url, &data)?;
-            let rows = compare(&manifest.tables, &db::pg_digests(db_url)?)?;
-            let (opened, chain) = prove(db_url, master)?;
-            Ok((
-                manifest.clone(),
-                Proof {
-                    tables: manifest.tables.len(),
-                    rows,
-                    opened: Some(opened),
-                    chain_verified: Some(chain),
-                },
-            ))
+            db::pg_digests(db_url)?
         }
-    }
+    };
+    let rows = compare(&manifest.tables, &restored)?;
+    let (opened, chain) = prove(db_url, master)?;
+    let proof = Proof {
+        tables: manifest.tables.len(),
+        rows,
+        opened: Some(opened),
+        chain_verified: Some(chain),
+    };
+    Ok((manifest, proof))
 }

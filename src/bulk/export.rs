@@ -102,6 +102,24 @@ pub enum ExportError {
     Damaged(String),
 }
 
+impl ExportError {
+    /// Why a job failed, as stored with it and logged: never the text of a
+    /// search (a `_typeFilter` may carry values the sealed spec hides).
+    fn reason(&self) -> &'static str {
+        match self {
+            ExportError::Search(_) | ExportError::Invalid { .. } => {
+                "a _typeFilter search or the compartment could not be run (a search parameter it needs may have changed)"
+            }
+            ExportError::File(_) => "an export file could not be written (see the server's disk)",
+            ExportError::Damaged(_) => "the job's record does not read",
+            ExportError::Store(_) => "the database failed",
+            ExportError::Denied(_) | ExportError::NotFound(_) | ExportError::Busy(_) => {
+                "the job's owner may no longer run it"
+            }
+        }
+    }
+}
+
 fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
     ExportError::Invalid {
         name: name.to_string(),
@@ -311,6 +329,15 @@ impl Exporter {
                 format!("`_typeFilter` names {t}, which `_type` does not"),
             ));
         }
+        if k.level != Level::System {
+            // The compartments are those of the Patients the caller may search.
+            ctx.decide("Patient", Action::Search).map_err(|d| {
+                ExportError::Denied(format!(
+                    "a patient-level or group export needs access to the Patients: {}",
+                    d.0
+                ))
+            })?;
+        }
         let types = self.types(ctx, k.level, &types_asked)?;
         let transaction_time = now_micros();
         let patients = match k.level {
@@ -493,7 +520,10 @@ impl Exporter {
         };
         let spec: Spec =
             serde_json::from_slice(&job.spec).map_err(|e| ExportError::Damaged(e.to_string()))?;
-        Ok(spec.owner.acts_as(ctx).then_some((job, spec)))
+        // The same client and user, and the same patient context (a later token
+        // of the client for another patient does not reach this job).
+        let same = spec.owner.acts_as(ctx) && ctx.owner().patient == spec.owner.patient;
+        Ok(same.then_some((job, spec)))
     }
 
     pub fn files(&self, job_id: &str) -> Result<Vec<ExportFile>, ExportError> {
@@ -517,7 +547,12 @@ impl Exporter {
             return Ok(None);
         };
         let patients = self.store.export_file_patients(job_id, seq)?;
-        let reader = SealedReader::open(&self.store, &self.job_dir(job_id), &file.name)?;
+        let reader = match SealedReader::open(&self.store, &self.job_dir(job_id), &file.name) {
+            Ok(r) => r,
+            // Removed since it was listed (a cancel, the end of its retention).
+            Err(SealedError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Some((file, patients, reader)))
     }
 
@@ -534,6 +569,15 @@ impl Exporter {
         let mut after = job.after_rid;
         let mut renewed = Instant::now();
         tracing::info!(job.id = %job.job_id, from_type = type_index, "export job running");
+        // A write stamped at or before transactionTime may still be committing:
+        // the scan starts when it has (else it would be in neither this export
+        // nor the next one's `_since`).
+        if !self
+            .store
+            .wait_for_writes_before(job.transaction_time, self.lease() / 2)?
+        {
+            tracing::warn!(job.id = %job.job_id, "transactions older than the export's transactionTime are still open; the export starts anyway");
+        }
         while type_index < spec.types.len() {
             let t = spec.types[type_index].clone();
             let plan = self.plan(&spec, &ctx, &t, job.transaction_time)?;
@@ -582,6 +626,7 @@ impl Exporter {
                         if let Some(p) = out.take() {
                             p.writer.abandon();
                         }
+                        self.forget_if_cancelled(&job.job_id, &dir);
                         return Ok(());
                     }
                     renewed = Instant::now();
@@ -601,6 +646,7 @@ impl Exporter {
                 )?,
             };
             if !committed {
+                self.forget_if_cancelled(&job.job_id, &dir);
                 return Ok(());
             }
             renewed = Instant::now();
@@ -610,6 +656,15 @@ impl Exporter {
             tracing::info!(job.id = %job.job_id, "export job done");
         }
         Ok(())
+    }
+
+    /// After this node lost a job: if it was cancelled (its row is gone), its
+    /// folder goes too (the cancel removed it, and this node's writing may
+    /// have made it again).
+    fn forget_if_cancelled(&self, job_id: &str, dir: &Path) {
+        if matches!(self.store.export_job(job_id), Ok(None)) {
+            remove_dir(dir);
+        }
     }
 
     /// Removes what a node that lost the job (it died, or its lease ran out)
@@ -656,8 +711,12 @@ impl Exporter {
             Some(file),
             self.lease_end(),
         );
-        if !matches!(held, Ok(true)) {
+        // Lost the job: the file is not the export's. An error may have come
+        // after the commit (a connection lost): the file stays, and the job's
+        // end removes it if it was not recorded.
+        if matches!(held, Ok(false)) {
             let _ = std::fs::remove_file(dir.join(&name));
+            self.forget_if_cancelled(job_id, dir);
         }
         Ok(held?)
     }
@@ -894,8 +953,9 @@ fn worker(exporter: Weak<Exporter>) {
                         tracing::warn!(job.id = %id, error = %e, "export job interrupted; it resumes later");
                     }
                     Err(e) => {
-                        tracing::warn!(job.id = %id, error = %e, "export job failed");
-                        let _ = ex.store.export_finish(&ex.node, &id, Some(&e.to_string()));
+                        let reason = e.reason();
+                        tracing::warn!(job.id = %id, error = reason, "export job failed");
+                        let _ = ex.store.export_finish(&ex.node, &id, Some(reason));
                     }
                 }
                 continue;

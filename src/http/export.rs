@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::exchange::{read_body, Body, Exchange, Reply};
 use super::resources::resource_id;
 use super::AppState;
+use crate::access::Action;
 use crate::audit::Interaction;
 use crate::audit::{EXPORT_CANCEL, EXPORT_FILE};
 use crate::bulk::export::{ExportError, KickOff, Level, NDJSON};
@@ -408,10 +409,15 @@ pub async fn file(
         found.ok_or_else(no_job)
     }
     .await;
-    let (file, patients, mut reader) = match opened {
+    let (file, patients, reader) = match opened {
         Ok(f) => f,
         Err(e) => return ex.finish(&state, Err(e)).await,
     };
+    // Authorized again now: a token of the owner that may no longer search the
+    // file's type does not get it.
+    if let Err(d) = ex.ctx.decide(&file.resource_type, Action::Search) {
+        return ex.finish(&state, Err(ApiError::Forbidden(d.0))).await;
+    }
     ex.audit.resource_type = Some(file.resource_type.clone());
     ex.audit.page_patients = patients;
     // The download is on record before a byte of it leaves.
@@ -421,29 +427,39 @@ pub async fn file(
     if let Err(e) = recorded {
         return ex.error_response(&state, &e);
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
+    // One frame per blocking call: a slow client holds no thread while it reads.
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _in = span.enter();
-        loop {
-            let next = match reader.next_frame() {
-                Ok(Some(plain)) if plain.is_empty() => continue,
-                Ok(Some(plain)) => Ok(web::Bytes::from(plain)),
-                Ok(None) => return,
-                Err(e) => {
+    let stream = futures_util::stream::unfold(Some(reader), move |reader| {
+        let span = span.clone();
+        async move {
+            let mut reader = reader?;
+            let read = tokio::task::spawn_blocking(move || {
+                let _in = span.enter();
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some(plain)) if plain.is_empty() => continue,
+                        other => return (reader, other),
+                    }
+                }
+            })
+            .await;
+            match read {
+                Ok((reader, Ok(Some(plain)))) => Some((Ok(web::Bytes::from(plain)), Some(reader))),
+                Ok((_, Ok(None))) => None,
+                Ok((_, Err(e))) => {
                     // The client sees a cut-off body, not a file with a hole.
                     tracing::error!(error = %e, "an export file could not be read");
-                    Err(std::io::Error::other("the export file could not be read"))
+                    Some((
+                        Err(std::io::Error::other("the export file could not be read")),
+                        None,
+                    ))
                 }
-            };
-            let failed = next.is_err();
-            if tx.blocking_send(next).is_err() || failed {
-                return;
+                Err(_) => Some((
+                    Err(std::io::Error::other("the export file could not be read")),
+                    None,
+                )),
             }
         }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
     });
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(NDJSON)))

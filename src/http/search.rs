@@ -598,6 +598,14 @@ fn everything_params(
             }
         }
     }
+    if cursor && types.is_some() {
+        // A page link carries its types; another `_type` beside it would change
+        // the compartment's filter between pages.
+        return Err(ApiError::bad_request(
+            "invalid",
+            "a page link (`_cursor`) carries its whole search; `_type` may not be given beside it",
+        ));
+    }
     if !cursor {
         out.push(("_include".into(), "*".into()));
     }

@@ -265,6 +265,40 @@ fn pg_digests_in(c: &mut PgConnection) -> Result<BTreeMap<String, TableDigest>, 
     Ok(out)
 }
 
+/// The URL without its password, and the password (percent-decoded): the
+/// PostgreSQL tools get it in `PGPASSWORD`, never on their command line, where
+/// any local user could read it.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return (url.to_string(), None);
+    };
+    let password = percent_encoding::percent_decode_str(password)
+        .decode_utf8_lossy()
+        .to_string();
+    (format!("{scheme}://{user}@{host}{tail}"), Some(password))
+}
+
+/// A PostgreSQL client tool for `url`, its password in the environment.
+fn pg_tool(tool: &str, url: &str) -> Command {
+    let (url, password) = split_password(url);
+    let mut cmd = Command::new(tool);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.arg(format!("--dbname={url}"));
+    cmd
+}
+
 fn pg_connect(url: &str) -> Result<PgConnection, StoreError> {
     PgConnection::establish(url)
         .map_err(|e| StoreError::Backup(format!("cannot connect to the database: {e}")))
@@ -315,13 +349,12 @@ pub fn pg_dump(url: &str, out: &Path) -> Result<Snapshot, StoreError> {
         .get_result::<Exported>(&mut c)
         .map_err(db)?
         .s;
-    let mut dump = Command::new("pg_dump")
+    let mut dump = pg_tool("pg_dump", url)
         .arg("--format=custom")
         .arg("--no-owner")
         .arg("--no-privileges")
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--file={}", out.display()))
-        .arg(format!("--dbname={url}"))
         .spawn()
         .map_err(|e| io("cannot run pg_dump (install the PostgreSQL client)", e))?;
     // The snapshot stays exported while this transaction is open: the digests
@@ -349,51 +382,64 @@ pub fn pg_digests(url: &str) -> Result<BTreeMap<String, TableDigest>, StoreError
     Ok(d)
 }
 
-/// The tables of `tables` that exist in the database and hold rows (a restore
-/// refuses such a database).
-pub fn pg_tables_with_rows(url: &str, tables: &[String]) -> Result<Vec<String>, StoreError> {
-    let mut c = pg_connect(url)?;
-    let existing = pg_tables(&mut c)?;
+/// The tables of `tables` that exist (`existing`) and hold rows (`count`): a
+/// restore refuses such a database.
+fn with_rows(
+    existing: &[String],
+    tables: &[String],
+    mut count: impl FnMut(&str) -> Result<i64, StoreError>,
+) -> Result<Vec<String>, StoreError> {
     let mut full = Vec::new();
     for t in tables.iter().filter(|t| existing.contains(t)) {
-        let n = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {}", quoted(t)))
-            .get_result::<Count>(&mut c)
-            .map_err(db)?
-            .n;
-        if n > 0 {
+        if count(&format!("SELECT COUNT(*) AS n FROM {}", quoted(t)))? > 0 {
             full.push(t.clone());
         }
     }
     Ok(full)
 }
 
-/// The tables of `tables` in a SQLite file that hold rows.
+/// The tables of `tables` in a PostgreSQL database that hold rows.
+pub fn pg_tables_with_rows(url: &str, tables: &[String]) -> Result<Vec<String>, StoreError> {
+    let mut c = pg_connect(url)?;
+    let existing = pg_tables(&mut c)?;
+    with_rows(&existing, tables, |q| {
+        diesel::sql_query(q)
+            .get_result::<Count>(&mut c)
+            .map(|r| r.n)
+            .map_err(db)
+    })
+}
+
+/// The tables of `tables` (none named: every table) in a SQLite file that
+/// hold rows.
 pub fn sqlite_tables_with_rows(path: &Path, tables: &[String]) -> Result<Vec<String>, StoreError> {
     let mut c = sqlite_open(path)?;
     let existing = sqlite_tables(&mut c)?;
-    let mut full = Vec::new();
-    for t in tables.iter().filter(|t| existing.contains(t)) {
-        let n = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {}", quoted(t)))
+    let tables = if tables.is_empty() {
+        existing.as_slice()
+    } else {
+        tables
+    };
+    with_rows(&existing, tables, |q| {
+        diesel::sql_query(q)
             .get_result::<Count>(&mut c)
-            .map_err(db)?
-            .n;
-        if n > 0 {
-            full.push(t.clone());
-        }
-    }
-    Ok(full)
+            .map(|r| r.n)
+            .map_err(db)
+    })
 }
 
 /// `pg_restore` of a dump into an existing database whose fhirgate tables
 /// (if any) are empty: they are dropped and made again by the dump.
 pub fn pg_restore(url: &str, dump: &Path) -> Result<(), StoreError> {
-    let output = Command::new("pg_restore")
+    let output = pg_tool("pg_restore", url)
         .arg("--no-owner")
         .arg("--no-privileges")
         .arg("--clean")
         .arg("--if-exists")
         .arg("--exit-on-error")
-        .arg(format!("--dbname={url}"))
+        // All or nothing: a failed restore leaves no rows that would make the
+        // next attempt refuse the database as not empty.
+        .arg("--single-transaction")
         .arg(dump)
         .output()
         .map_err(|e| io("cannot run pg_restore (install the PostgreSQL client)", e))?;
@@ -487,5 +533,25 @@ impl Store {
             }
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_password;
+
+    #[test]
+    fn the_password_leaves_the_url() {
+        assert_eq!(
+            split_password("postgres://fg:s%40cret@db.example:5432/fhir?sslmode=require"),
+            (
+                "postgres://fg@db.example:5432/fhir?sslmode=require".to_string(),
+                Some("s@cret".to_string())
+            )
+        );
+        assert_eq!(
+            split_password("postgres://postgres@127.0.0.1:5432/test"),
+            ("postgres://postgres@127.0.0.1:5432/test".to_string(), None)
+        );
     }
 }

@@ -173,6 +173,44 @@ fn held_by(sql: &mut super::sql::Sql, node: &str) {
 }
 
 impl Store {
+    /// Waits until every write transaction that may have stamped a version at or
+    /// before `at` (microseconds) has ended, at most `patience`: an export of
+    /// what was last updated up to `at` then misses none of them. SQLite: the
+    /// writer's turn, taken once (the one writer stamps inside its turn).
+    /// PostgreSQL: no transaction of another session began before `at` (its
+    /// `xact_start` precedes any stamp it made). False when patience ran out.
+    pub fn wait_for_writes_before(
+        &self,
+        at: i64,
+        patience: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        if self.backend == super::Backend::Sqlite {
+            self.pool.write(|_| Ok::<(), StoreError>(()))?;
+            return Ok(true);
+        }
+        let until = std::time::Instant::now() + patience;
+        loop {
+            let open = self.pool.read(|c| {
+                let mut sql = c.sql();
+                sql.push(
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+                     AND xact_start IS NOT NULL AND xact_start <= to_timestamp(",
+                )
+                .i64(at)
+                .push("::float8 / 1000000)");
+                Ok(c.load::<Count>(sql)?.first().map_or(0, |r| r.n))
+            })?;
+            if open == 0 {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Seals a piece of an export file under the active data key (the files are
     /// encrypted at rest like resource bodies); `aad` binds it to its place.
     pub fn export_seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<(i64, Vec<u8>), StoreError> {
@@ -460,14 +498,17 @@ impl Store {
     /// false when there was no such job.
     pub fn export_delete(&self, job_id: &str) -> Result<bool, StoreError> {
         self.pool.write(|c| {
+            // The job first: its row lock waits for a node recording a file
+            // (export_advance holds it), whose file row is then removed too.
+            let mut sql = c.sql();
+            sql.push("DELETE FROM export_jobs WHERE job_id = ")
+                .text(job_id);
+            let removed = c.execute(sql)? == 1;
             let mut sql = c.sql();
             sql.push("DELETE FROM export_files WHERE job_id = ")
                 .text(job_id);
             c.execute(sql)?;
-            let mut sql = c.sql();
-            sql.push("DELETE FROM export_jobs WHERE job_id = ")
-                .text(job_id);
-            Ok(c.execute(sql)? == 1)
+            Ok(removed)
         })
     }
 

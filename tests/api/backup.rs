@@ -73,8 +73,10 @@ async fn a_backup_taken_under_writes_restores_whole_and_proven(backend: Backend)
     let acknowledged = versions(&app.db.url);
     // Writes go on while the backup is made.
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let stop = stop.clone();
+        let written = written.clone();
         let base = app.base.clone();
         actix_rt::spawn(async move {
             let client = awc::Client::default();
@@ -88,6 +90,7 @@ async fn a_backup_taken_under_writes_restores_whole_and_proven(backend: Backend)
                     .await;
                 assert!(r.is_ok_and(|r| r.status().is_success()));
                 n += 1;
+                written.store(n, Ordering::Relaxed);
             }
             n
         })
@@ -96,10 +99,13 @@ async fn a_backup_taken_under_writes_restores_whole_and_proven(backend: Backend)
     let out = app.db.dir.path().join("fhirgate.backup");
     let url = app.db.url.clone();
     let out2 = out.clone();
+    let before = written.load(Ordering::Relaxed);
     let manifest = tokio::task::spawn_blocking(move || fhirgate::backup::backup(&url, &out2))
         .await
         .unwrap()
         .expect("backup");
+    let after = written.load(Ordering::Relaxed);
+    assert!(after > before, "no write went on while the backup was made");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
     let during = writer.await.unwrap();
@@ -138,8 +144,23 @@ async fn a_backup_taken_under_writes_restores_whole_and_proven(backend: Backend)
         Err(BackupError::Refused(m)) => assert!(m.contains("master key"), "{m}"),
         other => panic!("a wrong key: {other:?}"),
     }
-    if backend == Backend::Sqlite {
-        assert!(!target_dir.path().join("restored.db").exists());
+    match &pg {
+        None => assert!(!target_dir.path().join("restored.db").exists()),
+        Some(pg) => {
+            #[derive(QueryableByName)]
+            struct N {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let mut c = PgConnection::establish(&pg.url).unwrap();
+            let tables = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .get_result::<N>(&mut c)
+            .unwrap()
+            .n;
+            assert_eq!(tables, 0, "a table was restored under a wrong key");
+        }
     }
 
     // The restore, proven.

@@ -186,6 +186,24 @@ async fn everything_is_the_compartment_and_what_it_refers_to(backend: Backend) {
     // Paged by _count: the same resources over several pages.
     let paged = all_pages(&app, "/Patient/p1/$everything?_count=2", None).await;
     assert_eq!(ids(&paged), want);
+    // A page link carries its types: `_type` beside it is refused.
+    let first = app.get("/Patient/p1/$everything?_count=2").await.json();
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.get(&format!("{next}&_type=Observation")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     // Care dates: the 2020 Observation and the 2021 Encounter are outside
     // 2022-2024; undated data (the Patient, the Condition) and the MedicationRequest
     // without a date stay.

@@ -669,6 +669,10 @@ async fn with_smart_only_the_owner_sees_a_job_and_grants_narrow_it(backend: Back
     );
     let r = kick_off(&app, "/$export?_type=Patient", Some(&lab)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A patient-level export takes the compartments of the Patients the
+    // caller may search: none here, so it is refused, not silently empty.
+    let r = kick_off(&app, "/Patient/$export?_type=Observation", Some(&lab)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     // AuditEvents only when asked, and only for a client that may search them.
     let r = kick_off(&app, "/$export?_type=AuditEvent", Some(&lab)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -799,6 +803,70 @@ async fn a_killed_export_is_completed_by_the_next_start(backend: Backend) {
         .filter(|(p, _)| !p.to_string_lossy().ends_with(".part"))
         .collect();
     assert_eq!(on_disk.len(), 400);
+    // A running job cancelled: no job, no files, no folder left.
+    let r = client
+        .get(format!("{}/$export?_type=Patient", restarted.base))
+        .insert_header(("Prefer", "respond-async"))
+        .send()
+        .await
+        .unwrap();
+    let url = r
+        .headers()
+        .get("content-location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let job = url.rsplit('/').next().unwrap().to_string();
+    loop {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "the job ended before the cancel"
+        );
+        let progress = r
+            .headers()
+            .get("x-progress")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let files: u64 = progress
+            .split(" in ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if files >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bulk.join(&job).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled job's folder stays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker has let go of the job by now (its next file's record failed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bulk.join(&job).exists(), "the folder came back");
+    assert_eq!(
+        db.count_rows(&format!("export_files WHERE job_id = '{job}'")),
+        0
+    );
+    assert_eq!(
+        db.count_rows(&format!("export_jobs WHERE job_id = '{job}'")),
+        0
+    );
     drop(restarted);
 }
 
