@@ -688,6 +688,35 @@ async fn with_smart_only_the_owner_sees_a_job_and_grants_narrow_it(backend: Back
     app.stop().await;
 }
 
+/// Waits until a running job has committed `n` files (it must still be
+/// running: the test needs it in the middle).
+async fn files_committed(client: &awc::Client, url: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "the job ended too soon");
+        let progress = r
+            .headers()
+            .get("x-progress")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let files: u64 = progress
+            .split(" in ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if files >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress: {progress}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A node killed with SIGKILL in the middle of a job (after some files were
 /// committed): the next start takes the job over once its lease has run out and
 /// completes it, with every resource exactly once.
@@ -734,34 +763,7 @@ async fn a_killed_export_is_completed_by_the_next_start(backend: Backend) {
         .unwrap()
         .to_string();
     // Kill once some files are committed, before the job ends.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = client.get(&url).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::ACCEPTED,
-            "the job ended before the kill"
-        );
-        let progress = r
-            .headers()
-            .get("x-progress")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let files: u64 = progress
-            .split(" in ")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        if files >= 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress: {progress}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    files_committed(&client, &url, 20).await;
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
     let restarted =
@@ -818,32 +820,7 @@ async fn a_killed_export_is_completed_by_the_next_start(backend: Backend) {
         .unwrap()
         .to_string();
     let job = url.rsplit('/').next().unwrap().to_string();
-    loop {
-        let r = client.get(&url).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::ACCEPTED,
-            "the job ended before the cancel"
-        );
-        let progress = r
-            .headers()
-            .get("x-progress")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let files: u64 = progress
-            .split(" in ")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        if files >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    files_committed(&client, &url, 5).await;
     let r = client.delete(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let r = client.get(&url).send().await.unwrap();
