@@ -155,7 +155,10 @@ pub struct Exporter {
     dir: PathBuf,
     settings: BulkSettings,
     node: String,
-    wake: (Mutex<bool>, Condvar),
+    /// Wakes the worker (a kick-off on this node). Its own `Arc`: the worker
+    /// waits without holding the exporter, so a server that stops lets go of
+    /// its store at once.
+    wake: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Exporter {
@@ -173,16 +176,17 @@ impl Exporter {
             dir,
             settings,
             node: format!("node-{}", uuid::Uuid::new_v4().simple()),
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: Arc::new((Mutex::new(false), Condvar::new())),
         })
     }
 
     /// Starts this node's export worker; it ends when the exporter is dropped.
     pub fn start(self: &Arc<Exporter>) {
         let weak = Arc::downgrade(self);
+        let wake = self.wake.clone();
         let spawned = std::thread::Builder::new()
             .name("bulk-export".into())
-            .spawn(move || worker(weak));
+            .spawn(move || worker(weak, wake));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the export worker; $export jobs will not run on this node");
         }
@@ -932,20 +936,38 @@ fn parse_instant(v: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-fn worker(exporter: Weak<Exporter>) {
+fn worker(exporter: Weak<Exporter>, wake: Arc<(Mutex<bool>, Condvar)>) {
     let mut swept: Option<Instant> = None;
     loop {
-        let Some(ex) = exporter.upgrade() else {
-            return;
+        let busy = {
+            let Some(ex) = exporter.upgrade() else {
+                return;
+            };
+            if swept.is_none_or(|s| s.elapsed() > SWEEP) {
+                ex.sweep();
+                swept = Some(Instant::now());
+            }
+            ex.round()
         };
-        if swept.is_none_or(|s| s.elapsed() > SWEEP) {
-            ex.sweep();
-            swept = Some(Instant::now());
+        if busy {
+            continue;
         }
-        match ex.store.export_claim(&ex.node, ex.lease_end()) {
+        let (lock, cvar) = (&wake.0, &wake.1);
+        let mut woken = lock.lock();
+        if !*woken {
+            cvar.wait_for(&mut woken, POLL);
+        }
+        *woken = false;
+    }
+}
+
+impl Exporter {
+    /// Claims and runs one job; true when there was one (look again at once).
+    fn round(&self) -> bool {
+        match self.store.export_claim(&self.node, self.lease_end()) {
             Ok(Some(job)) => {
                 let id = job.job_id.clone();
-                match ex.run(job) {
+                match self.run(job) {
                     Ok(()) => {}
                     Err(ExportError::Store(e)) => {
                         // The database may come back: the lease runs out and the
@@ -955,20 +977,17 @@ fn worker(exporter: Weak<Exporter>) {
                     Err(e) => {
                         let reason = e.reason();
                         tracing::warn!(job.id = %id, error = reason, "export job failed");
-                        let _ = ex.store.export_finish(&ex.node, &id, Some(reason));
+                        let _ = self.store.export_finish(&self.node, &id, Some(reason));
                     }
                 }
-                continue;
+                true
             }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "no export job claimed"),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "no export job claimed");
+                false
+            }
         }
-        let (lock, cvar) = (&ex.wake.0, &ex.wake.1);
-        let mut woken = lock.lock();
-        if !*woken {
-            cvar.wait_for(&mut woken, POLL);
-        }
-        *woken = false;
     }
 }
 
