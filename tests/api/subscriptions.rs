@@ -346,8 +346,16 @@ async fn a_failing_receiver_gets_everything_in_order_once_it_recovers(backend: B
         assert_signed(r, &secret);
         assert_eq!(entry(r).1, format!("Observation/{}", ids[i]));
     }
-    // The failures are recorded and the subscription stays active.
-    let state = app.store.subscription_state(&sub).unwrap().unwrap();
+    // The failures are recorded and the subscription stays active (attempts
+    // are recorded in batches after the posts: the state follows).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let state = app.store.subscription_state(&sub).unwrap().unwrap();
+        if state.delivered == 4 || std::time::Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         (state.status.as_str(), state.delivered, state.attempts),
         ("active", 4, 0)
