@@ -806,30 +806,38 @@ impl Pending {
         resource_type: &str,
         hit: &Hit,
     ) -> Result<(), ExportError> {
-        let body = &hit.version.body;
-        let needs_parse = body.contains(&b'\n') || resource_type != "Patient";
-        if resource_type == "Patient" {
-            self.patients.insert(format!("Patient/{}", hit.version.id));
-        }
-        if !needs_parse {
-            self.writer.line(body)?;
-            return Ok(());
-        }
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| ExportError::Damaged(e.to_string()))?;
-        if resource_type != AUDIT_EVENT && resource_type != "Patient" {
-            self.patients.extend(compartment.patients_of(
-                resource_type,
-                Some(&hit.version.id),
-                Some(&value),
-            ));
-        }
-        if body.contains(&b'\n') {
+        let parse = || -> Result<Value, ExportError> {
+            serde_json::from_slice(&hit.version.body)
+                .map_err(|e| ExportError::Damaged(e.to_string()))
+        };
+        // Parsed only where the patients must be read from the body (a Patient
+        // is its own; AuditEvents name no patient's data), or to put it on one line.
+        let value = match resource_type {
+            "Patient" => {
+                self.patients.insert(format!("Patient/{}", hit.version.id));
+                None
+            }
+            AUDIT_EVENT => None,
+            _ => {
+                let v = parse()?;
+                self.patients.extend(compartment.patients_of(
+                    resource_type,
+                    Some(&hit.version.id),
+                    Some(&v),
+                ));
+                Some(v)
+            }
+        };
+        if hit.version.body.contains(&b'\n') {
+            let value = match value {
+                Some(v) => v,
+                None => parse()?,
+            };
             let line =
                 serde_json::to_vec(&value).map_err(|e| ExportError::Damaged(e.to_string()))?;
             self.writer.line(&line)?;
         } else {
-            self.writer.line(body)?;
+            self.writer.line(&hit.version.body)?;
         }
         Ok(())
     }

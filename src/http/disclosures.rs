@@ -31,10 +31,7 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Operation("disclosures".into()));
-    ex.audit.query = Some(match req.query_string() {
-        "" => req.path().to_string(),
-        q => format!("{}?{q}", req.path()),
-    });
+    ex.audit.query = Some(super::exchange::path_and_query(&req));
     ex.audit.resource_type = Some(crate::audit::RESOURCE_TYPE.into());
     let result = run(&state, &mut ex, &path).await;
     ex.finish(&state, result).await

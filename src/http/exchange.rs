@@ -126,10 +126,7 @@ impl Exchange {
         if audit.interaction.action() == crate::audit::AuditAction::Execute
             && audit.interaction.code() != "operation"
         {
-            audit.query = Some(match req.query_string() {
-                "" => req.path().to_string(),
-                q => format!("{}?{q}", req.path()),
-            });
+            audit.query = Some(path_and_query(req));
         }
         let pretty = negotiate::pretty(&query);
         let mut ex = Exchange {
@@ -283,6 +280,14 @@ fn internal(detail: &str) -> HttpResponse {
     HttpResponse::InternalServerError()
         .insert_header((header::CONTENT_TYPE, "application/fhir+json; charset=utf-8"))
         .body(r#"{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception","diagnostics":"the server failed to write the response"}]}"#)
+}
+
+/// The request's path and query string, as AuditEvents record what was asked.
+pub fn path_and_query(req: &HttpRequest) -> String {
+    match req.query_string() {
+        "" => req.path().to_string(),
+        q => format!("{}?{q}", req.path()),
+    }
 }
 
 /// Reads the request body, refusing more than the configured limit with a 413.

@@ -18,7 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::exchange::{read_body, Body, Exchange, Reply};
+use super::exchange::{path_and_query, read_body, Body, Exchange, Reply};
 use super::resources::resource_id;
 use super::AppState;
 use crate::access::Action;
@@ -50,13 +50,6 @@ impl From<ExportError> for ApiError {
 
 fn operation(name: &str) -> Interaction {
     Interaction::Operation(name.into())
-}
-
-fn with_query(req: &HttpRequest) -> String {
-    match req.query_string() {
-        "" => req.path().to_string(),
-        q => format!("{}?{q}", req.path()),
-    }
 }
 
 /// The `Prefer` header's tokens (`respond-async`, `handling=strict`).
@@ -147,7 +140,7 @@ async fn kick_off(
     let request = format!(
         "{}{}",
         state.base_url.trim_end_matches("/fhir"),
-        with_query(req)
+        path_and_query(req)
     );
     let accepted = state
         .store
@@ -191,7 +184,7 @@ async fn kick_off_at(
     body: Option<web::Payload>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin_bulk(&state, &req, operation("export"));
-    ex.audit.query = Some(with_query(&req));
+    ex.audit.query = Some(path_and_query(&req));
     if let Some(g) = &group {
         ex.audit.resource_type = Some("Group".into());
         ex.audit.id = Some(g.clone());
@@ -321,7 +314,7 @@ pub async fn status(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin_bulk(&state, &req, operation("export-status"));
-    ex.audit.query = Some(with_query(&req));
+    ex.audit.query = Some(path_and_query(&req));
     let result = status_of(&state, &mut ex, path.into_inner()).await;
     let status = match result {
         Ok(s) => s,
@@ -358,7 +351,7 @@ pub async fn cancel(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin_bulk(&state, &req, operation(EXPORT_CANCEL));
-    ex.audit.query = Some(with_query(&req));
+    ex.audit.query = Some(path_and_query(&req));
     let result = async {
         ex.precondition()?;
         let id = path.into_inner();
@@ -389,7 +382,7 @@ pub async fn file(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut ex = Exchange::begin_bulk(&state, &req, operation(EXPORT_FILE));
-    ex.audit.query = Some(with_query(&req));
+    ex.audit.query = Some(path_and_query(&req));
     let (id, seq) = path.into_inner();
     let opened = async {
         ex.precondition()?;

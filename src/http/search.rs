@@ -107,10 +107,7 @@ pub async fn compartment_get(
             &req,
             Interaction::Operation(crate::audit::EVERYTHING.into()),
         );
-        ex.audit.query = Some(match req.query_string() {
-            "" => req.path().to_string(),
-            q => format!("{}?{q}", req.path()),
-        });
+        ex.audit.query = Some(super::exchange::path_and_query(&req));
         let result = search(
             &state,
             &req,

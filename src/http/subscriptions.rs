@@ -32,10 +32,7 @@ pub async fn events(
 ) -> HttpResponse {
     let mut ex = Exchange::begin(&state, &req, Interaction::Operation("events".into()));
     ex.audit.resource_type = Some(RESOURCE_TYPE.into());
-    ex.audit.query = Some(match req.query_string() {
-        "" => req.path().to_string(),
-        q => format!("{}?{q}", req.path()),
-    });
+    ex.audit.query = Some(super::exchange::path_and_query(&req));
     let result = run(&state, &mut ex, &path).await;
     ex.finish(&state, result).await
 }

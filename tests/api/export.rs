@@ -688,6 +688,23 @@ async fn with_smart_only_the_owner_sees_a_job_and_grants_narrow_it(backend: Back
     app.stop().await;
 }
 
+/// Kicks off an export of the Patients of a server process; its status URL.
+async fn kick_off_patients(client: &awc::Client, base: &str) -> String {
+    let r = client
+        .get(format!("{base}/$export?_type=Patient"))
+        .insert_header(("Prefer", "respond-async"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.headers()
+        .get("content-location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Waits until a running job has committed `n` files (it must still be
 /// running: the test needs it in the middle).
 async fn files_committed(client: &awc::Client, url: &str, n: u64) {
@@ -748,20 +765,7 @@ async fn a_killed_export_is_completed_by_the_next_start(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = client
-        .get(format!("{}/$export?_type=Patient", server.base))
-        .insert_header(("Prefer", "respond-async"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let url = r
-        .headers()
-        .get("content-location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let url = kick_off_patients(&client, &server.base).await;
     // Kill once some files are committed, before the job ends.
     files_committed(&client, &url, 20).await;
     server.child.kill().expect("SIGKILL");
@@ -806,19 +810,7 @@ async fn a_killed_export_is_completed_by_the_next_start(backend: Backend) {
         .collect();
     assert_eq!(on_disk.len(), 400);
     // A running job cancelled: no job, no files, no folder left.
-    let r = client
-        .get(format!("{}/$export?_type=Patient", restarted.base))
-        .insert_header(("Prefer", "respond-async"))
-        .send()
-        .await
-        .unwrap();
-    let url = r
-        .headers()
-        .get("content-location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let url = kick_off_patients(&client, &restarted.base).await;
     let job = url.rsplit('/').next().unwrap().to_string();
     files_committed(&client, &url, 5).await;
     let r = client.delete(&url).send().await.unwrap();
